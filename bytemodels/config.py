@@ -1,0 +1,186 @@
+"""Model configuration: one dataclass, named presets, JSON round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bytemodels import tokens
+
+
+@dataclass
+class MegabyteConfig:
+    """Shape of a MEGABYTE model.
+
+    Stages run from the outermost (global) model to the innermost (local) one. A two-stage model
+    has ``patch_sizes=(P,)``: a global transformer over patches of ``P`` bytes and a local
+    transformer over the bytes of each patch. A three-stage model, e.g. ``patch_sizes=(64, 8)``,
+    puts a middle transformer over the 8-byte sub-patches of each 64-byte patch. The per-stage
+    tuples ``dims``, ``layers`` and ``heads`` have one entry per stage, global first.
+    """
+
+    patch_sizes: tuple[int, ...] = (8,)
+    """Bytes per unit of each non-local stage, global first; each divides the one before."""
+    dims: tuple[int, ...] = (128, 64)
+    """Model width of each stage, global first."""
+    layers: tuple[int, ...] = (4, 2)
+    """Transformer blocks of each stage, global first."""
+    heads: tuple[int, ...] = (4, 2)
+    """Attention heads of each stage, global first."""
+    max_seq_len: int = 1024
+    """Longest sequence in bytes (a multiple of the global patch size)."""
+    num_tags: int = tokens.DEFAULT_NUM_TAGS
+    """Modality tag ids reserved after PAD, BOS and EOS."""
+    embed_dim: int | None = None
+    """Width of the byte embeddings concatenated into a patch (default: the local width)."""
+    mlp_ratio: float = 4.0
+    """Hidden width of each MLP as a multiple of the stage width."""
+    dropout: float = 0.0
+    """Dropout on attention outputs, MLP outputs and embeddings while training."""
+    rope_base: float = 10000.0
+    """Base of the rotary position frequencies."""
+    norm_eps: float = 1e-5
+    """Epsilon of every RMSNorm."""
+
+    def __post_init__(self) -> None:
+        for name in ("patch_sizes", "dims", "layers", "heads"):
+            value = getattr(self, name)
+            if isinstance(value, int):
+                value = (value,)
+            setattr(self, name, tuple(int(v) for v in value))
+        self.validate()
+
+    # -- readable names for the common two-stage case -------------------------------------
+    @property
+    def patch_size(self) -> int:
+        """Bytes per global patch: the alignment unit of the data layer."""
+        return self.patch_sizes[0]
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.dims)
+
+    @property
+    def unit_sizes(self) -> tuple[int, ...]:
+        """Bytes per token of each stage, global first; the local stage's unit is one byte."""
+        return self.patch_sizes + (1,)
+
+    @property
+    def global_dim(self) -> int:
+        return self.dims[0]
+
+    @property
+    def local_dim(self) -> int:
+        return self.dims[-1]
+
+    @property
+    def byte_embed_dim(self) -> int:
+        return self.embed_dim or self.dims[-1]
+
+    @property
+    def vocab_size(self) -> int:
+        """256 byte values plus PAD, BOS, EOS and the modality tags."""
+        return tokens.vocab_size(self.num_tags)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the field to change when the shape is inconsistent."""
+        stages = len(self.patch_sizes) + 1
+        for name in ("dims", "layers", "heads"):
+            if len(getattr(self, name)) != stages:
+                raise ValueError(
+                    f"{name} has {len(getattr(self, name))} entries but patch_sizes={self.patch_sizes} "
+                    f"makes {stages} stages: give one entry per stage, global first"
+                )
+        units = self.unit_sizes
+        for outer, inner in zip(units, units[1:]):
+            if outer <= inner or outer % inner:
+                raise ValueError(
+                    f"patch_sizes={self.patch_sizes}: each patch size must be a multiple of the next "
+                    "and larger than it (the last one larger than 1)"
+                )
+        for dim, head_count in zip(self.dims, self.heads):
+            if head_count < 1 or dim % head_count or (dim // head_count) % 2:
+                raise ValueError(
+                    f"dims={self.dims}, heads={self.heads}: each width must split into heads of even size"
+                )
+        if min(self.layers) < 0:
+            raise ValueError(f"layers={self.layers} must not be negative")
+        if self.max_seq_len < self.patch_size or self.max_seq_len % self.patch_size:
+            raise ValueError(
+                f"max_seq_len={self.max_seq_len} must be a positive multiple of the patch size {self.patch_size}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
+        if self.num_tags < 0:
+            raise ValueError(f"num_tags={self.num_tags} must not be negative")
+
+    # -- cost estimates ---------------------------------------------------------------------
+    def flops_per_byte(self, training: bool = True) -> float:
+        """Estimated floating-point operations per byte (fwd+bwd when ``training``), for MFU.
+
+        Counts the matrix multiplies of every stage (each stage's token covers ``unit`` bytes),
+        its attention over the stage's context, the patch embedders, the stage-to-stage
+        projections and the output head: the nanoGPT/PaLM ``6N + 12·L·d·T`` estimate per stage.
+        """
+        units = self.unit_sizes
+        flops = 0.0
+        for stage, (dim, depth, unit) in enumerate(zip(self.dims, self.layers, units)):
+            hidden = int(self.mlp_ratio * dim)
+            block_matmul = 4 * dim * dim + 2 * dim * hidden
+            context = self.max_seq_len // unit if stage == 0 else units[stage - 1] // unit
+            per_token = 2 * depth * block_matmul + 2 * depth * 2 * dim * context / 2  # causal: half
+            if unit > 1:  # patch embedder: concat ``unit`` byte embeddings, project to ``dim``
+                per_token += 2 * unit * self.byte_embed_dim * dim
+            if stage + 1 < self.num_stages:  # projection into the next stage's positions
+                per_token += 2 * dim * (unit // units[stage + 1]) * self.dims[stage + 1]
+            flops += per_token / unit
+        flops += 2 * self.local_dim * self.vocab_size  # output head
+        return flops * (3 if training else 1)
+
+    # -- presets and serialisation ------------------------------------------------------------
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "MegabyteConfig":
+        """A named configuration (``tiny``, ``small``, ``base``, ``large``), fields overridden by name."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+        return cls.from_dict({**PRESETS[name], **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
+                for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "MegabyteConfig":
+        """Build from a dict; an unknown key is an error that names it and lists the fields."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown MegabyteConfig field(s) {unknown}; fields are: {', '.join(sorted(names))}")
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "MegabyteConfig":
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "MegabyteConfig":
+        return cls.from_json(Path(path).read_text(encoding="utf-8"))
+
+
+#: Named model shapes. ``tiny`` is for tests and CPU smoke runs; ``base`` is what a GPU user trains.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(patch_sizes=(8,), dims=(128, 64), layers=(4, 2), heads=(4, 2), max_seq_len=512),
+    "small": dict(patch_sizes=(8,), dims=(384, 192), layers=(5, 3), heads=(6, 3), max_seq_len=2048),
+    "base": dict(patch_sizes=(8,), dims=(640, 320), layers=(7, 3), heads=(10, 5), max_seq_len=4096),
+    "large": dict(patch_sizes=(8,), dims=(1024, 512), layers=(11, 4), heads=(16, 8), max_seq_len=8192),
+}

@@ -1,0 +1,287 @@
+"""Generation with key/value caches at every stage: one local step per byte, one global step per patch.
+
+``IncrementalDecoder`` keeps, for each stage, the caches of the group it is working in (the whole
+sequence for the global stage, the current patch for the stage below). Asking it for the logits of
+the next position runs each stage only on the units it has not seen yet: a prompt is processed in
+parallel, and afterwards a stage runs once per unit it completes.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from bytemodels import tokens
+from bytemodels.layers import KVCache
+
+
+@dataclass
+class _StageState:
+    caches: list[KVCache]
+    group_start: int = -1  # byte position where the stage's current group starts
+    processed: int = 0  # units of the group already run through the transformer
+    context: Tensor | None = None  # (batch, g, d): contexts from the stage above for this group
+    last: Tensor | None = None  # (batch, d): output at the newest processed unit
+    next_context: Tensor | None = None  # (batch, g_below, d_below) for the stage below
+
+
+class IncrementalDecoder:
+    """Cached decoding for a batch of sequences that share one patch alignment.
+
+    ``ids`` (batch, time) may be left-padded with whole global patches; ``pad_units`` (batch,) says
+    how many, and those units are masked out of the global attention. Call ``logits()`` for the
+    distribution of the next id, then ``append(next_ids)``."""
+
+    def __init__(self, model, ids: Tensor, pad_units: Tensor | None = None) -> None:
+        self.model = model
+        self.ids = ids
+        self.unit_sizes = model.config.unit_sizes
+        self.pad_units = pad_units if pad_units is not None and bool(pad_units.any()) else None
+        self.states = [_StageState(stage.transformer.new_cache()) for stage in model.stages]
+
+    def append(self, next_ids: Tensor) -> None:
+        self.ids = torch.cat((self.ids, next_ids.view(-1, 1).to(self.ids)), dim=1)
+
+    @torch.no_grad()
+    def logits(self) -> Tensor:
+        """(batch, vocab) logits for the id at position ``ids.shape[1]``."""
+        position = self.ids.shape[1]
+        pending_context = None
+        for index, (stage, state) in enumerate(zip(self.model.stages, self.states)):
+            unit = self.unit_sizes[index]
+            group_bytes = self.unit_sizes[index - 1] if index else None
+            group_start = (position // group_bytes) * group_bytes if index else 0
+            if state.group_start != group_start:
+                state.caches = stage.transformer.new_cache()
+                state.group_start, state.processed = group_start, 0
+                state.context = pending_context
+            current = (position - group_start) // unit
+            if state.processed <= current:
+                self._run_stage(index, stage, state, current)
+            if stage.is_local:
+                return self.model.head(state.last).float()
+            pending_context = state.next_context
+        raise AssertionError("the last stage is always local")
+
+    def _run_stage(self, index: int, stage, state: _StageState, current: int) -> None:
+        """Run units ``state.processed .. current`` of the stage's group through its transformer."""
+        first, unit, start = state.processed, stage.unit, state.group_start
+        batch = self.ids.shape[0]
+        # Input of unit k is the embedding of unit k-1 (the start vector for k = 0) plus its context.
+        lo = max(first, 1)
+        parts = []
+        if first == 0:
+            parts.append(stage.start.expand(batch, 1, -1))
+        if current >= lo:
+            previous = self.ids[:, start + (lo - 1) * unit: start + current * unit]
+            parts.append(stage.embed(previous.reshape(batch, current - lo + 1, unit)))
+        x = torch.cat([part.to(parts[-1].dtype) for part in parts], dim=1)
+        if state.context is not None:
+            x = x + state.context[:, first: current + 1]
+        key_mask = None
+        if index == 0 and self.pad_units is not None:
+            units = torch.arange(first, current + 1, device=x.device)
+            real_start = units[None, :] == self.pad_units[:, None]  # a left-padded row begins here
+            x = torch.where(real_start[..., None], stage.start.to(x.dtype), x)
+            key_mask = torch.arange(current + 1, device=x.device)[None, :] >= self.pad_units[:, None]
+        hidden = stage.transformer(x, state.caches, key_mask)
+        state.last = hidden[:, -1]
+        state.processed = current + 1
+        if not stage.is_local:
+            state.next_context = stage.contexts(state.last[:, None])[:, 0]
+
+
+class FullRecompute:
+    """The reference: recomputes the whole prefix of every row for every new id (no cache)."""
+
+    def __init__(self, model, rows: list[list[int]]) -> None:
+        self.model = model
+        self.rows = [list(row) for row in rows]
+        self.device = next(model.parameters()).device
+
+    def append(self, next_ids: Tensor) -> None:
+        for row, token in zip(self.rows, next_ids.tolist()):
+            row.append(token)
+
+    @torch.no_grad()
+    def logits(self) -> Tensor:
+        out = []
+        for row in self.rows:
+            # logits[t] depends on ids before t only, so a PAD placeholder at t is never read.
+            ids = torch.tensor([row + [tokens.PAD_ID]], device=self.device)
+            out.append(self.model(ids).logits[0, -1].float())
+        return torch.stack(out)
+
+
+def sample_next(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None,
+                generator: torch.Generator | None) -> Tensor:
+    """Pick the next id per row from (batch, vocab) logits; only bytes and EOS can be produced."""
+    eos = logits[:, tokens.EOS_ID].float()
+    logits = logits.float().clone()
+    logits[:, tokens.NUM_BYTES:] = float("-inf")
+    logits[:, tokens.EOS_ID] = eos
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if top_p is not None:
+        sorted_probs, order = torch.sort(probs, descending=True, dim=-1)
+        drop = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p  # keep the smallest set reaching top_p
+        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _prompt_rows(prompt, prefix_ids: Sequence[int]) -> tuple[list[list[int]], bool]:
+    """Prompts as lists of ids, and whether a single ``bytes`` prompt was given."""
+    if isinstance(prompt, (bytes, bytearray)):
+        return [list(prefix_ids) + list(prompt)], True
+    if isinstance(prompt, Tensor):
+        if prompt.dim() == 1:
+            prompt = prompt[None]
+        if prompt.dim() != 2:
+            raise ValueError(f"a tensor prompt must be (batch, time) ids, got shape {tuple(prompt.shape)}")
+        return prompt.tolist(), False
+    rows = []
+    for item in prompt:
+        if not isinstance(item, (bytes, bytearray)):
+            raise TypeError(f"prompts must be bytes, a list of bytes or a tensor of ids; got {type(item).__name__}")
+        rows.append(list(prefix_ids) + list(item))
+    return rows, False
+
+
+def _sources(model, rows: list[list[int]], use_cache: bool):
+    """Yield (row indices, logit source) groups: rows sharing a patch alignment decode together."""
+    device = next(model.parameters()).device
+    if not use_cache:
+        yield list(range(len(rows))), FullRecompute(model, rows)
+        return
+    patch = model.config.patch_size
+    groups: dict[int, list[int]] = defaultdict(list)
+    for index, row in enumerate(rows):
+        groups[len(row) % patch].append(index)
+    for indices in groups.values():
+        longest = max(len(rows[i]) for i in indices)
+        padded = [[tokens.PAD_ID] * (longest - len(rows[i])) + rows[i] for i in indices]
+        pad_units = torch.tensor([(longest - len(rows[i])) // patch for i in indices], device=device)
+        ids = torch.tensor(padded, dtype=torch.long, device=device).view(len(indices), longest)
+        yield indices, IncrementalDecoder(model, ids, pad_units)
+
+
+def _held_back(buffer: bytes, stops: list[bytes]) -> int:
+    """How many trailing bytes could still become a stop string (and so must not be shown yet)."""
+    longest = 0
+    for stop in stops:
+        for size in range(min(len(stop) - 1, len(buffer)), longest, -1):
+            if buffer.endswith(stop[:size]):
+                longest = size
+                break
+    return longest
+
+
+def _decode(source, batch: int, max_new_bytes: int, sampler, stops: list[bytes]) -> Iterator[list[bytes]]:
+    """Drive a logit source; yield, after every step, the newly final bytes of each row."""
+    buffers = [bytearray() for _ in range(batch)]
+    shown = [0] * batch
+    done = [False] * batch
+    for _ in range(max_new_bytes):
+        next_ids = sampler(source.logits())
+        chunks = []
+        for row, token in enumerate(next_ids.tolist()):
+            if not done[row]:
+                if token == tokens.EOS_ID:
+                    done[row] = True
+                else:
+                    buffers[row].append(token)
+                    for stop in stops:
+                        if buffers[row].endswith(stop):
+                            del buffers[row][len(buffers[row]) - len(stop):]
+                            done[row] = True
+                            break
+            final = len(buffers[row]) if done[row] else len(buffers[row]) - _held_back(bytes(buffers[row]), stops)
+            chunks.append(bytes(buffers[row][shown[row]:final]))
+            shown[row] = max(shown[row], final)
+        yield chunks
+        if all(done):
+            return
+        source.append(next_ids)
+    yield [bytes(buffer[position:]) for buffer, position in zip(buffers, shown)]
+
+
+def _stop_list(stop) -> list[bytes]:
+    if stop is None:
+        return []
+    stops = [stop] if isinstance(stop, (bytes, bytearray)) else list(stop)
+    if any(not isinstance(s, (bytes, bytearray)) or not s for s in stops):
+        raise ValueError("stop must be a non-empty byte string or a list of them")
+    return [bytes(s) for s in stops]
+
+
+def _check_options(max_new_bytes: int, temperature: float, top_k, top_p) -> None:
+    if max_new_bytes < 0:
+        raise ValueError(f"max_new_bytes must be >= 0, got {max_new_bytes}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+
+
+def _sampler(model, temperature, top_k, top_p, seed):
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    return lambda logits: sample_next(logits, temperature, top_k, top_p, generator)
+
+
+@torch.no_grad()
+def generate(model, prompt, max_new_bytes: int, *, temperature: float = 1.0, top_k: int | None = None,
+             top_p: float | None = None, stop=None, seed: int | None = None, use_cache: bool = True,
+             prefix_ids: Sequence[int] = (tokens.BOS_ID,)) -> bytes | list[bytes]:
+    """See ``Megabyte.generate``."""
+    _check_options(max_new_bytes, temperature, top_k, top_p)
+    rows, single = _prompt_rows(prompt, prefix_ids)
+    stops, sampler = _stop_list(stop), _sampler(model, temperature, top_k, top_p, seed)
+    results: list[bytes] = [b""] * len(rows)
+    was_training = model.training
+    model.eval()
+    try:
+        for indices, source in _sources(model, rows, use_cache):
+            collected = [bytearray() for _ in indices]
+            for chunks in _decode(source, len(indices), max_new_bytes, sampler, stops):
+                for buffer, chunk in zip(collected, chunks):
+                    buffer += chunk
+            for index, buffer in zip(indices, collected):
+                results[index] = bytes(buffer)
+    finally:
+        model.train(was_training)
+    return results[0] if single else results
+
+
+@torch.no_grad()
+def generate_stream(model, prompt, max_new_bytes: int, *, temperature: float = 1.0, top_k: int | None = None,
+                    top_p: float | None = None, stop=None, seed: int | None = None, use_cache: bool = True,
+                    prefix_ids: Sequence[int] = (tokens.BOS_ID,)) -> Iterator[bytes]:
+    """See ``Megabyte.generate_stream``: one prompt, bytes yielded as soon as they are final."""
+    _check_options(max_new_bytes, temperature, top_k, top_p)
+    rows, _ = _prompt_rows(prompt, prefix_ids)
+    if len(rows) != 1:
+        raise ValueError(f"generate_stream takes one prompt, got {len(rows)}; use generate for a batch")
+    stops, sampler = _stop_list(stop), _sampler(model, temperature, top_k, top_p, seed)
+    was_training = model.training
+    model.eval()
+    try:
+        for _, source in _sources(model, rows, use_cache):
+            for chunks in _decode(source, 1, max_new_bytes, sampler, stops):
+                if chunks[0]:
+                    yield chunks[0]
+    finally:
+        model.train(was_training)

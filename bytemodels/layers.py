@@ -1,0 +1,150 @@
+"""Transformer building blocks shared by every stage: RMSNorm, rotary attention with a KV cache, MLP."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm with a learned gain (no bias, no mean subtraction)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding (RoPE): angles for given positions, applied to queries and keys."""
+
+    def __init__(self, head_dim: int, base: float) -> None:
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        angles = torch.outer(positions.to(self.inv_freq.dtype), self.inv_freq)  # (time, head_dim/2)
+        return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate pairs (first half, second half) of each head's channels of ``x`` (batch, heads, time, head_dim)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half].float(), x[..., half:].float()
+    rotated = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    return rotated.to(x.dtype)
+
+
+class KVCache:
+    """Keys and values of one attention layer for the tokens seen so far (batch, heads, time, head_dim)."""
+
+    def __init__(self) -> None:
+        self.keys: Tensor | None = None
+        self.values: Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.keys is None else self.keys.shape[2]
+
+    def append(self, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        if self.keys is not None:
+            keys = torch.cat((self.keys, keys), dim=2)
+            values = torch.cat((self.values, values), dim=2)
+        self.keys, self.values = keys, values
+        return keys, values
+
+
+class Attention(nn.Module):
+    """Causal multi-head self-attention through ``scaled_dot_product_attention`` (flash kernels on GPU)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.out = nn.Linear(dim, dim, bias=False)
+        self.dropout = dropout
+
+    def forward(
+        self,
+        x: Tensor,
+        rope: tuple[Tensor, Tensor],
+        cache: KVCache | None = None,
+        key_mask: Tensor | None = None,
+    ) -> Tensor:
+        """``x`` (batch, time, dim). With a cache, ``x`` continues the cached tokens; ``key_mask``
+        (batch, keys) marks keys that may be attended to (left padding in batched generation)."""
+        q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.heads)
+        cos, sin = rope
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        past = 0
+        if cache is not None:
+            past = cache.length
+            k, v = cache.append(k, v)
+        dropout = self.dropout if self.training else 0.0
+        if past == 0 and key_mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+        else:
+            time, keys = q.shape[2], k.shape[2]
+            query_pos = torch.arange(past, past + time, device=x.device)[:, None]
+            key_pos = torch.arange(keys, device=x.device)[None, :]
+            allowed = key_pos <= query_pos  # (time, keys)
+            if key_mask is not None:
+                # A padded query still sees itself, so its (ignored) output stays finite.
+                allowed = allowed & (key_mask[:, None, :] | (key_pos == query_pos))
+                allowed = allowed[:, None]  # (batch, 1, time, keys)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout)
+        return self.out(rearrange(y, "b h t d -> b t (h d)"))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.up = nn.Linear(dim, hidden, bias=False)
+        self.down = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(F.gelu(self.up(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attention(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float, eps: float) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(dim, eps)
+        self.attn = Attention(dim, heads, dropout)
+        self.mlp_norm = RMSNorm(dim, eps)
+        self.mlp = MLP(dim, int(mlp_ratio * dim))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], cache: KVCache | None, key_mask: Tensor | None) -> Tensor:
+        x = x + self.drop(self.attn(self.attn_norm(x), rope, cache, key_mask))
+        return x + self.drop(self.mlp(self.mlp_norm(x)))
+
+
+class Transformer(nn.Module):
+    """A stack of causal blocks with rotary positions and a final norm; one per MEGABYTE stage."""
+
+    def __init__(self, dim: int, layers: int, heads: int, mlp_ratio: float, dropout: float,
+                 rope_base: float, eps: float) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, dropout, eps) for _ in range(layers))
+        self.rotary = Rotary(dim // heads, rope_base)
+        self.norm = RMSNorm(dim, eps)
+
+    def new_cache(self) -> list[KVCache]:
+        return [KVCache() for _ in self.blocks]
+
+    def forward(self, x: Tensor, cache: list[KVCache] | None = None, key_mask: Tensor | None = None) -> Tensor:
+        """``x`` (batch, time, dim) → (batch, time, dim); with ``cache`` it continues after the cached tokens."""
+        past = cache[0].length if cache else 0
+        rope = self.rotary(torch.arange(past, past + x.shape[1], device=x.device))
+        for index, block in enumerate(self.blocks):
+            x = block(x, rope, cache[index] if cache else None, key_mask)
+        return self.norm(x)

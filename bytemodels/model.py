@@ -1,0 +1,207 @@
+"""The MEGABYTE model (Yu et al. 2023, arXiv 2305.07185): a global transformer over patches of bytes
+and a local transformer over the bytes of each patch, optionally with middle stages in between.
+
+Axes in the einops patterns: ``b`` batch, ``n`` units of a stage (patches for the global stage),
+``g`` units of a stage inside one unit of the stage above (a group), ``u`` bytes per unit,
+``e`` byte-embedding width, ``d`` model width. ``logits[:, t]`` is the distribution of ``ids[:, t]``
+given ``ids[:, :t]``: the model shifts its inputs itself, so training targets are the ids.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from bytemodels import tokens
+from bytemodels.config import MegabyteConfig
+from bytemodels.layers import KVCache, RMSNorm, Transformer
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class MegabyteOutput(NamedTuple):
+    """What ``Megabyte.forward`` returns: logits for every position and, with targets, the loss."""
+
+    logits: Tensor
+    """(batch, time, vocab): ``logits[:, t]`` scores ``ids[:, t]`` given the ids before it."""
+    loss: Tensor | None
+    """Mean cross-entropy in nats over targets that are not PAD; None without targets."""
+
+
+class UnitEmbedder(nn.Module):
+    """Embeds the units of one stage: a byte, or a patch of ``unit`` bytes whose byte embeddings are
+    concatenated and projected to the stage width (the paper's patch embedder)."""
+
+    def __init__(self, vocab_size: int, unit: int, byte_dim: int, dim: int) -> None:
+        super().__init__()
+        self.unit = unit
+        if unit == 1:
+            self.bytes = nn.Embedding(vocab_size, dim)
+            self.project = None
+        else:
+            self.bytes = nn.Embedding(vocab_size, byte_dim)
+            self.project = nn.Linear(unit * byte_dim, dim, bias=False)
+
+    def forward(self, units: Tensor) -> Tensor:
+        """``units`` (..., unit) ids → (..., dim)."""
+        if self.project is None:
+            return self.bytes(units.squeeze(-1))
+        return self.project(rearrange(self.bytes(units), "... u e -> ... (u e)"))
+
+
+class Stage(nn.Module):
+    """One level of the hierarchy: embeds its units, runs its transformer over a group of units
+    (shifted right by one unit, a learned start vector in front) and hands a context vector to each
+    position of the stage below."""
+
+    def __init__(self, config: MegabyteConfig, index: int) -> None:
+        super().__init__()
+        units, dims = config.unit_sizes, config.dims
+        self.unit = units[index]
+        dim = dims[index]
+        self.embed = UnitEmbedder(config.vocab_size, self.unit, config.byte_embed_dim, dim)
+        self.start = nn.Parameter(torch.zeros(dim))
+        self.drop = nn.Dropout(config.dropout)
+        self.transformer = Transformer(dim, config.layers[index], config.heads[index], config.mlp_ratio,
+                                       config.dropout, config.rope_base, config.norm_eps)
+        self.is_local = index == config.num_stages - 1
+        if self.is_local:
+            self.to_next = None
+        else:
+            # Per-position projection: one context vector for each unit of the stage below.
+            self.sub_units = self.unit // units[index + 1]
+            self.to_next = nn.Linear(dim, self.sub_units * dims[index + 1], bias=False)
+
+    def inputs(self, units: Tensor, context: Tensor | None) -> Tensor:
+        """Inputs for a whole group: ``units`` (batch, g, unit) ids, ``context`` (batch, g, d) or None.
+
+        Position ``k`` sees the embedding of unit ``k-1`` (the start vector for ``k = 0``) plus its context."""
+        embedded = self.embed(units[:, :-1])
+        start = self.start.to(embedded.dtype).expand(units.shape[0], 1, -1)
+        x = torch.cat((start, embedded), dim=1)
+        if context is not None:
+            x = x + context
+        return self.drop(x)
+
+    def contexts(self, hidden: Tensor) -> Tensor:
+        """(batch, n, d) outputs → (batch, n, sub_units, d_next) contexts for the stage below."""
+        return rearrange(self.to_next(hidden), "b n (g d) -> b n g d", g=self.sub_units)
+
+
+class Megabyte(nn.Module):
+    """MEGABYTE over token ids (bytes 0-255 plus special ids); knows no modality.
+
+    ``model(ids)`` returns logits for every position; ``model(ids, targets)`` also the mean
+    cross-entropy over targets that are not PAD. Any length works: it is padded internally to whole
+    patches with PAD (never with a byte value)."""
+
+    def __init__(self, config: MegabyteConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.stages = nn.ModuleList(Stage(config, index) for index in range(config.num_stages))
+        self.head = nn.Linear(config.local_dim, config.vocab_size, bias=False)
+        self.apply(self._init_weights)
+        # GPT-2 scaled init: residual projections shrink with depth so the stream's variance stays put.
+        for stage, depth in zip(self.stages, config.layers):
+            for block in stage.transformer.blocks:
+                for layer in (block.attn.out, block.mlp.down):
+                    nn.init.normal_(layer.weight, std=0.02 / math.sqrt(2 * max(depth, 1)))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    # -- training forward ------------------------------------------------------------------
+    def forward(self, ids: Tensor, targets: Tensor | None = None) -> MegabyteOutput:
+        """``ids`` (batch, time) → ``MegabyteOutput(logits (batch, time, vocab), loss or None)``."""
+        if ids.dim() != 2:
+            raise ValueError(f"ids must be (batch, time), got shape {tuple(ids.shape)}")
+        batch, time = ids.shape
+        patch = self.config.patch_size
+        padded_time = max(patch, -(-time // patch) * patch)
+        if padded_time != time:
+            ids = F.pad(ids, (0, padded_time - time), value=tokens.PAD_ID)
+
+        # The global stage's group is the whole sequence; each stage below runs on the units of one
+        # unit of the stage above, folded into the batch.
+        units = rearrange(ids, "b (n u) -> b n u", u=self.stages[0].unit)
+        context = None
+        for stage in self.stages:
+            hidden = stage.transformer(stage.inputs(units, context))  # (batch', g, d)
+            if stage.is_local:
+                break
+            context = rearrange(stage.contexts(hidden), "b n g d -> (b n) g d")
+            units = rearrange(units, "b n (g u) -> (b n) g u", g=stage.sub_units)
+        logits = rearrange(self.head(hidden), "(b n) u v -> b (n u) v", b=batch)[:, :time]
+
+        loss = None
+        if targets is not None:
+            if targets.shape != (batch, time):
+                raise ValueError(f"targets must have the shape of ids {(batch, time)}, got {tuple(targets.shape)}")
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                   ignore_index=tokens.PAD_ID)
+        return MegabyteOutput(logits, loss)
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+    def num_parameters(self) -> int:
+        """Number of trainable parameters."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW parameter groups: decay on Linear weights only, none on norms, embeddings or start vectors."""
+        decay = [m.weight for m in self.modules() if isinstance(m, nn.Linear)]
+        decay_ids = {id(p) for p in decay}
+        no_decay = [p for p in self.parameters() if id(p) not in decay_ids]
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    # -- generation (bytemodels/generate.py does the work) -----------------------------------------
+    @torch.no_grad()
+    def generate(self, prompt: bytes | Sequence[bytes] | Tensor, max_new_bytes: int, *,
+                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                 stop: bytes | Sequence[bytes] | None = None, seed: int | None = None,
+                 use_cache: bool = True, prefix_ids: Sequence[int] = (tokens.BOS_ID,)) -> bytes | list[bytes]:
+        """Generate up to ``max_new_bytes`` bytes after each prompt.
+
+        ``prompt`` is ``bytes`` (returns ``bytes``), a list of ``bytes`` of any lengths, or a
+        (batch, time) tensor of ids used as given (both return ``list[bytes]``). ``prefix_ids`` go
+        before ``bytes`` prompts (BOS, as in training documents). Generation ends early at EOS or once
+        the output ends with a ``stop`` byte string (which is not returned). ``temperature=0`` is greedy.
+        ``use_cache=False`` recomputes the whole prefix for every byte (the reference for tests)."""
+        from bytemodels.generate import generate
+
+        return generate(self, prompt, max_new_bytes, temperature=temperature, top_k=top_k, top_p=top_p,
+                        stop=stop, seed=seed, use_cache=use_cache, prefix_ids=prefix_ids)
+
+    @torch.no_grad()
+    def generate_stream(self, prompt: bytes | Tensor, max_new_bytes: int, **options) -> Iterator[bytes]:
+        """Like ``generate`` for one prompt, yielding bytes as soon as they are final."""
+        from bytemodels.generate import generate_stream
+
+        yield from generate_stream(self, prompt, max_new_bytes, **options)
+
+    # -- files -------------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if needed)."""
+        from bytemodels.pretrained import save_pretrained
+
+        save_pretrained(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "Megabyte":
+        """Load a model written by ``save_pretrained`` (or a training checkpoint folder)."""
+        from bytemodels.pretrained import load_pretrained
+
+        return load_pretrained(cls, directory, map_location)

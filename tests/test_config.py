@@ -1,0 +1,46 @@
+import pytest
+
+from bytemodels import PRESETS, Megabyte, MegabyteConfig
+
+
+def test_json_round_trip_keeps_every_field():
+    config = MegabyteConfig.preset("small", patch_sizes=(32, 4), dims=(96, 64, 32), layers=(1, 1, 1),
+                                   heads=(2, 2, 2), dropout=0.1)
+    assert MegabyteConfig.from_json(config.to_json()) == config
+
+
+def test_presets_have_the_promised_sizes():
+    expected = {"tiny": 1e6, "small": 10e6, "base": 40e6, "large": 150e6}
+    for name, size in expected.items():
+        params = Megabyte(MegabyteConfig.preset(name)).num_parameters() if name in ("tiny", "small") else None
+        if params is not None:
+            assert 0.7 * size < params < 1.4 * size, (name, params)
+    assert set(PRESETS) == set(expected)
+
+
+def test_unknown_preset_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="tiny, small, base, large"):
+        MegabyteConfig.preset("huge")
+
+
+def test_unknown_override_names_the_field():
+    with pytest.raises(ValueError, match="patch_szie"):
+        MegabyteConfig.preset("tiny", patch_szie=4)
+
+
+@pytest.mark.parametrize("overrides, field", [
+    (dict(dims=(64,)), "dims"),
+    (dict(patch_sizes=(8, 3), dims=(32, 32, 32), layers=(1, 1, 1), heads=(2, 2, 2)), "patch_sizes"),
+    (dict(heads=(3, 2)), "heads"),
+    (dict(max_seq_len=100), "max_seq_len"),
+])
+def test_inconsistent_shapes_name_the_field(overrides, field):
+    with pytest.raises(ValueError, match=field):
+        MegabyteConfig.preset("tiny", **overrides)
+
+
+def test_flops_per_byte_grows_with_the_model():
+    tiny, small = MegabyteConfig.preset("tiny"), MegabyteConfig.preset("small")
+    assert 0 < tiny.flops_per_byte() < small.flops_per_byte()
+    # Training costs three forward passes' worth (forward + backward).
+    assert tiny.flops_per_byte() == pytest.approx(3 * tiny.flops_per_byte(training=False))

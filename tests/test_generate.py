@@ -1,0 +1,102 @@
+import pytest
+import torch
+
+from bytemodels import Megabyte, MegabyteConfig, tokens
+from bytemodels.generate import IncrementalDecoder
+
+PATCH = 4
+SHAPES = {
+    "2-stage": dict(patch_sizes=(PATCH,), dims=(32, 16), layers=(2, 1), heads=(2, 1), max_seq_len=64),
+    "3-stage": dict(patch_sizes=(PATCH * 2, 2), dims=(32, 16, 16), layers=(1, 1, 1), heads=(2, 1, 1),
+                    max_seq_len=64),
+}
+
+
+@pytest.fixture(params=list(SHAPES))
+def model(request) -> Megabyte:
+    torch.manual_seed(0)
+    return Megabyte(MegabyteConfig.preset("tiny", **SHAPES[request.param])).eval()
+
+
+def prompt_of(length: int) -> bytes:
+    return bytes((7 * i + 3) % 256 for i in range(length))
+
+
+@pytest.mark.parametrize("length", [0, 1, PATCH - 1, PATCH, PATCH + 1, 2 * PATCH + 3])
+def test_greedy_bytes_are_identical_with_and_without_cache(model, length):
+    prompt = prompt_of(length)
+    cached = model.generate(prompt, 24, temperature=0, prefix_ids=())
+    reference = model.generate(prompt, 24, temperature=0, prefix_ids=(), use_cache=False)
+    assert cached == reference and len(cached) > 0
+
+
+@pytest.mark.parametrize("length", [0, 1, PATCH - 1, PATCH, PATCH + 1])
+def test_cached_logits_match_full_recompute_every_step(model, length):
+    ids = torch.tensor([list(prompt_of(length))], dtype=torch.long).view(1, length)
+    decoder = IncrementalDecoder(model, ids)
+    for _ in range(3 * model.config.patch_size):
+        step_logits = decoder.logits()
+        position = decoder.ids.shape[1]
+        full = model(torch.cat((decoder.ids, torch.full((1, 1), tokens.PAD_ID)), dim=1)).logits[:, position]
+        assert torch.allclose(step_logits, full, atol=1e-4), position
+        decoder.append(step_logits.argmax(-1))
+
+
+def test_ragged_batch_matches_one_by_one(model):
+    prompts = [b"", b"a", prompt_of(PATCH - 1), prompt_of(PATCH), prompt_of(PATCH + 1), prompt_of(3 * PATCH + 2)]
+    batched = model.generate(prompts, 20, temperature=0)
+    assert batched == model.generate(prompts, 20, temperature=0, use_cache=False)
+    assert batched == [model.generate(p, 20, temperature=0) for p in prompts]
+
+
+def test_seeded_sampling_is_reproducible(model):
+    first = model.generate(b"abc", 30, seed=5, top_k=20, top_p=0.9, temperature=0.8)
+    assert first == model.generate(b"abc", 30, seed=5, top_k=20, top_p=0.9, temperature=0.8)
+    assert len(first) == 30
+
+
+def test_stream_yields_what_generate_returns(model):
+    streamed = list(model.generate_stream(b"hello", 25, temperature=0, stop=b"\x00\x01"))
+    assert b"".join(streamed) == model.generate(b"hello", 25, temperature=0, stop=b"\x00\x01")
+    assert len(streamed) > 1
+
+
+class ScriptedHead(torch.nn.Module):
+    """Replaces the output head: emits the bytes of ``script`` in order, then EOS."""
+
+    def __init__(self, script: list[int], vocab: int) -> None:
+        super().__init__()
+        self.script, self.vocab, self.calls = script, vocab, 0
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(*hidden.shape[:-1], self.vocab)
+        positions = hidden.shape[-2] if hidden.dim() == 3 else 1
+        token = self.script[min(self.calls, len(self.script) - 1)]
+        self.calls += 1
+        logits[..., token] = 50.0
+        return logits if positions else logits
+
+
+def test_eos_and_stop_strings_end_generation_early():
+    torch.manual_seed(0)
+    model = Megabyte(MegabyteConfig.preset("tiny", **SHAPES["2-stage"])).eval()
+    model.head = ScriptedHead(list(b"abcXYZdef") + [tokens.EOS_ID], model.config.vocab_size)
+    assert model.generate(b"", 50, temperature=0) == b"abcXYZdef"
+    model.head.calls = 0
+    assert model.generate(b"", 50, temperature=0, stop=[b"XY", b"zz"]) == b"abc"
+    model.head.calls = 0
+    assert b"".join(model.generate_stream(b"", 50, temperature=0, stop=b"XYZ")) == b"abc"
+
+
+def test_special_ids_other_than_eos_are_never_generated(model):
+    out = model.generate([b"x", b"yy"], 40, temperature=2.0, seed=0)
+    assert all(isinstance(b, bytes) and len(b) <= 40 for b in out)
+
+
+def test_bad_options_are_clear_errors(model):
+    with pytest.raises(ValueError, match="temperature"):
+        model.generate(b"a", 3, temperature=-1)
+    with pytest.raises(ValueError, match="top_p"):
+        model.generate(b"a", 3, top_p=0)
+    with pytest.raises(TypeError, match="bytes"):
+        model.generate(["text"], 3)

@@ -1,0 +1,106 @@
+import math
+
+import pytest
+import torch
+
+from bytemodels import Megabyte, MegabyteConfig, tokens
+
+TWO_STAGE = dict(patch_sizes=(4,), dims=(32, 16), layers=(2, 1), heads=(2, 1), max_seq_len=64)
+THREE_STAGE = dict(patch_sizes=(8, 2), dims=(32, 16, 16), layers=(1, 1, 1), heads=(2, 1, 1), max_seq_len=64)
+
+
+def tiny_model(**overrides) -> Megabyte:
+    torch.manual_seed(0)
+    return Megabyte(MegabyteConfig.preset("tiny", **overrides)).eval()
+
+
+@pytest.mark.parametrize("shape", [TWO_STAGE, THREE_STAGE], ids=["2-stage", "3-stage"])
+def test_changing_a_byte_never_changes_earlier_logits(shape):
+    model = tiny_model(**shape)
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 256, (1, 27), generator=generator)  # not a multiple of any patch size
+    reference = model(ids).logits
+    # Every position, so patch boundaries of every stage are crossed.
+    for position in range(ids.shape[1]):
+        changed = ids.clone()
+        changed[0, position] = (changed[0, position] + 1) % 256
+        logits = model(changed).logits
+        assert torch.equal(logits[:, : position + 1], reference[:, : position + 1]), position
+        if position + 1 < ids.shape[1]:
+            assert not torch.equal(logits[:, position + 1:], reference[:, position + 1:]), position
+
+
+def test_any_length_is_padded_internally():
+    model = tiny_model(**TWO_STAGE)
+    for length in (1, 3, 4, 5, 63, 64, 65):
+        ids = torch.randint(0, 256, (2, length))
+        assert model(ids).logits.shape == (2, length, model.config.vocab_size)
+
+
+def test_untrained_loss_is_near_uniform():
+    model = tiny_model()
+    ids = torch.randint(0, 256, (4, 256))
+    loss = model(ids, ids).loss.item()
+    assert abs(loss - math.log(model.config.vocab_size)) < 0.1
+
+
+def test_pad_targets_are_ignored_but_zero_bytes_count():
+    model = tiny_model(**TWO_STAGE)
+    ids = torch.randint(0, 256, (1, 16))
+    full = model(ids, ids).loss
+    targets = ids.clone()
+    targets[0, 8:] = tokens.PAD_ID
+    logits = model(ids).logits
+    expected = torch.nn.functional.cross_entropy(logits[0, :8], ids[0, :8])
+    assert torch.allclose(model(ids, targets).loss, expected)
+    assert not torch.allclose(full, expected)
+    zeros = torch.zeros(1, 16, dtype=torch.long)
+    assert torch.isfinite(model(zeros, zeros).loss)
+
+
+def train_steps(model: Megabyte, ids: torch.Tensor, steps: int, lr: float) -> list[float]:
+    model.train()
+    optimizer = torch.optim.AdamW(model.param_groups(0.0), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = model(ids, ids).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_all_zero_sequence_is_learned():
+    model = tiny_model(**TWO_STAGE)
+    zeros = torch.zeros(2, 64, dtype=torch.long)
+    losses = train_steps(model, zeros, 60, 1e-2)
+    assert math.isfinite(losses[0]) and losses[-1] < 0.1 * losses[0]
+
+
+def test_tiny_model_memorises_a_2kb_string():
+    text = (b"The quick brown fox jumps over the lazy dog; 0123456789. " * 40)[:1024]
+    noise = bytes(torch.randint(0, 256, (1024,), generator=torch.Generator().manual_seed(3)).tolist())
+    data = text + noise  # 2 KB: half structured, half random bytes
+    ids = torch.tensor(list(data)).view(4, 512)
+    model = tiny_model(dims=(128, 64), layers=(2, 2), heads=(4, 2))
+    losses = train_steps(model, ids, 250, 3e-3)
+    bits_per_byte = losses[-1] / math.log(2)
+    assert bits_per_byte < 0.1, bits_per_byte
+
+
+def test_forward_has_no_graph_breaks():
+    model = tiny_model(**TWO_STAGE)
+    ids = torch.randint(0, 256, (2, 32))
+    explanation = torch._dynamo.explain(model)(ids, ids)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+def test_param_groups_exempt_norms_and_embeddings():
+    model = tiny_model(**TWO_STAGE)
+    decay, no_decay = model.param_groups(0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() == 2 for p in decay["params"])
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    assert embeddings and embeddings <= {id(p) for p in no_decay["params"]}
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))

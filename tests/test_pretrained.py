@@ -1,0 +1,46 @@
+import pytest
+import torch
+
+from bytemodels import Megabyte, MegabyteConfig, ModelFileError
+from bytemodels.pretrained import CONFIG_FILE, WEIGHTS_FILE
+
+SHAPE = dict(patch_sizes=(4,), dims=(32, 16), layers=(1, 1), heads=(2, 1), max_seq_len=64)
+
+
+@pytest.fixture
+def saved(tmp_path):
+    torch.manual_seed(0)
+    model = Megabyte(MegabyteConfig.preset("tiny", **SHAPE)).eval()
+    model.save_pretrained(tmp_path / "model")
+    return model, tmp_path / "model"
+
+
+def test_round_trip_gives_identical_logits(saved):
+    model, folder = saved
+    assert sorted(p.name for p in folder.iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]
+    loaded = Megabyte.from_pretrained(folder).eval()
+    ids = torch.randint(0, 256, (2, 19))
+    assert loaded.config == model.config
+    assert torch.equal(loaded(ids).logits, model(ids).logits)
+
+
+def test_truncated_weights_name_the_file(saved):
+    _, folder = saved
+    weights = folder / WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ModelFileError, match=WEIGHTS_FILE):
+        Megabyte.from_pretrained(folder)
+
+
+def test_missing_file_names_it(saved):
+    _, folder = saved
+    (folder / CONFIG_FILE).unlink()
+    with pytest.raises(ModelFileError, match=f"{CONFIG_FILE}: file is missing"):
+        Megabyte.from_pretrained(folder)
+
+
+def test_weights_that_do_not_match_the_config_name_both_files(saved):
+    _, folder = saved
+    MegabyteConfig.preset("tiny", **{**SHAPE, "dims": (64, 16), "heads": (2, 1)}).save(folder / CONFIG_FILE)
+    with pytest.raises(ModelFileError, match="do not match"):
+        Megabyte.from_pretrained(folder)
