@@ -1,0 +1,365 @@
+"""The ``bytemodels`` command: sample, evaluate, inspect checkpoints; encode and decode with codecs.
+
+This is the one core module that imports ``bytecodecs``: a checkpoint records its codec's
+configuration as opaque JSON, and only here does it become a codec again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import bytecodecs
+
+LAYOUT_BY_MODALITY = {"audio": "records", "image": "records"}
+
+
+class CommandError(Exception):
+    """A problem the user can fix; printed as one line, exit status 2."""
+
+
+# -- checkpoints -----------------------------------------------------------------------------------
+def open_checkpoint(path: str) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """(checkpoint folder, metadata, trainer state) for a checkpoint or run folder, or a model folder."""
+    from bytemodels.checkpoint import METADATA_FILE, STATE_FILE, resolve_checkpoint
+
+    folder = Path(path)
+    if not folder.exists():
+        raise CommandError(f"{path}: no such checkpoint folder")
+    if not (folder / "model.safetensors").is_file():
+        folder = resolve_checkpoint(folder)
+    metadata = _read_json(folder / METADATA_FILE)
+    state = _read_json(folder / STATE_FILE)
+    return folder, metadata, state
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise CommandError(f"{path}: not valid JSON ({error})") from None
+
+
+def checkpoint_codec(metadata: dict[str, Any]) -> bytecodecs.ByteCodec | None:
+    """The codec a checkpoint was trained with, or None when it recorded none (raw bytes)."""
+    config = metadata.get("codec")
+    return bytecodecs.codec_from_config(config) if config else None
+
+
+def checkpoint_layout(metadata: dict[str, Any], codec: bytecodecs.ByteCodec | None) -> str:
+    if "layout" in metadata:
+        return metadata["layout"]
+    return LAYOUT_BY_MODALITY.get(codec.modality if codec else "", "packed")
+
+
+def load_model(folder: Path, device: str):
+    import torch
+
+    from bytemodels.model import Megabyte
+
+    model = Megabyte.from_pretrained(folder, map_location=device if device != "auto" else _auto_device())
+    torch.set_grad_enabled(False)
+    return model.eval()
+
+
+def _auto_device() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+# -- sample ----------------------------------------------------------------------------------------
+def prompt_ids(codec, layout: str, patch_size: int, data: bytes, num_tags: int) -> list[int]:
+    """The ids a generation starts from: the framing a training document begins with, then ``data``."""
+    from bytemodels import tokens
+    from bytemodels.data import record_prompt
+
+    tag = codec.tag if codec is not None else None
+    if layout == "records":
+        return record_prompt(patch_size, tag, num_tags) + list(data)
+    header = [tokens.BOS_ID] + ([tokens.tag_id(tag, num_tags)] if tag is not None else [])
+    return header + list(data)
+
+
+def command_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    folder, metadata, _ = open_checkpoint(args.checkpoint)
+    codec = checkpoint_codec(metadata)
+    layout = checkpoint_layout(metadata, codec)
+    if args.prompt is not None and args.prompt_file is not None:
+        raise CommandError("give --prompt or --prompt-file, not both")
+    if args.prompt_file is not None:
+        data = codec.encode_file(args.prompt_file) if codec else _read_bytes(args.prompt_file)
+    elif args.prompt is not None:
+        data = codec.encode(args.prompt) if codec is not None and codec.modality == "text" else args.prompt.encode()
+    else:
+        data = b""
+    model = load_model(folder, args.device)
+    config = model.config
+    record_size = codec.framing.record_size if codec is not None else None
+    max_bytes = args.max_bytes if args.max_bytes is not None else (record_size - len(data) if record_size else 1000)
+    ids = torch.tensor([prompt_ids(codec, layout, config.patch_size, data, config.num_tags)],
+                       device=next(model.parameters()).device)
+    options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    is_text = codec is None or codec.modality == "text"
+    generated = bytearray()
+    if is_text and not args.quiet:
+        # Stream: show each piece as soon as it is final.
+        out = sys.stdout.buffer
+        out.write(data)
+        for piece in model.generate_stream(ids, max_bytes, **options):
+            generated += piece
+            out.write(piece)
+            out.flush()
+        out.write(b"\n")
+    else:
+        generated += model.generate(ids, max_bytes, **options)[0]
+    output = Path(args.output) if args.output else Path("sample" + (codec.extension if codec else ".bin"))
+    if codec is None:
+        output.write_bytes(data + bytes(generated))
+    else:
+        output = codec.write_bytes(data + bytes(generated), output)
+    print(f"wrote {len(generated)} generated bytes to {output}", file=sys.stderr)
+    return 0
+
+
+def _read_bytes(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise CommandError(f"{path}: cannot read ({error.strerror or error})") from None
+
+
+# -- eval ------------------------------------------------------------------------------------------
+def collect_files(paths: Sequence[str], codec) -> list[Path]:
+    files: list[Path] = []
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            files += bytecodecs.list_files(path, codec.extensions if codec else ())
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise CommandError(f"{name}: no such file or folder")
+    if not files:
+        raise CommandError(f"no files to evaluate under {', '.join(paths)}")
+    return files
+
+
+def bits_per_byte(model, document: bytes, tag: int | None, layout: str, batch_size: int) -> tuple[float, int]:
+    """(total bits, data bytes) for one document framed as in training; only byte targets count."""
+    import torch
+    import torch.nn.functional as F
+
+    from bytemodels import tokens
+    from bytemodels.data import ByteDataset
+
+    config = model.config
+    device = next(model.parameters()).device
+    with tempfile.TemporaryDirectory() as folder:
+        dataset = ByteDataset.build([(document, tag)], folder, key={"eval": len(document)}, layout=layout,
+                                    progress=False)
+        windows = dataset.windows(config.max_seq_len, config.patch_size, config.num_tags)
+        ids = torch.from_numpy(windows.fixed(len(windows)))
+    total_nats = 0.0
+    for batch in ids.split(batch_size):
+        batch = batch.to(device)
+        logits = model(batch).logits.float()
+        targets = batch.masked_fill(batch >= tokens.NUM_BYTES, tokens.PAD_ID)
+        total_nats += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                      ignore_index=tokens.PAD_ID, reduction="sum").item()
+    return total_nats / math.log(2), len(document)
+
+
+def command_eval(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    folder, metadata, _ = open_checkpoint(args.checkpoint)
+    codec = checkpoint_codec(metadata)
+    layout = checkpoint_layout(metadata, codec)
+    model = load_model(folder, args.device)
+    rows, skipped = [], []
+    for path in tqdm(collect_files(args.files, codec), desc="evaluating", unit="file", disable=args.json):
+        try:
+            document = codec.encode_file(path) if codec else path.read_bytes()
+        except (bytecodecs.CodecError, OSError) as error:
+            skipped.append(str(error))
+            continue
+        if not document:
+            skipped.append(f"{path}: no bytes after encoding")
+            continue
+        bits, size = bits_per_byte(model, document, codec.tag if codec else None, layout, args.batch_size)
+        rows.append({"file": str(path), "bytes": size, "bits_per_byte": bits / size})
+    if not rows:
+        raise CommandError(f"no file could be evaluated ({len(skipped)} skipped: {skipped[0] if skipped else ''})")
+    total_bytes = sum(row["bytes"] for row in rows)
+    total_bpb = sum(row["bits_per_byte"] * row["bytes"] for row in rows) / total_bytes
+    result = {"checkpoint": str(folder), "codec": codec.config() if codec else None, "files": rows,
+              "total": {"files": len(rows), "bytes": total_bytes, "bits_per_byte": total_bpb},
+              "skipped": skipped}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    width = max(len("file"), *(len(row["file"]) for row in rows))
+    print(f"{'file':<{width}}  {'bytes':>10}  {'bits/byte':>9}")
+    for row in rows:
+        print(f"{row['file']:<{width}}  {row['bytes']:>10,}  {row['bits_per_byte']:>9.4f}")
+    print(f"{'total (' + str(len(rows)) + ' files)':<{width}}  {total_bytes:>10,}  {total_bpb:>9.4f}")
+    if skipped:
+        print(f"skipped {len(skipped)} unusable files (first: {skipped[0]})", file=sys.stderr)
+    return 0
+
+
+# -- encode / decode -------------------------------------------------------------------------------
+def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
+    """``key=value`` pairs; values are JSON when they parse as JSON (numbers, true, lists), else strings."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CommandError(f"codec option {pair!r} must look like key=value")
+        try:
+            options[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.replace("-", "_")] = value
+    return options
+
+
+def command_encode(args: argparse.Namespace) -> int:
+    codec = bytecodecs.get_codec(args.codec, **parse_options(args.option))
+    data = codec.encode_file(args.input)
+    Path(args.output).write_bytes(data)
+    print(f"{args.input} -> {args.output}: {len(data):,} bytes ({json.dumps(codec.config())})")
+    return 0
+
+
+def command_decode(args: argparse.Namespace) -> int:
+    codec = bytecodecs.get_codec(args.codec, **parse_options(args.option))
+    written = codec.write_bytes(_read_bytes(args.input), args.output)
+    print(f"{args.input} -> {written}")
+    return 0
+
+
+# -- info / codecs ---------------------------------------------------------------------------------
+def command_info(args: argparse.Namespace) -> int:
+    from bytemodels.config import MegabyteConfig
+    from bytemodels.model import Megabyte
+
+    folder, metadata, state = open_checkpoint(args.checkpoint)
+    config_path = folder / "config.json"
+    try:
+        config = MegabyteConfig.load(config_path)
+    except (OSError, ValueError, TypeError) as error:
+        raise CommandError(f"{config_path}: not a readable model config ({error})") from None
+    import torch
+
+    with torch.device("meta"):  # count parameters without allocating them
+        params = Megabyte(config).num_parameters()
+    info = {"checkpoint": str(folder), "parameters": params, "config": config.to_dict(),
+            "codec": metadata.get("codec"), "step": state.get("step"), "bytes_seen": state.get("bytes_seen"),
+            "best_val_bpb": state.get("best_val_bpb"), "val_bpb": state.get("val_bpb")}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"checkpoint     {folder}")
+    print(f"parameters     {params:,}")
+    stages = " → ".join(f"{d}×{n} ({h} heads)" for d, n, h in zip(config.dims, config.layers, config.heads))
+    print(f"model          patch sizes {config.patch_sizes}, stages {stages}, max_seq_len {config.max_seq_len}")
+    print(f"codec          {json.dumps(info['codec']) if info['codec'] else 'none recorded (raw bytes)'}")
+    for label, key in (("step", "step"), ("bytes seen", "bytes_seen"), ("best val bpb", "best_val_bpb")):
+        value = info[key]
+        shown = "—" if value is None else (f"{value:,}" if isinstance(value, int) else f"{value:.4f}")
+        print(f"{label:<15}{shown}")
+    return 0
+
+
+def command_codecs(args: argparse.Namespace) -> int:
+    for name in bytecodecs.available_codecs():
+        cls = bytecodecs.codec_class(name)
+        print(f"{name:<10} modality={cls.modality or '-':<8} tag={cls.tag!s:<5} {cls.__module__}.{cls.__qualname__}")
+    return 0
+
+
+# -- parser ----------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bytemodels",
+        description="Sample, evaluate and inspect bytemodels checkpoints; encode and decode files with codecs.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sample = commands.add_parser("sample", help="generate from a checkpoint, written in the codec's format")
+    sample.add_argument("checkpoint", help="checkpoint folder, run folder or model folder")
+    sample.add_argument("--prompt", help="text to continue (text codecs)")
+    sample.add_argument("--prompt-file", help="a file to continue, read through the checkpoint's codec")
+    sample.add_argument("--max-bytes", type=int, help="bytes to generate (default: the codec's record size, or 1000)")
+    sample.add_argument("--temperature", type=float, default=0.8, help="0 is greedy (default 0.8)")
+    sample.add_argument("--top-k", type=int, help="sample among the k most likely bytes")
+    sample.add_argument("--top-p", type=float, help="nucleus sampling mass")
+    sample.add_argument("--seed", type=int, help="random seed for a reproducible sample")
+    sample.add_argument("-o", "--output", help="output file (default: sample.<codec extension> here)")
+    sample.add_argument("--device", default="auto", help="cuda, mps, cpu or auto")
+    sample.add_argument("--quiet", action="store_true", help="do not stream text to the terminal")
+    sample.set_defaults(run=command_sample)
+
+    evaluate = commands.add_parser("eval", help="bits per byte of files under a checkpoint's model")
+    evaluate.add_argument("checkpoint")
+    evaluate.add_argument("files", nargs="+", metavar="FILES_OR_DIR")
+    evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--device", default="auto")
+    evaluate.set_defaults(run=command_eval)
+
+    for name, run, helptext in (("encode", command_encode, "a file to the exact bytes the model sees"),
+                                ("decode", command_decode, "model bytes back to a file")):
+        sub = commands.add_parser(name, help=helptext)
+        sub.add_argument("--codec", required=True, help="codec name (see `bytemodels codecs`)")
+        sub.add_argument("-O", "--option", action="append", default=[], metavar="KEY=VALUE",
+                         help="codec option, e.g. -O sample_rate=8000 -O sample_format=pcm16")
+        sub.add_argument("input", metavar="IN")
+        sub.add_argument("output", metavar="OUT")
+        sub.set_defaults(run=run)
+
+    info = commands.add_parser("info", help="configuration, size, codec and progress of a checkpoint")
+    info.add_argument("checkpoint")
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(run=command_info)
+
+    codecs_command = commands.add_parser("codecs", help="the registered codecs, third-party ones included")
+    codecs_command.set_defaults(run=command_codecs)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``bytemodels`` console script; user errors are one line and exit status 2."""
+    args = build_parser().parse_args(argv)
+    from bytemodels.checkpoint import CheckpointError
+    from bytemodels.pretrained import ModelFileError
+
+    try:
+        return args.run(args)
+    except (CommandError, bytecodecs.CodecError, CheckpointError, ModelFileError) as error:
+        print(f"bytemodels: error: {error}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as error:
+        print(f"bytemodels: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bytemodels: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
