@@ -63,12 +63,13 @@ def test_mulaw_round_trip_is_within_its_quantisation_step(samples: np.ndarray) -
     assert len(data) == len(samples)
     decoded = codec.decode(data).samples.astype(np.float64)
     levels = _mulaw_levels()
-    # the gap between the two levels around each sample bounds the error of the nearest one
+    # Rounding happens in the companded domain, so the decoded level is one of the two levels
+    # around the sample (not always the nearer one): the error is within that quantisation step.
     upper = np.clip(np.searchsorted(levels, samples, side="left"), 1, 255)
     step = levels[upper] - levels[upper - 1]
     error = np.abs(decoded - samples)
-    assert np.all(error <= step / 2 + 1e-6)
-    assert np.all(error <= 0.0313)  # the largest mu-law step is about 0.0615
+    assert np.all(error <= step + 1e-6)
+    assert np.all(error <= 0.0616)  # the largest mu-law step is about 0.0615
 
 
 def test_mulaw_levels_are_symmetric_and_cover_the_range() -> None:
