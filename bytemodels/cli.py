@@ -61,12 +61,9 @@ def checkpoint_layout(metadata: dict[str, Any], codec: bytecodecs.ByteCodec | No
 
 
 def load_model(folder: Path, device: str):
-    import torch
-
     from bytemodels.model import Megabyte
 
     model = Megabyte.from_pretrained(folder, map_location=device if device != "auto" else _auto_device())
-    torch.set_grad_enabled(False)
     return model.eval()
 
 
@@ -177,7 +174,8 @@ def bits_per_byte(model, document: bytes, tag: int | None, layout: str, batch_si
     total_nats = 0.0
     for batch in ids.split(batch_size):
         batch = batch.to(device)
-        logits = model(batch).logits.float()
+        with torch.no_grad():
+            logits = model(batch).logits.float()
         targets = batch.masked_fill(batch >= tokens.NUM_BYTES, tokens.PAD_ID)
         total_nats += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                       ignore_index=tokens.PAD_ID, reduction="sum").item()

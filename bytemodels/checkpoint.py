@@ -1,0 +1,303 @@
+"""Training checkpoints: safetensors and JSON (plus an optimizer file read with ``weights_only``), never pickle.
+
+A run folder holds ``checkpoints/``::
+
+    checkpoints/
+        step_000500/            one checkpoint (Megabyte.from_pretrained reads it as a model folder)
+            config.json         model config           }  exactly what Megabyte.save_pretrained
+            model.safetensors   weights                }  writes
+            optimizer.pt        AdamW state (torch.load(weights_only=True))
+            rng.safetensors     torch RNG states (uint8 tensors)
+            train_config.json   the TrainConfig
+            metadata.json       the caller's opaque metadata (e.g. the codec config)
+            trainer_state.json  step, bytes seen, best val bits/byte, data position, numpy/python RNG,
+                                and the size and SHA-256 of every other file (written last)
+        best/                   hard-linked copy of the checkpoint with the best validation bits/byte
+        latest                  text file naming the newest checkpoint folder
+
+Each checkpoint is written into a temporary folder and renamed into place, so a folder named
+``step_*`` is always complete; a truncated or altered file is caught by its recorded size and hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+CHECKPOINTS_DIR = "checkpoints"
+STATE_FILE = "trainer_state.json"
+OPTIMIZER_FILE = "optimizer.pt"
+RNG_FILE = "rng.safetensors"
+TRAIN_CONFIG_FILE = "train_config.json"
+METADATA_FILE = "metadata.json"
+MODEL_CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+LATEST_FILE = "latest"
+BEST_DIR = "best"
+FORMAT_VERSION = 1
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, incomplete or corrupted; the message names the file."""
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:06d}"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    except OSError:  # folders cannot be synced on some platforms; renames stay atomic regardless
+        pass
+    finally:
+        os.close(handle)
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: readers see old or new, never half."""
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def _replace_dir(temp: Path, final: Path) -> None:
+    """Move the finished folder ``temp`` to ``final``, replacing an older folder of that name."""
+    if final.exists():
+        trash = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old-"))
+        os.rename(final, trash / final.name)
+        os.rename(temp, final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.rename(temp, final)
+    _fsync(final.parent)
+
+
+def save_checkpoint(root: str | Path, step: int, *, write_model: Callable[[Path], None],
+                    optimizer_state: dict, rng_tensors: dict[str, torch.Tensor], state: dict[str, Any],
+                    train_config: dict[str, Any], metadata: dict[str, Any] | None) -> Path:
+    """Write checkpoint ``step`` into ``root`` atomically and point ``latest`` at it; returns its folder.
+
+    ``write_model(folder)`` writes ``config.json`` and ``model.safetensors`` (``model.save_pretrained``)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    name = step_dir_name(step)
+    temp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.tmp-"))
+    try:
+        write_model(temp)
+        torch.save(optimizer_state, temp / OPTIMIZER_FILE)
+        save_file({key: value.contiguous().cpu() for key, value in rng_tensors.items()}, str(temp / RNG_FILE))
+        _write_json(temp / TRAIN_CONFIG_FILE, train_config)
+        _write_json(temp / METADATA_FILE, metadata)
+        files = {}
+        for path in sorted(temp.iterdir()):
+            _fsync(path)
+            files[path.name] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+        _write_json(temp / STATE_FILE, {"format": FORMAT_VERSION, **state, "step": step, "files": files})
+        _fsync(temp / STATE_FILE)
+        _fsync(temp)
+        _replace_dir(temp, root / name)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    atomic_write_text(root / LATEST_FILE, name + "\n")
+    return root / name
+
+
+def update_best(root: str | Path, checkpoint: str | Path) -> Path:
+    """Make ``root/best`` a copy of ``checkpoint`` (hard links where possible, so it costs no space)."""
+    root, checkpoint = Path(root), Path(checkpoint)
+    temp = Path(tempfile.mkdtemp(dir=root, prefix=f".{BEST_DIR}.tmp-"))
+    try:
+        for path in checkpoint.iterdir():
+            try:
+                os.link(path, temp / path.name)
+            except OSError:
+                shutil.copy2(path, temp / path.name)
+        _replace_dir(temp, root / BEST_DIR)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    return root / BEST_DIR
+
+
+def list_checkpoints(root: str | Path) -> list[tuple[int, Path]]:
+    """Complete ``step_*`` checkpoints under ``root`` as (step, folder), oldest first."""
+    root = Path(root)
+    found = []
+    if root.is_dir():
+        for path in root.iterdir():
+            match = _STEP_DIR.match(path.name)
+            if match and (path / STATE_FILE).is_file():
+                found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def prune_checkpoints(root: str | Path, keep_last: int) -> None:
+    """Delete all but the newest ``keep_last`` step checkpoints (``best/`` is separate and stays)."""
+    if keep_last < 1:
+        return
+    for _, path in list_checkpoints(root)[:-keep_last]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def checkpoints_root(path: str | Path) -> Path:
+    """The ``checkpoints`` folder of a run folder (or ``path`` itself when it is one)."""
+    path = Path(path)
+    return path / CHECKPOINTS_DIR if (path / CHECKPOINTS_DIR).is_dir() else path
+
+
+def latest_checkpoint(path: str | Path) -> Path | None:
+    """The newest complete checkpoint of a run folder or checkpoints folder, or None."""
+    root = checkpoints_root(path)
+    pointer = root / LATEST_FILE
+    if pointer.is_file():
+        named = root / pointer.read_text(encoding="utf-8").strip()
+        if (named / STATE_FILE).is_file():
+            return named
+    found = list_checkpoints(root)
+    return found[-1][1] if found else None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder from a checkpoint folder, a run folder or a checkpoints folder.
+
+    The checkpoint is verified; if it is damaged the error names the file and the newest intact
+    earlier checkpoint to resume from instead."""
+    path = Path(path)
+    checkpoint = path if (path / STATE_FILE).is_file() else latest_checkpoint(path)
+    if checkpoint is None:
+        raise CheckpointError(f"{path}: no complete checkpoint found "
+                              f"(looked for {CHECKPOINTS_DIR}/step_*/{STATE_FILE})")
+    try:
+        verify_checkpoint(checkpoint)
+    except CheckpointError as error:
+        intact = next((p for _, p in reversed(list_checkpoints(checkpoint.parent))
+                       if p != checkpoint and _intact(p)), None)
+        hint = f"; checkpoint {intact} is intact: resume from it" if intact else ""
+        raise CheckpointError(f"{error}{hint}") from None
+    return checkpoint
+
+
+def _intact(path: Path) -> bool:
+    try:
+        verify_checkpoint(path)
+    except CheckpointError:
+        return False
+    return True
+
+
+def read_state(path: str | Path) -> dict[str, Any]:
+    """The ``trainer_state.json`` of a checkpoint folder."""
+    state_path = Path(path) / STATE_FILE
+    try:
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{state_path}: file is missing; this folder is not a complete checkpoint") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{state_path}: unreadable ({error}); the checkpoint is corrupted") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION or "files" not in state:
+        raise CheckpointError(f"{state_path}: not a format-{FORMAT_VERSION} trainer state; the checkpoint is corrupted")
+    return state
+
+
+def verify_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Check every file of a checkpoint against the size and SHA-256 recorded when it was written.
+
+    Returns the trainer state; raises ``CheckpointError`` naming the first missing or damaged file."""
+    path = Path(path)
+    state = read_state(path)
+    for name, expected in state["files"].items():
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"{file}: file is missing from the checkpoint")
+        size = file.stat().st_size
+        if size != expected["bytes"]:
+            raise CheckpointError(f"{file}: {size} bytes where the checkpoint recorded {expected['bytes']} "
+                                  "(truncated or overwritten)")
+        if _sha256(file) != expected["sha256"]:
+            raise CheckpointError(f"{file}: contents do not match the checksum recorded in {STATE_FILE} (corrupted)")
+    return state
+
+
+@dataclass
+class Checkpoint:
+    """A verified checkpoint folder and its JSON parts; tensors are loaded on demand."""
+
+    path: Path
+    state: dict[str, Any]
+    model_config: dict[str, Any]
+    train_config: dict[str, Any]
+    metadata: Any
+
+    @property
+    def step(self) -> int:
+        return int(self.state["step"])
+
+    def model_state(self, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+        file = self.path / WEIGHTS_FILE
+        try:
+            return load_file(str(file), device=str(device))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+            raise CheckpointError(f"{file}: unreadable weights ({error})") from None
+
+    def optimizer_state(self, device: str | torch.device = "cpu") -> dict:
+        file = self.path / OPTIMIZER_FILE
+        try:  # weights_only: tensors and plain containers only, never arbitrary objects
+            return torch.load(file, map_location=device, weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as error:
+            raise CheckpointError(f"{file}: unreadable or unsafe optimizer state ({error})") from None
+
+    def rng_tensors(self) -> dict[str, torch.Tensor]:
+        file = self.path / RNG_FILE
+        try:
+            return load_file(str(file))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+            raise CheckpointError(f"{file}: unreadable RNG state ({error})") from None
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Resolve (run folder, checkpoints folder or checkpoint folder), verify and read a checkpoint."""
+    path = resolve_checkpoint(path)
+    state = read_state(path)
+    parts = []
+    for name in (MODEL_CONFIG_FILE, TRAIN_CONFIG_FILE, METADATA_FILE):
+        try:
+            parts.append(json.loads((path / name).read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise CheckpointError(f"{path / name}: unreadable ({error})") from None
+    return Checkpoint(path, state, *parts)

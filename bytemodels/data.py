@@ -1,0 +1,483 @@
+"""Byte datasets: an on-disk cache of documents, and the deterministic windows the trainer reads.
+
+A dataset is built once from any iterable of documents (``bytes``, or ``(bytes, tag)`` with a modality
+tag index) into a cache folder holding exactly:
+
+- ``data.bin``: the documents' bytes, one after the other (a uint8 memmap: about one byte on disk per
+  byte of data, and never loaded into memory whole);
+- ``offsets.npy`` (int64, documents + 1 entries) and ``tags.npy`` (int16, -1 = no tag);
+- ``manifest.json``: what was built from what. The folder is written under a temporary name and
+  renamed when complete, so a folder with a manifest is always a whole cache.
+
+The folder name carries a hash of the caller's ``key`` (source and codec configuration): change the
+key and the next build makes a new cache; keep it and the next build opens the old one without
+reading a single document.
+
+Special ids never touch the disk: they are inserted when windows are read. Two layouts:
+
+``packed`` (text)
+    Each document is ``BOS [tag] bytes EOS``; documents are joined into one stream and a training
+    window is ``max_seq_len`` ids starting anywhere in it.
+``records`` (images, audio clips)
+    Each record is a header patch ``BOS, tag-or-PAD, PAD, ...`` (one whole patch, so the data starts on
+    a patch boundary), its bytes, ``EOS``, then PAD to a whole number of patches. A record longer than
+    ``max_seq_len`` is split on patch boundaries into several windows (later ones have no header),
+    never truncated. Short windows are padded with PAD.
+
+Sampling is a pure function of ``(seed, step)``: a resumed run sees exactly the batches it would have
+seen, and each distributed rank takes its own slice of the same global draw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from array import array
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from bytemodels import tokens
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+DATA_FILE = "data.bin"
+OFFSETS_FILE = "offsets.npy"
+TAGS_FILE = "tags.npy"
+LAYOUTS = ("packed", "records")
+NO_TAG = -1
+_MAX_TAG = np.iinfo(np.int16).max
+
+Document = bytes | tuple[bytes, int | None]
+
+
+class DataCacheError(ValueError):
+    """A dataset cache folder is incomplete, corrupted or from another format version."""
+
+
+# -- building ------------------------------------------------------------------------------------
+def key_digest(key: dict[str, Any], layout: str) -> str:
+    """Hex SHA-256 of the cache key (with the layout and format version): the cache folder's identity."""
+    try:
+        payload = json.dumps({"format": FORMAT_VERSION, "layout": layout, "key": key},
+                             sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"dataset key must be a JSON-able dict (source and codec configuration): {error}") from None
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _as_document(item: Any, index: int) -> tuple[memoryview, int]:
+    """Normalise one item of the document iterable to (bytes view, tag or NO_TAG)."""
+    tag = None
+    if isinstance(item, tuple):
+        if len(item) != 2:
+            raise ValueError(f"document {index} is a tuple of {len(item)} items; give bytes or (bytes, tag)")
+        item, tag = item
+    if isinstance(item, np.ndarray):
+        if item.dtype != np.uint8:
+            raise TypeError(f"document {index} is a {item.dtype} array; documents must be bytes or uint8 arrays")
+        item = np.ascontiguousarray(item).reshape(-1)
+    elif not isinstance(item, (bytes, bytearray, memoryview)):
+        raise TypeError(f"document {index} is a {type(item).__name__}; documents must be bytes "
+                        "(encode text or media with a codec first)")
+    if tag is None:
+        tag = NO_TAG
+    elif not isinstance(tag, (int, np.integer)) or not 0 <= tag < _MAX_TAG:
+        raise ValueError(f"document {index} has tag {tag!r}; a tag is a codec's tag index (an int >= 0) or None")
+    return memoryview(item).cast("B"), int(tag)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        handle = os.open(path, os.O_RDONLY)
+    except OSError:  # some platforms cannot open folders; the rename is still atomic
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
+def _write_cache(documents: Iterable[Document], folder: Path, manifest: dict[str, Any], progress: bool) -> dict:
+    """Stream ``documents`` into ``folder``: data, offsets, tags, then the manifest last."""
+    offsets, tags = array("q", [0]), array("h")
+    total, pending = 0, 0
+    with open(folder / DATA_FILE, "wb", buffering=1 << 20) as data, \
+            tqdm(desc=f"building {manifest['name']}", unit="B", unit_scale=True, unit_divisor=1024,
+                 disable=not progress, leave=False) as bar:
+        for index, item in enumerate(documents):
+            view, tag = _as_document(item, index)
+            data.write(view)
+            total += view.nbytes
+            offsets.append(total)
+            tags.append(tag)
+            pending += view.nbytes
+            if pending >= 1 << 20:  # a bar update per document is too slow for millions of short ones
+                bar.update(pending)
+                pending = 0
+        bar.update(pending)
+        data.flush()
+        os.fsync(data.fileno())
+    if not tags:
+        raise ValueError(f"no documents to build dataset {manifest['name']!r} from; the document iterable was empty")
+    np.save(folder / OFFSETS_FILE, np.frombuffer(offsets, dtype=np.int64))
+    np.save(folder / TAGS_FILE, np.frombuffer(tags, dtype=np.int16))
+    used = sorted(int(t) for t in np.unique(np.frombuffer(tags, dtype=np.int16)) if t != NO_TAG)
+    manifest = {**manifest, "documents": len(tags), "bytes": total, "tags": used,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    with open(folder / MANIFEST_FILE, "w", encoding="utf-8") as file:
+        file.write(json.dumps(manifest, indent=2) + "\n")
+        file.flush()
+        os.fsync(file.fileno())
+    _fsync_dir(folder)
+    return manifest
+
+
+def split_documents(count: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Document indices of the train and validation splits: disjoint, sorted, fixed by ``seed``.
+
+    About ``val_fraction`` of the documents go to validation, at least one when the fraction is
+    positive and there are two documents or more, and never all of them."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction={val_fraction} must be in [0, 1)")
+    val_count = round(count * val_fraction)
+    if val_fraction > 0 and count >= 2:
+        val_count = min(max(val_count, 1), count - 1)
+    order = np.random.default_rng([seed, 0x5B1]).permutation(count)
+    return np.sort(order[val_count:]), np.sort(order[:val_count])
+
+
+class ByteDataset:
+    """Documents in an on-disk cache, or one split of them (``dataset.train``, ``dataset.val``).
+
+    Build with ``ByteDataset.build(documents, cache_dir, key=...)``; open an existing cache folder with
+    ``ByteDataset.open(path)``. ``windows(seq_len, patch_size)`` gives what the trainer samples from.
+    """
+
+    def __init__(self, path: Path, manifest: dict[str, Any], data: np.ndarray, offsets: np.ndarray,
+                 tags: np.ndarray, doc_ids: np.ndarray, split: str, val_fraction: float, split_seed: int) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.split = split
+        self.val_fraction = val_fraction
+        self.split_seed = split_seed
+        self._data, self._offsets, self._tags = data, offsets, tags
+        self.doc_ids = doc_ids
+        """Indices into the whole cache of this view's documents, in order."""
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def build(cls, documents: Iterable[Document], cache_dir: str | Path, *, key: dict[str, Any],
+              layout: str = "packed", name: str = "dataset", val_fraction: float = 0.0, split_seed: int = 0,
+              progress: bool = True) -> "ByteDataset":
+        """Build (or reuse) the cache of ``documents`` under ``cache_dir`` and open it.
+
+        ``key`` is a JSON-able dict naming the source and codec configuration; its hash names the cache
+        folder ``<cache_dir>/<name>-<hash>``, so a new key builds a new cache and the same key reuses
+        the old one without iterating ``documents``. ``layout`` is ``"packed"`` (text) or ``"records"``
+        (one sample per document: images, clips). ``val_fraction`` of the documents (chosen by
+        ``split_seed``) form ``.val``, the rest ``.train``; neither is part of the key. Concurrent
+        builds of one key are safe: each writes its own temporary folder and the first rename wins.
+        """
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout={layout!r}; choose one of: {', '.join(LAYOUTS)}")
+        digest = key_digest(key, layout)
+        cache_dir = Path(cache_dir)
+        final = cache_dir / f"{name}-{digest[:16]}"
+        if not (final / MANIFEST_FILE).is_file():
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            temp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{final.name}.building-"))
+            try:
+                manifest = {"format": FORMAT_VERSION, "name": name, "layout": layout, "key": key, "key_hash": digest}
+                _write_cache(documents, temp, manifest, progress)
+                try:
+                    os.rename(temp, final)
+                except OSError:
+                    if not (final / MANIFEST_FILE).is_file():
+                        raise DataCacheError(f"{final}: folder exists but holds no complete cache; "
+                                             "delete it and build again") from None
+                    shutil.rmtree(temp, ignore_errors=True)  # another process finished the same build first
+                _fsync_dir(cache_dir)
+            except BaseException:
+                shutil.rmtree(temp, ignore_errors=True)
+                raise
+        dataset = cls.open(final, val_fraction=val_fraction, split_seed=split_seed)
+        if dataset.manifest.get("key_hash") != digest:
+            raise DataCacheError(f"{final}: the cache there was built from another key; delete it and build again")
+        return dataset
+
+    @classmethod
+    def open(cls, path: str | Path, *, val_fraction: float = 0.0, split_seed: int = 0) -> "ByteDataset":
+        """Open a cache folder written by ``build``; raises ``DataCacheError`` naming what is wrong."""
+        path = Path(path)
+        manifest_path = path / MANIFEST_FILE
+        if not manifest_path.is_file():
+            raise DataCacheError(f"{path}: no {MANIFEST_FILE}, so the cache is incomplete (an interrupted build?); "
+                                 "delete the folder and build again")
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise DataCacheError(f"{manifest_path}: unreadable ({error}); delete {path} and build again") from None
+        if manifest.get("format") != FORMAT_VERSION:
+            raise DataCacheError(f"{path}: cache format {manifest.get('format')} is not {FORMAT_VERSION}; "
+                                 "delete the folder and build again")
+        try:
+            offsets = np.load(path / OFFSETS_FILE, allow_pickle=False)
+            tags = np.load(path / TAGS_FILE, allow_pickle=False)
+        except (OSError, ValueError) as error:
+            raise DataCacheError(f"{path}: index files unreadable ({error}); "
+                                 "delete the folder and build again") from None
+        count, total = manifest["documents"], manifest["bytes"]
+        data_path = path / DATA_FILE
+        size = data_path.stat().st_size if data_path.is_file() else -1
+        if len(offsets) != count + 1 or len(tags) != count or offsets[-1] != total or size != total:
+            raise DataCacheError(f"{data_path}: {size} bytes and {len(tags)} documents on disk but the manifest says "
+                                 f"{total} bytes and {count} documents; delete {path} and build again")
+        data = np.memmap(data_path, dtype=np.uint8, mode="r") if total else np.zeros(0, np.uint8)
+        return cls(path, manifest, data, offsets, tags, np.arange(count, dtype=np.int64), "all",
+                   val_fraction, split_seed)
+
+    def _view(self, doc_ids: np.ndarray, split: str) -> "ByteDataset":
+        return ByteDataset(self.path, self.manifest, self._data, self._offsets, self._tags, doc_ids, split,
+                           self.val_fraction, self.split_seed)
+
+    @property
+    def train(self) -> "ByteDataset":
+        """The training documents (all of them when ``val_fraction`` is 0)."""
+        return self._view(split_documents(self.manifest["documents"], self.val_fraction, self.split_seed)[0], "train")
+
+    @property
+    def val(self) -> "ByteDataset":
+        """The validation documents: disjoint from ``train``, possibly empty."""
+        return self._view(split_documents(self.manifest["documents"], self.val_fraction, self.split_seed)[1], "val")
+
+    # -- reading --------------------------------------------------------------------------------
+    @property
+    def layout(self) -> str:
+        return self.manifest["layout"]
+
+    @property
+    def name(self) -> str:
+        return self.manifest["name"]
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Byte length of each document of this view."""
+        return self._offsets[self.doc_ids + 1] - self._offsets[self.doc_ids]
+
+    @property
+    def num_bytes(self) -> int:
+        """Bytes of data in this view (specials not counted)."""
+        return int(self.lengths.sum())
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies this view's data: recorded in checkpoints so a resume can check it."""
+        return {"name": self.name, "key_hash": self.manifest["key_hash"], "layout": self.layout,
+                "split": self.split, "documents": len(self), "bytes": self.num_bytes}
+
+    def __len__(self) -> int:
+        return len(self.doc_ids)
+
+    def document(self, index: int) -> tuple[bytes, int | None]:
+        """Document ``index`` of this view as ``(bytes, tag or None)``."""
+        doc = int(self.doc_ids[index])
+        tag = int(self._tags[doc])
+        return bytes(self._data[self._offsets[doc]:self._offsets[doc + 1]]), (None if tag == NO_TAG else tag)
+
+    def __iter__(self) -> Iterator[tuple[bytes, int | None]]:
+        for index in range(len(self)):
+            yield self.document(index)
+
+    def windows(self, seq_len: int, patch_size: int, num_tags: int = tokens.DEFAULT_NUM_TAGS) -> "Windows":
+        """The windows of ``seq_len`` ids this view yields in its layout (see the module docstring)."""
+        if self.layout == "records":
+            return RecordWindows(self, seq_len, patch_size, num_tags)
+        return PackedWindows(self, seq_len, patch_size, num_tags)
+
+    def __repr__(self) -> str:
+        return (f"ByteDataset({str(self.path)!r}, layout={self.layout!r}, split={self.split!r}, "
+                f"documents={len(self)}, bytes={self.num_bytes})")
+
+
+def record_prompt(patch_size: int, tag: int | None = None, num_tags: int = tokens.DEFAULT_NUM_TAGS) -> list[int]:
+    """The header patch that starts a record in the ``records`` layout: ``[BOS, tag or PAD, PAD, ...]``.
+
+    A generator feeds it as the prompt of a new record, so the model starts on a patch boundary."""
+    if patch_size < 2:
+        raise ValueError(f"patch_size={patch_size} must be at least 2 to hold BOS and a tag")
+    tag_token = tokens.PAD_ID if tag is None else tokens.tag_id(tag, num_tags)
+    return [tokens.BOS_ID, tag_token] + [tokens.PAD_ID] * (patch_size - 2)
+
+
+# -- windows -------------------------------------------------------------------------------------
+def _concat_ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(s, s + c) for s, c in zip(starts, counts)])`` without a Python loop."""
+    ends = np.cumsum(counts)
+    return np.arange(ends[-1] if len(ends) else 0, dtype=np.int64) - np.repeat(ends - counts - starts, counts)
+
+
+class Windows:
+    """Fixed-length windows of ids read from a dataset view; subclasses define the layout.
+
+    Two ways in: ``window(i)`` for the ``len(self)`` fixed, non-overlapping windows (validation uses the
+    first ones, so it is the same set every time) and ``batch(seed, step, ...)`` for random training
+    windows, a pure function of its arguments."""
+
+    seq_len: int
+    num_choices: int
+    """How many distinct random windows there are (``choice`` takes 0 .. num_choices - 1)."""
+
+    def __init__(self, dataset: ByteDataset, seq_len: int, patch_size: int, num_tags: int) -> None:
+        if len(dataset) == 0:
+            raise ValueError(f"dataset {dataset.name!r} ({dataset.split} split) has no documents to read windows from")
+        if seq_len < 1 or patch_size < 1 or seq_len % patch_size:
+            raise ValueError(f"seq_len={seq_len} must be a positive multiple of patch_size={patch_size}")
+        tags = dataset._tags[dataset.doc_ids].astype(np.int64)
+        if len(tags) and tags.max() >= num_tags:
+            raise ValueError(f"dataset {dataset.name!r} has tag {tags.max()} but the model has num_tags={num_tags}; "
+                             "raise num_tags in the model config")
+        self.dataset = dataset
+        self.seq_len = seq_len
+        self.patch_size = patch_size
+        self._data = dataset._data
+        self._starts = dataset._offsets[dataset.doc_ids]
+        self._lengths = dataset.lengths
+        self._tag_ids = np.where(tags >= 0, tokens.FIRST_TAG_ID + tags, NO_TAG)
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def window(self, index: int) -> np.ndarray:
+        """Fixed window ``index`` as (seq_len,) int64 ids."""
+        raise NotImplementedError
+
+    def choice(self, value: int) -> np.ndarray:
+        """Random window number ``value`` as (seq_len,) int64 ids."""
+        raise NotImplementedError
+
+    def fixed(self, count: int) -> np.ndarray:
+        """The first ``count`` fixed windows (fewer if there are fewer): (n, seq_len) int64."""
+        count = min(count, len(self))
+        return np.stack([self.window(i) for i in range(count)]) if count else np.zeros((0, self.seq_len), np.int64)
+
+    def batch(self, seed: int, step: int, batch_size: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
+        """Rank ``rank``'s ``batch_size`` windows of training step ``step``: (batch_size, seq_len) int64.
+
+        The whole step's ``batch_size * world_size`` windows are drawn from ``(seed, step)`` alone and
+        each rank takes its own slice, so any split of one global batch across ranks sees the same data."""
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
+        rng = np.random.default_rng([seed, step, 0xDA7A])
+        values = rng.integers(0, self.num_choices, size=batch_size * world_size)
+        mine = values[rank * batch_size:(rank + 1) * batch_size]
+        return np.stack([self.choice(int(v)) for v in mine])
+
+    def _read(self, sources: np.ndarray, out: np.ndarray, targets: np.ndarray) -> None:
+        """``out[targets] = data[sources]``, slicing the memmap when the sources are one run of bytes."""
+        if not len(sources):
+            return
+        first, last = sources[0], sources[-1]
+        if last - first + 1 == len(sources):  # contiguous: a plain slice reads fastest
+            out[targets] = self._data[first:last + 1]
+        else:
+            out[targets] = self._data[sources]
+
+
+class PackedWindows(Windows):
+    """Documents joined as ``BOS [tag] bytes EOS`` into one stream; a window starts at any position."""
+
+    def __init__(self, dataset: ByteDataset, seq_len: int, patch_size: int,
+                 num_tags: int = tokens.DEFAULT_NUM_TAGS) -> None:
+        super().__init__(dataset, seq_len, patch_size, num_tags)
+        self._header = np.where(self._tag_ids >= 0, 2, 1)
+        stream_lengths = self._header + self._lengths + 1
+        self._stream_starts = np.concatenate(([0], np.cumsum(stream_lengths)))
+        self.total = int(self._stream_starts[-1])
+        """Length of the joined stream in ids."""
+        self.num_choices = max(self.total - seq_len + 1, 1)
+
+    def __len__(self) -> int:
+        return -(-self.total // self.seq_len)
+
+    def window(self, index: int) -> np.ndarray:
+        return self.window_at(index * self.seq_len)
+
+    def choice(self, value: int) -> np.ndarray:
+        return self.window_at(value)
+
+    def window_at(self, start: int) -> np.ndarray:
+        """The ``seq_len`` ids of the stream from position ``start`` (PAD past its end)."""
+        out = np.full(self.seq_len, tokens.PAD_ID, dtype=np.int64)
+        end = min(start + self.seq_len, self.total)
+        if end <= start:
+            return out
+        first = int(np.searchsorted(self._stream_starts, start, side="right")) - 1
+        last = int(np.searchsorted(self._stream_starts, end - 1, side="right")) - 1
+        docs = slice(first, last + 1)
+        doc_start, header, length = self._stream_starts[docs], self._header[docs], self._lengths[docs]
+        # Bytes of each document inside [start, end): byte indices [lo, hi) of the document.
+        lo = np.clip(start - doc_start - header, 0, length)
+        hi = np.clip(end - doc_start - header, 0, length)
+        sources, targets, counts = self._starts[docs] + lo, doc_start + header + lo - start, hi - lo
+        if last - first < 32:  # a few documents: one slice each beats building index arrays
+            for source, target, count in zip(sources.tolist(), targets.tolist(), counts.tolist()):
+                out[target:target + count] = self._data[source:source + count]
+        else:
+            self._read(_concat_ranges(sources, counts), out, _concat_ranges(targets, counts))
+        # Specials at their stream positions, where they fall inside the window.
+        tag_ids = self._tag_ids[docs]
+        tagged = tag_ids >= 0
+        positions = np.concatenate((doc_start, doc_start[tagged] + 1, doc_start + header + length))
+        values = np.concatenate((np.full(len(doc_start), tokens.BOS_ID), tag_ids[tagged],
+                                 np.full(len(doc_start), tokens.EOS_ID)))
+        inside = (positions >= start) & (positions < end)
+        out[positions[inside] - start] = values[inside]
+        return out
+
+
+class RecordWindows(Windows):
+    """One record per window: header patch, bytes, EOS, PAD; long records span several windows."""
+
+    def __init__(self, dataset: ByteDataset, seq_len: int, patch_size: int,
+                 num_tags: int = tokens.DEFAULT_NUM_TAGS) -> None:
+        super().__init__(dataset, seq_len, patch_size, num_tags)
+        if patch_size < 2:
+            raise ValueError(f"patch_size={patch_size} must be at least 2 for the records layout (BOS and a tag)")
+        record_lengths = patch_size + -(-(self._lengths + 1) // patch_size) * patch_size
+        windows_per_record = -(-record_lengths // seq_len)
+        self._first_window = np.concatenate(([0], np.cumsum(windows_per_record)))
+        self.num_choices = int(self._first_window[-1])
+
+    def __len__(self) -> int:
+        return self.num_choices
+
+    def choice(self, value: int) -> np.ndarray:
+        return self.window(value)
+
+    def window(self, index: int) -> np.ndarray:
+        record = int(np.searchsorted(self._first_window, index, side="right")) - 1
+        lo = (index - int(self._first_window[record])) * self.seq_len  # record position of the window's first id
+        size, length = self.patch_size, int(self._lengths[record])
+        out = np.full(self.seq_len, tokens.PAD_ID, dtype=np.int64)
+        if lo == 0:
+            out[0] = tokens.BOS_ID
+            if self._tag_ids[record] >= 0:
+                out[1] = self._tag_ids[record]
+        byte_lo, byte_hi = max(lo - size, 0), min(lo + self.seq_len - size, length)
+        if byte_hi > byte_lo:
+            start = int(self._starts[record])
+            out[byte_lo + size - lo:byte_hi + size - lo] = self._data[start + byte_lo:start + byte_hi]
+        eos = size + length - lo
+        if 0 <= eos < self.seq_len:
+            out[eos] = tokens.EOS_ID
+        return out

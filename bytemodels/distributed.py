@@ -1,0 +1,83 @@
+"""Process groups for ``torchrun``: DistributedDataParallel's standard setup, nothing home-made.
+
+``torchrun`` describes each process in its environment (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``,
+``MASTER_ADDR``, ``MASTER_PORT``); a plain ``python`` process is rank 0 of 1 and needs no group.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """Where this process sits in the job."""
+
+    rank: int = 0
+    """Global rank (0 .. world_size - 1); rank 0 alone logs and writes files."""
+    local_rank: int = 0
+    """Rank on this node: the CUDA device index to use."""
+    world_size: int = 1
+    """Number of processes in the job."""
+    initialized_here: bool = False
+    """Whether ``setup_distributed`` created the process group (and ``teardown`` should destroy it)."""
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def environment_rank() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size) from the torchrun environment; (0, 0, 1) without it."""
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)),
+            int(os.environ.get("WORLD_SIZE", 1)))
+
+
+def choose_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
+    """``auto``: CUDA (this process's ``local_rank`` GPU), then Apple MPS, then CPU; otherwise as given."""
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank % torch.cuda.device_count())
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
+    return device
+
+
+def setup_distributed(device: torch.device) -> DistributedContext:
+    """Join the torchrun process group (NCCL on CUDA, gloo otherwise); a lone process gets rank 0 of 1."""
+    rank, local_rank, world_size = environment_rank()
+    if world_size <= 1:
+        return DistributedContext()
+    if dist.is_initialized():
+        return DistributedContext(dist.get_rank(), local_rank, dist.get_world_size(), initialized_here=False)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistributedContext(rank, local_rank, world_size, initialized_here=True)
+
+
+def teardown(context: DistributedContext) -> None:
+    """Destroy the process group if ``setup_distributed`` created it."""
+    if context.initialized_here and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(values: list[float], device: torch.device, context: DistributedContext) -> list[float]:
+    """Sum a few numbers over all processes (returned unchanged in a lone process)."""
+    if not context.enabled:
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()

@@ -1,0 +1,59 @@
+"""The training-curve picture: train and validation bits/byte against bytes seen (matplotlib, PNG)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The records of a ``metrics.jsonl`` file (a torn last line, from a killed run, is skipped)."""
+    records = []
+    with open(path, encoding="utf-8") as file:
+        for line in file:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+def plot_curves(metrics_path: str | Path, png_path: str | Path, title: str | None = None) -> Path | None:
+    """Draw train and validation bits/byte against bytes seen into ``png_path`` (written atomically).
+
+    Returns the path, or None when the metrics hold nothing to draw."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on training machines
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(metrics_path)
+    train = [(r["bytes"], r["bpb"]) for r in records if "bpb" in r]
+    val = [(r["bytes"], r["val_bpb"]) for r in records if "val_bpb" in r]
+    if not train and not val:
+        return None
+    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
+    if train:
+        axes.plot(*zip(*train), label="train", color="tab:blue", alpha=0.8)
+    if val:
+        axes.plot(*zip(*val), label="validation", color="tab:orange", marker="o", markersize=3)
+    axes.set_xlabel("bytes seen")
+    axes.set_ylabel("bits per byte")
+    axes.set_title(title or "training curve")
+    axes.grid(True, alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    png_path = Path(png_path)
+    handle, temp = tempfile.mkstemp(dir=png_path.parent, prefix=f".{png_path.name}.", suffix=".png")
+    os.close(handle)
+    try:
+        figure.savefig(temp, format="png")
+        os.replace(temp, png_path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(figure)
+    return png_path

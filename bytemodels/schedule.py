@@ -1,0 +1,34 @@
+"""Learning-rate schedules: pure functions of the optimizer step, so a resumed run matches exactly."""
+
+from __future__ import annotations
+
+import math
+
+SCHEDULES = ("cosine", "wsd", "constant")
+
+
+def learning_rate(step: int, *, lr: float, min_lr: float, warmup_steps: int, total_steps: int | None,
+                  schedule: str = "cosine", decay_fraction: float = 0.2) -> float:
+    """Learning rate of optimizer step ``step`` (0-based).
+
+    Linear warmup over ``warmup_steps``, then ``cosine`` decay to ``min_lr`` at ``total_steps``,
+    ``wsd`` (warmup-stable-decay: hold ``lr``, then decay linearly to ``min_lr`` over the last
+    ``decay_fraction`` of the steps) or ``constant``. With ``total_steps=None`` (horizon not known yet)
+    the rate after warmup is ``lr``; past ``total_steps`` it is ``min_lr``.
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule={schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+    if step < warmup_steps:
+        return lr * (step + 1) / (warmup_steps + 1)
+    if schedule == "constant" or total_steps is None:
+        return lr
+    if step >= total_steps:
+        return min_lr
+    if schedule == "cosine":
+        progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+        return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
+    decay_start = max(warmup_steps, total_steps - round(decay_fraction * total_steps))
+    if step < decay_start:
+        return lr
+    progress = (step - decay_start) / max(total_steps - decay_start, 1)
+    return lr + (min_lr - lr) * progress

@@ -1,0 +1,662 @@
+"""The one training loop every recipe uses: ``Trainer(model_config, train_config, train, val).fit()``.
+
+The loop reads in the order everyone knows from nanoGPT and llama2.c: evaluate and checkpoint, stop
+if a budget is spent, learning rate for this step, micro-steps with backward, clip, step, zero
+gradients, log. It knows token ids and documents, never modalities: samples are written by a
+function the caller passes in (a recipe passes its codec's writer).
+
+Determinism: the batch of step ``s`` is a pure function of ``(seed, s)``, the learning rate a pure
+function of ``s``, and the torch RNG (dropout) is reseeded from ``(seed, s, rank)`` every step, so a
+run resumed from a checkpoint ends with exactly the weights of a run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import re
+import signal
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from bytemodels import checkpoint as ckpt
+from bytemodels import tokens
+from bytemodels.config import MegabyteConfig
+from bytemodels.distributed import DistributedContext, all_reduce_sum, choose_device, environment_rank, \
+    setup_distributed, teardown
+from bytemodels.model import Megabyte
+from bytemodels.plot import plot_curves, read_metrics
+from bytemodels.schedule import SCHEDULES, learning_rate
+
+METRICS_FILE = "metrics.jsonl"
+CURVE_FILE = "curve.png"
+SAMPLES_DIR = "samples"
+DTYPES = ("auto", "bf16", "fp32")
+#: Dense bf16 peak FLOP/s by GPU name, for the MFU estimate (no entry: no MFU shown).
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "GH200": 989e12, "A100": 312e12, "L40S": 362e12,
+                   "L4": 121e12, "A10G": 70e12, "RTX 4090": 165e12}
+
+SampleFn = Callable[[Megabyte, int, Path], None]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or gradient became NaN or infinite; nothing was saved from the bad state."""
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as ``90s``, ``10m``, ``1.5h`` or ``1h30m`` (a bare number is seconds)."""
+    units = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    cleaned = str(text).strip().lower()
+    if not re.fullmatch(r"(\d+(\.\d+)?\s*[smhd]?\s*)+", cleaned):
+        raise ValueError(f"time={text!r} is not a duration; write it like 90s, 10m, 1.5h or 1h30m")
+    return sum(float(number) * units[unit] for number, _, unit in re.findall(r"(\d+(\.\d+)?)\s*([smhd]?)", cleaned))
+
+
+@dataclass
+class TrainConfig:
+    """How to train: optimisation, budgets, evaluation, samples, checkpoints and where the run goes."""
+
+    out_dir: str = "runs/run"
+    """Run folder: checkpoints/, metrics.jsonl, curve.png and samples/ are written here."""
+    batch_size: int = 16
+    """Windows of max_seq_len ids per micro-batch on each process."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step (global batch = batch_size x grad_accum x processes)."""
+    lr: float = 6e-4
+    """Peak learning rate, reached at the end of warmup."""
+    min_lr: float = 6e-5
+    """Learning rate at the end of the decay."""
+    warmup_steps: int = 100
+    """Optimizer steps of linear warmup."""
+    schedule: str = "cosine"
+    """Learning-rate shape after warmup: cosine, wsd (warmup-stable-decay) or constant."""
+    decay_fraction: float = 0.2
+    """wsd only: fraction of all steps spent in the final linear decay."""
+    weight_decay: float = 0.1
+    """AdamW weight decay on Linear weights (never on norms or embeddings)."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 disables clipping)."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps."""
+    max_bytes: int | None = None
+    """Stop after this many bytes seen (window positions of the global batch, padding included)."""
+    time: str | None = None
+    """Stop after this much training time, e.g. 90s, 10m, 1.5h (summed over resumes)."""
+    eval_every: int = 250
+    """Validation bits/byte every this many steps (0: only at the end)."""
+    eval_windows: int = 64
+    """Validation windows: the first ones of the validation data, the same every time."""
+    sample_every: int = 0
+    """Call the sample function every this many steps (0: only at the end)."""
+    checkpoint_every: int = 500
+    """Write a checkpoint every this many steps (and at the end, and when validation improves)."""
+    keep_last: int = 3
+    """Step checkpoints to keep (best/ is kept apart)."""
+    log_every: int = 10
+    """Write a metrics line and refresh the progress bar every this many steps."""
+    seed: int = 0
+    """Seed of the initial weights, the data order and dropout."""
+    device: str = "auto"
+    """auto (cuda, then mps, then cpu) or a torch device such as cuda:1 or cpu."""
+    dtype: str = "auto"
+    """auto (bf16 autocast on CUDA, fp32 elsewhere), bf16 (autocast) or fp32."""
+    compile: bool = False
+    """Compile the model with torch.compile (faster on GPUs after a warm-up)."""
+    progress: bool = True
+    """Show a tqdm progress bar."""
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(float(b) for b in self.betas)
+        self.validate(require_budget=False)
+
+    def validate(self, require_budget: bool = True) -> None:
+        """Raise ``ValueError`` naming the field to change (the Trainer also requires a budget)."""
+        if require_budget and not (self.max_steps or self.max_bytes or self.time):
+            raise ValueError("no budget: set max_steps, max_bytes or time (e.g. time='10m')")
+        for name in ("batch_size", "grad_accum", "eval_windows", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
+        for name in ("warmup_steps", "eval_every", "sample_every", "checkpoint_every", "keep_last", "grad_clip",
+                     "weight_decay", "lr", "min_lr"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must not be negative")
+        for name in ("max_steps", "max_bytes"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must not be negative")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule={self.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype={self.dtype!r}; choose one of: {', '.join(DTYPES)}")
+        if not 0.0 <= self.decay_fraction <= 1.0:
+            raise ValueError(f"decay_fraction={self.decay_fraction} must be in [0, 1]")
+        if len(self.betas) != 2:
+            raise ValueError(f"betas={self.betas} must be two numbers")
+        if self.time:
+            parse_duration(self.time)
+
+    @property
+    def time_budget(self) -> float | None:
+        """The ``time`` budget in seconds, or None."""
+        return parse_duration(self.time) if self.time else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
+                for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        """Build from a dict; an unknown key is an error that names it and lists the fields."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s) {unknown}; fields are: {', '.join(sorted(names))}")
+        return cls(**values)
+
+
+@dataclass
+class TrainSummary:
+    """What ``Trainer.fit`` returns."""
+
+    run_dir: Path
+    """The run folder (``TrainConfig.out_dir``)."""
+    step: int
+    """Optimizer steps done."""
+    bytes_seen: int
+    """Window positions trained on, over all processes."""
+    val_bpb: float | None
+    """Validation bits/byte at the end (None without validation data)."""
+    best_val_bpb: float | None
+    """Best validation bits/byte seen after step 0."""
+    stop_reason: str
+    """max_steps, max_bytes, time or interrupted."""
+    checkpoint: Path | None
+    """The last checkpoint written."""
+
+
+def _numpy_rng_to_json(state: tuple) -> dict:
+    kind, keys, position, has_gauss, gauss = state
+    return {"kind": kind, "keys": keys.tolist(), "position": int(position), "has_gauss": int(has_gauss),
+            "gauss": float(gauss)}
+
+
+def _numpy_rng_from_json(state: dict) -> tuple:
+    return (state["kind"], np.array(state["keys"], dtype=np.uint32), state["position"], state["has_gauss"],
+            state["gauss"])
+
+
+def _python_rng_to_json() -> list:
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def _python_rng_from_json(state: list) -> tuple:
+    return state[0], tuple(state[1]), state[2]
+
+
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, step, rank, 0xD80]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def _format_rate(bytes_per_s: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if bytes_per_s < 1000 or unit == "GB":
+            return f"{bytes_per_s:.3g}{unit}/s"
+        bytes_per_s /= 1000
+    return ""
+
+
+class _RunLog:
+    """The run's ``metrics.jsonl`` and progress bar on rank 0 (silent elsewhere), and the averages
+    of the steps since the last train line."""
+
+    def __init__(self, path: Path | None, total: int | None, initial: int, show: bool) -> None:
+        self.file = open(path, "a", encoding="utf-8") if path is not None else None
+        self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=not show)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.nats, self.targets, self.bytes, self.start = 0.0, 0.0, 0, time.monotonic()
+
+    def add(self, nats: float, targets: float, bytes_done: int) -> None:
+        self.nats, self.targets, self.bytes = self.nats + nats, self.targets + targets, self.bytes + bytes_done
+
+    def pending(self) -> bool:
+        return self.targets > 0
+
+    def write_train(self, step: int, bytes_seen: int, elapsed_s: float, lr: float, mfu_factor: float | None) -> None:
+        loss = self.nats / max(self.targets, 1.0)
+        bytes_per_s = self.bytes / max(time.monotonic() - self.start, 1e-9)
+        record = {"step": step, "bytes": bytes_seen, "loss": round(loss, 6), "bpb": round(loss / math.log(2), 6),
+                  "lr": lr, "bytes_per_s": round(bytes_per_s, 1), "elapsed_s": round(elapsed_s, 3)}
+        postfix = {"loss": f"{loss:.4f}", "bpb": f"{record['bpb']:.4f}", "speed": _format_rate(bytes_per_s)}
+        if mfu_factor:
+            record["mfu"] = round(mfu_factor * bytes_per_s, 4)
+            postfix["mfu"] = f"{record['mfu']:.1%}"
+        self._write(record)
+        self.bar.set_postfix(postfix, refresh=False)
+        self._reset()
+
+    def write_val(self, step: int, bytes_seen: int, elapsed_s: float, val_bpb: float) -> None:
+        self._write({"step": step, "bytes": bytes_seen, "val_bpb": round(val_bpb, 6), "elapsed_s": round(elapsed_s, 3)})
+        if self.file is not None:
+            self.bar.write(f"step {step}: validation {val_bpb:.4f} bits/byte")
+
+    def _write(self, record: dict) -> None:
+        if self.file is not None:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.file is not None:
+            self.file.close()
+
+
+class Trainer:
+    """Trains a ``Megabyte`` on token windows; resumable, distributed with torchrun, modality-blind.
+
+    ``train_data`` and ``val_data`` are ``ByteDataset`` views (anything with
+    ``windows(seq_len, patch_size, num_tags)``). ``sample_fn(model, step, samples_dir)`` is called on
+    rank 0 every ``sample_every`` steps and at the end. ``metadata`` (JSON-able, e.g. the codec config)
+    is stored in every checkpoint. ``resume`` is a checkpoint, run or checkpoints folder to continue
+    from, or ``"auto"`` to continue ``out_dir``'s latest checkpoint when there is one.
+    """
+
+    def __init__(self, model_config: MegabyteConfig, train_config: TrainConfig, train_data: Any,
+                 val_data: Any = None, *, sample_fn: SampleFn | None = None, metadata: Any = None,
+                 resume: str | Path | None = None) -> None:
+        model_config.validate()
+        train_config.validate()
+        self.model_config, self.config = model_config, train_config
+        self.sample_fn, self.metadata = sample_fn, metadata
+        self.run_dir = Path(train_config.out_dir)
+        self.device = choose_device(train_config.device, environment_rank()[1])
+        self.dist: DistributedContext = setup_distributed(self.device)
+        self.is_main = self.dist.is_main
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.use_bf16 = train_config.dtype == "bf16" or (train_config.dtype == "auto" and self.device.type == "cuda")
+        self.precision = "bf16 autocast" if self.use_bf16 else "fp32"
+
+        seq_len, patch = model_config.max_seq_len, model_config.patch_size
+        self.train_data, self.val_data = train_data, val_data
+        self.train_windows = train_data.windows(seq_len, patch, model_config.num_tags)
+        self.val_ids = None
+        if val_data is not None and len(val_data):
+            self.val_ids = torch.from_numpy(val_data.windows(seq_len, patch, model_config.num_tags)
+                                            .fixed(train_config.eval_windows))
+        self.rank_batch = train_config.batch_size * train_config.grad_accum
+        self.bytes_per_step = self.rank_batch * self.dist.world_size * seq_len
+
+        torch.manual_seed(train_config.seed)  # same initial weights on every rank
+        self.model = Megabyte(model_config).to(self.device)
+        fused = self.device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(self.model.param_groups(train_config.weight_decay), lr=train_config.lr,
+                                           betas=train_config.betas, **({"fused": True} if fused else {}))
+        # Run state: everything a checkpoint restores besides weights, optimizer and RNG.
+        self.step = 0
+        self.bytes_seen = 0
+        self.elapsed_s = 0.0
+        self.best_val_bpb: float | None = None
+        self.best_step: int | None = None
+        self.last_val_bpb: float | None = None
+        self.horizon = self._budget_horizon()
+        self.last_checkpoint: Path | None = None
+        self._evaluated_step: int | None = None
+        self._saved_step: int | None = None
+        self._stop_requested = False  # set by the Ctrl-C handler on this process
+        self._stop_agreed = False  # the stop request as all processes agreed on it after a step
+
+        if resume == "auto":
+            resume = ckpt.latest_checkpoint(self.run_dir / ckpt.CHECKPOINTS_DIR)
+        if resume is not None:
+            self._load(resume)
+
+        self.train_model: torch.nn.Module = self.model
+        if train_config.compile:
+            self.train_model = torch.compile(self.model)
+        if self.dist.enabled:
+            self.train_model = DistributedDataParallel(
+                self.train_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    @classmethod
+    def resume(cls, checkpoint: str | Path, train_data: Any, val_data: Any = None, *,
+               sample_fn: SampleFn | None = None, **overrides: Any) -> "Trainer":
+        """Continue a run from a checkpoint (or run folder) with the configs and metadata it recorded.
+
+        ``overrides`` change TrainConfig fields, e.g. ``max_steps=20000`` to train longer."""
+        loaded = ckpt.load_checkpoint(checkpoint)
+        model_config = MegabyteConfig.from_dict(loaded.model_config)
+        train_config = TrainConfig.from_dict({**loaded.train_config, **overrides})
+        return cls(model_config, train_config, train_data, val_data, sample_fn=sample_fn,
+                   metadata=loaded.metadata, resume=loaded.path)
+
+    def _autocast(self):
+        """bf16 autocast where configured (CUDA by default); plain fp32 otherwise."""
+        if self.use_bf16:
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    # -- budgets ----------------------------------------------------------------------------------
+    def _budget_horizon(self) -> int | None:
+        """Steps the step and byte budgets allow (None when only a time budget is set)."""
+        limits = []
+        if self.config.max_steps:
+            limits.append(self.config.max_steps)
+        if self.config.max_bytes:
+            limits.append(-(-self.config.max_bytes // self.bytes_per_step))
+        return min(limits) if limits else None
+
+    def _stop_reason(self, time_up: bool) -> str | None:
+        if self._stop_agreed or (self._stop_requested and not self.dist.enabled):
+            return "interrupted"
+        if self.config.max_steps and self.step >= self.config.max_steps:
+            return "max_steps"
+        if self.config.max_bytes and self.bytes_seen >= self.config.max_bytes:
+            return "max_bytes"
+        if time_up:
+            return "time"
+        return None
+
+    def _estimate_horizon(self, steps_timed: int, seconds: float, budget: float) -> None:
+        """With a time budget, set the schedule's horizon to the step the budget will end at, at the
+        pace so far (evaluations included); re-estimated every step, so it converges as the run goes."""
+        per_step = max(seconds / max(steps_timed, 1), 1e-9)
+        estimate = self.step + max(int((budget - self.elapsed_s) / per_step), 1)
+        limit = self._budget_horizon()
+        self.horizon = min(limit, estimate) if limit else estimate
+
+    # -- data ----------------------------------------------------------------------------------------
+    def _batch(self, step: int) -> torch.Tensor:
+        """This rank's windows of step ``step`` (all its micro-batches), ready to move to the device."""
+        ids = torch.from_numpy(self.train_windows.batch(self.config.seed, step, self.rank_batch,
+                                                        self.dist.rank, self.dist.world_size))
+        return ids.pin_memory() if self.device.type == "cuda" else ids
+
+    # -- evaluation and samples --------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        """Validation bits/byte over the fixed validation windows (shared out across ranks)."""
+        if self.val_ids is None:
+            return None
+        self.model.eval()
+        nats, count = 0.0, 0.0
+        rows = self.val_ids[self.dist.rank::self.dist.world_size]
+        for start in range(0, len(rows), self.config.batch_size):
+            ids = rows[start:start + self.config.batch_size].to(self.device)
+            with self._autocast():
+                loss = self.model(ids, ids).loss
+            targets = int((ids != tokens.PAD_ID).sum())
+            nats += float(loss) * targets
+            count += targets
+        self.model.train()
+        nats, count = all_reduce_sum([nats, count], self.device, self.dist)
+        return nats / max(count, 1.0) / math.log(2)
+
+    def _sample(self, step: int) -> None:
+        if self.sample_fn is None or not self.is_main:
+            return
+        folder = self.run_dir / SAMPLES_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        self.model.eval()
+        try:
+            with self._autocast():
+                self.sample_fn(self.model, step, folder)
+        except Exception as error:  # a broken writer must not cost the training run
+            warnings.warn(f"sample function failed at step {step}: {error!r}", RuntimeWarning, stacklevel=2)
+        finally:
+            self.model.train()
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        def describe(data: Any) -> Any:
+            return getattr(data, "fingerprint", None)
+
+        return {"step": self.step, "bytes_seen": self.bytes_seen, "elapsed_s": self.elapsed_s,
+                "best_val_bpb": self.best_val_bpb, "best_step": self.best_step, "last_val_bpb": self.last_val_bpb,
+                "horizon": self.horizon, "world_size": self.dist.world_size,
+                "global_batch": self.rank_batch * self.dist.world_size,
+                "data": {"seed": self.config.seed, "next_step": self.step, "train": describe(self.train_data),
+                         "val": describe(self.val_data)},
+                "rng": {"numpy": _numpy_rng_to_json(np.random.get_state()), "python": _python_rng_to_json()},
+                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+    def save_checkpoint(self, best: bool = False) -> Path | None:
+        """Write a checkpoint of the current step (rank 0 only); ``best`` also makes it ``best/``."""
+        if not self.is_main:
+            return None
+        rng = {"torch_cpu": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            rng.update({f"torch_cuda_{i}": state for i, state in enumerate(torch.cuda.get_rng_state_all())})
+        root = self.run_dir / ckpt.CHECKPOINTS_DIR
+        path = ckpt.save_checkpoint(root, self.step, write_model=self.model.save_pretrained,
+                                    optimizer_state=self.optimizer.state_dict(), rng_tensors=rng, state=self._state(),
+                                    train_config=self.config.to_dict(), metadata=self.metadata)
+        if best:
+            ckpt.update_best(root, path)
+        ckpt.prune_checkpoints(root, self.config.keep_last)
+        self.last_checkpoint, self._saved_step = path, self.step
+        return path
+
+    def _load(self, path: str | Path) -> None:
+        loaded = ckpt.load_checkpoint(path)
+        if loaded.model_config != self.model_config.to_dict():
+            changed = sorted(k for k in set(loaded.model_config) | set(self.model_config.to_dict())
+                             if loaded.model_config.get(k) != self.model_config.to_dict().get(k))
+            raise ValueError(f"{loaded.path}: checkpoint has a different model config ({', '.join(changed)}); "
+                             "resume with the config it was trained with (Trainer.resume reads it)")
+        self.model.load_state_dict(loaded.model_state(self.device))
+        self.optimizer.load_state_dict(loaded.optimizer_state(self.device))
+        state = loaded.state
+        self.step, self.bytes_seen, self.elapsed_s = state["step"], state["bytes_seen"], state["elapsed_s"]
+        self.best_val_bpb, self.best_step = state["best_val_bpb"], state["best_step"]
+        self.last_val_bpb = state.get("last_val_bpb")
+        # Step and byte budgets come from the (possibly changed) config; a horizon estimated from a time
+        # budget carries on until the clock re-estimates it.
+        self.horizon = self._budget_horizon()
+        if self.config.time and state.get("horizon"):
+            self.horizon = min(self.horizon or state["horizon"], state["horizon"])
+        for name, data in (("train", self.train_data), ("val", self.val_data)):
+            recorded, current = state["data"].get(name), getattr(data, "fingerprint", None)
+            if recorded and current and recorded != current:
+                warnings.warn(f"{loaded.path}: the {name} data differs from the checkpoint's "
+                              f"({recorded} vs {current}); the resumed run will not match the original",
+                              RuntimeWarning, stacklevel=3)
+        if state.get("global_batch") != self.rank_batch * self.dist.world_size:
+            warnings.warn(f"{loaded.path}: global batch changed from {state.get('global_batch')} to "
+                          f"{self.rank_batch * self.dist.world_size}; the resumed run will not match the original",
+                          RuntimeWarning, stacklevel=3)
+        rng = loaded.rng_tensors()
+        torch.set_rng_state(rng["torch_cpu"])
+        cuda_states = [rng[k] for k in sorted(rng) if k.startswith("torch_cuda_")]
+        if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+        np.random.set_state(_numpy_rng_from_json(state["rng"]["numpy"]))
+        random.setstate(_python_rng_from_json(state["rng"]["python"]))
+        self._evaluated_step = self._saved_step = self.step
+        self.last_checkpoint = loaded.path
+        if self.is_main:
+            self._truncate_metrics()
+            tqdm.write(f"resumed from {loaded.path} at step {self.step}")
+
+    def _truncate_metrics(self) -> None:
+        """Drop metrics lines a killed run wrote after the checkpoint we resume from."""
+        path = self.run_dir / METRICS_FILE
+        if not path.is_file():
+            return
+        kept = [r for r in read_metrics(path) if r.get("step", 0) <= self.step]
+        ckpt.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    # -- the loop -----------------------------------------------------------------------------------------
+    def fit(self) -> TrainSummary:
+        """Train until a budget is spent (or Ctrl-C); evaluate, checkpoint, sample and plot along the way."""
+        cfg = self.config
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            tqdm.write(f"training {self.model.num_parameters():,} parameters on {self.device} ({self.precision}, "
+                       f"{self.dist.world_size} process{'es' if self.dist.world_size > 1 else ''}), "
+                       f"global batch {self.rank_batch * self.dist.world_size} x {self.model_config.max_seq_len}")
+        self._log = _RunLog(self.run_dir / METRICS_FILE if self.is_main else None, self.horizon, self.step,
+                            show=self.is_main and cfg.progress)
+        budget = cfg.time_budget
+        first_step = self.step
+        timing = None  # (step, session seconds) where timing the steps for the schedule's horizon began
+        prefetch = ThreadPoolExecutor(max_workers=1)  # reads the next batch while this one trains
+        next_batch = prefetch.submit(self._batch, self.step)
+        previous_handlers = self._install_signal_handlers()
+        session_start, elapsed_base = time.monotonic(), self.elapsed_s  # time budgets sum over resumes
+        time_up, stop_reason, lr = False, None, cfg.lr
+        try:
+            while True:
+                self._eval_and_checkpoint()
+                stop_reason = self._stop_reason(time_up)
+                if stop_reason:
+                    break
+                lr = learning_rate(self.step, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps,
+                                   total_steps=self.horizon, schedule=cfg.schedule, decay_fraction=cfg.decay_fraction)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                batch = next_batch.result()
+                next_batch = prefetch.submit(self._batch, self.step + 1)
+                nats, targets, grad_norm = self._forward_backward(batch)
+                # One small all-reduce: the step's loss and norm, whether a process wants to stop, and the
+                # clock (averaged, so every process takes the same time-budget decisions).
+                nats, grad_norm, stop_votes, session_s = all_reduce_sum(
+                    [nats, grad_norm, float(self._stop_requested), time.monotonic() - session_start],
+                    self.device, self.dist)
+                session_s /= self.dist.world_size
+                if not (math.isfinite(nats) and math.isfinite(grad_norm)):
+                    what = "loss" if not math.isfinite(nats) else "gradient norm"
+                    raise TrainingDiverged(
+                        f"training diverged: the {what} is not finite at step {self.step} (lr {lr:.3g}); nothing "
+                        f"was saved from this state. Last good checkpoint: {self.last_checkpoint or 'none'}; "
+                        "resume from it with a lower lr or more warmup_steps")
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                self.bytes_seen += self.bytes_per_step
+                self.elapsed_s = elapsed_base + session_s
+                self._stop_agreed = stop_votes > 0
+                time_up = budget is not None and self.elapsed_s >= budget
+
+                if budget is not None:  # time the steps after the first two (compilation, warm caches)
+                    if timing is None and self.step >= first_step + 2:
+                        timing = (self.step, session_s)
+                    elif timing is not None:
+                        self._estimate_horizon(self.step - timing[0], session_s - timing[1], budget)
+                        self._log.bar.total = self.horizon
+                self._log.add(nats, targets, self.bytes_per_step)
+                if self.step % cfg.log_every == 0:
+                    self._log.write_train(self.step, self.bytes_seen, self.elapsed_s, lr, self._mfu_factor())
+                if cfg.sample_every and self.step % cfg.sample_every == 0:
+                    self._sample(self.step)
+                self._log.bar.update(1)
+
+            if self._log.pending():
+                self._log.write_train(self.step, self.bytes_seen, self.elapsed_s, lr, self._mfu_factor())
+            if stop_reason == "interrupted":
+                if self.step > 0 and self.step != self._saved_step:
+                    self.save_checkpoint()
+                if self.is_main:
+                    tqdm.write(f"interrupted at step {self.step}; checkpoint {self.last_checkpoint}")
+            else:
+                self._eval_and_checkpoint(final=True)
+                self._sample(self.step)
+        finally:
+            prefetch.shutdown(wait=True, cancel_futures=True)
+            self._restore_signal_handlers(previous_handlers)
+            self._log.close()
+            teardown(self.dist)
+        if self.is_main:
+            plot_curves(self.run_dir / METRICS_FILE, self.run_dir / CURVE_FILE)
+        return TrainSummary(self.run_dir, self.step, self.bytes_seen, self.last_val_bpb, self.best_val_bpb,
+                            stop_reason, self.last_checkpoint)
+
+    def _forward_backward(self, batch: torch.Tensor) -> tuple[float, float, float]:
+        """Accumulate the gradients of one step's micro-batches.
+
+        Returns this rank's summed loss in nats, the global batch's target count and the gradient norm.
+
+        The loss is token-weighted: every non-PAD target of the global batch counts the same, however the
+        windows are split into micro-batches and processes (DDP averages gradients over processes)."""
+        cfg = self.config
+        torch.manual_seed(_step_seed(cfg.seed, self.step, self.dist.rank))  # dropout: a function of the step
+        local_targets = float((batch != tokens.PAD_ID).sum())
+        global_targets = all_reduce_sum([local_targets], self.device, self.dist)[0]
+        nats = torch.zeros((), device=self.device)
+        for micro in range(cfg.grad_accum):
+            ids = batch[micro * cfg.batch_size:(micro + 1) * cfg.batch_size].to(self.device, non_blocking=True)
+            targets = (ids != tokens.PAD_ID).sum()
+            last = micro == cfg.grad_accum - 1
+            sync = self.train_model.no_sync() if self.dist.enabled and not last else nullcontext()
+            with sync, torch.enable_grad():  # a caller may have turned gradients off globally
+                with self._autocast():
+                    loss = self.train_model(ids, ids).loss
+                (loss * (targets * self.dist.world_size / global_targets)).backward()
+            nats += loss.detach() * targets
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0
+                                                   else float("inf"))
+        return float(nats), global_targets, float(grad_norm)
+
+    def _eval_and_checkpoint(self, final: bool = False) -> None:
+        """Evaluate when due (or at the end) and checkpoint when due, when validation improved, or at the end."""
+        cfg, step = self.config, self.step
+        improved = False
+        due_eval = cfg.eval_every and step % cfg.eval_every == 0
+        if self.val_ids is not None and (due_eval or final) and step != self._evaluated_step:
+            self.last_val_bpb, self._evaluated_step = self.evaluate(), step
+            self._log.write_val(step, self.bytes_seen, self.elapsed_s, self.last_val_bpb)
+            if step > 0 and (self.best_val_bpb is None or self.last_val_bpb < self.best_val_bpb):
+                self.best_val_bpb, self.best_step, improved = self.last_val_bpb, step, True
+        due_checkpoint = cfg.checkpoint_every and step % cfg.checkpoint_every == 0
+        if step > 0 and step != self._saved_step and (due_checkpoint or improved or final):
+            self.save_checkpoint(best=improved)
+
+    def _mfu_factor(self) -> float | None:
+        """MFU per byte/s (FLOPs per byte over the job's peak FLOP/s), or None where the peak is unknown."""
+        if self.device.type != "cuda" or not self.use_bf16:
+            return None
+        name = torch.cuda.get_device_name(self.device)
+        peak = next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
+        return self.model_config.flops_per_byte() / (peak * self.dist.world_size) if peak else None
+
+
+    # -- Ctrl-C -----------------------------------------------------------------------------------------
+    def _install_signal_handlers(self) -> dict:
+        """First Ctrl-C (or SIGTERM) asks the loop to save and stop after this step; a second one aborts."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def request_stop(signum: int, frame: Any) -> None:
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            self._stop_requested = True
+            if self.is_main:
+                tqdm.write("stopping after this step and saving a checkpoint (press Ctrl-C again to abort)")
+
+        previous = {}
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, request_stop)
+        return previous
+
+    @staticmethod
+    def _restore_signal_handlers(previous: dict) -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

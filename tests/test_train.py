@@ -1,0 +1,258 @@
+"""The Trainer end to end on CPU: budgets, logs, checkpoints, exact resume after SIGKILL, Ctrl-C, divergence."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bytemodels import checkpoint as ckpt
+from bytemodels.config import MegabyteConfig
+from bytemodels.data import ByteDataset
+from bytemodels.schedule import learning_rate
+from bytemodels.train import Trainer, TrainConfig, TrainingDiverged, parse_duration
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models run fastest, and reproducibly, on one thread
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_config(**overrides) -> MegabyteConfig:
+    return MegabyteConfig.preset("tiny", **{"dims": (32, 16), "layers": (1, 1), "heads": (2, 1), "max_seq_len": 32,
+                                            **overrides})
+
+
+def text_dataset(cache_dir: Path, layout: str = "packed") -> ByteDataset:
+    rng = np.random.default_rng(0)
+    words = [b"the", b"cat", b"sat", b"on", b"a", b"mat", b"and", b"dog", b"ran"]
+    docs = [b" ".join(words[i] for i in rng.integers(0, len(words), int(rng.integers(3, 30)))) for _ in range(200)]
+    return ByteDataset.build(docs, cache_dir, key={"test": "words"}, layout=layout, val_fraction=0.1, progress=False)
+
+
+def train_config(out_dir: Path, **overrides) -> TrainConfig:
+    values = dict(out_dir=str(out_dir), batch_size=4, max_steps=20, lr=3e-3, min_lr=3e-4, warmup_steps=3,
+                  eval_every=10, eval_windows=8, checkpoint_every=10, log_every=5, progress=False)
+    return TrainConfig(**{**values, **overrides})
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path / ckpt.WEIGHTS_FILE))
+
+
+def test_tiny_run_end_to_end(tmp_path):
+    data = text_dataset(tmp_path / "cache")
+    sampled = []
+
+    def sample(model, step, folder):
+        sampled.append(step)
+        (folder / f"step_{step}.txt").write_bytes(model.generate(b"the", 8, seed=0))
+
+    summary = Trainer(tiny_config(), train_config(tmp_path / "run", max_steps=30, sample_every=15), data.train,
+                      data.val, sample_fn=sample, metadata={"codec": {"name": "text"}}).fit()
+    run = tmp_path / "run"
+    assert summary.step == 30 and summary.stop_reason == "max_steps"
+    assert summary.bytes_seen == 30 * 4 * 32
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    val = [r["val_bpb"] for r in records if "val_bpb" in r]
+    train = [r for r in records if "bpb" in r]
+    assert [r["step"] for r in train] == [5, 10, 15, 20, 25, 30]
+    assert len(val) == 4 and val[-1] < val[0] - 0.5  # step 0, 10, 20, 30: it learns
+    assert summary.val_bpb == pytest.approx(val[-1], abs=1e-5)
+    assert all(r["bpb"] == pytest.approx(r["loss"] / math.log(2), abs=1e-5) for r in train)
+    assert (run / "curve.png").stat().st_size > 1000
+    assert sampled == [15, 30, 30] and (run / "samples" / "step_30.txt").is_file()
+    assert [s for s, _ in ckpt.list_checkpoints(run / "checkpoints")] == [10, 20, 30]
+    assert json.loads((run / "checkpoints" / "best" / "metadata.json").read_text()) == {"codec": {"name": "text"}}
+    assert ckpt.load_checkpoint(run / "checkpoints" / "best").state["best_val_bpb"] == pytest.approx(min(val[1:]))
+
+
+def test_wall_clock_budget_stops_the_run(tmp_path):
+    data = text_dataset(tmp_path / "cache")
+    summary = Trainer(tiny_config(), train_config(tmp_path / "run", max_steps=None, time="1s", eval_every=0),
+                      data.train, data.val).fit()
+    assert summary.stop_reason == "time" and summary.step > 0
+    state = ckpt.load_checkpoint(tmp_path / "run").state
+    assert state["elapsed_s"] >= 1.0 and state["step"] == summary.step
+
+
+def test_max_bytes_budget(tmp_path):
+    data = text_dataset(tmp_path / "cache")
+    summary = Trainer(tiny_config(), train_config(tmp_path / "run", max_steps=None, max_bytes=1000, eval_every=0),
+                      data.train, data.val).fit()
+    assert summary.stop_reason == "max_bytes" and summary.step == 8  # ceil(1000 / (4 x 32))
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    data = text_dataset(tmp_path / "cache")
+
+    def poison(model, step, folder):  # stands in for a blow-up right after step 5
+        if step == 5:
+            with torch.no_grad():
+                model.head.weight.fill_(float("nan"))
+
+    trainer = Trainer(tiny_config(), train_config(tmp_path / "run", checkpoint_every=4, sample_every=5,
+                                                  eval_every=0), data.train, data.val, sample_fn=poison)
+    with pytest.raises(TrainingDiverged, match=r"not finite at step 5.*step_000004"):
+        trainer.fit()
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "run" / "checkpoints")] == [4]
+    good = weights(tmp_path / "run" / "checkpoints" / "step_000004")
+    assert all(torch.isfinite(t).all() for t in good.values())
+
+
+def test_ctrl_c_saves_and_returns(tmp_path):
+    data = text_dataset(tmp_path / "cache")
+
+    def press_ctrl_c(model, step, folder):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    summary = Trainer(tiny_config(), train_config(tmp_path / "run", sample_every=1), data.train, data.val,
+                      sample_fn=press_ctrl_c).fit()
+    assert summary.stop_reason == "interrupted" and summary.step == 3
+    assert summary.checkpoint.name == "step_000003" and ckpt.load_checkpoint(summary.checkpoint).step == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path):
+    # Records leave PAD in the windows: the loss must weigh every target the same across micro-batches.
+    data = text_dataset(tmp_path / "cache", layout="records")
+    results = []
+    for name, batch, accum in (("big", 8, 1), ("accumulated", 2, 4)):
+        config = train_config(tmp_path / name, batch_size=batch, grad_accum=accum, max_steps=4, eval_every=0)
+        Trainer(tiny_config(), config, data.train, data.val).fit()
+        results.append(weights(ckpt.latest_checkpoint(tmp_path / name)))
+    for key in results[0]:
+        torch.testing.assert_close(results[0][key], results[1][key], rtol=1e-4, atol=1e-5)
+
+
+def test_resume_continues_with_recorded_configs_and_checks_the_model(tmp_path):
+    data = text_dataset(tmp_path / "cache")
+    straight = Trainer(tiny_config(), train_config(tmp_path / "straight", max_steps=12, schedule="constant",
+                                                   warmup_steps=0), data.train, data.val).fit()
+    Trainer(tiny_config(), train_config(tmp_path / "halves", max_steps=6, schedule="constant", warmup_steps=0),
+            data.train, data.val).fit()
+    resumed = Trainer.resume(tmp_path / "halves", data.train, data.val, max_steps=12).fit()
+    assert resumed.step == 12
+    a, b = weights(straight.checkpoint), weights(resumed.checkpoint)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="different model config.*dims"):
+        Trainer(tiny_config(dims=(64, 16)), train_config(tmp_path / "x"), data.train, resume=tmp_path / "halves")
+
+
+def test_resume_from_a_corrupted_checkpoint_names_it_and_the_previous_survives(tmp_path):
+    data = text_dataset(tmp_path / "cache")
+    Trainer(tiny_config(), train_config(tmp_path / "run", checkpoint_every=5, eval_every=0, max_steps=10),
+            data.train, data.val).fit()
+    newest = tmp_path / "run" / "checkpoints" / "step_000010"
+    (newest / ckpt.OPTIMIZER_FILE).write_bytes(b"garbage")
+    with pytest.raises(ckpt.CheckpointError, match=r"step_000010/optimizer\.pt.*step_000005 is intact"):
+        Trainer(tiny_config(), train_config(tmp_path / "run", max_steps=12), data.train, resume="auto")
+    trainer = Trainer(tiny_config(), train_config(tmp_path / "run", max_steps=12), data.train,
+                      resume=tmp_path / "run" / "checkpoints" / "step_000005")
+    assert trainer.step == 5
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import json, sys, time
+    import numpy as np, torch
+    torch.set_num_threads(1)
+    from bytemodels.config import MegabyteConfig
+    from bytemodels.data import ByteDataset
+    from bytemodels.train import Trainer, TrainConfig
+
+    cache, out, pause = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    rng = np.random.default_rng(0)
+    docs = [bytes(rng.integers(97, 123, int(rng.integers(5, 60))).astype(np.uint8)) for _ in range(100)]
+    data = ByteDataset.build(docs, cache, key={"kill": 1}, val_fraction=0.1, progress=False)
+    model = MegabyteConfig.preset("tiny", dims=(32, 16), layers=(1, 1), heads=(2, 1), max_seq_len=32, dropout=0.1)
+    train = TrainConfig(out_dir=out, batch_size=2, grad_accum=2, max_steps=24, lr=3e-3, warmup_steps=3,
+                        eval_every=6, eval_windows=4, checkpoint_every=4, keep_last=2, sample_every=1,
+                        log_every=2, progress=False)
+    summary = Trainer(model, train, data.train, data.val, sample_fn=lambda m, s, d: time.sleep(pause),
+                      resume="auto").fit()
+    print(json.dumps({"step": summary.step, "val_bpb": summary.val_bpb}))
+""")
+
+
+def test_resume_after_sigkill_is_bit_exact(tmp_path):
+    script = tmp_path / "train_script.py"
+    script.write_text(KILL_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+    def launch(out: str, pause: float) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, str(script), str(tmp_path / "cache"), str(tmp_path / out),
+                                 str(pause)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    straight = launch("straight", 0.0)
+    victim = launch("killed", 0.08)  # slowed down so the kill lands mid-run
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "killed" / "checkpoints" / "step_000008").exists():
+        assert victim.poll() is None, victim.communicate()
+        assert time.monotonic() < deadline, "the run never wrote its second checkpoint"
+        time.sleep(0.02)
+    time.sleep(random.uniform(0.0, 0.3))  # an arbitrary moment, possibly mid-checkpoint
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    killed_at = max(step for step, _ in ckpt.list_checkpoints(tmp_path / "killed" / "checkpoints"))
+    assert killed_at < 24, "the run finished before it was killed"
+
+    resumed = launch("killed", 0.0)
+    out_resumed, err = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, err
+    out_straight, err = straight.communicate(timeout=120)
+    assert straight.returncode == 0, err
+    assert json.loads(out_resumed.splitlines()[-1]) == json.loads(out_straight.splitlines()[-1])
+    a = weights(tmp_path / "straight" / "checkpoints" / "step_000024")
+    b = weights(tmp_path / "killed" / "checkpoints" / "step_000024")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # The resumed run's metrics have no duplicate lines from the killed run.
+    records = [json.loads(line) for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    keys = [(r["step"], "val_bpb" in r) for r in records]
+    assert len(keys) == len(set(keys))
+
+
+def test_schedules_are_pure_functions_of_the_step():
+    common = dict(lr=1.0, min_lr=0.1, warmup_steps=10, total_steps=100)
+    warmup = [learning_rate(s, **common) for s in range(10)]
+    assert warmup == sorted(warmup) and warmup[-1] < 1.0
+    assert learning_rate(10, **common) == pytest.approx(1.0)
+    assert learning_rate(100, **common) == pytest.approx(0.1) and learning_rate(55, **common) == pytest.approx(0.55)
+    wsd = dict(common, schedule="wsd", decay_fraction=0.2)
+    assert learning_rate(79, **wsd) == 1.0 and learning_rate(90, **wsd) == pytest.approx(0.55)
+    assert learning_rate(500, **common, schedule="constant") == 1.0
+    assert learning_rate(50, **{**common, "total_steps": None}) == 1.0  # horizon not known yet
+    with pytest.raises(ValueError, match="schedule"):
+        learning_rate(0, **common, schedule="linear")
+
+
+def test_train_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="max_steps, max_bytes or time"):
+        TrainConfig().validate()
+    with pytest.raises(ValueError, match="schedule"):
+        TrainConfig(max_steps=1, schedule="step")
+    with pytest.raises(ValueError, match="time='soon'"):
+        TrainConfig(time="soon")
+    with pytest.raises(ValueError, match="unknown TrainConfig field.*epochs"):
+        TrainConfig.from_dict({"epochs": 3})
+    config = TrainConfig(max_steps=5, betas=[0.8, 0.9])
+    assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    assert parse_duration("10m") == 600 and parse_duration("1h30m") == 5400 and parse_duration("90") == 90
+    assert parse_duration("1.5h") == 5400
