@@ -7,6 +7,7 @@ configuration as opaque JSON, and only here does it become a codec again.
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import math
 import sys
@@ -114,14 +115,14 @@ def command_sample(args: argparse.Namespace) -> int:
     is_text = codec is None or codec.modality == "text"
     generated = bytearray()
     if is_text and not args.quiet:
-        # Stream: show each piece as soon as it is final.
-        out = sys.stdout.buffer
-        out.write(data)
+        # Stream: show each piece as soon as it is final; UTF-8 cut mid-character waits for the rest.
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        sys.stdout.write(decoder.decode(data))
         for piece in model.generate_stream(ids, max_bytes, **options):
             generated += piece
-            out.write(piece)
-            out.flush()
-        out.write(b"\n")
+            sys.stdout.write(decoder.decode(piece))
+            sys.stdout.flush()
+        sys.stdout.write(decoder.decode(b"", final=True) + "\n")
     else:
         generated += model.generate(ids, max_bytes, **options)[0]
     output = Path(args.output) if args.output else Path("sample" + (codec.extension if codec else ".bin"))
