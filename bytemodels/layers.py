@@ -42,22 +42,30 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class KVCache:
-    """Keys and values of one attention layer for the tokens seen so far (batch, heads, time, head_dim)."""
+    """Keys and values of one attention layer for the tokens seen so far (batch, heads, time, head_dim).
+
+    Storage grows by doubling, so appending one token per step copies only the new token."""
 
     def __init__(self) -> None:
-        self.keys: Tensor | None = None
-        self.values: Tensor | None = None
-
-    @property
-    def length(self) -> int:
-        return 0 if self.keys is None else self.keys.shape[2]
+        self._keys: Tensor | None = None
+        self._values: Tensor | None = None
+        self.length = 0
 
     def append(self, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
-        if self.keys is not None:
-            keys = torch.cat((self.keys, keys), dim=2)
-            values = torch.cat((self.values, values), dim=2)
-        self.keys, self.values = keys, values
-        return keys, values
+        """Add ``keys``/``values`` for new tokens; returns those of every token so far."""
+        new_length = self.length + keys.shape[2]
+        if self._keys is None or new_length > self._keys.shape[2]:
+            capacity = max(new_length, 2 * (0 if self._keys is None else self._keys.shape[2]), 16)
+            grown_keys = keys.new_empty(*keys.shape[:2], capacity, keys.shape[3])
+            grown_values = values.new_empty(*values.shape[:2], capacity, values.shape[3])
+            if self._keys is not None:
+                grown_keys[:, :, :self.length] = self._keys[:, :, :self.length]
+                grown_values[:, :, :self.length] = self._values[:, :, :self.length]
+            self._keys, self._values = grown_keys, grown_values
+        self._keys[:, :, self.length:new_length] = keys
+        self._values[:, :, self.length:new_length] = values
+        self.length = new_length
+        return self._keys[:, :, :new_length], self._values[:, :, :new_length]
 
 
 class Attention(nn.Module):
