@@ -1,0 +1,557 @@
+"""Train one byte-level MEGABYTE model on text, audio and images at once, each document led by its modality tag.
+
+Every document is a record (records layout) whose header patch holds BOS and the tag of the codec that
+made it: text 0, audio 1, image 2. Sampling from a header with a tag therefore produces that modality, and
+each sample is written in its own format (``.txt``, ``.wav``, ``.png``). The patch size is aligned to image
+rows (one row per patch, e.g. 28 bytes for MNIST); text and μ-law audio fit any patch size. The loop,
+checkpoints, metrics and curve are the ``Trainer``'s; this file picks the data, the codecs and a preset.
+
+Commands, in the order you would run them (from the checkout)::
+
+    # 1. train on stories, spoken digits and MNIST digits beside the checkout, 2,000 documents of each
+    python -m recipes.mixed --text ../shared/data/tinystories/train.txt \\
+        --audio ../shared/data/audio/fsdd/recordings --images ../shared/data/images/mnist_test.npz \\
+        --limit 2000 --time 10m
+
+    # 2. continue the run in runs/mixed for ten more minutes
+    python -m recipes.mixed --resume --time 20m
+
+    # 3. read, listen, look: runs/mixed/samples/step_*/text_*.txt, audio_*.wav, image_*.png (and images.png)
+
+Any one or two of --text, --audio and --images work too. Every stage can be re-run: the documents are
+encoded once into a byte cache under ``--cache-dir``, reused while the sources and codec options stay the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+import textwrap
+from collections.abc import Callable, Iterator, Sequence
+from itertools import zip_longest
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RECIPE = "mixed"
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+"""Real stories, spoken digits and images beside the checkout (when there are some)."""
+SEPARATOR = "<|endoftext|>"
+"""Ends each story in TinyStories-style ``.txt`` files: a text file is split into documents there."""
+ARRAY_SUFFIXES = (".npz", ".npy")
+MODALITIES = ("text", "audio", "image")
+"""In the order of their tags (text 0, audio 1, image 2); a flag per modality names its source."""
+EVAL_WINDOW_CAP = 256
+"""Validation windows: whole held-out documents of every modality, up to about this many windows."""
+
+#: What the recipe sets where it differs from the preset and TrainConfig defaults, by device kind.
+DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "cpu": dict(preset="tiny", time="10m", batch_size=8, lr=2e-3, min_lr=2e-4, warmup_steps=50, eval_every=200,
+                checkpoint_every=500, max_seq_len=1024, sample_seconds=0.5),
+    "gpu": dict(preset="small", time="1h", batch_size=32, lr=6e-4, min_lr=6e-5, warmup_steps=500, eval_every=1000,
+                checkpoint_every=2000, max_seq_len=4096, sample_seconds=2.0),
+}
+
+
+class RecipeError(Exception):
+    """A problem the user can fix (a flag, a file); printed as one line, no traceback."""
+
+
+# -- 1. documents: one reader per modality, interleaved ------------------------------------------------------
+def file_key(path: Path) -> dict[str, Any]:
+    """Identifies one file for the byte cache: its path, size and modification time."""
+    stat = path.stat()
+    return {"path": str(path.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def folder_key(root: Path, paths: list[Path]) -> dict[str, Any]:
+    """Identifies a folder's files for the byte cache: their names, sizes and modification times."""
+    digest = hashlib.sha256()
+    for path in paths:
+        stat = path.stat()
+        digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return {"folder": str(root.resolve()), "files": len(paths), "sha256": digest.hexdigest()}
+
+
+def files_under(path: Path, codec: Any, flag: str) -> list[Path]:
+    """``path`` itself when it is a file, else the files under it that ``codec`` reads (recursively)."""
+    import bytecodecs
+
+    if path.is_file():
+        return [path]
+    try:
+        files = bytecodecs.list_files(path, codec.extensions)
+    except bytecodecs.CodecError as error:
+        raise RecipeError(f"{flag} {error}") from None
+    if not files:
+        raise RecipeError(f"{flag} {path}: no {', '.join(codec.extensions)} files in the folder or below it")
+    return files
+
+
+def text_documents(path: Path, codec: Any, limit: int | None) -> tuple[dict[str, Any], Callable[[], Iterator[bytes]]]:
+    """(cache key, reader) for text: each file, split into stories where it holds ``<|endoftext|>``."""
+    files = files_under(path, codec, "--text")
+    key = file_key(path) if path.is_file() else folder_key(path, files)
+
+    def read() -> Iterator[bytes]:
+        count = 0
+        for file in files:
+            for story in codec.load(file).split(SEPARATOR):
+                story = story.strip()
+                if story and (limit is None or count < limit):
+                    count += 1
+                    yield codec.encode(story)
+            if limit is not None and count >= limit:
+                return
+
+    return {"text": key, "limit": limit}, read
+
+
+def audio_documents(path: Path, codec: Any, limit: int | None) -> tuple[dict[str, Any], Callable[[], Iterator[bytes]]]:
+    """(cache key, reader) for the audio files under ``path``; unusable files are skipped and counted."""
+    import bytecodecs
+
+    files = files_under(path, codec, "--audio")[:limit]
+    key = file_key(path) if path.is_file() else folder_key(path, files)
+
+    def read() -> Iterator[bytes]:
+        loader = bytecodecs.FolderFiles(root=path if path.is_dir() else path.parent, codec=codec, paths=files)
+        for _, data in loader:
+            yield data
+        if loader.skipped:
+            print(loader.report(), file=sys.stderr)
+
+    return {"audio": key, "limit": limit}, read
+
+
+def load_array(path: Path, key: str | None) -> np.ndarray:
+    """The uint8 image array of a ``.npy`` file or of a ``.npz`` file (``key``, else ``images``, else the
+    first array shaped like images)."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise RecipeError(f"--images {path}: not a readable numpy file ({error})") from None
+    if isinstance(loaded, np.ndarray):
+        array = loaded
+    else:
+        with loaded:
+            names = loaded.files
+            if key is None:
+                key = "images" if "images" in names else next(
+                    (n for n in names if loaded[n].dtype == np.uint8 and loaded[n].ndim in (3, 4)), None)
+            if key not in names:
+                raise RecipeError(f"--images {path}: no image array{'' if key is None else f' {key!r}'}; it holds "
+                                  f"{', '.join(names)} (name one with --array-key)")
+            array = loaded[key]
+    if array.dtype != np.uint8 or array.ndim not in (3, 4) or (array.ndim == 4 and array.shape[3] not in (1, 3, 4)):
+        raise RecipeError(f"--images {path}: the array is {array.dtype} {array.shape}; expected uint8 images shaped "
+                          "(count, height, width) or (count, height, width, 1, 3 or 4)")
+    return array
+
+
+def image_documents(path: Path, codec_options: dict[str, Any], array_key: str | None,
+                    limit: int | None) -> tuple[Any, dict[str, Any], Callable[[], Iterator[bytes]]]:
+    """(codec, cache key, reader) for images: a .npz/.npy array (its images' size is the default) or a folder."""
+    import bytecodecs
+
+    if path.is_file() and path.suffix.lower() in ARRAY_SUFFIXES:
+        array = load_array(path, array_key)
+        shape = {"width": int(array.shape[2]), "height": int(array.shape[1]),
+                 "mode": "L" if array.ndim == 3 or array.shape[3] == 1 else "RGB"}
+        codec = bytecodecs.get_codec("image", **{**shape, **codec_options})
+        count = len(array) if limit is None else min(limit, len(array))
+
+        def read_array() -> Iterator[bytes]:
+            for index in range(count):
+                yield codec.encode_array(array[index])
+
+        return codec, {"images": file_key(path), "array_key": array_key, "limit": limit}, read_array
+    codec = bytecodecs.get_codec("image", **codec_options)
+    files = files_under(path, codec, "--images")[:limit]
+
+    def read_files() -> Iterator[bytes]:
+        loader = bytecodecs.FolderFiles(root=path, codec=codec, paths=files)
+        for _, data in loader:
+            yield data
+        if loader.skipped:
+            print(loader.report(), file=sys.stderr)
+
+    return codec, {"images": folder_key(path, files), "limit": limit}, read_files
+
+
+def interleave(readers: dict[str, Callable[[], Iterator[bytes]]],
+               codecs: dict[str, Any]) -> Iterator[tuple[bytes, int]]:
+    """``(bytes, tag)`` documents taking one of each modality in turn, so every stretch of the data (and of
+    the validation windows) holds all of them."""
+    from tqdm.auto import tqdm
+
+    def tagged(reader: Callable[[], Iterator[bytes]], tag: int) -> Iterator[tuple[bytes, int]]:
+        for data in reader():
+            yield data, tag
+
+    streams = [tagged(reader, codecs[name].tag) for name, reader in readers.items()]
+    with tqdm(desc="encoding documents", unit="doc") as bar:
+        for group in zip_longest(*streams):
+            for document in group:
+                if document is not None and document[0]:
+                    bar.update(1)
+                    yield document
+
+
+def byte_dataset(keys: dict[str, Any], readers: dict[str, Callable[[], Iterator[bytes]]], codecs: dict[str, Any],
+                 cache_dir: Path, val_fraction: float) -> Any:
+    """Every modality's documents in one records-layout ``ByteDataset``, built once under ``cache_dir``."""
+    from bytemodels.data import ByteDataset
+
+    key = {"recipe": RECIPE, "sources": keys, "codecs": {name: codec.config() for name, codec in codecs.items()}}
+    return ByteDataset.build(interleave(readers, codecs), cache_dir, key=key, layout="records", name=RECIPE,
+                             val_fraction=val_fraction, split_seed=0, progress=False)  # interleave has a bar
+
+
+def sources_from_args(args: argparse.Namespace, codec_options: dict[str, dict[str, Any]]) -> tuple[dict, dict, dict]:
+    """(codecs, cache keys, readers) of the modalities named by --text, --audio and --images."""
+    import bytecodecs
+
+    for flag, path in (("--text", args.text), ("--audio", args.audio), ("--images", args.images)):
+        if path and not Path(path).expanduser().exists():
+            raise RecipeError(f"{flag} {path}: no such file or folder")
+    codecs, keys, readers = {}, {}, {}
+    if args.text:
+        codecs["text"] = bytecodecs.get_codec("text", **codec_options.get("text", {}))
+        keys["text"], readers["text"] = text_documents(Path(args.text).expanduser(), codecs["text"], args.limit)
+    if args.audio:
+        codecs["audio"] = bytecodecs.get_codec("wav", **codec_options.get("audio", {}))
+        keys["audio"], readers["audio"] = audio_documents(Path(args.audio).expanduser(), codecs["audio"], args.limit)
+    if args.images:
+        codecs["image"], keys["image"], readers["image"] = image_documents(
+            Path(args.images).expanduser(), codec_options.get("image", {}), args.array_key, args.limit)
+    if not codecs:
+        example = ""
+        if SHARED_DATA.is_dir():
+            shared = os.path.relpath(SHARED_DATA)
+            example = (f" (e.g. --text {shared}/tinystories/train.txt --audio {shared}/audio/fsdd/recordings "
+                       f"--images {shared}/images/mnist_test.npz)")
+        raise RecipeError(f"nothing to train on: give at least one of --text, --audio and --images{example}")
+    return codecs, keys, readers
+
+
+# -- 2. one patch size for every modality ---------------------------------------------------------------------
+def record_window(record_size: int, patch_size: int) -> int:
+    """Ids one fixed-size record takes in the records layout: header patch, bytes and EOS, in whole patches."""
+    return patch_size + math.ceil((record_size + 1) / patch_size) * patch_size
+
+
+def aligned_patch_size(codecs: dict[str, Any], default: int) -> int:
+    """One image row per patch when there are images (made a multiple of the audio frame), else ``default``."""
+    if "image" not in codecs:
+        return default
+    patch = codecs["image"].framing.align
+    if "audio" in codecs:
+        patch = math.lcm(patch, codecs["audio"].framing.align)
+    return patch if patch >= 2 else 2
+
+
+def check_alignment(patch_size: int, codecs: dict[str, Any]) -> None:
+    """A patch holds whole audio frames and whole image rows (or a whole fraction of a row)."""
+    if "audio" in codecs and patch_size % codecs["audio"].framing.align:
+        align = codecs["audio"].framing.align
+        raise RecipeError(f"--patch-sizes {patch_size} would split {align}-byte audio frames; "
+                          f"use a multiple of {align}")
+    if "image" in codecs:
+        row = codecs["image"].framing.align
+        if patch_size % row and row % patch_size:
+            raise RecipeError(f"--patch-sizes {patch_size} does not line up with image rows of {row} bytes; "
+                              f"use a multiple of {row} or a divisor of it")
+
+
+# -- 3. samples: one set per modality tag, each in its own format ---------------------------------------------
+def sample_writer(codecs: dict[str, Any], patch_size: int, *, count: int, text_bytes: int, audio_seconds: float,
+                  temperature: float, seed: int) -> Callable[[Any, int, Path], None]:
+    """The ``sample_fn`` the trainer calls: ``count`` samples started from each modality's tag."""
+    from bytecodecs import atomic_path
+    from bytemodels.data import record_prompt
+    from tqdm.auto import tqdm
+
+    lengths = {"text": text_bytes}
+    if "audio" in codecs:
+        audio = codecs["audio"]
+        lengths["audio"] = max(1, round(audio_seconds * audio.sample_rate)) * audio.bytes_per_frame
+    if "image" in codecs:
+        lengths["image"] = codecs["image"].framing.record_size
+
+    def write_samples(model: Any, step: int, samples_dir: Path) -> None:
+        folder = samples_dir / f"step_{step:06d}"
+        for name, codec in codecs.items():
+            header = record_prompt(patch_size, codec.tag)
+            generated = model.generate([b""] * count, lengths[name], temperature=temperature, seed=seed,
+                                       prefix_ids=header)
+            for index, data in enumerate(generated):
+                path = codec.write_bytes(data, folder / f"{name}_{index:02d}{codec.extension}")
+                if name == "text":
+                    tqdm.write(f"--- text sample {index + 1} at step {step} ({path}) ---\n{codec.decode(data)}\n")
+            if name == "image":
+                with atomic_path(folder / "images.png") as temporary:
+                    image_row([codec.decode(data) for data in generated]).save(temporary, format="PNG")
+
+    return write_samples
+
+
+def image_row(images: Sequence[Any], cell_pixels: int = 84) -> Any:
+    """The image samples side by side, scaled up without blurring, for a glance."""
+    from PIL import Image
+
+    width, height = images[0].size
+    scale = max(1, round(cell_pixels / max(width, height)))
+    gap = 6
+    canvas = Image.new("RGB", (gap + len(images) * (width * scale + gap), height * scale + 2 * gap), "white")
+    for index, image in enumerate(images):
+        scaled = image.convert("RGB").resize((width * scale, height * scale), Image.Resampling.NEAREST)
+        canvas.paste(scaled, (gap + index * (width * scale + gap), gap))
+    return canvas
+
+
+# -- 4. training ---------------------------------------------------------------------------------------------
+def device_kind(device: str) -> str:
+    """``gpu`` when ``--device`` resolves to CUDA, else ``cpu``: which column of the recipe defaults applies."""
+    from bytemodels.distributed import choose_device
+
+    try:
+        return "gpu" if choose_device(device).type == "cuda" else "cpu"
+    except RuntimeError as error:
+        raise RecipeError(f"--device {device}: {error}") from None
+
+
+def model_config_from_args(args: argparse.Namespace, codecs: dict[str, Any], defaults: dict[str, Any]) -> Any:
+    """The preset with the model flags; patches aligned to image rows, windows holding a whole image."""
+    from bytemodels.config import MegabyteConfig
+    from bytemodels.options import overrides_from_args
+
+    overrides = overrides_from_args(MegabyteConfig, args)
+    preset = MegabyteConfig.preset(args.preset or defaults["preset"])
+    patch = overrides["patch_sizes"][0] if overrides.get("patch_sizes") else aligned_patch_size(
+        codecs, preset.patch_size)
+    check_alignment(patch, codecs)
+    overrides.setdefault("patch_sizes", (patch,) + preset.patch_sizes[1:] if patch != preset.patch_size
+                         else preset.patch_sizes)
+    if "max_seq_len" not in overrides:
+        seq_len = math.ceil(defaults["max_seq_len"] / patch) * patch
+        if "image" in codecs:  # one whole image per window
+            seq_len = max(seq_len, record_window(codecs["image"].framing.record_size, patch))
+        overrides["max_seq_len"] = seq_len
+    try:
+        return MegabyteConfig.preset(args.preset or defaults["preset"], **overrides)
+    except ValueError as error:  # config validation names the field; the flag has the same name
+        raise RecipeError(str(error)) from None
+
+
+def codec_options_from_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The audio and image codec flags given on the command line, by modality."""
+    from bytecodecs import ImageCodec, WavCodec
+    from bytemodels.options import overrides_from_args
+
+    image = overrides_from_args(ImageCodec, args)
+    if image.get("fit") == "keep":
+        raise RecipeError("--fit keep stores each image at its own size; this recipe needs one size: use crop or pad")
+    return {"audio": overrides_from_args(WavCodec, args), "image": image}
+
+
+def whole_document_windows(lengths: np.ndarray, patch_size: int, seq_len: int, cap: int) -> int:
+    """Windows covering the most leading held-out documents whole within ``cap`` windows (at least one)."""
+    record = patch_size + -(-(np.asarray(lengths, dtype=np.int64) + 1) // patch_size) * patch_size
+    ends = np.cumsum(-(-record // seq_len))
+    if not len(ends):
+        return 1
+    inside = ends[ends <= cap]
+    return int(inside[-1]) if len(inside) else int(ends[0])
+
+
+def data_record(args: argparse.Namespace) -> dict[str, Any]:
+    """What a checkpoint records about its data, so ``--resume`` reads the same documents without flags."""
+    def resolved(path: str | None) -> str | None:
+        return str(Path(path).expanduser().resolve()) if path else None
+
+    return {"text": resolved(args.text), "audio": resolved(args.audio), "images": resolved(args.images),
+            "array_key": args.array_key, "limit": args.limit, "val_fraction": args.val_fraction}
+
+
+def restore_data_args(args: argparse.Namespace, recorded: dict[str, Any]) -> None:
+    """On ``--resume``, read the documents the run was trained on unless a source flag names others."""
+    if not (args.text or args.audio or args.images):
+        for name in ("text", "audio", "images", "array_key", "limit"):
+            setattr(args, name, recorded.get(name))
+    args.val_fraction = recorded.get("val_fraction", args.val_fraction)
+
+
+def train(args: argparse.Namespace) -> None:
+    """Read every modality, build the configs and the trainer, and train."""
+    from bytecodecs import ImageCodec, WavCodec
+    from bytemodels import checkpoint as ckpt
+    from bytemodels.config import MegabyteConfig
+    from bytemodels.options import overrides_from_args
+    from bytemodels.train import Trainer, TrainConfig
+
+    out = Path(args.out or Path("runs") / RECIPE)
+    resume_from, recorded = None, None
+    if args.resume:
+        resume_from = ckpt.resolve_checkpoint(out if args.resume == "auto" else args.resume)
+        recorded = ckpt.load_checkpoint(resume_from)
+        if not isinstance(recorded.metadata, dict) or recorded.metadata.get("recipe") != RECIPE:
+            raise RecipeError(f"--resume {resume_from}: not a checkpoint of recipes.{RECIPE}")
+        if args.out is None:  # continue in the run folder the checkpoint belongs to
+            out = resume_from.parent.parent if resume_from.parent.name == ckpt.CHECKPOINTS_DIR else out
+        if (overrides_from_args(MegabyteConfig, args) or overrides_from_args(WavCodec, args)
+                or overrides_from_args(ImageCodec, args) or args.preset):
+            raise RecipeError("--resume keeps the model and codecs of the checkpoint; drop --preset, the model "
+                              "flags and the codec flags")
+        restore_data_args(args, recorded.metadata.get("data", {}))
+    elif ckpt.latest_checkpoint(out / ckpt.CHECKPOINTS_DIR) is not None:
+        raise RecipeError(f"--out {out} already holds a run; pass --resume to continue it or --out NEW_FOLDER")
+
+    defaults = DEVICE_DEFAULTS[device_kind(getattr(args, "device", "auto"))]
+    cache_dir = Path(args.cache_dir) if args.cache_dir else out.parent / "cache"
+    codec_options = ({name: {k: v for k, v in config.items() if k != "name"}
+                      for name, config in recorded.metadata["codecs"].items()} if recorded is not None
+                     else codec_options_from_args(args))
+    codecs, keys, readers = sources_from_args(args, codec_options)
+    if recorded is not None:
+        model_config = MegabyteConfig.from_dict(recorded.model_config)
+    else:
+        model_config = model_config_from_args(args, codecs, defaults)
+    for name, codec in codecs.items():
+        print(f"{name}: {getattr(args, 'images' if name == 'image' else name)} "
+              f"(tag {codec.tag}, codec {json.dumps(codec.config())})")
+    print(f"byte cache: {cache_dir}")
+    dataset = byte_dataset(keys, readers, codecs, cache_dir, args.val_fraction)
+    train_data, val_data = dataset.train, dataset.val
+    if not len(val_data):
+        raise RecipeError(f"--val-fraction {args.val_fraction} holds out none of the {len(dataset)} documents; "
+                          "raise it")
+    tags = np.array([train_data.document(i)[1] for i in range(len(train_data))])
+    counts = ", ".join(f"{int((tags == codec.tag).sum()):,} {name}" for name, codec in codecs.items())
+    patch, seq_len = model_config.patch_size, model_config.max_seq_len
+    print(f"train: {counts} documents ({train_data.num_bytes:,} bytes); held out: {len(val_data):,}; "
+          f"patch {patch} bytes, window {seq_len} ids")
+
+    train_flags = overrides_from_args(TrainConfig, args)
+    if args.time is not None:
+        train_flags["time"] = args.time
+    seed = recorded.train_config["seed"] if recorded is not None else train_flags.get("seed", 0)
+    sample_fn = sample_writer(codecs, patch, count=args.num_samples, text_bytes=args.text_bytes,
+                              audio_seconds=args.sample_seconds or defaults["sample_seconds"],
+                              temperature=args.temperature, seed=seed)
+    try:
+        if resume_from is not None:
+            trainer = Trainer.resume(resume_from, train_data, val_data, sample_fn=sample_fn,
+                                     **{**train_flags, "out_dir": str(out)})
+        else:
+            settings = {name: value for name, value in defaults.items() if name in TrainConfig.__dataclass_fields__}
+            if any(train_flags.get(name) for name in ("max_steps", "max_bytes")) and "time" not in train_flags:
+                settings.pop("time")  # a budget given on the command line replaces the default time budget
+            settings["sample_every"] = train_flags.get("eval_every", settings["eval_every"])
+            settings["eval_windows"] = whole_document_windows(val_data.lengths, patch, seq_len, EVAL_WINDOW_CAP)
+            train_config = TrainConfig(**{**settings, **train_flags, "out_dir": str(out)})
+            metadata = {"recipe": RECIPE, "layout": "records", "data": data_record(args),
+                        "codecs": {name: codec.config() for name, codec in codecs.items()}}
+            trainer = Trainer(model_config, train_config, train_data, val_data, sample_fn=sample_fn,
+                              metadata=metadata)
+    except ValueError as error:  # config validation names the field; the flag has the same name
+        raise RecipeError(str(error)) from None
+
+    print(f"run folder: {out} (checkpoints/, metrics.jsonl, curve.png, samples/)")
+    summary = trainer.fit()
+    if not trainer.is_main:
+        return
+    final = "n/a" if summary.val_bpb is None else f"{summary.val_bpb:.4f}"
+    print(f"done: {summary.step:,} steps, {summary.bytes_seen:,} bytes seen, stopped by {summary.stop_reason}; "
+          f"validation {final} bits/byte over all modalities")
+    print(f"checkpoint: {summary.checkpoint}; curve: {out / 'curve.png'}; samples: {out / 'samples'} "
+          f"({', '.join(f'{name}_*{codec.extension}' for name, codec in codecs.items())})")
+
+
+# -- 5. command line ---------------------------------------------------------------------------------------
+def defaults_epilog() -> str:
+    """The recipe's defaults by device kind and how the shape follows the codec, for the end of ``--help``."""
+    lines = ["recipe defaults (a flag given on the command line wins):"]
+    for kind in ("cpu", "gpu"):
+        lines.append(f"  {kind}: " + ", ".join(f"{k}={v}" for k, v in DEVICE_DEFAULTS[kind].items()))
+    lines += ["  patch_sizes: one image row with --images (e.g. 28 for 28x28 L; a --patch-sizes value must be whole "
+              "rows or divide a row, and hold whole audio frames), else the preset's.",
+              "  max_seq_len: at least one whole image per window (840 for 28x28 L with patch 28).",
+              "  width, height and mode: those of a .npz/.npy array's images; 32x32 RGB for a folder.",
+              "  sample_every follows eval_every; eval_windows covers whole held-out documents (about "
+              f"{EVAL_WINDOW_CAP} windows)."]
+    return "\n".join(textwrap.fill(line, width=110, subsequent_indent="      ") for line in lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Recipe flags, then one flag per field of the wav and image codecs, the model config and the training config."""
+    from bytecodecs import ImageCodec, WavCodec
+    from bytemodels.config import PRESETS, MegabyteConfig
+    from bytemodels.options import add_config_arguments
+    from bytemodels.train import TrainConfig
+
+    parser = argparse.ArgumentParser(
+        prog="python -m recipes.mixed",
+        description="Train one byte-level MEGABYTE model on text, audio and images, each document led by its "
+                    "modality tag; samples of each modality are written as .txt, .wav and .png.",
+        epilog=defaults_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    recipe = parser.add_argument_group("recipe")
+    recipe.add_argument("--text", metavar="PATH", help="a .txt file or a folder of text files; a file is split into "
+                        f"documents at {SEPARATOR} (TinyStories style) when it holds that marker")
+    recipe.add_argument("--audio", metavar="DIR", help="a folder of audio files, searched recursively")
+    recipe.add_argument("--images", metavar="PATH", help="a folder of image files or images as a .npz or .npy array")
+    recipe.add_argument("--array-key", metavar="NAME",
+                        help="array of an --images .npz file (default: images, else the first image-shaped one)")
+    recipe.add_argument("--limit", type=int, metavar="N", help="read at most N documents of each modality "
+                        "(default: all)")
+    recipe.add_argument("--val-fraction", type=float, default=0.05,
+                        help="share of the documents held out for validation (default: 0.05)")
+    recipe.add_argument("--preset", choices=list(PRESETS), help="model size (default: tiny on CPU, small on GPU)")
+    recipe.add_argument("--time", metavar="DURATION",
+                        help="training time budget, e.g. 90s, 10m, 1.5h (default: 10m on CPU, 1h on GPU)")
+    recipe.add_argument("--out", metavar="DIR", help=f"run folder (default: runs/{RECIPE})")
+    recipe.add_argument("--resume", nargs="?", const="auto", metavar="CHECKPOINT",
+                        help="continue a run: its latest checkpoint in --out, or the given checkpoint or run "
+                             "folder, with the codecs and data it recorded (raise --time or --max-steps)")
+    recipe.add_argument("--cache-dir", metavar="DIR",
+                        help="where the documents are cached as bytes (default: the cache folder beside --out)")
+    recipe.add_argument("--num-samples", type=int, default=3, metavar="N",
+                        help="samples of each modality written at each sampling (default: 3)")
+    recipe.add_argument("--text-bytes", type=int, default=400, metavar="N",
+                        help="longest text sample in bytes (default: 400)")
+    recipe.add_argument("--sample-seconds", type=float, metavar="S",
+                        help="longest audio sample in seconds (default: 0.5 on CPU, 2.0 on GPU)")
+    recipe.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
+    add_config_arguments(parser, WavCodec, title="wav codec (how --audio clips become bytes)")
+    add_config_arguments(parser, ImageCodec, title="image codec (how --images become bytes)", exclude=("header",))
+    add_config_arguments(parser, MegabyteConfig, title="model (override the preset's fields)")
+    add_config_arguments(parser, TrainConfig, title="training (override the recipe defaults below)",
+                         exclude=("out_dir", "time"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m recipes.mixed ...``; errors a user can fix are one line, no traceback."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from bytecodecs import CodecError
+    from bytemodels.checkpoint import CheckpointError
+    from bytemodels.data import DataCacheError
+    from bytemodels.pretrained import ModelFileError
+    from bytemodels.train import TrainingDiverged
+
+    try:
+        train(args)
+    except (RecipeError, CodecError, CheckpointError, DataCacheError, ModelFileError, TrainingDiverged) as error:
+        sys.exit(f"{parser.prog}: error: {error}")
+    except KeyboardInterrupt:
+        sys.exit(f"{parser.prog}: interrupted")
+
+
+if __name__ == "__main__":
+    main()
