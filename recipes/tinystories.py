@@ -1,0 +1,708 @@
+"""Train a byte-level MEGABYTE model on TinyStories and sample stories from it.
+
+TinyStories (Eldan & Li 2023, arXiv 2305.07759) is a set of short stories that a small model can learn
+to write fluently. This recipe picks the data, the text codec and a model preset and hands them to
+``bytemodels.Trainer``; the loop, checkpoints, metrics and curve are the trainer's.
+
+Commands, in the order you would run them (from the checkout)::
+
+    # 1. train: on CPU the defaults finish within --time and print stories at every evaluation
+    python -m recipes.tinystories --data ../shared/data/tinystories        # offline copy beside the checkout
+    python -m recipes.tinystories                                          # GPU: base preset, data from the hub
+    python -m recipes.tinystories --resume --time 20m                      # continue runs/tinystories
+
+    # 2. sample a story from a checkpoint (or `bytemodels sample runs/tinystories --prompt ...`)
+    python -m recipes.tinystories sample --checkpoint runs/tinystories --prompt "Once upon a time"
+
+    # 3. fine-tune on TinyStories-Instruct entries, then prompt with them
+    python -m recipes.tinystories --instruct --init runs/tinystories --data ../shared/data/tinystories
+    python -m recipes.tinystories sample --checkpoint runs/tinystories-instruct \\
+        --prompt "Features: Dialogue\\nWords: cat, ball, happy\\nStory: "
+
+Every stage can be re-run: the stories are read through ``datasets`` (the hub, or local ``.txt`` files
+with ``<|endoftext|>`` separators, JSON/JSONL or parquet) and cached once as bytes under ``--cache-dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import socket
+import sys
+import textwrap
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from encodings.utf_8 import IncrementalDecoder
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+RECIPE = "tinystories"
+SEPARATOR = "<|endoftext|>"
+"""Ends each story in the original ``TinyStories*.txt`` files."""
+HUB_DATASET = "roneneldan/TinyStories"
+HUB_V2_FILES = {"train": "TinyStoriesV2-GPT4-train.txt", "validation": "TinyStoriesV2-GPT4-valid.txt"}
+"""The GPT-4-only "V2" stories, plain text files in the same hub repository."""
+HUB_INSTRUCT = "roneneldan/TinyStoriesInstruct"
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinystories"
+"""The offline copy of real TinyStories beside the checkout (when there is one)."""
+PROBE_TIMEOUT_S = 3.0
+LOCAL_BUILDERS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+"""File suffix -> the ``datasets`` loader that reads it."""
+TEXT_COLUMNS = ("text", "story")
+"""Column holding the story in JSON and parquet files, first match wins."""
+
+# Instruct entries: header lines, then "Story: " and the story.
+INSTRUCT_FIELDS = ("Features", "Words", "Summary", "Sentence", "Random sentence")
+STORY_FIELD = "Story: "
+_FIELD_LINE = re.compile(r"^(%s):" % "|".join(re.escape(name) for name in INSTRUCT_FIELDS), re.MULTILINE)
+_STORY_LINE = re.compile(r"^Story:", re.MULTILINE)
+_WORD = re.compile(r"[A-Za-z]+")
+_QUOTED = re.compile(r'"[^"\n]+"|“[^”\n]+”')
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_STOPWORDS = frozenset("""
+a about after again all also am an and any are as at away back be because been before being big but by came can
+could day did do does down each even every for from get go going got had has have he her here him his how i if in
+into is it its just know let like little lot made make many me more much my new no not now of off oh on once one
+only or other our out over said saw say see she so some than that the their them then there they this time to too
+two up upon us very was way we went were what when where which while who why will with would yes you your
+""".split())
+
+PLAIN_PROMPTS = ("Once upon a time", "One day, a little")
+INSTRUCT_PROMPT = "Features: Dialogue\nWords: cat, ball, happy\nStory: "
+
+#: What the recipe sets where it differs from the preset and TrainConfig defaults, by device kind. On a CPU
+#: the budget is small, so many small steps (4 windows of 256 bytes) teach a tiny model more than few big ones.
+DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "cpu": dict(preset="tiny", model=dict(max_seq_len=256), time="10m", batch_size=4, lr=3e-3, min_lr=3e-4,
+                warmup_steps=100, eval_every=1000, eval_windows=64, checkpoint_every=1000, sample_bytes=600),
+    "gpu": dict(preset="base", model={}, time="1h", batch_size=32, lr=6e-4, min_lr=6e-5, warmup_steps=500,
+                eval_every=1000, eval_windows=256, checkpoint_every=2000, sample_bytes=1500),
+}
+#: Fine-tuning on instruct entries starts from trained weights: a lower peak rate and a shorter budget.
+INSTRUCT_DEFAULTS: dict[str, dict[str, Any]] = {
+    "cpu": dict(time="3m", lr=1e-3, min_lr=1e-4, warmup_steps=50, eval_every=500),
+    "gpu": dict(time="20m", lr=2e-4, min_lr=2e-5, warmup_steps=100, eval_every=500),
+}
+
+
+class RecipeError(Exception):
+    """A problem the user can fix (a flag, a file, the network); printed as one line, no traceback."""
+
+
+# -- 1. stories: one Dataset per split, from the hub or from local files ---------------------------------
+@dataclass
+class StorySource:
+    """Where the stories come from. ``load()`` reads them (once) as a ``DatasetDict`` with a ``text`` column."""
+
+    description: str
+    """For messages: a hub name or a local path."""
+    key: dict[str, Any]
+    """Identifies the data for the byte cache (hub name and revision, or each file's path, size and time)."""
+    splits: tuple[str, ...]
+    """``("train", "validation")``, or ``("train",)`` when validation is held out of train."""
+    loader: Callable[[], Any] = field(repr=False)
+    _loaded: Any = field(default=None, repr=False)
+
+    def load(self) -> Any:
+        if self._loaded is None:
+            self._loaded = self.loader()
+        return self._loaded
+
+
+def hub_unreachable_reason(timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """Why the Hugging Face hub cannot be used now (offline mode or no connection), or None if it answers.
+
+    ``datasets`` retries for minutes without a network; this probe decides within ``timeout`` seconds."""
+    for variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if os.environ.get(variable, "").strip().lower() in ("1", "true", "yes", "on"):
+            return f"{variable} is set"
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    # Behind a proxy the hub is reached through it, so the proxy is what must answer.
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    target = urlparse(proxy if proxy and "://" in proxy else f"http://{proxy}") if proxy else endpoint
+    host = target.hostname or "huggingface.co"
+    port = target.port or (443 if target.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as error:
+        return f"cannot connect to {host}:{port} ({error.strerror or error})"
+
+
+def offline_hint(instruct: bool = False) -> str:
+    """What to pass instead of the hub: the offline copy beside the checkout when there is one."""
+    if SHARED_DATA.is_dir():
+        hint = f"pass --data {os.path.relpath(SHARED_DATA)} (real TinyStories beside this checkout)"
+    else:
+        hint = "pass --data PATH (a TinyStories .txt file or folder, JSON/JSONL or parquet)"
+    return hint + ("; with --instruct, plain stories are turned into instruct entries" if instruct else "")
+
+
+def hub_source(instruct: bool = False, v2: bool = False, revision: str = "main") -> StorySource:
+    """TinyStories (or TinyStoriesInstruct, or the V2 GPT-4 files) on the Hugging Face hub."""
+    name = HUB_INSTRUCT if instruct else HUB_DATASET
+    data_files = HUB_V2_FILES if v2 and not instruct else None
+    # The .txt files on the hub load as one row per line; the default TinyStories data is one row per story.
+    line_rows = instruct or data_files is not None
+
+    def load() -> Any:
+        import datasets
+
+        reason = hub_unreachable_reason()
+        if reason:
+            raise RecipeError(f"cannot download {name} from the Hugging Face hub ({reason}); {offline_hint(instruct)}")
+        try:
+            loaded = datasets.load_dataset(name, data_files=data_files, revision=revision)
+        except Exception as error:  # any failure of the download is one line for the user
+            raise RecipeError(f"could not load {name} (revision {revision}) from the hub: {error}; "
+                              f"{offline_hint(instruct)}") from None
+        return datasets.DatasetDict({split: stories_from_lines(loaded[split]) if line_rows
+                                     else story_column(loaded[split], name) for split in ("train", "validation")})
+
+    key = {"hub": name, "revision": revision, "data_files": data_files}
+    return StorySource(f"{name} (hub)", key, ("train", "validation"), load)
+
+
+def split_of(path: Path) -> str | None:
+    """``train`` or ``validation`` when a file name says so (``train.txt``, ``TinyStories-valid.txt``)."""
+    words = re.split(r"[^a-z]+", path.name.lower())
+    if "train" in words:
+        return "train"
+    if {"valid", "validation", "val", "dev"} & set(words):
+        return "validation"
+    return None
+
+
+def local_files(path: Path) -> dict[str, list[Path]]:
+    """Files of each split under ``--data``: a file is the train split; a folder with train and validation
+    files (``train.txt`` and ``valid.txt``) gives both, otherwise all its files are the train split."""
+    if path.is_file():
+        if path.suffix.lower() not in LOCAL_BUILDERS:
+            raise RecipeError(f"--data {path}: unknown file type {path.suffix or '(none)'}; "
+                              f"give one of {', '.join(LOCAL_BUILDERS)}")
+        return {"train": [path]}
+    if not path.is_dir():
+        raise RecipeError(f"--data {path}: no such file or folder")
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in LOCAL_BUILDERS)
+    by_split: dict[str, list[Path]] = {}
+    for file in files:
+        by_split.setdefault(split_of(file) or "", []).append(file)
+    if by_split.get("train") and by_split.get("validation"):
+        return {"train": by_split["train"], "validation": by_split["validation"]}
+    if not files:
+        raise RecipeError(f"--data {path}: the folder holds no {', '.join(LOCAL_BUILDERS)} files")
+    return {"train": files}
+
+
+def local_source(path: str | Path, cache_dir: Path | None = None) -> StorySource:
+    """Stories from local files, read through the ``datasets`` loader for their type (text, json, parquet)."""
+    path = Path(path).expanduser()
+    by_split = local_files(path)
+    suffixes = {LOCAL_BUILDERS[f.suffix.lower()] for files in by_split.values() for f in files}
+    if len(suffixes) > 1:
+        raise RecipeError(f"--data {path}: mixes {' and '.join(sorted(suffixes))} files; keep one kind in the folder")
+    builder = suffixes.pop()
+
+    def load() -> Any:
+        import datasets
+
+        data_files = {split: [str(f) for f in files] for split, files in by_split.items()}
+        hf_cache = str(cache_dir / "hf-datasets") if cache_dir is not None else None
+        try:
+            loaded = datasets.load_dataset(builder, data_files=data_files, cache_dir=hf_cache)
+        except Exception as error:  # unreadable or malformed files: name them, no traceback
+            raise RecipeError(f"--data {path}: could not read the {builder} files ({error})") from None
+        return datasets.DatasetDict({split: stories_from_lines(loaded[split], hf_cache) if builder == "text"
+                                     else story_column(loaded[split], str(path)) for split in by_split})
+
+    key = {"files": {split: [{"path": str(f.resolve()), "bytes": f.stat().st_size, "mtime_ns": f.stat().st_mtime_ns}
+                             for f in files] for split, files in by_split.items()}}
+    return StorySource(str(path), key, tuple(by_split), load)
+
+
+def _join_stories(lines: Any) -> Iterator[dict[str, str]]:
+    """Rows of ``{"text": story}`` from rows of lines; a story ends where a line holds ``<|endoftext|>``."""
+    pending: list[str] = []
+    for batch in lines.iter(batch_size=10_000):
+        for line in batch["text"]:
+            parts = line.split(SEPARATOR)
+            pending.append(parts[0])
+            for part in parts[1:]:
+                story = "\n".join(pending).strip()
+                if story:
+                    yield {"text": story}
+                pending = [part]
+    story = "\n".join(pending).strip()
+    if story:
+        yield {"text": story}
+
+
+def stories_from_lines(lines: Any, cache_dir: str | None = None) -> Any:
+    """One row per story from a text ``Dataset`` of one row per line (how ``datasets`` reads ``.txt``).
+
+    Lines rather than whole files: a file is one Arrow string in ``sample_by="document"`` mode, which
+    cannot exceed 2 GiB (the V2 train file is 2.2 GB)."""
+    import datasets
+
+    return datasets.Dataset.from_generator(_join_stories, gen_kwargs={"lines": lines}, cache_dir=cache_dir)
+
+
+def story_column(dataset: Any, where: str) -> Any:
+    """``dataset`` with only its story column, named ``text``."""
+    column = next((name for name in TEXT_COLUMNS if name in dataset.column_names), None)
+    if column is None:
+        raise RecipeError(f"{where}: no story column; expected one of {', '.join(TEXT_COLUMNS)} "
+                          f"but found {', '.join(dataset.column_names)}")
+    dataset = dataset.select_columns([column])
+    return dataset.rename_column(column, "text") if column != "text" else dataset
+
+
+# -- 2. TinyStories-Instruct entries ------------------------------------------------------------------
+def is_instruct_entry(text: str) -> bool:
+    """Whether ``text`` is already an instruct entry (it has a ``Story:`` line)."""
+    return bool(_STORY_LINE.search(text))
+
+
+def story_words(story: str) -> list[str]:
+    """Content words of ``story`` in order of first use: lower-case in the text (so no names), not stopwords."""
+    seen: dict[str, None] = {}
+    for word in _WORD.findall(story):
+        if word.islower() and len(word) >= 3 and word not in _STOPWORDS:
+            seen.setdefault(word, None)
+    return list(seen)
+
+
+def story_sentences(story: str) -> list[str]:
+    """Sentences of ``story`` with four words or more."""
+    parts = _SENTENCE_END.split(" ".join(story.split()))
+    return [part for part in parts if len(part.split()) >= 4]
+
+
+def make_instruct_entry(story: str, seed: int) -> str:
+    """An entry in the TinyStories-Instruct format built from a plain story (an approximation of the real set).
+
+    ``Words:`` three words drawn from the story, ``Sentence:`` one of its sentences (in about half of the
+    entries), ``Features: Dialogue`` when it has quoted speech; the header lines in a random order, then
+    ``Story: `` and the story. The same story and seed always give the same entry."""
+    rng = random.Random(seed)
+    story = story.strip()
+    header = []
+    if _QUOTED.search(story):
+        header.append("Features: Dialogue")
+    words = story_words(story)
+    if words:
+        header.append("Words: " + ", ".join(rng.sample(words, min(3, len(words)))))
+    sentences = story_sentences(story)
+    if sentences and rng.random() < 0.5:
+        header.append("Sentence: " + rng.choice(sentences))
+    rng.shuffle(header)
+    return "".join(line + "\n" for line in header) + STORY_FIELD + story
+
+
+def story_prompt(prompt: str) -> str:
+    """The text a generation starts from: ``\\n`` typed in a shell becomes a newline, and an instruct-style
+    prompt (``Words: ...``) without a ``Story:`` line gets one, so the model writes the story next."""
+    prompt = prompt.replace("\\n", "\n")
+    if _FIELD_LINE.search(prompt) and not is_instruct_entry(prompt):
+        prompt = prompt.rstrip("\n") + "\n" + STORY_FIELD
+    return prompt
+
+
+# -- 3. bytes on disk: the codec's bytes of each story, cached once ------------------------------------------
+def story_documents(stories: Callable[[], Any], codec: Any, instruct_seed: int | None) -> Iterator[tuple[bytes, int]]:
+    """``(bytes, tag)`` per story; with ``instruct_seed`` plain stories become instruct entries.
+
+    ``stories`` is called on the first document only, so a cache that already exists is opened without
+    reading (or downloading) anything."""
+    index = 0
+    for batch in stories().iter(batch_size=1000):
+        for text in batch["text"]:
+            text = (text or "").strip()
+            if not text:
+                continue
+            if instruct_seed is not None and not is_instruct_entry(text):
+                text = make_instruct_entry(text, seed=instruct_seed * 1_000_003 + index)
+            yield codec.encode(text), codec.tag
+            index += 1
+
+
+def is_cached(cache_dir: Path, name: str, key: dict[str, Any]) -> bool:
+    """Whether ``ByteDataset.build`` would open an existing cache for this key (same folder naming)."""
+    from bytemodels.data import MANIFEST_FILE, key_digest
+
+    return (cache_dir / f"{name}-{key_digest(key, 'packed')[:16]}" / MANIFEST_FILE).is_file()
+
+
+def byte_datasets(source: StorySource, codec: Any, cache_dir: Path, *, instruct_seed: int | None,
+                  val_fraction: float, split_seed: int) -> tuple[Any, Any]:
+    """(train, validation) ``ByteDataset`` views of the source's stories, built once under ``cache_dir``."""
+    from bytemodels.data import ByteDataset
+
+    key = {"recipe": RECIPE, "source": source.key, "codec": codec.config(),
+           "instruct": None if instruct_seed is None else {"built_from_plain_stories_seed": instruct_seed}}
+    name = RECIPE + ("-instruct" if instruct_seed is not None else "")
+
+    def build(split: str, fraction: float) -> Any:
+        split_key, split_name = {**key, "split": split}, f"{name}-{split}"
+        if not is_cached(cache_dir, split_name, split_key):
+            source.load()  # read (or download) now: a failure is reported before any progress bar starts
+        documents = story_documents(lambda: source.load()[split], codec, instruct_seed)
+        return ByteDataset.build(documents, cache_dir, key=split_key, layout="packed", name=split_name,
+                                 val_fraction=fraction, split_seed=split_seed)
+
+    if "validation" in source.splits:
+        return build("train", 0.0).train, build("validation", 0.0).train
+    everything = build("train", val_fraction)
+    return everything.train, everything.val
+
+
+# -- 4. stories during training: printed, and written through the text codec ---------------------------------
+def text_prefix(codec: Any, num_tags: int) -> tuple[int, ...]:
+    """The ids every training document starts with (BOS, then the text tag): what a generation starts from."""
+    from bytemodels import tokens
+
+    return (tokens.BOS_ID,) if codec.tag is None else (tokens.BOS_ID, tokens.tag_id(codec.tag, num_tags))
+
+
+def make_sample_fn(codec: Any, prompts: Sequence[str], max_new_bytes: int, temperature: float = 0.8,
+                   top_k: int | None = 50, seed: int = 0) -> Callable[[Any, int, Path], None]:
+    """The trainer's ``sample_fn``: one story per prompt, printed and saved as ``samples/step_NNNNNN_I.txt``."""
+    from tqdm.auto import tqdm
+
+    done: set[int] = set()
+
+    def sample_stories(model: Any, step: int, folder: Path) -> None:
+        if step in done:  # the trainer samples at the end too, which may be a step it just sampled
+            return
+        done.add(step)
+        prefix = text_prefix(codec, model.config.num_tags)
+        for index, prompt in enumerate(prompts):
+            data = codec.encode(prompt)
+            story = data + model.generate(data, max_new_bytes, temperature=temperature, top_k=top_k,
+                                          seed=seed + index, prefix_ids=prefix)
+            path = codec.write_bytes(story, folder / f"step_{step:06d}_{index}.txt")
+            tqdm.write(f"--- story {index + 1} at step {step} ({path}) ---\n{codec.decode(story)}\n")
+
+    return sample_stories
+
+
+# -- 5. training ------------------------------------------------------------------------------------------
+def device_kind(device: str) -> str:
+    """``gpu`` when ``--device`` resolves to CUDA, else ``cpu``: which column of the recipe defaults applies."""
+    from bytemodels.distributed import choose_device
+
+    try:
+        return "gpu" if choose_device(device).type == "cuda" else "cpu"
+    except RuntimeError as error:
+        raise RecipeError(f"--device {device}: {error}") from None
+
+
+def recipe_defaults(kind: str, instruct: bool) -> dict[str, Any]:
+    """The recipe's defaults for this device kind (and for fine-tuning on instruct entries)."""
+    return {**DEVICE_DEFAULTS[kind], **(INSTRUCT_DEFAULTS[kind] if instruct else {})}
+
+
+def source_from_args(args: argparse.Namespace, recorded: dict[str, Any] | None, cache_dir: Path) -> StorySource:
+    """``--data``, else the data a resumed run recorded, else the hub."""
+    if args.data:
+        return local_source(args.data, cache_dir)
+    if recorded and recorded.get("path"):
+        return local_source(recorded["path"], cache_dir)
+    if recorded and recorded.get("hub"):
+        return hub_source(instruct=recorded["hub"] == HUB_INSTRUCT, v2=bool(recorded.get("v2")),
+                          revision=recorded.get("revision", "main"))
+    return hub_source(instruct=args.instruct, v2=args.v2, revision=args.revision)
+
+
+def data_record(source: StorySource, instruct_seed: int | None, val_fraction: float,
+                split_seed: int) -> dict[str, Any]:
+    """What a checkpoint records about its data, so ``--resume`` rebuilds the same splits without flags."""
+    if "files" in source.key:
+        where = {"path": str(Path(source.description).resolve())}
+    else:
+        where = {"hub": source.key["hub"], "revision": source.key["revision"],
+                 "v2": source.key["data_files"] is not None}
+    return {**where, "instruct_seed": instruct_seed, "val_fraction": val_fraction, "split_seed": split_seed}
+
+
+def init_weights(trainer: Any, checkpoint: str) -> None:
+    """Start ``trainer``'s model from the weights of a checkpoint (fine-tuning), not from random ones."""
+    from bytemodels.cli import open_checkpoint
+    from bytemodels.model import Megabyte
+
+    folder, _, _ = open_checkpoint(checkpoint)
+    trained = Megabyte.from_pretrained(folder)
+    try:
+        trainer.model.load_state_dict(trained.state_dict())
+    except RuntimeError:  # the model flags changed a shape: the weights cannot be reused
+        raise RecipeError(f"--init {checkpoint}: the model flags change the shape of its model; drop them "
+                          "(dropout is the one that may change)") from None
+
+
+def checkpoint_model_config(checkpoint: str) -> Any:
+    """The model config of a checkpoint or run folder (a fine-tuning run keeps the shape it starts from)."""
+    from bytemodels.cli import open_checkpoint
+    from bytemodels.config import MegabyteConfig
+
+    folder, _, _ = open_checkpoint(checkpoint)
+    return MegabyteConfig.load(folder / "config.json")
+
+
+def default_init() -> str:
+    """A fine-tuning run starts from ``runs/tinystories`` when that holds a checkpoint."""
+    from bytemodels.checkpoint import latest_checkpoint
+
+    if latest_checkpoint(Path("runs") / RECIPE) is None:
+        raise RecipeError("--instruct fine-tunes a trained model: pass --init CHECKPOINT (e.g. the run folder of "
+                          "python -m recipes.tinystories)")
+    return str(Path("runs") / RECIPE)
+
+
+def make_train_config(defaults: dict[str, Any], flags: dict[str, Any], out: Path) -> Any:
+    """The recipe defaults, overridden by the flags given; stories are sampled at every evaluation."""
+    from bytemodels.train import TrainConfig
+
+    settings = {name: value for name, value in defaults.items() if name in TrainConfig.__dataclass_fields__}
+    settings["sample_every"] = flags.get("eval_every", settings["eval_every"])
+    return TrainConfig(**{**settings, **flags, "out_dir": str(out)})
+
+
+def run_to_resume(args: argparse.Namespace) -> tuple[Path, Path | None, dict[str, Any] | None]:
+    """(run folder, checkpoint to resume or None, its metadata or None) from ``--out`` and ``--resume``."""
+    from bytemodels import checkpoint as ckpt
+
+    out = Path(args.out or Path("runs") / (RECIPE + ("-instruct" if args.instruct else "")))
+    if not args.resume:
+        if ckpt.latest_checkpoint(out / ckpt.CHECKPOINTS_DIR) is not None:
+            raise RecipeError(f"--out {out} already holds a run; pass --resume to continue it or --out NEW_FOLDER")
+        return out, None, None
+    checkpoint = ckpt.resolve_checkpoint(out if args.resume == "auto" else args.resume)
+    if args.out is None and checkpoint.parent.name == ckpt.CHECKPOINTS_DIR:
+        out = checkpoint.parent.parent  # continue in the run folder the checkpoint belongs to
+    return out, checkpoint, ckpt.load_checkpoint(checkpoint).metadata or {}
+
+
+def new_trainer(args: argparse.Namespace, defaults: dict[str, Any], out: Path, train_data: Any, val_data: Any,
+                sample_fn: Callable, metadata: dict[str, Any]) -> Any:
+    """A trainer for a new run: the preset (or the ``--init`` checkpoint's shape) with the flags applied."""
+    from bytemodels.config import MegabyteConfig
+    from bytemodels.options import apply_overrides, overrides_from_args
+    from bytemodels.train import Trainer, TrainConfig
+
+    init = metadata["init"]
+    if init:
+        base = checkpoint_model_config(init)
+    elif args.preset:
+        base = MegabyteConfig.preset(args.preset)
+    else:  # the recipe's model for this device: a preset with a few fields changed
+        base = MegabyteConfig.preset(defaults["preset"], **defaults["model"])
+    train_config = make_train_config(defaults, overrides_from_args(TrainConfig, args), out)
+    trainer = Trainer(apply_overrides(base, args), train_config, train_data, val_data, sample_fn=sample_fn,
+                      metadata=metadata)
+    if init:
+        print(f"fine-tuning from {init}")
+        init_weights(trainer, init)
+    return trainer
+
+
+def resumed_trainer(args: argparse.Namespace, checkpoint: Path, out: Path, train_data: Any, val_data: Any,
+                    sample_fn: Callable) -> Any:
+    """A trainer that continues ``checkpoint`` with its model and configs; training flags given still apply."""
+    from bytemodels.config import MegabyteConfig
+    from bytemodels.options import overrides_from_args
+    from bytemodels.train import Trainer, TrainConfig
+
+    if overrides_from_args(MegabyteConfig, args) or args.preset:
+        raise RecipeError("--resume keeps the model of the checkpoint; drop --preset and the model flags")
+    return Trainer.resume(checkpoint, train_data, val_data, sample_fn=sample_fn,
+                          **{**overrides_from_args(TrainConfig, args), "out_dir": str(out)})
+
+
+def print_summary(summary: Any, out: Path) -> None:
+    """The numbers a run ends with, where its files are, and how to write more stories."""
+    final = "n/a" if summary.val_bpb is None else f"{summary.val_bpb:.4f}"
+    best = "n/a" if summary.best_val_bpb is None else f"{summary.best_val_bpb:.4f}"
+    print(f"done: {summary.step:,} steps, {summary.bytes_seen:,} bytes seen, stopped by {summary.stop_reason}")
+    print(f"final validation: {final} bits/byte (best {best})")
+    print(f"checkpoint: {summary.checkpoint}; curve: {out / 'curve.png'}; samples: {out / 'samples'}")
+    print(f"write more stories: python -m recipes.tinystories sample --checkpoint {out} --prompt \"Once upon a time\"")
+
+
+def train(args: argparse.Namespace) -> None:
+    """Stories -> bytes -> trainer: build each from the flags (or the checkpoint resumed), train, report."""
+    import bytecodecs
+
+    codec = bytecodecs.get_codec("text")
+    out, resume_from, recorded = run_to_resume(args)
+    recorded_data = (recorded or {}).get("data") or {}
+    instruct = bool(recorded.get("instruct")) if recorded else args.instruct
+    init = (args.init or default_init()) if instruct and resume_from is None else None
+    defaults = recipe_defaults(device_kind(getattr(args, "device", "auto")), instruct)
+    cache_dir = Path(args.cache_dir) if args.cache_dir else out.parent / "cache"
+    seed = getattr(args, "seed", 0)
+    val_fraction = recorded_data.get("val_fraction", args.val_fraction)
+    split_seed = recorded_data.get("split_seed", seed)
+    instruct_seed = recorded_data.get("instruct_seed", seed) if instruct else None
+
+    source = source_from_args(args, recorded_data, cache_dir)
+    print(f"stories: {source.description}; byte cache: {cache_dir}")
+    if instruct and source.key.get("hub") != HUB_INSTRUCT:
+        print("instruct entries: stories that have a Story: line are used as they are; the others become entries "
+              "built from the story (Words, Sentence, Features: Dialogue), an approximation of TinyStories-Instruct")
+    train_data, val_data = byte_datasets(source, codec, cache_dir, instruct_seed=instruct_seed,
+                                         val_fraction=val_fraction, split_seed=split_seed)
+    print(f"train: {len(train_data):,} {'entries' if instruct else 'stories'}, {train_data.num_bytes:,} bytes; "
+          f"validation: {len(val_data):,}, {val_data.num_bytes:,} bytes")
+
+    prompts = (INSTRUCT_PROMPT, PLAIN_PROMPTS[0]) if instruct else PLAIN_PROMPTS
+    sample_fn = make_sample_fn(codec, prompts, args.sample_bytes or defaults["sample_bytes"], seed=seed)
+    try:
+        if resume_from is not None:
+            trainer = resumed_trainer(args, resume_from, out, train_data, val_data, sample_fn)
+        else:
+            metadata = {"recipe": RECIPE, "codec": codec.config(), "layout": "packed", "instruct": instruct,
+                        "init": init, "data": data_record(source, instruct_seed, val_fraction, split_seed)}
+            trainer = new_trainer(args, defaults, out, train_data, val_data, sample_fn, metadata)
+    except ValueError as error:  # config validation names the field; the flag has the same name
+        raise RecipeError(str(error)) from None
+
+    print(f"run folder: {out} (checkpoints/, metrics.jsonl, curve.png, samples/)")
+    print_summary(trainer.fit(), out)
+
+
+# -- 6. sampling from a checkpoint ---------------------------------------------------------------------------
+def sample(args: argparse.Namespace) -> None:
+    """Stream one story from a checkpoint to stdout (and save it with ``--output``)."""
+    import bytecodecs
+    import torch
+    from bytemodels.cli import checkpoint_codec, open_checkpoint, prompt_ids
+    from bytemodels.distributed import choose_device
+    from bytemodels.model import Megabyte
+
+    folder, metadata, _ = open_checkpoint(args.checkpoint)
+    codec = checkpoint_codec(metadata) or bytecodecs.get_codec("text")
+    model = Megabyte.from_pretrained(folder, map_location=choose_device(args.device)).eval()
+    config = model.config
+    data = codec.encode(story_prompt(args.prompt))
+    ids = torch.tensor([prompt_ids(codec, "packed", config.patch_size, data, config.num_tags)],
+                       device=next(model.parameters()).device)
+    # Text as the codec reads it: bytes that are not UTF-8 (an undertrained model writes some) show as U+FFFD,
+    # and a character split across two pieces is shown once it is whole.
+    text = IncrementalDecoder(errors="replace")
+    print(text.decode(data), end="", flush=True)
+    generated = bytearray()
+    for piece in model.generate_stream(ids, args.max_bytes, temperature=args.temperature, top_k=args.top_k,
+                                       top_p=args.top_p, seed=args.seed):
+        generated += piece
+        print(text.decode(piece), end="", flush=True)
+    print(text.decode(b"", final=True))
+    if args.output:
+        path = codec.write_bytes(data + bytes(generated), args.output)
+        print(f"wrote the story to {path}", file=sys.stderr)
+
+
+# -- 7. command line ---------------------------------------------------------------------------------------
+def defaults_epilog() -> str:
+    """The recipe defaults by device, for the end of ``--help``."""
+    lines = ["recipe defaults (a flag given on the command line wins):"]
+    for kind in ("cpu", "gpu"):
+        for label, values in ((kind, DEVICE_DEFAULTS[kind]), (f"{kind} with --instruct", INSTRUCT_DEFAULTS[kind])):
+            values = {**values.get("model", {}), **{k: v for k, v in values.items() if k != "model"}}
+            text = f"{label}: " + ", ".join(f"{name}={value}" for name, value in values.items())
+            lines += textwrap.wrap(text, width=100, initial_indent="  ", subsequent_indent="      ")
+    lines.append("  sample_every follows eval_every: stories are printed at each evaluation and at the end.")
+    lines.append("sample from a checkpoint: python -m recipes.tinystories sample --help")
+    return "\n".join(lines)
+
+
+def build_train_parser() -> argparse.ArgumentParser:
+    from bytemodels.config import PRESETS, MegabyteConfig
+    from bytemodels.options import add_config_arguments
+    from bytemodels.train import TrainConfig
+
+    parser = argparse.ArgumentParser(
+        prog="python -m recipes.tinystories",
+        description="Train a byte-level MEGABYTE model on TinyStories and print stories as it learns. "
+                    "Subcommand: `sample` writes a story from a checkpoint.",
+        epilog=defaults_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    recipe = parser.add_argument_group("recipe")
+    recipe.add_argument("--data", metavar="PATH",
+                        help="local stories instead of the hub: a .txt file with <|endoftext|> separators, "
+                             ".json/.jsonl or .parquet with a text (or story) column, or a folder of them "
+                             "(train.* and valid.* become the two splits)")
+    recipe.add_argument("--preset", choices=list(PRESETS),
+                        help="model size (default: tiny with max_seq_len 256 on CPU, base on GPU)")
+    recipe.add_argument("--time", metavar="DURATION", default=argparse.SUPPRESS,  # TrainConfig.time when given
+                        help="training time budget, e.g. 90s, 10m, 1.5h (default: 10m on CPU, 1h on GPU; "
+                             "3m and 20m with --instruct)")
+    recipe.add_argument("--out", metavar="DIR",
+                        help="run folder (default: runs/tinystories, or runs/tinystories-instruct with --instruct)")
+    recipe.add_argument("--resume", nargs="?", const="auto", metavar="CHECKPOINT",
+                        help="continue a run: its latest checkpoint in --out, or the given checkpoint or run "
+                             "folder (raise --time or --max-steps to train longer)")
+    recipe.add_argument("--instruct", action="store_true",
+                        help="fine-tune on TinyStories-Instruct entries (from the hub, from --data, or built "
+                             "from plain stories: an approximation of the real set)")
+    recipe.add_argument("--init", "--checkpoint", dest="init", metavar="CHECKPOINT",
+                        help="with --instruct: the checkpoint or run folder to fine-tune (default: runs/tinystories)")
+    recipe.add_argument("--v2", action="store_true",
+                        help="from the hub, train on the GPT-4-only TinyStoriesV2 files instead of the default set")
+    recipe.add_argument("--revision", default="main", help="hub revision of the data set (default: main)")
+    recipe.add_argument("--val-fraction", type=float, default=0.05,
+                        help="share of the stories held out for validation when the data has no validation "
+                             "split (default: 0.05)")
+    recipe.add_argument("--cache-dir", metavar="DIR",
+                        help="where the stories are cached as bytes (default: the cache folder beside --out)")
+    recipe.add_argument("--sample-bytes", type=int, metavar="N",
+                        help="longest story printed at each evaluation (default: 600 on CPU, 1500 on GPU)")
+    add_config_arguments(parser, MegabyteConfig, title="model (override the preset's fields)")
+    add_config_arguments(parser, TrainConfig, title="training (override the recipe defaults below)",
+                         exclude=("out_dir", "time"))
+    return parser
+
+
+def build_sample_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m recipes.tinystories sample",
+        description="Write a story from a checkpoint, streamed to stdout. The prompt is a plain opening "
+                    "(\"Once upon a time\") or an instruct-style prompt (\"Features: Dialogue\\nWords: cat, "
+                    "ball, happy\\nStory: \"); a typed \\n is a newline, and Story: is added when missing.")
+    parser.add_argument("--checkpoint", required=True, metavar="DIR",
+                        help="a checkpoint folder, a run folder (its latest checkpoint) or a model folder")
+    parser.add_argument("--prompt", default="Once upon a time", help="how the story starts (default: %(default)s)")
+    parser.add_argument("--max-bytes", type=int, default=1000, help="longest story in bytes (default: %(default)s)")
+    parser.add_argument("--temperature", type=float, default=0.8, help="0 is greedy (default: %(default)s)")
+    parser.add_argument("--top-k", type=int, default=50,
+                        help="sample among the k likeliest bytes (default: %(default)s)")
+    parser.add_argument("--top-p", type=float, help="nucleus sampling mass (default: off)")
+    parser.add_argument("--seed", type=int, help="random seed for a reproducible story")
+    parser.add_argument("--device", default="auto", help="cuda, mps, cpu or auto (default: %(default)s)")
+    parser.add_argument("-o", "--output", metavar="FILE", help="also save the story as a text file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m recipes.tinystories [sample] ...``; errors a user can fix are one line, no traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv.pop(0) if argv and argv[0] in ("train", "sample") else "train"
+    parser = build_sample_parser() if command == "sample" else build_train_parser()
+    args = parser.parse_args(argv)
+    from bytecodecs import CodecError
+    from bytemodels.checkpoint import CheckpointError
+    from bytemodels.cli import CommandError
+    from bytemodels.data import DataCacheError
+    from bytemodels.pretrained import ModelFileError
+
+    try:
+        sample(args) if command == "sample" else train(args)
+    except (RecipeError, CommandError, CodecError, CheckpointError, DataCacheError, ModelFileError) as error:
+        sys.exit(f"{parser.prog}: error: {error}")
+    except KeyboardInterrupt:
+        sys.exit(f"{parser.prog}: interrupted")
+
+
+if __name__ == "__main__":
+    main()
