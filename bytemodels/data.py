@@ -73,6 +73,21 @@ def key_digest(key: dict[str, Any], layout: str) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+def file_key(path: Path) -> dict[str, Any]:
+    """Identifies one source file in a cache key: its absolute path, size and modification time."""
+    stat = path.stat()
+    return {"path": str(path.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def folder_key(root: Path, paths: list[Path]) -> dict[str, Any]:
+    """Identifies a folder's source files in a cache key: one hash of their names, sizes and modification times."""
+    digest = hashlib.sha256()
+    for path in paths:
+        stat = path.stat()
+        digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return {"folder": str(root.resolve()), "files": len(paths), "sha256": digest.hexdigest()}
+
+
 def _as_document(item: Any, index: int) -> tuple[memoryview, int]:
     """Normalise one item of the document iterable to (bytes view, tag or NO_TAG)."""
     tag = None
@@ -317,6 +332,32 @@ def record_prompt(patch_size: int, tag: int | None = None, num_tags: int = token
         raise ValueError(f"patch_size={patch_size} must be at least 2 to hold BOS and a tag")
     tag_token = tokens.PAD_ID if tag is None else tokens.tag_id(tag, num_tags)
     return [tokens.BOS_ID, tag_token] + [tokens.PAD_ID] * (patch_size - 2)
+
+
+def record_ids(length: int | np.ndarray, patch_size: int) -> int | np.ndarray:
+    """Ids a document of ``length`` bytes takes in the ``records`` layout: its header patch, its bytes and EOS,
+    padded to whole patches. ``length`` may be an array of lengths (int64)."""
+    return patch_size + -(-(length + 1) // patch_size) * patch_size
+
+
+def _record_window_ends(lengths: np.ndarray, patch_size: int, seq_len: int) -> np.ndarray:
+    """For each document of a records-layout view: the windows of ``seq_len`` ids up to the end of its record."""
+    return np.cumsum(-(-record_ids(np.asarray(lengths, dtype=np.int64), patch_size) // seq_len))
+
+
+def whole_document_windows(lengths: np.ndarray, patch_size: int, seq_len: int, cap: int) -> int:
+    """Validation windows that cover the most leading documents of a records-layout view whole within ``cap``
+    windows (at least the first document, whole): validation then scores exactly those documents."""
+    ends = _record_window_ends(lengths, patch_size, seq_len)
+    if not len(ends):
+        return 1
+    inside = ends[ends <= cap]
+    return int(inside[-1]) if len(inside) else int(ends[0])
+
+
+def covered_documents(lengths: np.ndarray, patch_size: int, seq_len: int, windows: int) -> int:
+    """How many leading documents of a records-layout view lie wholly inside its first ``windows`` windows."""
+    return int(np.searchsorted(_record_window_ends(lengths, patch_size, seq_len), windows, side="right"))
 
 
 # -- windows -------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from bytecodecs.base import ByteCodec, CodecError, Framing
 from bytecodecs.files import atomic_path, require_file
 from bytecodecs.registry import register_codec
 
-__all__ = ["HEADER", "ImageCodec"]
+__all__ = ["HEADER", "ImageCodec", "load_array"]
 
 #: Header layout when ``header=True``: width, height (uint16 little-endian), channels (uint8).
 HEADER = struct.Struct("<HHB")
@@ -198,6 +198,36 @@ class ImageCodec(ByteCodec):
         with atomic_path(path) as temporary:
             item.save(temporary, format=image_format)
         return path
+
+
+def load_array(path: str | Path, key: str | None = None) -> np.ndarray:
+    """The uint8 images stored in a ``.npy`` file, or in a ``.npz`` file's array ``key`` (else ``images``, else
+    its first array shaped like images): ``(count, height, width)`` or ``(count, height, width, channels)``.
+
+    Data sets such as MNIST and CIFAR-10 come this way; ``ImageCodec.encode_array`` encodes one image of
+    the array. An unreadable file, a missing array or an array that is not uint8 images raises
+    ``CodecError`` naming the file."""
+    path = Path(path)
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise CodecError(f"not a readable numpy file ({error})", path) from None
+    if isinstance(loaded, np.ndarray):
+        array = loaded
+    else:
+        with loaded:
+            names = loaded.files
+            if key is None:
+                key = "images" if "images" in names else next(
+                    (n for n in names if loaded[n].dtype == np.uint8 and loaded[n].ndim in (3, 4)), None)
+            if key not in names:
+                raise CodecError(f"no image array{'' if key is None else f' {key!r}'}; it holds {', '.join(names)} "
+                                 "(name the array to read)", path)
+            array = loaded[key]
+    if array.dtype != np.uint8 or array.ndim not in (3, 4) or (array.ndim == 4 and array.shape[3] not in (1, 3, 4)):
+        raise CodecError(f"the array is {array.dtype} {array.shape}; expected uint8 images shaped "
+                         "(count, height, width) or (count, height, width, 1, 3 or 4)", path)
+    return array
 
 
 register_codec(ImageCodec.name, ImageCodec)

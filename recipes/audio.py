@@ -28,25 +28,28 @@ codes of the same samples) and writes that table to ``compression.json`` in the 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import os
-import socket
 import struct
 import sys
-import textwrap
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
+
+from bytemodels.data import folder_key, whole_document_windows
+from bytemodels.hub import DEFAULT_SPLIT, HUB_DATA_FLAGS, add_hub_arguments, media_documents
+from bytemodels.recipe import (DataFlags, RecipeError, add_model_and_training_arguments, add_run_arguments,
+                               check_resume_flags, compared_documents, defaults_epilog, device_kind, make_trainer,
+                               open_run, preset_config, records_dataset, run_command, save_comparison,
+                               training_flags)
 
 RECIPE = "audio"
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "audio" / "fsdd" / "recordings"
 """The Free Spoken Digit Dataset beside the checkout (when there is one)."""
-PROBE_TIMEOUT_S = 3.0
 EVAL_WINDOW_CAP = 256
 """Validation windows when --eval-windows is not given: whole held-out clips, up to about this many windows."""
 
@@ -57,22 +60,12 @@ DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
     "gpu": dict(preset="small", time="1h", batch_size=32, lr=6e-4, min_lr=6e-5, warmup_steps=500, eval_every=1000,
                 checkpoint_every=2000, max_seq_len=8192, sample_seconds=2.0),
 }
-
-
-class RecipeError(Exception):
-    """A problem the user can fix (a flag, a file, the network); printed as one line, no traceback."""
+#: The clip flags a checkpoint records (by the names it records them under), so --resume needs none of them.
+DATA_FLAGS = DataFlags(names={"path": "data", **HUB_DATA_FLAGS, "limit": "limit"}, sources=("data", "hub_dataset"),
+                       paths=("data",), defaults={"hub_split": DEFAULT_SPLIT})
 
 
 # -- 1. clips: a folder of audio files or a Hugging Face data set ---------------------------------------------
-def folder_key(root: Path, paths: list[Path]) -> dict[str, Any]:
-    """Identifies a folder's files for the byte cache: their names, sizes and modification times."""
-    digest = hashlib.sha256()
-    for path in paths:
-        stat = path.stat()
-        digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return {"folder": str(root.resolve()), "files": len(paths), "sha256": digest.hexdigest()}
-
-
 def folder_clips(root: Path, codec: Any, limit: int | None) -> tuple[dict[str, Any], Callable[[], Iterator[bytes]]]:
     """(cache key, reader) for the audio files under ``root``; the reader skips and counts bad files."""
     import bytecodecs
@@ -95,60 +88,11 @@ def folder_clips(root: Path, codec: Any, limit: int | None) -> tuple[dict[str, A
     return folder_key(root, paths), read
 
 
-def hub_unreachable_reason(timeout: float = PROBE_TIMEOUT_S) -> str | None:
-    """Why the Hugging Face hub cannot be used now (offline mode or no connection), or None if it answers.
-
-    ``datasets`` retries for minutes without a network; this probe decides within ``timeout`` seconds."""
-    for variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
-        if os.environ.get(variable, "").strip().lower() in ("1", "true", "yes", "on"):
-            return f"{variable} is set"
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    # Behind a proxy the hub is reached through it, so the proxy is what must answer.
-    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
-    target = urlparse(proxy if proxy and "://" in proxy else f"http://{proxy}") if proxy else endpoint
-    host = target.hostname or "huggingface.co"
-    port = target.port or (443 if target.scheme == "https" else 80)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return None
-    except OSError as error:
-        return f"cannot connect to {host}:{port} ({error.strerror or error})"
-
-
 def offline_hint() -> str:
     """What to pass instead of the hub: the offline copy beside the checkout when there is one."""
     if SHARED_DATA.is_dir():
         return f"pass --data {os.path.relpath(SHARED_DATA)} (spoken digits beside this checkout)"
     return "pass --data DIR (a folder of .wav, .flac or other audio files)"
-
-
-def load_hub_split(name: str, split: str, config: str | None) -> Any:
-    """One split of a hub data set, or a ``RecipeError`` within seconds when the hub cannot be reached."""
-    reason = hub_unreachable_reason()
-    if reason:
-        raise RecipeError(f"cannot download {name} from the Hugging Face hub ({reason}); {offline_hint()}")
-    import datasets
-
-    try:
-        return datasets.load_dataset(name, config, split=split)
-    except Exception as error:  # any failure of the download is one line for the user
-        raise RecipeError(f"could not load {name} (split {split}) from the hub: {error}; {offline_hint()}") from None
-
-
-def audio_column(dataset: Any, requested: str | None, where: str) -> str:
-    """The column holding the audio: ``requested``, else the first column of the ``Audio`` feature type."""
-    import datasets
-
-    if requested:
-        if requested not in dataset.column_names:
-            raise RecipeError(f"--hub-column {requested}: {where} has no such column "
-                              f"(columns: {', '.join(dataset.column_names)})")
-        return requested
-    for name, feature in dataset.features.items():
-        if isinstance(feature, datasets.Audio):
-            return name
-    raise RecipeError(f"{where} has no Audio column (columns: {', '.join(dataset.column_names)}); "
-                      "name the one holding the audio with --hub-column")
 
 
 def encode_hub_audio(value: dict[str, Any], codec: Any) -> bytes:
@@ -173,26 +117,9 @@ def hub_clips(name: str, split: str, config: str | None, column: str | None, cod
               limit: int | None) -> tuple[dict[str, Any], Callable[[], Iterator[bytes]]]:
     """(cache key, reader) for a hub data set's audio; the hub is only contacted when the cache is built."""
     from bytecodecs import CodecError
-    from tqdm.auto import tqdm
 
-    def read() -> Iterator[bytes]:
-        import datasets
-
-        dataset = load_hub_split(name, split, config)
-        where = f"{name} (split {split})"
-        chosen = audio_column(dataset, column, where)
-        dataset = dataset.cast_column(chosen, datasets.Audio(decode=False)).select_columns([chosen])
-        count = len(dataset) if limit is None else min(limit, len(dataset))
-        skipped: list[str] = []
-        for index in tqdm(range(count), desc=f"encoding {name}", unit="clip"):
-            try:
-                yield encode_hub_audio(dataset[index][chosen], codec)
-            except CodecError as error:
-                skipped.append(f"row {index}: {error.reason}")
-        if skipped:
-            print(f"skipped {len(skipped)} unusable clips of {where} (first: {skipped[0]})", file=sys.stderr)
-
-    return {"hub": name, "split": split, "config": config, "column": column, "limit": limit}, read
+    return media_documents(name, split, config, column, "Audio", partial(encode_hub_audio, codec=codec), limit=limit,
+                           skip=(CodecError,), unit="clip", offline_hint=offline_hint())
 
 
 def clip_source(args: argparse.Namespace, codec: Any) -> tuple[dict[str, Any], Callable[[], Iterator[bytes]]]:
@@ -204,21 +131,6 @@ def clip_source(args: argparse.Namespace, codec: Any) -> tuple[dict[str, Any], C
     if not args.data:
         raise RecipeError(f"no clips to train on; {offline_hint()} or --hub-dataset NAME")
     return folder_clips(Path(args.data).expanduser(), codec, args.limit)
-
-
-def byte_dataset(key: dict[str, Any], read: Callable[[], Iterator[bytes]], codec: Any, cache_dir: Path,
-                 val_fraction: float) -> Any:
-    """The clips as a records-layout ``ByteDataset`` (``.train`` / ``.val``), built once under ``cache_dir``."""
-    from bytemodels.data import ByteDataset
-
-    def documents() -> Iterator[tuple[bytes, int]]:
-        for data in read():  # only called when the cache does not exist yet
-            if data:
-                yield data, codec.tag
-
-    return ByteDataset.build(documents(), cache_dir, key={"recipe": RECIPE, "source": key, "codec": codec.config()},
-                             layout="records", name=RECIPE, val_fraction=val_fraction, split_seed=0,
-                             progress=False)  # the reader shows its own bar, in files
 
 
 # -- 2. the comparison: FLAC of exactly the codec's bytes ------------------------------------------------------
@@ -268,23 +180,6 @@ def flac_size(clips: Iterable[bytes], codec: Any) -> dict[str, int]:
         frames += len(flac) - flac_header_size(flac)
         raw += len(data)
     return {"codec_bytes": raw, "flac_file_bytes": files, "flac_frame_bytes": frames}
-
-
-def covered_documents(lengths: np.ndarray, patch_size: int, seq_len: int, windows: int) -> int:
-    """How many leading documents of a records-layout view lie wholly inside its first ``windows`` windows."""
-    record = patch_size + -(-(np.asarray(lengths, dtype=np.int64) + 1) // patch_size) * patch_size
-    ends = np.cumsum(-(-record // seq_len))
-    return int(np.searchsorted(ends, windows, side="right"))
-
-
-def whole_clip_windows(lengths: np.ndarray, patch_size: int, seq_len: int, cap: int) -> int:
-    """Windows covering the most leading held-out clips whole within ``cap`` windows (at least one clip)."""
-    record = patch_size + -(-(np.asarray(lengths, dtype=np.int64) + 1) // patch_size) * patch_size
-    ends = np.cumsum(-(-record // seq_len))
-    if not len(ends):
-        return 1
-    inside = ends[ends <= cap]
-    return int(inside[-1]) if len(inside) else int(ends[0])
 
 
 def compression_report(val_bpb: float | None, clips: list[bytes], codec: Any) -> dict[str, Any]:
@@ -386,26 +281,13 @@ def sample_writer(codec: Any, patch_size: int, held_out: list[bytes], *, count: 
 
 
 # -- 4. training ---------------------------------------------------------------------------------------------
-def device_kind(device: str) -> str:
-    """``gpu`` when ``--device`` resolves to CUDA, else ``cpu``: which column of the recipe defaults applies."""
-    from bytemodels.distributed import choose_device
-
-    try:
-        return "gpu" if choose_device(device).type == "cuda" else "cpu"
-    except RuntimeError as error:
-        raise RecipeError(f"--device {device}: {error}") from None
-
-
 def model_config_from_args(args: argparse.Namespace, codec: Any, defaults: dict[str, Any]) -> Any:
     """The preset with the device's defaults and the model flags; a patch holds whole sample frames."""
     from bytemodels.config import MegabyteConfig
     from bytemodels.options import overrides_from_args
 
     overrides = {"max_seq_len": defaults["max_seq_len"], **overrides_from_args(MegabyteConfig, args)}
-    try:
-        config = MegabyteConfig.preset(args.preset or defaults["preset"], **overrides)
-    except ValueError as error:  # config validation names the field; the flag has the same name
-        raise RecipeError(str(error)) from None
+    config = preset_config(args.preset or defaults["preset"], **overrides)
     align = codec.framing.align
     if config.patch_size % align:
         raise RecipeError(f"--patch-sizes {config.patch_size} would split {align}-byte sample frames; "
@@ -413,47 +295,17 @@ def model_config_from_args(args: argparse.Namespace, codec: Any, defaults: dict[
     return config
 
 
-def data_record(args: argparse.Namespace) -> dict[str, Any]:
-    """What a checkpoint records about its data, so ``--resume`` reads the same clips without flags."""
-    return {"path": str(Path(args.data).expanduser().resolve()) if args.data else None,
-            "hub": args.hub_dataset, "hub_split": args.hub_split, "hub_config": args.hub_config,
-            "hub_column": args.hub_column, "limit": args.limit, "val_fraction": args.val_fraction}
-
-
-def restore_data_args(args: argparse.Namespace, recorded: dict[str, Any]) -> None:
-    """On ``--resume``, read the clips the run was trained on unless --data or --hub-dataset names others."""
-    if not (args.data or args.hub_dataset):
-        args.data, args.hub_dataset = recorded.get("path"), recorded.get("hub")
-        args.hub_split, args.hub_config = recorded.get("hub_split", "train"), recorded.get("hub_config")
-        args.hub_column, args.limit = recorded.get("hub_column"), recorded.get("limit")
-    args.val_fraction = recorded.get("val_fraction", args.val_fraction)
-
-
 def train(args: argparse.Namespace) -> None:
     """Read the clips, build the configs and the trainer, train, and print the comparison with FLAC."""
     import bytecodecs
     from bytecodecs import WavCodec
-    from bytemodels import checkpoint as ckpt
     from bytemodels.config import MegabyteConfig
     from bytemodels.options import overrides_from_args
-    from bytemodels.train import Trainer, TrainConfig
 
-    out = Path(args.out or Path("runs") / RECIPE)
-    resume_from, recorded = None, None
-    if args.resume:
-        resume_from = ckpt.resolve_checkpoint(out if args.resume == "auto" else args.resume)
-        recorded = ckpt.load_checkpoint(resume_from)
-        if not isinstance(recorded.metadata, dict) or recorded.metadata.get("recipe") != RECIPE:
-            raise RecipeError(f"--resume {resume_from}: not a checkpoint of recipes.{RECIPE}")
-        if args.out is None:  # continue in the run folder the checkpoint belongs to
-            out = resume_from.parent.parent if resume_from.parent.name == ckpt.CHECKPOINTS_DIR else out
-        if overrides_from_args(MegabyteConfig, args) or overrides_from_args(WavCodec, args) or args.preset:
-            raise RecipeError("--resume keeps the model and codec of the checkpoint; drop --preset, the model "
-                              "flags and the codec flags")
-        restore_data_args(args, recorded.metadata.get("data", {}))
-    elif ckpt.latest_checkpoint(out / ckpt.CHECKPOINTS_DIR) is not None:
-        raise RecipeError(f"--out {out} already holds a run; pass --resume to continue it or --out NEW_FOLDER")
-
+    out, resume_from, recorded = open_run(args, RECIPE)
+    if recorded is not None:
+        check_resume_flags(args, [WavCodec])
+        DATA_FLAGS.restore(args, recorded.metadata.get("data", {}))
     defaults = DEVICE_DEFAULTS[device_kind(getattr(args, "device", "auto"))]
     cache_dir = Path(args.cache_dir) if args.cache_dir else out.parent / "cache"
     if recorded is not None:
@@ -464,7 +316,7 @@ def train(args: argparse.Namespace) -> None:
         model_config = model_config_from_args(args, codec, defaults)
     key, read = clip_source(args, codec)
     print(f"clips: {args.hub_dataset or args.data}; codec {json.dumps(codec.config())}; byte cache: {cache_dir}")
-    dataset = byte_dataset(key, read, codec, cache_dir, args.val_fraction)
+    dataset = records_dataset(read, codec, cache_dir, recipe=RECIPE, source=key, val_fraction=args.val_fraction)
     train_data, val_data = dataset.train, dataset.val
     if not len(val_data):
         raise RecipeError(f"--val-fraction {args.val_fraction} holds out none of the {len(dataset)} clips; raise it")
@@ -473,93 +325,56 @@ def train(args: argparse.Namespace) -> None:
           f"held out: {len(val_data):,} clips, {val_data.num_bytes * seconds / 60:.1f} min")
 
     patch, seq_len = model_config.patch_size, model_config.max_seq_len
-    train_flags = overrides_from_args(TrainConfig, args)
-    if args.time is not None:
-        train_flags["time"] = args.time
-    seed = recorded.train_config["seed"] if recorded is not None else train_flags.get("seed", 0)
+    flags = training_flags(args)
+    seed = recorded.train_config["seed"] if recorded is not None else flags.get("seed", 0)
     prompts = [val_data.document(i)[0] for i in range(min(len(val_data), args.num_samples))]
     sample_fn = sample_writer(codec, patch, prompts, count=args.num_samples,
                               seconds=args.sample_seconds or defaults["sample_seconds"],
                               prompt_seconds=args.prompt_seconds, temperature=args.temperature, seed=seed)
-    try:
-        if resume_from is not None:
-            trainer = Trainer.resume(resume_from, train_data, val_data, sample_fn=sample_fn,
-                                     **{**train_flags, "out_dir": str(out)})
-        else:
-            settings = {name: value for name, value in defaults.items() if name in TrainConfig.__dataclass_fields__}
-            if any(train_flags.get(name) for name in ("max_steps", "max_bytes")) and "time" not in train_flags:
-                settings.pop("time")  # a budget given on the command line replaces the default time budget
-            settings["sample_every"] = train_flags.get("eval_every", settings["eval_every"])
-            # Validate on whole held-out clips, so the comparison with FLAC covers exactly the same audio.
-            settings["eval_windows"] = whole_clip_windows(val_data.lengths, patch, seq_len, EVAL_WINDOW_CAP)
-            train_config = TrainConfig(**{**settings, **train_flags, "out_dir": str(out)})
-            metadata = {"recipe": RECIPE, "codec": codec.config(), "layout": "records", "data": data_record(args)}
-            trainer = Trainer(model_config, train_config, train_data, val_data, sample_fn=sample_fn,
-                              metadata=metadata)
-    except ValueError as error:  # config validation names the field; the flag has the same name
-        raise RecipeError(str(error)) from None
+    metadata = {"recipe": RECIPE, "codec": codec.config(), "layout": "records", "data": DATA_FLAGS.record(args)}
+    # Validate on whole held-out clips, so the comparison with FLAC covers exactly the same audio.
+    trainer = make_trainer(model_config, train_data, val_data, out=out, resume_from=resume_from, flags=flags,
+                           defaults=defaults, sample_fn=sample_fn, metadata=metadata,
+                           eval_windows=whole_document_windows(val_data.lengths, patch, seq_len, EVAL_WINDOW_CAP))
 
     print(f"run folder: {out} (checkpoints/, metrics.jsonl, curve.png, samples/, compression.json)")
     summary = trainer.fit()
     if not trainer.is_main:
         return
     print(f"done: {summary.step:,} steps, {summary.bytes_seen:,} bytes seen, stopped by {summary.stop_reason}")
-    # The comparison uses the held-out clips that the validation windows cover whole.
-    compared = max(covered_documents(val_data.lengths, patch, seq_len, trainer.config.eval_windows), 1)
-    report = compression_report(summary.val_bpb, [val_data.document(i)[0] for i in range(compared)], codec)
-    report.update(step=summary.step, elapsed_s=round(trainer.elapsed_s, 1), stop_reason=summary.stop_reason)
-    (out / "compression.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    compared = compared_documents(val_data, patch, seq_len, trainer.config.eval_windows)
+    report = compression_report(summary.val_bpb, compared, codec)
+    table = save_comparison(out, report, summary, trainer.elapsed_s)
     print_report(report)
     print(f"\ncheckpoint: {summary.checkpoint}; curve: {out / 'curve.png'}; samples: {out / 'samples'}; "
-          f"table: {out / 'compression.json'}")
+          f"table: {table}")
 
 
 # -- 5. command line ---------------------------------------------------------------------------------------
-def defaults_epilog() -> str:
-    """The recipe's defaults by device kind and how the shape follows the codec, for the end of ``--help``."""
-    lines = ["recipe defaults (a flag given on the command line wins):"]
-    for kind in ("cpu", "gpu"):
-        lines.append(f"  {kind}: " + ", ".join(f"{k}={v}" for k, v in DEVICE_DEFAULTS[kind].items()))
-    lines += ["  sample_every follows eval_every; eval_windows covers whole held-out clips (about "
-              f"{EVAL_WINDOW_CAP} windows), the clips the FLAC comparison uses.",
-              "  --patch-sizes must keep sample frames whole: a multiple of 1 byte for mulaw and linear8, "
-              "2 for pcm16, twice that in stereo."]
-    return "\n".join(textwrap.fill(line, width=110, subsequent_indent="      ") for line in lines)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Recipe flags, then one flag per field of the wav codec, the model config and the training config."""
     from bytecodecs import WavCodec
-    from bytemodels.config import PRESETS, MegabyteConfig
     from bytemodels.options import add_config_arguments
-    from bytemodels.train import TrainConfig
 
+    epilog = defaults_epilog(DEVICE_DEFAULTS, [
+        "  sample_every follows eval_every; eval_windows covers whole held-out clips (about "
+        f"{EVAL_WINDOW_CAP} windows), the clips the FLAC comparison uses.",
+        "  --patch-sizes must keep sample frames whole: a multiple of 1 byte for mulaw and linear8, "
+        "2 for pcm16, twice that in stereo."])
     parser = argparse.ArgumentParser(
         prog="python -m recipes.audio",
         description="Train a byte-level MEGABYTE model on audio clips (one clip per record), write new clips and "
                     "continuations of held-out clips as .wav, and compare validation bits/byte with FLAC.",
-        epilog=defaults_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     recipe = parser.add_argument_group("recipe")
     example = f" (e.g. {os.path.relpath(SHARED_DATA)})" if SHARED_DATA.is_dir() else ""
     recipe.add_argument("--data", metavar="DIR", help=f"folder of audio files, searched recursively{example}")
-    recipe.add_argument("--hub-dataset", metavar="NAME",
-                        help="a Hugging Face audio data set instead of --data (the file bytes are decoded here)")
-    recipe.add_argument("--hub-split", default="train", metavar="SPLIT", help="split of --hub-dataset (default: train)")
-    recipe.add_argument("--hub-config", metavar="NAME", help="configuration (subset) of --hub-dataset")
-    recipe.add_argument("--hub-column", metavar="NAME",
-                        help="audio column of --hub-dataset (default: the first column of the Audio type)")
+    add_hub_arguments(recipe, "Audio",
+                      "a Hugging Face audio data set instead of --data (the file bytes are decoded here)")
     recipe.add_argument("--limit", type=int, metavar="N", help="read at most N clips (default: all)")
     recipe.add_argument("--val-fraction", type=float, default=0.05,
                         help="share of the clips held out for validation and continuations (default: 0.05)")
-    recipe.add_argument("--preset", choices=list(PRESETS), help="model size (default: tiny on CPU, small on GPU)")
-    recipe.add_argument("--time", metavar="DURATION",
-                        help="training time budget, e.g. 90s, 10m, 1.5h (default: 10m on CPU, 1h on GPU)")
-    recipe.add_argument("--out", metavar="DIR", help=f"run folder (default: runs/{RECIPE})")
-    recipe.add_argument("--resume", nargs="?", const="auto", metavar="CHECKPOINT",
-                        help="continue a run: its latest checkpoint in --out, or the given checkpoint or run "
-                             "folder, with the codec and clips it recorded (raise --time or --max-steps)")
-    recipe.add_argument("--cache-dir", metavar="DIR",
-                        help="where the clips are cached as bytes (default: the cache folder beside --out)")
+    add_run_arguments(recipe, RECIPE, DEVICE_DEFAULTS, documents="clips", recorded="codec and clips")
     recipe.add_argument("--num-samples", type=int, default=4, metavar="N",
                         help="new clips and continuations written at each sampling (default: 4)")
     recipe.add_argument("--sample-seconds", type=float, metavar="S",
@@ -568,28 +383,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="held-out audio a continuation starts from, at most half the clip (default: 0.25)")
     recipe.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
     add_config_arguments(parser, WavCodec, title="wav codec (how clips become bytes)")
-    add_config_arguments(parser, MegabyteConfig, title="model (override the preset's fields)")
-    add_config_arguments(parser, TrainConfig, title="training (override the recipe defaults below)",
-                         exclude=("out_dir", "time"))
+    add_model_and_training_arguments(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m recipes.audio ...``; errors a user can fix are one line, no traceback."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
     from bytecodecs import CodecError
-    from bytemodels.checkpoint import CheckpointError
-    from bytemodels.data import DataCacheError
-    from bytemodels.pretrained import ModelFileError
-    from bytemodels.train import TrainingDiverged
 
-    try:
-        train(args)
-    except (RecipeError, CodecError, CheckpointError, DataCacheError, ModelFileError, TrainingDiverged) as error:
-        sys.exit(f"{parser.prog}: error: {error}")
-    except KeyboardInterrupt:
-        sys.exit(f"{parser.prog}: interrupted")
+    run_command(build_parser(), train, argv, errors=(CodecError,))
 
 
 if __name__ == "__main__":

@@ -25,18 +25,21 @@ encoded once into a byte cache under ``--cache-dir``, reused while the sources a
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
 import sys
-import textwrap
 from collections.abc import Callable, Iterator, Sequence
 from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bytemodels.data import file_key, folder_key, record_ids, whole_document_windows
+from bytemodels.recipe import (DataFlags, RecipeError, add_model_and_training_arguments, add_run_arguments,
+                               check_resume_flags, defaults_epilog, device_kind, make_trainer, open_run,
+                               preset_config, run_command, training_flags)
 
 RECIPE = "mixed"
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -56,28 +59,12 @@ DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
     "gpu": dict(preset="small", time="1h", batch_size=32, lr=6e-4, min_lr=6e-5, warmup_steps=500, eval_every=1000,
                 checkpoint_every=2000, max_seq_len=4096, sample_seconds=2.0),
 }
-
-
-class RecipeError(Exception):
-    """A problem the user can fix (a flag, a file); printed as one line, no traceback."""
+#: The source flags a checkpoint records, so --resume needs none of them.
+DATA_FLAGS = DataFlags(names={name: name for name in ("text", "audio", "images", "array_key", "limit")},
+                       sources=("text", "audio", "images"), paths=("text", "audio", "images"))
 
 
 # -- 1. documents: one reader per modality, interleaved ------------------------------------------------------
-def file_key(path: Path) -> dict[str, Any]:
-    """Identifies one file for the byte cache: its path, size and modification time."""
-    stat = path.stat()
-    return {"path": str(path.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
-def folder_key(root: Path, paths: list[Path]) -> dict[str, Any]:
-    """Identifies a folder's files for the byte cache: their names, sizes and modification times."""
-    digest = hashlib.sha256()
-    for path in paths:
-        stat = path.stat()
-        digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return {"folder": str(root.resolve()), "files": len(paths), "sha256": digest.hexdigest()}
-
-
 def files_under(path: Path, codec: Any, flag: str) -> list[Path]:
     """``path`` itself when it is a file, else the files under it that ``codec`` reads (recursively)."""
     import bytecodecs
@@ -129,38 +116,17 @@ def audio_documents(path: Path, codec: Any, limit: int | None) -> tuple[dict[str
     return {"audio": key, "limit": limit}, read
 
 
-def load_array(path: Path, key: str | None) -> np.ndarray:
-    """The uint8 image array of a ``.npy`` file or of a ``.npz`` file (``key``, else ``images``, else the
-    first array shaped like images)."""
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise RecipeError(f"--images {path}: not a readable numpy file ({error})") from None
-    if isinstance(loaded, np.ndarray):
-        array = loaded
-    else:
-        with loaded:
-            names = loaded.files
-            if key is None:
-                key = "images" if "images" in names else next(
-                    (n for n in names if loaded[n].dtype == np.uint8 and loaded[n].ndim in (3, 4)), None)
-            if key not in names:
-                raise RecipeError(f"--images {path}: no image array{'' if key is None else f' {key!r}'}; it holds "
-                                  f"{', '.join(names)} (name one with --array-key)")
-            array = loaded[key]
-    if array.dtype != np.uint8 or array.ndim not in (3, 4) or (array.ndim == 4 and array.shape[3] not in (1, 3, 4)):
-        raise RecipeError(f"--images {path}: the array is {array.dtype} {array.shape}; expected uint8 images shaped "
-                          "(count, height, width) or (count, height, width, 1, 3 or 4)")
-    return array
-
-
 def image_documents(path: Path, codec_options: dict[str, Any], array_key: str | None,
                     limit: int | None) -> tuple[Any, dict[str, Any], Callable[[], Iterator[bytes]]]:
     """(codec, cache key, reader) for images: a .npz/.npy array (its images' size is the default) or a folder."""
     import bytecodecs
+    from bytecodecs.image import load_array
 
     if path.is_file() and path.suffix.lower() in ARRAY_SUFFIXES:
-        array = load_array(path, array_key)
+        try:
+            array = load_array(path, array_key)
+        except bytecodecs.CodecError as error:
+            raise RecipeError(f"--images {error}") from None
         shape = {"width": int(array.shape[2]), "height": int(array.shape[1]),
                  "mode": "L" if array.ndim == 3 or array.shape[3] == 1 else "RGB"}
         codec = bytecodecs.get_codec("image", **{**shape, **codec_options})
@@ -241,11 +207,6 @@ def sources_from_args(args: argparse.Namespace, codec_options: dict[str, dict[st
 
 
 # -- 2. one patch size for every modality ---------------------------------------------------------------------
-def record_window(record_size: int, patch_size: int) -> int:
-    """Ids one fixed-size record takes in the records layout: header patch, bytes and EOS, in whole patches."""
-    return patch_size + math.ceil((record_size + 1) / patch_size) * patch_size
-
-
 def aligned_patch_size(codecs: dict[str, Any], default: int) -> int:
     """One image row per patch when there are images (made a multiple of the audio frame), else ``default``."""
     if "image" not in codecs:
@@ -316,16 +277,6 @@ def image_row(images: Sequence[Any], cell_pixels: int = 84) -> Any:
 
 
 # -- 4. training ---------------------------------------------------------------------------------------------
-def device_kind(device: str) -> str:
-    """``gpu`` when ``--device`` resolves to CUDA, else ``cpu``: which column of the recipe defaults applies."""
-    from bytemodels.distributed import choose_device
-
-    try:
-        return "gpu" if choose_device(device).type == "cuda" else "cpu"
-    except RuntimeError as error:
-        raise RecipeError(f"--device {device}: {error}") from None
-
-
 def model_config_from_args(args: argparse.Namespace, codecs: dict[str, Any], defaults: dict[str, Any]) -> Any:
     """The preset with the model flags; patches aligned to image rows, windows holding a whole image."""
     from bytemodels.config import MegabyteConfig
@@ -341,12 +292,9 @@ def model_config_from_args(args: argparse.Namespace, codecs: dict[str, Any], def
     if "max_seq_len" not in overrides:
         seq_len = math.ceil(defaults["max_seq_len"] / patch) * patch
         if "image" in codecs:  # one whole image per window
-            seq_len = max(seq_len, record_window(codecs["image"].framing.record_size, patch))
+            seq_len = max(seq_len, record_ids(codecs["image"].framing.record_size, patch))
         overrides["max_seq_len"] = seq_len
-    try:
-        return MegabyteConfig.preset(args.preset or defaults["preset"], **overrides)
-    except ValueError as error:  # config validation names the field; the flag has the same name
-        raise RecipeError(str(error)) from None
+    return preset_config(args.preset or defaults["preset"], **overrides)
 
 
 def codec_options_from_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -360,58 +308,15 @@ def codec_options_from_args(args: argparse.Namespace) -> dict[str, dict[str, Any
     return {"audio": overrides_from_args(WavCodec, args), "image": image}
 
 
-def whole_document_windows(lengths: np.ndarray, patch_size: int, seq_len: int, cap: int) -> int:
-    """Windows covering the most leading held-out documents whole within ``cap`` windows (at least one)."""
-    record = patch_size + -(-(np.asarray(lengths, dtype=np.int64) + 1) // patch_size) * patch_size
-    ends = np.cumsum(-(-record // seq_len))
-    if not len(ends):
-        return 1
-    inside = ends[ends <= cap]
-    return int(inside[-1]) if len(inside) else int(ends[0])
-
-
-def data_record(args: argparse.Namespace) -> dict[str, Any]:
-    """What a checkpoint records about its data, so ``--resume`` reads the same documents without flags."""
-    def resolved(path: str | None) -> str | None:
-        return str(Path(path).expanduser().resolve()) if path else None
-
-    return {"text": resolved(args.text), "audio": resolved(args.audio), "images": resolved(args.images),
-            "array_key": args.array_key, "limit": args.limit, "val_fraction": args.val_fraction}
-
-
-def restore_data_args(args: argparse.Namespace, recorded: dict[str, Any]) -> None:
-    """On ``--resume``, read the documents the run was trained on unless a source flag names others."""
-    if not (args.text or args.audio or args.images):
-        for name in ("text", "audio", "images", "array_key", "limit"):
-            setattr(args, name, recorded.get(name))
-    args.val_fraction = recorded.get("val_fraction", args.val_fraction)
-
-
 def train(args: argparse.Namespace) -> None:
     """Read every modality, build the configs and the trainer, and train."""
     from bytecodecs import ImageCodec, WavCodec
-    from bytemodels import checkpoint as ckpt
     from bytemodels.config import MegabyteConfig
-    from bytemodels.options import overrides_from_args
-    from bytemodels.train import Trainer, TrainConfig
 
-    out = Path(args.out or Path("runs") / RECIPE)
-    resume_from, recorded = None, None
-    if args.resume:
-        resume_from = ckpt.resolve_checkpoint(out if args.resume == "auto" else args.resume)
-        recorded = ckpt.load_checkpoint(resume_from)
-        if not isinstance(recorded.metadata, dict) or recorded.metadata.get("recipe") != RECIPE:
-            raise RecipeError(f"--resume {resume_from}: not a checkpoint of recipes.{RECIPE}")
-        if args.out is None:  # continue in the run folder the checkpoint belongs to
-            out = resume_from.parent.parent if resume_from.parent.name == ckpt.CHECKPOINTS_DIR else out
-        if (overrides_from_args(MegabyteConfig, args) or overrides_from_args(WavCodec, args)
-                or overrides_from_args(ImageCodec, args) or args.preset):
-            raise RecipeError("--resume keeps the model and codecs of the checkpoint; drop --preset, the model "
-                              "flags and the codec flags")
-        restore_data_args(args, recorded.metadata.get("data", {}))
-    elif ckpt.latest_checkpoint(out / ckpt.CHECKPOINTS_DIR) is not None:
-        raise RecipeError(f"--out {out} already holds a run; pass --resume to continue it or --out NEW_FOLDER")
-
+    out, resume_from, recorded = open_run(args, RECIPE)
+    if recorded is not None:
+        check_resume_flags(args, [WavCodec, ImageCodec])
+        DATA_FLAGS.restore(args, recorded.metadata.get("data", {}))
     defaults = DEVICE_DEFAULTS[device_kind(getattr(args, "device", "auto"))]
     cache_dir = Path(args.cache_dir) if args.cache_dir else out.parent / "cache"
     codec_options = ({name: {k: v for k, v in config.items() if k != "name"}
@@ -437,30 +342,16 @@ def train(args: argparse.Namespace) -> None:
     print(f"train: {counts} documents ({train_data.num_bytes:,} bytes); held out: {len(val_data):,}; "
           f"patch {patch} bytes, window {seq_len} ids")
 
-    train_flags = overrides_from_args(TrainConfig, args)
-    if args.time is not None:
-        train_flags["time"] = args.time
-    seed = recorded.train_config["seed"] if recorded is not None else train_flags.get("seed", 0)
+    flags = training_flags(args)
+    seed = recorded.train_config["seed"] if recorded is not None else flags.get("seed", 0)
     sample_fn = sample_writer(codecs, patch, count=args.num_samples, text_bytes=args.text_bytes,
                               audio_seconds=args.sample_seconds or defaults["sample_seconds"],
                               temperature=args.temperature, seed=seed)
-    try:
-        if resume_from is not None:
-            trainer = Trainer.resume(resume_from, train_data, val_data, sample_fn=sample_fn,
-                                     **{**train_flags, "out_dir": str(out)})
-        else:
-            settings = {name: value for name, value in defaults.items() if name in TrainConfig.__dataclass_fields__}
-            if any(train_flags.get(name) for name in ("max_steps", "max_bytes")) and "time" not in train_flags:
-                settings.pop("time")  # a budget given on the command line replaces the default time budget
-            settings["sample_every"] = train_flags.get("eval_every", settings["eval_every"])
-            settings["eval_windows"] = whole_document_windows(val_data.lengths, patch, seq_len, EVAL_WINDOW_CAP)
-            train_config = TrainConfig(**{**settings, **train_flags, "out_dir": str(out)})
-            metadata = {"recipe": RECIPE, "layout": "records", "data": data_record(args),
-                        "codecs": {name: codec.config() for name, codec in codecs.items()}}
-            trainer = Trainer(model_config, train_config, train_data, val_data, sample_fn=sample_fn,
-                              metadata=metadata)
-    except ValueError as error:  # config validation names the field; the flag has the same name
-        raise RecipeError(str(error)) from None
+    metadata = {"recipe": RECIPE, "layout": "records", "data": DATA_FLAGS.record(args),
+                "codecs": {name: codec.config() for name, codec in codecs.items()}}
+    trainer = make_trainer(model_config, train_data, val_data, out=out, resume_from=resume_from, flags=flags,
+                           defaults=defaults, sample_fn=sample_fn, metadata=metadata,
+                           eval_windows=whole_document_windows(val_data.lengths, patch, seq_len, EVAL_WINDOW_CAP))
 
     print(f"run folder: {out} (checkpoints/, metrics.jsonl, curve.png, samples/)")
     summary = trainer.fit()
@@ -474,32 +365,23 @@ def train(args: argparse.Namespace) -> None:
 
 
 # -- 5. command line ---------------------------------------------------------------------------------------
-def defaults_epilog() -> str:
-    """The recipe's defaults by device kind and how the shape follows the codec, for the end of ``--help``."""
-    lines = ["recipe defaults (a flag given on the command line wins):"]
-    for kind in ("cpu", "gpu"):
-        lines.append(f"  {kind}: " + ", ".join(f"{k}={v}" for k, v in DEVICE_DEFAULTS[kind].items()))
-    lines += ["  patch_sizes: one image row with --images (e.g. 28 for 28x28 L; a --patch-sizes value must be whole "
-              "rows or divide a row, and hold whole audio frames), else the preset's.",
-              "  max_seq_len: at least one whole image per window (840 for 28x28 L with patch 28).",
-              "  width, height and mode: those of a .npz/.npy array's images; 32x32 RGB for a folder.",
-              "  sample_every follows eval_every; eval_windows covers whole held-out documents (about "
-              f"{EVAL_WINDOW_CAP} windows)."]
-    return "\n".join(textwrap.fill(line, width=110, subsequent_indent="      ") for line in lines)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Recipe flags, then one flag per field of the wav and image codecs, the model config and the training config."""
     from bytecodecs import ImageCodec, WavCodec
-    from bytemodels.config import PRESETS, MegabyteConfig
     from bytemodels.options import add_config_arguments
-    from bytemodels.train import TrainConfig
 
+    epilog = defaults_epilog(DEVICE_DEFAULTS, [
+        "  patch_sizes: one image row with --images (e.g. 28 for 28x28 L; a --patch-sizes value must be whole "
+        "rows or divide a row, and hold whole audio frames), else the preset's.",
+        "  max_seq_len: at least one whole image per window (840 for 28x28 L with patch 28).",
+        "  width, height and mode: those of a .npz/.npy array's images; 32x32 RGB for a folder.",
+        "  sample_every follows eval_every; eval_windows covers whole held-out documents (about "
+        f"{EVAL_WINDOW_CAP} windows)."])
     parser = argparse.ArgumentParser(
         prog="python -m recipes.mixed",
         description="Train one byte-level MEGABYTE model on text, audio and images, each document led by its "
                     "modality tag; samples of each modality are written as .txt, .wav and .png.",
-        epilog=defaults_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     recipe = parser.add_argument_group("recipe")
     recipe.add_argument("--text", metavar="PATH", help="a .txt file or a folder of text files; a file is split into "
                         f"documents at {SEPARATOR} (TinyStories style) when it holds that marker")
@@ -511,15 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: all)")
     recipe.add_argument("--val-fraction", type=float, default=0.05,
                         help="share of the documents held out for validation (default: 0.05)")
-    recipe.add_argument("--preset", choices=list(PRESETS), help="model size (default: tiny on CPU, small on GPU)")
-    recipe.add_argument("--time", metavar="DURATION",
-                        help="training time budget, e.g. 90s, 10m, 1.5h (default: 10m on CPU, 1h on GPU)")
-    recipe.add_argument("--out", metavar="DIR", help=f"run folder (default: runs/{RECIPE})")
-    recipe.add_argument("--resume", nargs="?", const="auto", metavar="CHECKPOINT",
-                        help="continue a run: its latest checkpoint in --out, or the given checkpoint or run "
-                             "folder, with the codecs and data it recorded (raise --time or --max-steps)")
-    recipe.add_argument("--cache-dir", metavar="DIR",
-                        help="where the documents are cached as bytes (default: the cache folder beside --out)")
+    add_run_arguments(recipe, RECIPE, DEVICE_DEFAULTS, documents="documents", recorded="codecs and data")
     recipe.add_argument("--num-samples", type=int, default=3, metavar="N",
                         help="samples of each modality written at each sampling (default: 3)")
     recipe.add_argument("--text-bytes", type=int, default=400, metavar="N",
@@ -529,28 +403,15 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
     add_config_arguments(parser, WavCodec, title="wav codec (how --audio clips become bytes)")
     add_config_arguments(parser, ImageCodec, title="image codec (how --images become bytes)", exclude=("header",))
-    add_config_arguments(parser, MegabyteConfig, title="model (override the preset's fields)")
-    add_config_arguments(parser, TrainConfig, title="training (override the recipe defaults below)",
-                         exclude=("out_dir", "time"))
+    add_model_and_training_arguments(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m recipes.mixed ...``; errors a user can fix are one line, no traceback."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
     from bytecodecs import CodecError
-    from bytemodels.checkpoint import CheckpointError
-    from bytemodels.data import DataCacheError
-    from bytemodels.pretrained import ModelFileError
-    from bytemodels.train import TrainingDiverged
 
-    try:
-        train(args)
-    except (RecipeError, CodecError, CheckpointError, DataCacheError, ModelFileError, TrainingDiverged) as error:
-        sys.exit(f"{parser.prog}: error: {error}")
-    except KeyboardInterrupt:
-        sys.exit(f"{parser.prog}: interrupted")
+    run_command(build_parser(), train, argv, errors=(CodecError,))
 
 
 if __name__ == "__main__":

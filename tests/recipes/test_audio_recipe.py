@@ -18,6 +18,8 @@ if str(REPO) not in sys.path:  # recipes/ runs from the checkout; it is never in
     sys.path.insert(0, str(REPO))
 
 import bytecodecs  # noqa: E402
+from bytemodels import hub  # noqa: E402
+from bytemodels.data import covered_documents, whole_document_windows  # noqa: E402
 from recipes import audio  # noqa: E402
 
 # A model small enough that a few steps take a second or two on two CPU cores.
@@ -143,9 +145,9 @@ def test_flac_compresses_real_spoken_digits(shared_data):
 
 def test_validation_windows_cover_whole_clips():
     lengths = np.array([10, 30, 5])  # patch 8: records of 24, 48 and 16 ids; windows of 16: 2, 3 and 1
-    assert audio.whole_clip_windows(lengths, 8, 16, cap=5) == 5
-    assert audio.covered_documents(lengths, 8, 16, 5) == 2
-    assert audio.whole_clip_windows(lengths, 8, 16, cap=1) == 2  # at least the first clip, whole
+    assert whole_document_windows(lengths, 8, 16, cap=5) == 5
+    assert covered_documents(lengths, 8, 16, 5) == 2
+    assert whole_document_windows(lengths, 8, 16, cap=1) == 2  # at least the first clip, whole
 
 
 # -- the Hugging Face hub ------------------------------------------------------------------------------------
@@ -165,7 +167,7 @@ def test_hub_probe_reports_an_unreachable_endpoint_quickly(monkeypatch):
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens there
     start = time.monotonic()
-    reason = audio.hub_unreachable_reason(timeout=2)
+    reason = hub.hub_unreachable_reason(timeout=2)
     assert reason is not None and "127.0.0.1:9" in reason and time.monotonic() - start < 5
 
 
@@ -179,7 +181,7 @@ def test_hub_rows_are_decoded_from_raw_file_bytes(tmp_path, monkeypatch):
                                  "speech": {"bytes": datasets.Value("binary"), "path": datasets.Value("string")}})
     table = datasets.Dataset.from_dict({"label": [1, 2], "speech": rows}, features=storage)
     table = table.cast_column("speech", datasets.Audio(decode=False))
-    monkeypatch.setattr(audio, "load_hub_split", lambda name, split, config: table)
+    monkeypatch.setattr(hub, "load_hub_split", lambda name, split, config: table)
     codec = bytecodecs.get_codec("wav", sample_format="pcm16")
     key, read = audio.hub_clips("someone/speech", "train", None, None, codec, limit=None)
     clips = list(read())  # the unreadable row is skipped, not fatal

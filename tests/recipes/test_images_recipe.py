@@ -18,6 +18,7 @@ if str(REPO) not in sys.path:  # recipes/ runs from the checkout; it is never in
     sys.path.insert(0, str(REPO))
 
 import bytecodecs  # noqa: E402
+from bytemodels import hub  # noqa: E402
 from recipes import images  # noqa: E402
 
 # A model small enough that a few steps take a second or two on two CPU cores.
@@ -151,7 +152,7 @@ def test_hub_offline_mode_fails_fast_naming_data(tmp_path, monkeypatch):
 
 
 def test_unreachable_hub_fails_fast_without_network(tmp_path, monkeypatch):
-    monkeypatch.setattr(images, "hub_unreachable_reason", lambda timeout=3.0: "cannot connect to huggingface.co:443")
+    monkeypatch.setattr(hub, "hub_unreachable_reason", lambda timeout=3.0: "cannot connect to huggingface.co:443")
     with pytest.raises(SystemExit, match="cannot download uoft-cs/cifar10 .*cannot connect.*pass --data"):
         run_recipe("--hub-dataset", "uoft-cs/cifar10", "--out", str(tmp_path / "run"), "--max-steps", "1")
 
@@ -165,7 +166,7 @@ def test_hub_rows_are_decoded_from_raw_image_bytes(monkeypatch):
                                  "label": datasets.Value("int32")})
     table = datasets.Dataset.from_dict({"img": rows, "label": [0, 1]}, features=storage)
     table = table.cast_column("img", datasets.Image(decode=False))
-    monkeypatch.setattr(images, "load_hub_split", lambda name, split, config: table)
+    monkeypatch.setattr(hub, "load_hub_split", lambda name, split, config: table)
     codec = bytecodecs.get_codec("image", width=10, height=10, mode="L")
     _, read = images.hub_images("uoft-cs/cifar10", "train", None, None, codec, limit=None)
     assert list(read()) == [codec.encode_array(blobs(1, size=10)[0])]  # the unreadable row is skipped

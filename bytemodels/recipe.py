@@ -1,0 +1,246 @@
+"""What every recipe does around the one ``Trainer``: shared flags, the run folder and ``--resume``, configs
+from flags and device defaults, the byte cache of one codec's documents, and one-line errors.
+
+A recipe (``recipes/*.py``) picks data, codecs and a preset and reads as a story; the plumbing it would
+otherwise repeat lives here. Nothing here knows a modality: codecs are passed in, and only their ``tag``,
+``config()`` and configuration classes (for their flags) are used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bytemodels import checkpoint as ckpt
+from bytemodels.config import PRESETS, MegabyteConfig
+from bytemodels.data import ByteDataset, DataCacheError, covered_documents
+from bytemodels.distributed import choose_device
+from bytemodels.options import add_config_arguments, overrides_from_args
+from bytemodels.pretrained import ModelFileError
+from bytemodels.train import SampleFn, Trainer, TrainConfig, TrainingDiverged, TrainSummary
+
+DEVICE_KINDS = ("cpu", "gpu")
+"""The columns of a recipe's ``DEVICE_DEFAULTS``: what it sets on a CPU and on a CUDA GPU."""
+BUDGET_FIELDS = ("max_steps", "max_bytes")
+"""Training budgets that, given without ``--time``, replace the recipe's default time budget."""
+COMPARISON_FILE = "compression.json"
+"""Where a recipe saves its comparison with a classic codec (FLAC, PNG) in the run folder."""
+
+
+class RecipeError(Exception):
+    """A problem the user can fix (a flag, a file, the network); printed as one line, no traceback."""
+
+
+# -- 1. the command line ------------------------------------------------------------------------------------
+def add_run_arguments(group: argparse._ArgumentGroup, recipe: str, device_defaults: Mapping[str, Mapping[str, Any]],
+                      *, documents: str, recorded: str) -> None:
+    """``--preset``, ``--time``, ``--out``, ``--resume`` and ``--cache-dir``, the flags of every training recipe.
+
+    ``documents`` names what the recipe reads (``"clips"``) and ``recorded`` what a resumed run keeps
+    (``"codec and clips"``); the defaults shown are the recipe's ``DEVICE_DEFAULTS``."""
+    cpu, gpu = (device_defaults[kind] for kind in DEVICE_KINDS)
+    group.add_argument("--preset", choices=list(PRESETS),
+                       help=f"model size (default: {cpu['preset']} on CPU, {gpu['preset']} on GPU)")
+    group.add_argument("--time", metavar="DURATION", help="training time budget, e.g. 90s, 10m, 1.5h "
+                       f"(default: {cpu['time']} on CPU, {gpu['time']} on GPU)")
+    group.add_argument("--out", metavar="DIR", help=f"run folder (default: runs/{recipe})")
+    group.add_argument("--resume", nargs="?", const="auto", metavar="CHECKPOINT",
+                       help="continue a run: its latest checkpoint in --out, or the given checkpoint or run folder, "
+                            f"with the {recorded} it recorded (raise --time or --max-steps)")
+    group.add_argument("--cache-dir", metavar="DIR",
+                       help=f"where the {documents} are cached as bytes (default: the cache folder beside --out)")
+
+
+def add_model_and_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per field of the model config and of the training config (``--out`` and ``--time`` are the
+    recipe's own)."""
+    add_config_arguments(parser, MegabyteConfig, title="model (override the preset's fields)")
+    add_config_arguments(parser, TrainConfig, title="training (override the recipe defaults below)",
+                         exclude=("out_dir", "time"))
+
+
+def defaults_epilog(device_defaults: Mapping[str, Mapping[str, Any]], notes: Sequence[str]) -> str:
+    """The end of ``--help``: the recipe's defaults by device kind, then ``notes`` on how the shape follows the
+    data, wrapped to 110 columns."""
+    lines = ["recipe defaults (a flag given on the command line wins):"]
+    for kind in DEVICE_KINDS:
+        lines.append(f"  {kind}: " + ", ".join(f"{k}={v}" for k, v in device_defaults[kind].items()))
+    lines += notes
+    return "\n".join(textwrap.fill(line, width=110, subsequent_indent="      ") for line in lines)
+
+
+def run_command(parser: argparse.ArgumentParser, command: Callable[[argparse.Namespace], None],
+                argv: Sequence[str] | None, errors: tuple[type[BaseException], ...] = ()) -> None:
+    """Parse ``argv`` and run ``command``; an error the user can fix ends the process with one line, no traceback.
+
+    Those errors are ``RecipeError`` (``HubError`` too), the core's checkpoint, data-cache, model-file and
+    divergence errors, and ``errors`` (a recipe adds its codecs' ``CodecError``)."""
+    args = parser.parse_args(argv)
+    try:
+        command(args)
+    except (RecipeError, ckpt.CheckpointError, DataCacheError, ModelFileError, TrainingDiverged, *errors) as error:
+        sys.exit(f"{parser.prog}: error: {error}")
+    except KeyboardInterrupt:
+        sys.exit(f"{parser.prog}: interrupted")
+
+
+# -- 2. the run folder, --resume, and the data a run records ------------------------------------------------
+def device_kind(device: str) -> str:
+    """``gpu`` when ``--device`` resolves to CUDA, else ``cpu``: which column of the recipe defaults applies."""
+    try:
+        return "gpu" if choose_device(device).type == "cuda" else "cpu"
+    except RuntimeError as error:
+        raise RecipeError(f"--device {device}: {error}") from None
+
+
+def open_run(args: argparse.Namespace, recipe: str,
+             default_out: Path | None = None) -> tuple[Path, Path | None, ckpt.Checkpoint | None]:
+    """(run folder, checkpoint to resume or None, that checkpoint read or None) from ``--out`` and ``--resume``.
+
+    The run folder is ``--out``, else ``default_out``, else ``runs/<recipe>``. A new run refuses a folder that
+    already holds one. ``--resume`` takes the folder's latest checkpoint (or the checkpoint or run folder it
+    names), which must be one of ``recipe``, and goes on in the run folder that checkpoint belongs to."""
+    out = Path(args.out or default_out or Path("runs") / recipe)
+    if not args.resume:
+        if ckpt.latest_checkpoint(out / ckpt.CHECKPOINTS_DIR) is not None:
+            raise RecipeError(f"--out {out} already holds a run; pass --resume to continue it or --out NEW_FOLDER")
+        return out, None, None
+    recorded = ckpt.load_checkpoint(out if args.resume == "auto" else args.resume)
+    checkpoint = recorded.path
+    if not isinstance(recorded.metadata, dict) or recorded.metadata.get("recipe") != recipe:
+        raise RecipeError(f"--resume {checkpoint}: not a checkpoint of recipes.{recipe}")
+    if args.out is None and checkpoint.parent.name == ckpt.CHECKPOINTS_DIR:
+        out = checkpoint.parent.parent  # continue in the run folder the checkpoint belongs to
+    return out, checkpoint, recorded
+
+
+def check_resume_flags(args: argparse.Namespace, codec_classes: Sequence[type] = ()) -> None:
+    """On ``--resume`` the checkpoint fixes the model and the codecs: refuse ``--preset``, the model flags and
+    the flags of ``codec_classes``."""
+    changed = bool(args.preset or overrides_from_args(MegabyteConfig, args)
+                   or any(overrides_from_args(cls, args) for cls in codec_classes))
+    if not changed:
+        return
+    if not codec_classes:
+        raise RecipeError("--resume keeps the model of the checkpoint; drop --preset and the model flags")
+    codecs = "codecs" if len(codec_classes) > 1 else "codec"
+    raise RecipeError(f"--resume keeps the model and {codecs} of the checkpoint; drop --preset, the model flags "
+                      "and the codec flags")
+
+
+@dataclass(frozen=True)
+class DataFlags:
+    """The flags that name a recipe's data, recorded in its checkpoints so that ``--resume`` reads the same
+    data without them. ``--val-fraction`` is always recorded and always restored."""
+
+    names: Mapping[str, str]
+    """Recorded name -> the flag's destination in the namespace, e.g. ``{"path": "data", "hub": "hub_dataset"}``."""
+    sources: tuple[str, ...]
+    """Destinations of the flags that name a source: when one is given on ``--resume``, nothing is restored."""
+    paths: tuple[str, ...] = ()
+    """Destinations holding a file or folder: recorded as absolute paths."""
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    """Recorded name -> the value restored when a checkpoint lacks it."""
+
+    def record(self, args: argparse.Namespace) -> dict[str, Any]:
+        """What a checkpoint records about the data of ``args``."""
+        recorded = {}
+        for name, dest in self.names.items():
+            value = getattr(args, dest)
+            recorded[name] = str(Path(value).expanduser().resolve()) if dest in self.paths and value else value
+        return {**recorded, "val_fraction": args.val_fraction}
+
+    def restore(self, args: argparse.Namespace, recorded: Mapping[str, Any]) -> None:
+        """On ``--resume``, set the data flags to what the run recorded unless a source flag names other data."""
+        if not any(getattr(args, dest) for dest in self.sources):
+            for name, dest in self.names.items():
+                setattr(args, dest, recorded.get(name, self.defaults.get(name)))
+        args.val_fraction = recorded.get("val_fraction", args.val_fraction)
+
+
+# -- 3. data, model and training ------------------------------------------------------------------------------
+def records_dataset(read: Callable[[], Iterable[bytes]], codec: Any, cache_dir: Path, *, recipe: str,
+                    source: Mapping[str, Any], val_fraction: float) -> ByteDataset:
+    """One codec's documents as a records-layout ``ByteDataset`` (``.train`` / ``.val``), built once under
+    ``cache_dir``.
+
+    ``read`` is only called when the cache does not exist yet (it shows its own progress bar); empty
+    documents are left out. The cache key is the recipe, ``source`` (what identifies the data) and the
+    codec's configuration."""
+
+    def documents() -> Iterator[tuple[bytes, int]]:
+        for data in read():
+            if data:
+                yield data, codec.tag
+
+    return ByteDataset.build(documents(), cache_dir, key={"recipe": recipe, "source": source, "codec": codec.config()},
+                             layout="records", name=recipe, val_fraction=val_fraction, split_seed=0, progress=False)
+
+
+def preset_config(preset: str, **overrides: Any) -> MegabyteConfig:
+    """``MegabyteConfig.preset(preset, **overrides)``; a validation error (it names the field, and the flag has
+    the same name) becomes a ``RecipeError``."""
+    try:
+        return MegabyteConfig.preset(preset, **overrides)
+    except ValueError as error:
+        raise RecipeError(str(error)) from None
+
+
+def training_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The training fields given on the command line, ``--time`` (a recipe flag) among them.
+
+    ``--time`` left out (None) is not a field given: the recipe's default time, or the resumed run's, applies."""
+    flags = overrides_from_args(TrainConfig, args)
+    if flags.get("time") is None:
+        flags.pop("time", None)
+    return flags
+
+
+def new_train_config(defaults: Mapping[str, Any], flags: Mapping[str, Any], out: Path, **settings: Any) -> TrainConfig:
+    """The recipe's device ``defaults``, then ``settings``, then the ``flags`` given, writing to ``out``.
+
+    Samples are written at every evaluation, and a step or byte budget given without ``--time`` replaces the
+    default time budget."""
+    chosen = {name: value for name, value in defaults.items() if name in TrainConfig.__dataclass_fields__}
+    if any(flags.get(name) for name in BUDGET_FIELDS) and "time" not in flags:
+        chosen.pop("time", None)
+    chosen["sample_every"] = flags.get("eval_every", chosen["eval_every"])
+    return TrainConfig(**{**chosen, **settings, **flags, "out_dir": str(out)})
+
+
+def make_trainer(model_config: MegabyteConfig, train_data: Any, val_data: Any, *, out: Path,
+                 resume_from: Path | None, flags: Mapping[str, Any], defaults: Mapping[str, Any], sample_fn: SampleFn,
+                 metadata: Mapping[str, Any], **settings: Any) -> Trainer:
+    """The trainer of a run: one that continues ``resume_from`` (its configs, with the training ``flags`` given),
+    or a new one (``new_train_config``) recording ``metadata``. A config validation error (it names the field,
+    and the flag has the same name) becomes a ``RecipeError``."""
+    try:
+        if resume_from is not None:
+            return Trainer.resume(resume_from, train_data, val_data, sample_fn=sample_fn,
+                                  **{**flags, "out_dir": str(out)})
+        train_config = new_train_config(defaults, flags, out, **settings)
+        return Trainer(model_config, train_config, train_data, val_data, sample_fn=sample_fn, metadata=dict(metadata))
+    except ValueError as error:
+        raise RecipeError(str(error)) from None
+
+
+# -- 4. after training: the comparison with a classic codec ----------------------------------------------------
+def compared_documents(val_data: ByteDataset, patch_size: int, seq_len: int, eval_windows: int) -> list[bytes]:
+    """The held-out documents that the validation windows cover whole (at least the first): a classic codec
+    measured on them compresses exactly the data the model's validation bits/byte scores."""
+    count = max(covered_documents(val_data.lengths, patch_size, seq_len, eval_windows), 1)
+    return [val_data.document(index)[0] for index in range(count)]
+
+
+def save_comparison(out: Path, report: Mapping[str, Any], summary: TrainSummary, elapsed_s: float) -> Path:
+    """Write ``report`` with the run's step, training time and stop reason to ``out/compression.json``."""
+    record = {**report, "step": summary.step, "elapsed_s": round(elapsed_s, 1), "stop_reason": summary.stop_reason}
+    path = out / COMPARISON_FILE
+    ckpt.atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    return path
