@@ -207,7 +207,7 @@ class ByteDataset:
             raise ValueError(f"layout={layout!r}; choose one of: {', '.join(LAYOUTS)}")
         digest = key_digest(key, layout)
         cache_dir = Path(cache_dir)
-        final = cache_dir / f"{name}-{digest[:16]}"
+        final = cls.cache_path(cache_dir, key, layout, name)
         if not (final / MANIFEST_FILE).is_file():
             cache_dir.mkdir(parents=True, exist_ok=True)
             temp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{final.name}.building-"))
@@ -229,6 +229,12 @@ class ByteDataset:
         if dataset.manifest.get("key_hash") != digest:
             raise DataCacheError(f"{final}: the cache there was built from another key; delete it and build again")
         return dataset
+
+    @staticmethod
+    def cache_path(cache_dir: str | Path, key: dict[str, Any], layout: str = "packed", name: str = "dataset") -> Path:
+        """The folder ``build`` uses for ``key``: ``<cache_dir>/<name>-<hash>``; it holds a whole cache when it has
+        a manifest."""
+        return Path(cache_dir) / f"{name}-{key_digest(key, layout)[:16]}"
 
     @classmethod
     def open(cls, path: str | Path, *, val_fraction: float = 0.0, split_seed: int = 0) -> "ByteDataset":

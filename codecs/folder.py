@@ -5,6 +5,8 @@
         ...
     print(files.report())   # "read 2998 files from data/audio; skipped 2 unusable files"
 
+    read = iter_folder("data/images", get_codec("image"), limit=1000).encoded   # bytes only, callable again
+
 A bad file (corrupt, truncated, empty, not the format) never stops the loop: it is counted in
 ``skipped`` with its ``CodecError``, and one warning with the count is logged when the loop ends.
 """
@@ -14,7 +16,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from bytecodecs.base import ByteCodec, CodecError
 
@@ -69,6 +71,17 @@ class FolderFiles:
         if self.skipped:
             logger.warning(self.report())
 
+    def __len__(self) -> int:
+        """Files to read (some may be skipped), so a progress bar wrapped around the files knows its total."""
+        return len(self.paths)
+
+    def encoded(self, progress: Callable[[Iterable], Iterable] | None = None) -> Iterator[bytes]:
+        """The encoded bytes of each usable file, in order; each call reads the files again.
+
+        ``progress`` wraps the iteration, e.g. ``functools.partial(tqdm, desc="encoding", unit="file")``."""
+        for _, data in self if progress is None else progress(self):
+            yield data
+
     @property
     def skipped_count(self) -> int:
         """How many files were skipped as unusable."""
@@ -89,12 +102,14 @@ def iter_folder(
     recursive: bool = True,
     extensions: Iterable[str] | None = None,
     strict: bool = False,
+    limit: int | None = None,
 ) -> FolderFiles:
     """Encode the files under ``path`` with ``codec``, in sorted order, skipping unusable ones.
 
     ``extensions`` defaults to the ones the codec reads (``codec.extensions``). Iterate the result
-    for ``(path, bytes)`` pairs; afterwards ``.loaded``, ``.skipped`` and ``.report()`` say what happened.
+    for ``(path, bytes)`` pairs (or call ``.encoded()`` for the bytes alone); afterwards ``.loaded``,
+    ``.skipped`` and ``.report()`` say what happened. ``limit`` keeps the first ``limit`` files (None: all).
     """
     suffixes = codec.extensions if extensions is None else tuple(extensions)
-    return FolderFiles(root=Path(path), codec=codec, paths=list_files(path, suffixes, recursive=recursive),
-                       strict=strict)
+    paths = list_files(path, suffixes, recursive=recursive)[:limit]
+    return FolderFiles(root=Path(path), codec=codec, paths=paths, strict=strict)

@@ -20,10 +20,12 @@ from bytecodecs.base import ByteCodec, CodecError, Framing
 from bytecodecs.files import atomic_path, require_file
 from bytecodecs.registry import register_codec
 
-__all__ = ["HEADER", "ImageCodec", "load_array"]
+__all__ = ["ARRAY_SUFFIXES", "HEADER", "ImageCodec", "array_codec_options", "load_array"]
 
 #: Header layout when ``header=True``: width, height (uint16 little-endian), channels (uint8).
 HEADER = struct.Struct("<HHB")
+#: Suffixes of the numpy files ``load_array`` reads.
+ARRAY_SUFFIXES = (".npz", ".npy")
 
 _CHANNELS = {"L": 1, "RGB": 3}
 _FITS = ("crop", "pad", "keep")
@@ -228,6 +230,13 @@ def load_array(path: str | Path, key: str | None = None) -> np.ndarray:
         raise CodecError(f"the array is {array.dtype} {array.shape}; expected uint8 images shaped "
                          "(count, height, width) or (count, height, width, 1, 3 or 4)", path)
     return array
+
+
+def array_codec_options(array: np.ndarray) -> dict[str, int | str]:
+    """``width``, ``height`` and ``mode`` of the images in an array from ``load_array``: the codec options that
+    keep them at the size (and greys or colours) they come in."""
+    mode = "L" if array.ndim == 3 or array.shape[3] == 1 else "RGB"
+    return {"width": int(array.shape[2]), "height": int(array.shape[1]), "mode": mode}
 
 
 register_codec(ImageCodec.name, ImageCodec)

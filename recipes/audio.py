@@ -32,7 +32,6 @@ import io
 import json
 import os
 import struct
-import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
@@ -68,24 +67,17 @@ DATA_FLAGS = DataFlags(names={"path": "data", **HUB_DATA_FLAGS, "limit": "limit"
 # -- 1. clips: a folder of audio files or a Hugging Face data set ---------------------------------------------
 def folder_clips(root: Path, codec: Any, limit: int | None) -> tuple[dict[str, Any], Callable[[], Iterator[bytes]]]:
     """(cache key, reader) for the audio files under ``root``; the reader skips and counts bad files."""
-    import bytecodecs
+    from bytecodecs import CodecError, iter_folder
     from tqdm.auto import tqdm
 
     try:
-        paths = bytecodecs.list_files(root, codec.extensions)[:limit]
-    except bytecodecs.CodecError as error:
+        files = iter_folder(root, codec, limit=limit)
+    except CodecError as error:
         raise RecipeError(f"--data {error}") from None
-    if not paths:
+    if not files.paths:
         raise RecipeError(f"--data {root}: no audio files ({', '.join(codec.extensions)}) in the folder or below it")
-
-    def read() -> Iterator[bytes]:
-        files = bytecodecs.FolderFiles(root=root, codec=codec, paths=paths)
-        for _, data in tqdm(files, total=len(paths), desc=f"encoding {root}", unit="file"):
-            yield data
-        if files.skipped:
-            print(files.report(), file=sys.stderr)
-
-    return folder_key(root, paths), read
+    progress = partial(tqdm, desc=f"encoding {root}", unit="file")
+    return folder_key(root, files.paths), partial(files.encoded, progress)
 
 
 def offline_hint() -> str:

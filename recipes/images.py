@@ -34,7 +34,6 @@ import io
 import json
 import os
 import struct
-import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
@@ -52,7 +51,6 @@ from bytemodels.recipe import (DataFlags, RecipeError, add_model_and_training_ar
 RECIPE = "images"
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "images"
 """MNIST and CIFAR-10 arrays beside the checkout (when there are some)."""
-ARRAY_SUFFIXES = (".npz", ".npy")
 EVAL_WINDOW_CAP = 256
 """Validation windows: whole held-out images, up to about this many windows."""
 CELL_PIXELS = 84
@@ -71,12 +69,6 @@ DATA_FLAGS = DataFlags(names={"path": "data", "array_key": "array_key", **HUB_DA
 
 
 # -- 1. images: a numpy array file, a folder of image files or a Hugging Face data set ---------------------
-def array_codec_options(array: np.ndarray) -> dict[str, Any]:
-    """Width, height and mode of the images in an array: the size a data set stored as an array comes in."""
-    mode = "L" if array.ndim == 3 or array.shape[3] == 1 else "RGB"
-    return {"width": int(array.shape[2]), "height": int(array.shape[1]), "mode": mode}
-
-
 def array_images(path: Path, array: np.ndarray, key: str | None, codec: Any,
                  limit: int | None) -> tuple[dict[str, Any], Callable[[], Iterator[bytes]]]:
     """(cache key, reader) for the images of an array file."""
@@ -93,24 +85,17 @@ def array_images(path: Path, array: np.ndarray, key: str | None, codec: Any,
 
 def folder_images(root: Path, codec: Any, limit: int | None) -> tuple[dict[str, Any], Callable[[], Iterator[bytes]]]:
     """(cache key, reader) for the image files under ``root``; the reader skips and counts bad files."""
-    import bytecodecs
+    from bytecodecs import CodecError, iter_folder
     from tqdm.auto import tqdm
 
     try:
-        paths = bytecodecs.list_files(root, codec.extensions)[:limit]
-    except bytecodecs.CodecError as error:
+        files = iter_folder(root, codec, limit=limit)
+    except CodecError as error:
         raise RecipeError(f"--data {error}") from None
-    if not paths:
+    if not files.paths:
         raise RecipeError(f"--data {root}: no image files ({', '.join(codec.extensions)}) in the folder or below it")
-
-    def read() -> Iterator[bytes]:
-        files = bytecodecs.FolderFiles(root=root, codec=codec, paths=paths)
-        for _, data in tqdm(files, total=len(paths), desc=f"encoding {root}", unit="file"):
-            yield data
-        if files.skipped:
-            print(files.report(), file=sys.stderr)
-
-    return folder_key(root, paths), read
+    progress = partial(tqdm, desc=f"encoding {root}", unit="file")
+    return folder_key(root, files.paths), partial(files.encoded, progress)
 
 
 def offline_hint() -> str:
@@ -152,7 +137,7 @@ def hub_images(name: str, split: str, config: str | None, column: str | None, co
 def image_source(args: argparse.Namespace, codec_options: dict[str, Any]) -> tuple[Any, dict, Callable]:
     """(codec, cache key, reader) for --data or --hub-dataset; an array's own size is the default size."""
     import bytecodecs
-    from bytecodecs.image import load_array
+    from bytecodecs.image import ARRAY_SUFFIXES, array_codec_options, load_array
 
     if args.data and args.hub_dataset:
         raise RecipeError("give --data PATH or --hub-dataset NAME, not both")

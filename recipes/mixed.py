@@ -28,7 +28,6 @@ import argparse
 import json
 import math
 import os
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from itertools import zip_longest
 from pathlib import Path
@@ -46,7 +45,6 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 """Real stories, spoken digits and images beside the checkout (when there are some)."""
 SEPARATOR = "<|endoftext|>"
 """Ends each story in TinyStories-style ``.txt`` files: a text file is split into documents there."""
-ARRAY_SUFFIXES = (".npz", ".npy")
 MODALITIES = ("text", "audio", "image")
 """In the order of their tags (text 0, audio 1, image 2); a flag per modality names its source."""
 EVAL_WINDOW_CAP = 256
@@ -65,29 +63,35 @@ DATA_FLAGS = DataFlags(names={name: name for name in ("text", "audio", "images",
 
 
 # -- 1. documents: one reader per modality, interleaved ------------------------------------------------------
-def files_under(path: Path, codec: Any, flag: str) -> list[Path]:
-    """``path`` itself when it is a file, else the files under it that ``codec`` reads (recursively)."""
+def files_under(path: Path, codec: Any, flag: str, limit: int | None = None) -> Any:
+    """The files ``codec`` reads as a ``bytecodecs.FolderFiles``: ``path`` itself when it is a file, else the
+    first ``limit`` files under it (recursively)."""
     import bytecodecs
 
     if path.is_file():
-        return [path]
+        return bytecodecs.FolderFiles(root=path.parent, codec=codec, paths=[path])
     try:
-        files = bytecodecs.list_files(path, codec.extensions)
+        files = bytecodecs.iter_folder(path, codec, limit=limit)
     except bytecodecs.CodecError as error:
         raise RecipeError(f"{flag} {error}") from None
-    if not files:
+    if not files.paths:
         raise RecipeError(f"{flag} {path}: no {', '.join(codec.extensions)} files in the folder or below it")
     return files
+
+
+def source_key(path: Path, files: Any) -> dict[str, Any]:
+    """Identifies ``path`` in a cache key: the file, or the files read under the folder."""
+    return file_key(path) if path.is_file() else folder_key(path, files.paths)
 
 
 def text_documents(path: Path, codec: Any, limit: int | None) -> tuple[dict[str, Any], Callable[[], Iterator[bytes]]]:
     """(cache key, reader) for text: each file, split into stories where it holds ``<|endoftext|>``."""
     files = files_under(path, codec, "--text")
-    key = file_key(path) if path.is_file() else folder_key(path, files)
+    key = source_key(path, files)
 
     def read() -> Iterator[bytes]:
         count = 0
-        for file in files:
+        for file in files.paths:
             for story in codec.load(file).split(SEPARATOR):
                 story = story.strip()
                 if story and (limit is None or count < limit):
@@ -101,35 +105,22 @@ def text_documents(path: Path, codec: Any, limit: int | None) -> tuple[dict[str,
 
 def audio_documents(path: Path, codec: Any, limit: int | None) -> tuple[dict[str, Any], Callable[[], Iterator[bytes]]]:
     """(cache key, reader) for the audio files under ``path``; unusable files are skipped and counted."""
-    import bytecodecs
-
-    files = files_under(path, codec, "--audio")[:limit]
-    key = file_key(path) if path.is_file() else folder_key(path, files)
-
-    def read() -> Iterator[bytes]:
-        loader = bytecodecs.FolderFiles(root=path if path.is_dir() else path.parent, codec=codec, paths=files)
-        for _, data in loader:
-            yield data
-        if loader.skipped:
-            print(loader.report(), file=sys.stderr)
-
-    return {"audio": key, "limit": limit}, read
+    files = files_under(path, codec, "--audio", limit)
+    return {"audio": source_key(path, files), "limit": limit}, files.encoded
 
 
 def image_documents(path: Path, codec_options: dict[str, Any], array_key: str | None,
                     limit: int | None) -> tuple[Any, dict[str, Any], Callable[[], Iterator[bytes]]]:
     """(codec, cache key, reader) for images: a .npz/.npy array (its images' size is the default) or a folder."""
     import bytecodecs
-    from bytecodecs.image import load_array
+    from bytecodecs.image import ARRAY_SUFFIXES, array_codec_options, load_array
 
     if path.is_file() and path.suffix.lower() in ARRAY_SUFFIXES:
         try:
             array = load_array(path, array_key)
         except bytecodecs.CodecError as error:
             raise RecipeError(f"--images {error}") from None
-        shape = {"width": int(array.shape[2]), "height": int(array.shape[1]),
-                 "mode": "L" if array.ndim == 3 or array.shape[3] == 1 else "RGB"}
-        codec = bytecodecs.get_codec("image", **{**shape, **codec_options})
+        codec = bytecodecs.get_codec("image", **{**array_codec_options(array), **codec_options})
         count = len(array) if limit is None else min(limit, len(array))
 
         def read_array() -> Iterator[bytes]:
@@ -138,16 +129,8 @@ def image_documents(path: Path, codec_options: dict[str, Any], array_key: str | 
 
         return codec, {"images": file_key(path), "array_key": array_key, "limit": limit}, read_array
     codec = bytecodecs.get_codec("image", **codec_options)
-    files = files_under(path, codec, "--images")[:limit]
-
-    def read_files() -> Iterator[bytes]:
-        loader = bytecodecs.FolderFiles(root=path, codec=codec, paths=files)
-        for _, data in loader:
-            yield data
-        if loader.skipped:
-            print(loader.report(), file=sys.stderr)
-
-    return codec, {"images": folder_key(path, files), "limit": limit}, read_files
+    files = files_under(path, codec, "--images", limit)
+    return codec, {"images": folder_key(path, files.paths), "limit": limit}, files.encoded
 
 
 def interleave(readers: dict[str, Callable[[], Iterator[bytes]]],

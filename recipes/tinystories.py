@@ -29,7 +29,6 @@ import argparse
 import os
 import random
 import re
-import socket
 import sys
 import textwrap
 from collections.abc import Callable, Iterator, Sequence
@@ -37,7 +36,13 @@ from dataclasses import dataclass, field
 from encodings.utf_8 import IncrementalDecoder
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+
+from bytemodels.config import MegabyteConfig
+from bytemodels.data import MANIFEST_FILE, ByteDataset, file_key
+from bytemodels.hub import HubError, hub_unreachable_reason
+from bytemodels.options import apply_overrides, overrides_from_args
+from bytemodels.recipe import (RecipeError, add_model_and_training_arguments, check_resume_flags, device_kind,
+                               make_trainer, open_run, preset_config, run_command, training_flags)
 
 RECIPE = "tinystories"
 SEPARATOR = "<|endoftext|>"
@@ -48,7 +53,6 @@ HUB_V2_FILES = {"train": "TinyStoriesV2-GPT4-train.txt", "validation": "TinyStor
 HUB_INSTRUCT = "roneneldan/TinyStoriesInstruct"
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinystories"
 """The offline copy of real TinyStories beside the checkout (when there is one)."""
-PROBE_TIMEOUT_S = 3.0
 LOCAL_BUILDERS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 """File suffix -> the ``datasets`` loader that reads it."""
 TEXT_COLUMNS = ("text", "story")
@@ -88,10 +92,6 @@ INSTRUCT_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-class RecipeError(Exception):
-    """A problem the user can fix (a flag, a file, the network); printed as one line, no traceback."""
-
-
 # -- 1. stories: one Dataset per split, from the hub or from local files ---------------------------------
 @dataclass
 class StorySource:
@@ -110,26 +110,6 @@ class StorySource:
         if self._loaded is None:
             self._loaded = self.loader()
         return self._loaded
-
-
-def hub_unreachable_reason(timeout: float = PROBE_TIMEOUT_S) -> str | None:
-    """Why the Hugging Face hub cannot be used now (offline mode or no connection), or None if it answers.
-
-    ``datasets`` retries for minutes without a network; this probe decides within ``timeout`` seconds."""
-    for variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
-        if os.environ.get(variable, "").strip().lower() in ("1", "true", "yes", "on"):
-            return f"{variable} is set"
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    # Behind a proxy the hub is reached through it, so the proxy is what must answer.
-    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
-    target = urlparse(proxy if proxy and "://" in proxy else f"http://{proxy}") if proxy else endpoint
-    host = target.hostname or "huggingface.co"
-    port = target.port or (443 if target.scheme == "https" else 80)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return None
-    except OSError as error:
-        return f"cannot connect to {host}:{port} ({error.strerror or error})"
 
 
 def offline_hint(instruct: bool = False) -> str:
@@ -153,11 +133,11 @@ def hub_source(instruct: bool = False, v2: bool = False, revision: str = "main")
 
         reason = hub_unreachable_reason()
         if reason:
-            raise RecipeError(f"cannot download {name} from the Hugging Face hub ({reason}); {offline_hint(instruct)}")
+            raise HubError(f"cannot download {name} from the Hugging Face hub ({reason}); {offline_hint(instruct)}")
         try:
             loaded = datasets.load_dataset(name, data_files=data_files, revision=revision)
         except Exception as error:  # any failure of the download is one line for the user
-            raise RecipeError(f"could not load {name} (revision {revision}) from the hub: {error}; "
+            raise HubError(f"could not load {name} (revision {revision}) from the hub: {error}; "
                               f"{offline_hint(instruct)}") from None
         return datasets.DatasetDict({split: stories_from_lines(loaded[split]) if line_rows
                                      else story_column(loaded[split], name) for split in ("train", "validation")})
@@ -218,8 +198,7 @@ def local_source(path: str | Path, cache_dir: Path | None = None) -> StorySource
         return datasets.DatasetDict({split: stories_from_lines(loaded[split], hf_cache) if builder == "text"
                                      else story_column(loaded[split], str(path)) for split in by_split})
 
-    key = {"files": {split: [{"path": str(f.resolve()), "bytes": f.stat().st_size, "mtime_ns": f.stat().st_mtime_ns}
-                             for f in files] for split, files in by_split.items()}}
+    key = {"files": {split: [file_key(f) for f in files] for split, files in by_split.items()}}
     return StorySource(str(path), key, tuple(by_split), load)
 
 
@@ -329,25 +308,16 @@ def story_documents(stories: Callable[[], Any], codec: Any, instruct_seed: int |
             index += 1
 
 
-def is_cached(cache_dir: Path, name: str, key: dict[str, Any]) -> bool:
-    """Whether ``ByteDataset.build`` would open an existing cache for this key (same folder naming)."""
-    from bytemodels.data import MANIFEST_FILE, key_digest
-
-    return (cache_dir / f"{name}-{key_digest(key, 'packed')[:16]}" / MANIFEST_FILE).is_file()
-
-
 def byte_datasets(source: StorySource, codec: Any, cache_dir: Path, *, instruct_seed: int | None,
                   val_fraction: float, split_seed: int) -> tuple[Any, Any]:
     """(train, validation) ``ByteDataset`` views of the source's stories, built once under ``cache_dir``."""
-    from bytemodels.data import ByteDataset
-
     key = {"recipe": RECIPE, "source": source.key, "codec": codec.config(),
            "instruct": None if instruct_seed is None else {"built_from_plain_stories_seed": instruct_seed}}
     name = RECIPE + ("-instruct" if instruct_seed is not None else "")
 
     def build(split: str, fraction: float) -> Any:
         split_key, split_name = {**key, "split": split}, f"{name}-{split}"
-        if not is_cached(cache_dir, split_name, split_key):
+        if not (ByteDataset.cache_path(cache_dir, split_key, "packed", split_name) / MANIFEST_FILE).is_file():
             source.load()  # read (or download) now: a failure is reported before any progress bar starts
         documents = story_documents(lambda: source.load()[split], codec, instruct_seed)
         return ByteDataset.build(documents, cache_dir, key=split_key, layout="packed", name=split_name,
@@ -390,16 +360,6 @@ def make_sample_fn(codec: Any, prompts: Sequence[str], max_new_bytes: int, tempe
 
 
 # -- 5. training ------------------------------------------------------------------------------------------
-def device_kind(device: str) -> str:
-    """``gpu`` when ``--device`` resolves to CUDA, else ``cpu``: which column of the recipe defaults applies."""
-    from bytemodels.distributed import choose_device
-
-    try:
-        return "gpu" if choose_device(device).type == "cuda" else "cpu"
-    except RuntimeError as error:
-        raise RecipeError(f"--device {device}: {error}") from None
-
-
 def recipe_defaults(kind: str, instruct: bool) -> dict[str, Any]:
     """The recipe's defaults for this device kind (and for fine-tuning on instruct entries)."""
     return {**DEVICE_DEFAULTS[kind], **(INSTRUCT_DEFAULTS[kind] if instruct else {})}
@@ -445,7 +405,6 @@ def init_weights(trainer: Any, checkpoint: str) -> None:
 def checkpoint_model_config(checkpoint: str) -> Any:
     """The model config of a checkpoint or run folder (a fine-tuning run keeps the shape it starts from)."""
     from bytemodels.cli import open_checkpoint
-    from bytemodels.config import MegabyteConfig
 
     folder, _, _ = open_checkpoint(checkpoint)
     return MegabyteConfig.load(folder / "config.json")
@@ -461,64 +420,18 @@ def default_init() -> str:
     return str(Path("runs") / RECIPE)
 
 
-def make_train_config(defaults: dict[str, Any], flags: dict[str, Any], out: Path) -> Any:
-    """The recipe defaults, overridden by the flags given; stories are sampled at every evaluation."""
-    from bytemodels.train import TrainConfig
-
-    settings = {name: value for name, value in defaults.items() if name in TrainConfig.__dataclass_fields__}
-    settings["sample_every"] = flags.get("eval_every", settings["eval_every"])
-    return TrainConfig(**{**settings, **flags, "out_dir": str(out)})
-
-
-def run_to_resume(args: argparse.Namespace) -> tuple[Path, Path | None, dict[str, Any] | None]:
-    """(run folder, checkpoint to resume or None, its metadata or None) from ``--out`` and ``--resume``."""
-    from bytemodels import checkpoint as ckpt
-
-    out = Path(args.out or Path("runs") / (RECIPE + ("-instruct" if args.instruct else "")))
-    if not args.resume:
-        if ckpt.latest_checkpoint(out / ckpt.CHECKPOINTS_DIR) is not None:
-            raise RecipeError(f"--out {out} already holds a run; pass --resume to continue it or --out NEW_FOLDER")
-        return out, None, None
-    checkpoint = ckpt.resolve_checkpoint(out if args.resume == "auto" else args.resume)
-    if args.out is None and checkpoint.parent.name == ckpt.CHECKPOINTS_DIR:
-        out = checkpoint.parent.parent  # continue in the run folder the checkpoint belongs to
-    return out, checkpoint, ckpt.load_checkpoint(checkpoint).metadata or {}
-
-
-def new_trainer(args: argparse.Namespace, defaults: dict[str, Any], out: Path, train_data: Any, val_data: Any,
-                sample_fn: Callable, metadata: dict[str, Any]) -> Any:
-    """A trainer for a new run: the preset (or the ``--init`` checkpoint's shape) with the flags applied."""
-    from bytemodels.config import MegabyteConfig
-    from bytemodels.options import apply_overrides, overrides_from_args
-    from bytemodels.train import Trainer, TrainConfig
-
-    init = metadata["init"]
+def model_config_from_args(args: argparse.Namespace, defaults: dict[str, Any], init: str | None) -> MegabyteConfig:
+    """The model of a new run: the preset (or the ``--init`` checkpoint's shape) with the model flags applied."""
     if init:
-        base = checkpoint_model_config(init)
-    elif args.preset:
-        base = MegabyteConfig.preset(args.preset)
-    else:  # the recipe's model for this device: a preset with a few fields changed
-        base = MegabyteConfig.preset(defaults["preset"], **defaults["model"])
-    train_config = make_train_config(defaults, overrides_from_args(TrainConfig, args), out)
-    trainer = Trainer(apply_overrides(base, args), train_config, train_data, val_data, sample_fn=sample_fn,
-                      metadata=metadata)
-    if init:
-        print(f"fine-tuning from {init}")
-        init_weights(trainer, init)
-    return trainer
-
-
-def resumed_trainer(args: argparse.Namespace, checkpoint: Path, out: Path, train_data: Any, val_data: Any,
-                    sample_fn: Callable) -> Any:
-    """A trainer that continues ``checkpoint`` with its model and configs; training flags given still apply."""
-    from bytemodels.config import MegabyteConfig
-    from bytemodels.options import overrides_from_args
-    from bytemodels.train import Trainer, TrainConfig
-
-    if overrides_from_args(MegabyteConfig, args) or args.preset:
-        raise RecipeError("--resume keeps the model of the checkpoint; drop --preset and the model flags")
-    return Trainer.resume(checkpoint, train_data, val_data, sample_fn=sample_fn,
-                          **{**overrides_from_args(TrainConfig, args), "out_dir": str(out)})
+        try:
+            return apply_overrides(checkpoint_model_config(init), args)
+        except ValueError as error:  # config validation names the field; the flag has the same name
+            raise RecipeError(str(error)) from None
+    overrides = overrides_from_args(MegabyteConfig, args)
+    if args.preset:
+        return preset_config(args.preset, **overrides)
+    # the recipe's model for this device: a preset with a few fields changed
+    return preset_config(defaults["preset"], **{**defaults["model"], **overrides})
 
 
 def print_summary(summary: Any, out: Path) -> None:
@@ -536,7 +449,11 @@ def train(args: argparse.Namespace) -> None:
     import bytecodecs
 
     codec = bytecodecs.get_codec("text")
-    out, resume_from, recorded = run_to_resume(args)
+    out, resume_from, checkpoint = open_run(args, RECIPE,
+                                            default_out=Path("runs") / f"{RECIPE}-instruct" if args.instruct else None)
+    recorded = checkpoint.metadata if checkpoint else None
+    if recorded is not None:
+        check_resume_flags(args)
     recorded_data = (recorded or {}).get("data") or {}
     instruct = bool(recorded.get("instruct")) if recorded else args.instruct
     init = (args.init or default_init()) if instruct and resume_from is None else None
@@ -559,15 +476,17 @@ def train(args: argparse.Namespace) -> None:
 
     prompts = (INSTRUCT_PROMPT, PLAIN_PROMPTS[0]) if instruct else PLAIN_PROMPTS
     sample_fn = make_sample_fn(codec, prompts, args.sample_bytes or defaults["sample_bytes"], seed=seed)
-    try:
-        if resume_from is not None:
-            trainer = resumed_trainer(args, resume_from, out, train_data, val_data, sample_fn)
-        else:
-            metadata = {"recipe": RECIPE, "codec": codec.config(), "layout": "packed", "instruct": instruct,
-                        "init": init, "data": data_record(source, instruct_seed, val_fraction, split_seed)}
-            trainer = new_trainer(args, defaults, out, train_data, val_data, sample_fn, metadata)
-    except ValueError as error:  # config validation names the field; the flag has the same name
-        raise RecipeError(str(error)) from None
+    if checkpoint is not None:
+        model_config = MegabyteConfig.from_dict(checkpoint.model_config)
+    else:
+        model_config = model_config_from_args(args, defaults, init)
+    metadata = {"recipe": RECIPE, "codec": codec.config(), "layout": "packed", "instruct": instruct,
+                "init": init, "data": data_record(source, instruct_seed, val_fraction, split_seed)}
+    trainer = make_trainer(model_config, train_data, val_data, out=out, resume_from=resume_from,
+                           flags=training_flags(args), defaults=defaults, sample_fn=sample_fn, metadata=metadata)
+    if init:
+        print(f"fine-tuning from {init}")
+        init_weights(trainer, init)
 
     print(f"run folder: {out} (checkpoints/, metrics.jsonl, curve.png, samples/)")
     print_summary(trainer.fit(), out)
@@ -619,9 +538,7 @@ def defaults_epilog() -> str:
 
 
 def build_train_parser() -> argparse.ArgumentParser:
-    from bytemodels.config import PRESETS, MegabyteConfig
-    from bytemodels.options import add_config_arguments
-    from bytemodels.train import TrainConfig
+    from bytemodels.config import PRESETS
 
     parser = argparse.ArgumentParser(
         prog="python -m recipes.tinystories",
@@ -658,9 +575,7 @@ def build_train_parser() -> argparse.ArgumentParser:
                         help="where the stories are cached as bytes (default: the cache folder beside --out)")
     recipe.add_argument("--sample-bytes", type=int, metavar="N",
                         help="longest story printed at each evaluation (default: 600 on CPU, 1500 on GPU)")
-    add_config_arguments(parser, MegabyteConfig, title="model (override the preset's fields)")
-    add_config_arguments(parser, TrainConfig, title="training (override the recipe defaults below)",
-                         exclude=("out_dir", "time"))
+    add_model_and_training_arguments(parser)
     return parser
 
 
@@ -686,22 +601,13 @@ def build_sample_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m recipes.tinystories [sample] ...``; errors a user can fix are one line, no traceback."""
+    from bytecodecs import CodecError
+    from bytemodels.cli import CommandError
+
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in ("train", "sample") else "train"
     parser = build_sample_parser() if command == "sample" else build_train_parser()
-    args = parser.parse_args(argv)
-    from bytecodecs import CodecError
-    from bytemodels.checkpoint import CheckpointError
-    from bytemodels.cli import CommandError
-    from bytemodels.data import DataCacheError
-    from bytemodels.pretrained import ModelFileError
-
-    try:
-        sample(args) if command == "sample" else train(args)
-    except (RecipeError, CommandError, CodecError, CheckpointError, DataCacheError, ModelFileError) as error:
-        sys.exit(f"{parser.prog}: error: {error}")
-    except KeyboardInterrupt:
-        sys.exit(f"{parser.prog}: interrupted")
+    run_command(parser, sample if command == "sample" else train, argv, errors=(CodecError, CommandError))
 
 
 if __name__ == "__main__":

@@ -12,14 +12,6 @@ from bytemodels.config import MegabyteConfig
 from bytemodels.model import Megabyte
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_model() -> Megabyte:
     torch.manual_seed(0)
     return Megabyte(MegabyteConfig.preset("tiny", dims=(32, 16), layers=(1, 1), heads=(2, 1), max_seq_len=32))

@@ -27,14 +27,6 @@ from bytemodels.train import Trainer, TrainConfig, TrainingDiverged, parse_durat
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models run fastest, and reproducibly, on one thread
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_config(**overrides) -> MegabyteConfig:
     return MegabyteConfig.preset("tiny", **{"dims": (32, 16), "layers": (1, 1), "heads": (2, 1), "max_seq_len": 32,
                                             **overrides})

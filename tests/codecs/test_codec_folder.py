@@ -68,3 +68,22 @@ def test_missing_folder_is_a_codec_error(tmp_path) -> None:
     (tmp_path / "file.txt").write_text("x", encoding="utf-8")
     with pytest.raises(CodecError, match="is not a folder"):
         iter_folder(tmp_path / "file.txt", bytecodecs.get_codec("text"))
+
+
+def test_limit_keeps_the_first_files(mixed_folder) -> None:
+    files = iter_folder(mixed_folder, WavCodec(sample_format="pcm16"), limit=2)
+    assert [path.name for path in files.paths] == ["a.wav", "c.flac"] and len(files) == 2
+    assert len(iter_folder(mixed_folder, WavCodec(), limit=None)) == 6
+
+
+def test_encoded_yields_the_bytes_again_on_every_call_through_a_progress_wrapper(mixed_folder) -> None:
+    files = iter_folder(mixed_folder, WavCodec(sample_format="pcm16"))
+    wrapped = []
+
+    def progress(items):
+        wrapped.append(len(items))  # a progress bar learns its total from len()
+        return items
+
+    assert [len(data) for data in files.encoded()] == [200, 204, 202]
+    assert [len(data) for data in files.encoded(progress)] == [200, 204, 202]  # read again, counted afresh
+    assert wrapped == [6] and files.loaded == 3 and files.skipped_count == 3

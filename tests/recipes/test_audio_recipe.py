@@ -44,17 +44,6 @@ def write_clips(folder: Path, count: int = 10) -> Path:
     return folder
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: a model this small runs fastest without threads waiting on each other."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def run_recipe(*flags: str) -> None:
     audio.main([*flags])
 

@@ -26,17 +26,6 @@ TINY_FLAGS = ["--dims", "32,16", "--layers", "1,1", "--heads", "2,1", "--batch-s
               "--no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: a model this small runs fastest without threads waiting on each other."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def blobs(count: int, size: int = 8, channels: int = 0, seed: int = 0) -> np.ndarray:
     """``count`` uint8 images of a bright square on a dark background: (count, size, size[, channels])."""
     rng = np.random.default_rng(seed)

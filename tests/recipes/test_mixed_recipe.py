@@ -26,17 +26,6 @@ TINY_FLAGS = ["--dims", "32,16", "--layers", "1,1", "--heads", "2,1", "--batch-s
               "--num-samples", "1", "--text-bytes", "20", "--sample-seconds", "0.01", "--no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: a model this small runs fastest without threads waiting on each other."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def sources(tmp_path) -> dict[str, Path]:
     """Generated stories (one .txt with <|endoftext|> markers), 8 kHz clips and 8x8 grey images."""

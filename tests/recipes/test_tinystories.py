@@ -262,14 +262,15 @@ def test_instruct_fine_tunes_a_checkpoint_on_built_entries(story_data, tmp_path,
 # -- flags and defaults -------------------------------------------------------------------------------------
 def test_recipe_defaults_fill_in_what_the_flags_leave_out(tmp_path):
     from bytemodels.options import overrides_from_args
+    from bytemodels.recipe import new_train_config
     from bytemodels.train import TrainConfig
 
     assert overrides_from_args(TrainConfig, tinystories.build_train_parser().parse_args([])) == {}
     defaults = tinystories.recipe_defaults("cpu", instruct=False)
-    config = tinystories.make_train_config(defaults, {}, tmp_path / "run")
+    config = new_train_config(defaults, {}, tmp_path / "run")
     assert config.time == "10m" and config.out_dir == str(tmp_path / "run")
     assert config.sample_every == config.eval_every == defaults["eval_every"]  # stories at each evaluation
     args = tinystories.build_train_parser().parse_args(["--time", "2m", "--eval-every", "7", "--lr", "1e-3"])
-    config = tinystories.make_train_config(defaults, overrides_from_args(TrainConfig, args), tmp_path / "run")
+    config = new_train_config(defaults, overrides_from_args(TrainConfig, args), tmp_path / "run")
     assert (config.time, config.eval_every, config.sample_every, config.lr) == ("2m", 7, 7, 1e-3)
     assert tinystories.recipe_defaults("gpu", instruct=False)["preset"] == "base"
