@@ -1,0 +1,699 @@
+"""Bits per byte on held-out data (issue 6): bytemodels against its peers and against compressors.
+
+One command measures, on the same held-out bytes of each data set in ``../shared/data``:
+
+- general compressors at their strongest settings (gzip, bzip2, xz, zstd) and the format a user would
+  otherwise keep (FLAC for audio, optimised PNG for images): see ``benchmarks/compressors.py``;
+- three models trained here by the same simple loop (AdamW, linear warmup then cosine decay, the same
+  learning rate, batch, window length, seed and data windows from ``bytemodels.data``), for the same
+  number of steps (``--budget-steps``) or the same wall-clock time each (``--time``), on the same
+  thread count: bytemodels' ``Megabyte``; MEGABYTE-pytorch 0.3.6 at the same configuration, with its
+  pad id moved from 0 to 256 (its default would drop every 0x00 byte from its loss); and a flat
+  byte-level transformer with the same parameter count (the MEGABYTE paper's baseline). The peers come
+  from ``benchmarks/baselines.py``.
+
+Held-out data (bytes as the codecs make them; the models are scored on exactly these bytes):
+
+==========  =====================================================  ===============================
+column      validation                                             training
+==========  =====================================================  ===============================
+text        TinyStories ``valid.txt``, 823 stories, UTF-8          ``train.txt`` (5,723 stories)
+audio       FSDD clips with file index 0-4 (300), mu-law 8 kHz     index 5-49 (2,700 clips)
+audio16     the same clips as 16-bit PCM (2 bytes per sample)      the same clips
+mnist       MNIST images 9000-9999, 28x28 grey pixels              images 0-8999
+cifar       CIFAR-10 sample images with index % 10 == 9 (500)      the other 4,500
+==========  =====================================================  ===============================
+
+Text stories are packed into one stream (``BOS tag story EOS``); clips and images are records (a header
+patch, the bytes, EOS). Bits per byte count byte targets only (ids < 256): BOS, EOS and tags are
+predicted in training but not scored. Images use patches aligned to pixels and rows (MNIST: a row of
+28 bytes; CIFAR: 8 pixels, a quarter of a row) and windows holding one whole image.
+
+    python benchmarks/compare.py --quick                          # smoke run, well under a minute
+    python benchmarks/compare.py --skip-models --modality all     # the compressor rows only
+    python benchmarks/compare.py --modality text --budget-steps 300
+    python benchmarks/compare.py --modality text --time 30m --threads 2   # the issue's 30-minute budget
+
+Results: a Markdown table on stdout, JSON in ``outputs/benchmarks/compare-<date>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Run as a script (python benchmarks/compare.py) or a module (python -m benchmarks.compare).
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from benchmarks import compressors  # noqa: E402
+from benchmarks.baselines import FlatTransformer, MegabytePytorch, flat_config_matching  # noqa: E402
+from bytemodels import tokens  # noqa: E402
+from bytemodels.config import MegabyteConfig  # noqa: E402
+from bytemodels.data import ByteDataset, Windows  # noqa: E402
+from bytemodels.model import Megabyte  # noqa: E402
+from bytemodels.schedule import learning_rate  # noqa: E402
+
+DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
+DEFAULT_OUT_DIR = REPO_ROOT / "outputs" / "benchmarks"
+MODALITIES = ("text", "audio", "audio16", "mnist", "cifar")
+MODALITY_CHOICES = MODALITIES + ("image", "all")
+"""``image`` selects both image sets; ``all`` every data set."""
+PEERS = ("bytemodels", "megabyte-pytorch", "flat")
+PEER_TITLES = {
+    "bytemodels": "bytemodels Megabyte",
+    "megabyte-pytorch": "MEGABYTE-pytorch 0.3.6 (pad id 256)",
+    "flat": "flat byte transformer",
+}
+#: A model small enough for ``--quick`` (one head size for both stages, as MEGABYTE-pytorch needs).
+QUICK_SHAPE = dict(dims=(32, 16), layers=(1, 1), heads=(2, 1), max_seq_len=64)
+QUICK_DOCUMENTS = (200, 12)
+"""Training and validation documents per data set in ``--quick`` mode."""
+
+
+# =============================================================================================
+# Held-out data
+# =============================================================================================
+
+
+@dataclass
+class BenchData:
+    """One data set: its validation items (bytes the models are scored on) and its training documents."""
+
+    name: str
+    """Column name: text, audio, mnist or cifar."""
+    title: str
+    """Column header of the table."""
+    layout: str
+    """``packed`` (text) or ``records`` (one clip or image per record)."""
+    tag: int
+    """The codec's tag index, stored with every document."""
+    key: dict[str, Any]
+    """Identifies the data and codec configuration for the byte cache."""
+    val_items: list[bytes]
+    """Validation items in codec form: what every compressor and model is scored on."""
+    train_documents: Callable[[], Iterator[bytes]] = field(repr=False)
+    """Yields the training items (only called when the cache for ``key`` does not exist yet)."""
+    shape: dict[str, Any] = field(default_factory=dict)
+    """Model fields this data needs (patch size, window length), unless the command line sets them."""
+    format_rows: Callable[[], dict[str, float]] = field(default=lambda: {}, repr=False)
+    """Bits per codec byte of the format a user keeps (FLAC, PNG), by row name."""
+
+
+def limited(items: list, limit: int | None) -> list:
+    """The first ``limit`` items (all with None)."""
+    return items if limit is None else items[:limit]
+
+
+def text_data(data_dir: Path, limits: tuple[int | None, int | None]) -> BenchData:
+    """TinyStories: ``train.txt`` for training, ``valid.txt`` held out; one document per story."""
+    from bytecodecs import get_codec
+
+    codec = get_codec("text")
+    folder = data_dir / "tinystories"
+    stories = {split: (folder / f"{split}.txt").read_text(encoding="utf-8").split("\n<|endoftext|>\n")[:-1]
+               for split in ("train", "valid")}
+    train = limited(stories["train"], limits[0])
+    val = [codec.encode(story) for story in limited(stories["valid"], limits[1])]
+    return BenchData("text", "TinyStories valid (text)", "packed", codec.tag,
+                     {"source": str(folder / "train.txt"), "stories": len(train), "codec": "text"},
+                     val, lambda: (codec.encode(story) for story in train))
+
+
+def fsdd_files(data_dir: Path, held_out: bool) -> list[Path]:
+    """FSDD recordings of the official test split (file index 0-4) or train split (5-49), sorted."""
+    folder = data_dir / "audio" / "fsdd" / "recordings"
+    files = sorted(folder.glob("*.wav"))
+    if not files:
+        raise FileNotFoundError(f"{folder}: no .wav files; pass --data-dir pointing at ../shared/data")
+    return [f for f in files if (int(f.stem.rsplit("_", 1)[1]) < 5) == held_out]
+
+
+def audio_data(data_dir: Path, limits: tuple[int | None, int | None], sample_format: str = "mulaw") -> BenchData:
+    """FSDD spoken digits through the wav codec at 8 kHz, one record per clip.
+
+    ``mulaw``: one byte per sample (lossy; FLAC rows for the original clips and for the mu-law
+    samples widened to 16 bits). ``pcm16``: the original 16-bit samples, bit-exact, two bytes per
+    sample (FLAC of the same samples is a lossless coder of exactly these bytes)."""
+    import soundfile
+    from bytecodecs import get_codec
+
+    codec = get_codec("wav", sample_rate=8000, sample_format=sample_format)
+    train_files = limited(fsdd_files(data_dir, held_out=False), limits[0])
+    val_files = limited(fsdd_files(data_dir, held_out=True), limits[1])
+    val = [codec.encode(codec.load(path)) for path in val_files]
+
+    def flac_rows() -> dict[str, float]:
+        codec_bytes = sum(len(item) for item in val)
+        original = [soundfile.read(path, dtype="int16")[0] for path in val_files]
+        rows = {"FLAC -8 (original 16-bit clips)": compressors.flac_bits_per_codec_byte(original, 8000, codec_bytes)}
+        if sample_format == "mulaw":
+            widened = [pcm16(codec.decode(item).samples) for item in val]
+            rows["FLAC -8 (mu-law samples as 16-bit)"] = compressors.flac_bits_per_codec_byte(widened, 8000, codec_bytes)
+        return rows
+
+    name, title = ("audio", "FSDD test clips (mu-law 8 kHz)") if sample_format == "mulaw" else \
+        ("audio16", "FSDD test clips (16-bit PCM 8 kHz)")
+    return BenchData(name, title, "records", codec.tag,
+                     {"source": str(train_files[0].parent), "files": [f.name for f in train_files],
+                      "codec": f"wav-8000-{sample_format}"},
+                     val, lambda: (codec.encode(codec.load(path)) for path in train_files), format_rows=flac_rows)
+
+
+def audio16_data(data_dir: Path, limits: tuple[int | None, int | None]) -> BenchData:
+    """FSDD clips as their original 16-bit samples (two bytes per sample)."""
+    return audio_data(data_dir, limits, sample_format="pcm16")
+
+
+def pcm16(samples: np.ndarray) -> np.ndarray:
+    """Float samples in [-1, 1] as int16 (the scale WAV files use)."""
+    return np.clip(np.round(samples * 32768.0), -32768, 32767).astype(np.int16)
+
+
+def image_data(name: str, title: str, arrays: np.ndarray, val_mask: np.ndarray, source: Path,
+               patch_size: int, limits: tuple[int | None, int | None]) -> BenchData:
+    """Images as raw pixel bytes through the image codec, one record per image, PNG as the kept format."""
+    from bytecodecs import get_codec
+
+    height, width = arrays.shape[1:3]
+    codec = get_codec("image", width=width, height=height, mode="L" if arrays.ndim == 3 else "RGB")
+    train_arrays = limited(list(arrays[~val_mask]), limits[0])
+    val_arrays = limited(list(arrays[val_mask]), limits[1])
+    val = [codec.encode_array(image) for image in val_arrays]
+    image_bytes = len(val[0])
+    return BenchData(name, title, "records", codec.tag,
+                     {"source": str(source), "images": len(train_arrays), "codec": f"image-{width}x{height}"},
+                     val, lambda: (codec.encode_array(image) for image in train_arrays),
+                     shape=dict(patch_sizes=(patch_size,), max_seq_len=record_window(image_bytes, patch_size)),
+                     format_rows=lambda: {"PNG (optimize=True)": compressors.png_bits_per_byte(val_arrays)})
+
+
+def record_window(record_bytes: int, patch_size: int) -> int:
+    """Window length holding one whole record: the header patch, the bytes and EOS, in whole patches."""
+    return patch_size + -(-(record_bytes + 1) // patch_size) * patch_size
+
+
+def mnist_data(data_dir: Path, limits: tuple[int | None, int | None]) -> BenchData:
+    """MNIST test set: images 0-8999 train, 9000-9999 held out; patches of one 28-pixel row."""
+    path = data_dir / "images" / "mnist_test.npz"
+    arrays = np.load(path)["images"]
+    val_mask = np.arange(len(arrays)) >= 9000
+    return image_data("mnist", "MNIST 9000-9999 (28x28 grey)", arrays, val_mask, path, 28, limits)
+
+
+def cifar_data(data_dir: Path, limits: tuple[int | None, int | None]) -> BenchData:
+    """CIFAR-10 sample (sorted by class): every tenth image held out; patches of 8 RGB pixels (24 bytes)."""
+    path = data_dir / "images" / "cifar10_test_sample5000.npz"
+    arrays = np.load(path)["images"]
+    val_mask = np.arange(len(arrays)) % 10 == 9
+    return image_data("cifar", "CIFAR-10 1 in 10 (32x32 RGB)", arrays, val_mask, path, 24, limits)
+
+
+LOADERS: dict[str, Callable[[Path, tuple[int | None, int | None]], BenchData]] = {
+    "text": text_data, "audio": audio_data, "audio16": audio16_data, "mnist": mnist_data, "cifar": cifar_data}
+
+
+def selected_modalities(choice: str) -> list[str]:
+    """Data set names for ``--modality``: one of them, ``image`` (mnist and cifar) or ``all``."""
+    if choice == "all":
+        return list(MODALITIES)
+    if choice == "image":
+        return ["mnist", "cifar"]
+    return [choice]
+
+
+def build_datasets(data: BenchData, cache_dir: Path) -> tuple[ByteDataset, ByteDataset]:
+    """The training and validation byte caches of ``data`` (built once, reused while the key is the same)."""
+    train = ByteDataset.build(((item, data.tag) for item in data.train_documents()), cache_dir,
+                              key={**data.key, "split": "train"}, layout=data.layout, name=f"compare-{data.name}-train")
+    val_key = {**data.key, "split": "val", "items": len(data.val_items),
+               "bytes": sum(len(item) for item in data.val_items)}
+    val = ByteDataset.build(((item, data.tag) for item in data.val_items), cache_dir, key=val_key,
+                            layout=data.layout, name=f"compare-{data.name}-val")
+    if val.num_bytes != val_key["bytes"]:
+        raise RuntimeError(f"{val.path}: the cached validation bytes differ from the held-out items; delete it")
+    return train, val
+
+
+# =============================================================================================
+# Models: one call convention for the three peers
+# =============================================================================================
+
+
+def reference_logits(wrapper: MegabytePytorch, ids: Tensor) -> Tensor:
+    """MEGABYTE-pytorch's logits aligned like ours: ``logits[:, t]`` scores ``ids[:, t]`` given ``ids[:, :t]``.
+
+    Its forward returns, without ``return_loss``, the logits of every local position but each patch's
+    first one, so position t predicts ids[t + 1]; the prediction of ids[0] (from the first patch's
+    start token) appears only inside its loss. A hook on its output layer catches all local outputs,
+    (batch, patches, patch + 1, vocab), and this rebuilds exactly the sequence its own loss scores."""
+    captured: list[Tensor] = []
+    handle = wrapper.model.to_logits.register_forward_hook(lambda module, inputs, output: captured.append(output))
+    try:
+        wrapper.model(ids)
+    finally:
+        handle.remove()
+    local = captured[-1]  # (batch, patches, patch + 1, vocab)
+    batch, time = ids.shape
+    first = local[:, 0, 0:1]  # the start token's prediction of ids[:, 0]
+    rest = local[:, :, 1:].reshape(batch, -1, local.shape[-1])  # rest[:, t] predicts ids[:, t + 1]
+    return torch.cat((first, rest[:, :time - 1]), dim=1)  # (batch, time, vocab)
+
+
+def peer_logits(model: nn.Module, ids: Tensor) -> Tensor:
+    """(batch, time, vocab) logits of any peer, ``logits[:, t]`` scoring ``ids[:, t]``."""
+    if isinstance(model, MegabytePytorch):
+        return reference_logits(model, ids)
+    return model(ids).logits
+
+
+def training_loss(logits: Tensor, ids: Tensor) -> Tensor:
+    """Mean cross-entropy (nats) over every target that is not PAD: bytes, BOS, EOS and tags."""
+    return F.cross_entropy(logits.float().flatten(0, 1), ids.flatten(), ignore_index=tokens.PAD_ID)
+
+
+def byte_nats(logits: Tensor, ids: Tensor, patch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Summed cross-entropy (nats) over byte targets only (ids < 256), and their count, for each
+    position in a patch (``t % patch_size``): (patch_size,) arrays."""
+    losses = F.cross_entropy(logits.float().flatten(0, 1), ids.flatten(), reduction="none").view(ids.shape)
+    is_byte = ids < tokens.NUM_BYTES
+    by_position = (losses * is_byte).view(ids.shape[0], -1, patch_size).sum(dim=(0, 1))
+    counts = is_byte.view(ids.shape[0], -1, patch_size).sum(dim=(0, 1))
+    return by_position.double().numpy(), counts.numpy()
+
+
+def build_peer(peer: str, config: MegabyteConfig, seed: int) -> nn.Module:
+    """``bytemodels``, ``megabyte-pytorch`` or ``flat`` at the shape of ``config``, seeded the same way."""
+    torch.manual_seed(seed)
+    if peer == "bytemodels":
+        return Megabyte(config)
+    if peer == "megabyte-pytorch":
+        return MegabytePytorch(config)
+    if peer == "flat":
+        ours = sum(p.numel() for p in Megabyte(config).parameters())
+        torch.manual_seed(seed)
+        return FlatTransformer(flat_config_matching(config, ours))
+    raise ValueError(f"unknown peer {peer!r}; choose from {', '.join(PEERS)}")
+
+
+def is_causal(model: nn.Module, ids: Tensor, position: int) -> bool:
+    """Whether ``logits[:, :position + 1]`` stay the same when the ids from ``position`` on change."""
+    changed = ids.clone()
+    changed[:, position:] = (changed[:, position:] + 1) % tokens.NUM_BYTES
+    before, after = peer_logits(model, ids), peer_logits(model, changed)
+    return torch.allclose(before[:, :position + 1], after[:, :position + 1], atol=1e-5)
+
+
+def check_peers(config: MegabyteConfig, ids: Tensor, seed: int) -> dict[str, Any]:
+    """Checks that make the comparison fair, on one batch of untrained models; raises if one fails.
+
+    - our loss from MEGABYTE-pytorch's aligned logits equals the package's own loss;
+    - every peer is causal in the aligned logits (position t sees ids[:, :t] only), tested at a
+      position inside a patch and at a patch boundary;
+    - the untrained losses, which should all be near ln(vocabulary)."""
+    with torch.no_grad():
+        models = {peer: build_peer(peer, config, seed) for peer in PEERS}
+        reference = models["megabyte-pytorch"]
+        ours_of_ref = float(training_loss(reference_logits(reference, ids), ids))
+        package = float(reference.loss(ids))
+        if not math.isclose(ours_of_ref, package, rel_tol=1e-4, abs_tol=1e-5):
+            raise RuntimeError(f"MEGABYTE-pytorch logits misaligned: our loss {ours_of_ref:.6f} != its own {package:.6f}")
+        middle = ids.shape[1] // 2
+        for peer, model in models.items():
+            for position in (middle, middle + config.patch_size // 2):
+                if not is_causal(model, ids, position):
+                    raise RuntimeError(f"{peer}: logits before position {position} change with later ids")
+        untrained = {peer: float(training_loss(peer_logits(model, ids), ids)) for peer, model in models.items()}
+    return {"package_loss": package, "loss_from_aligned_logits": ours_of_ref, "causal": True,
+            "ln_vocab": math.log(config.vocab_size), **{f"untrained_{peer}": v for peer, v in untrained.items()}}
+
+
+# =============================================================================================
+# The one training loop and the evaluation
+# =============================================================================================
+
+
+@dataclass
+class TrainPlan:
+    """How every peer is trained: the same for all of them."""
+
+    steps: int | None = 300
+    """Optimizer steps (with ``seconds``: a cap, None for none)."""
+    seconds: float | None = None
+    """Wall-clock training budget per model (evaluation not counted)."""
+    batch_size: int = 16
+    lr: float = 2e-3
+    min_lr: float = 2e-4
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    seed: int = 0
+
+
+def adamw(model: nn.Module, plan: TrainPlan) -> torch.optim.AdamW:
+    """AdamW with weight decay on Linear weights only (not on norms, embeddings or start vectors)."""
+    decay = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
+    decay_ids = {id(p) for p in decay}
+    rest = [p for p in model.parameters() if id(p) not in decay_ids]
+    groups = [{"params": decay, "weight_decay": plan.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=plan.lr, betas=plan.betas)
+
+
+TIMED_STEPS = 10
+"""With a time budget: steps timed (after the first two) before the cosine schedule gets a horizon."""
+
+
+def time_horizon(step: int, seconds: float, seconds_per_step: float, plan: TrainPlan) -> int:
+    """Steps the rest of the time budget allows at the measured pace (capped by ``plan.steps``)."""
+    estimate = step + int(max(plan.seconds - seconds, 0.0) / max(seconds_per_step, 1e-9))
+    return min(plan.steps, estimate) if plan.steps else estimate
+
+
+def train(model: nn.Module, windows: Windows, plan: TrainPlan, label: str) -> dict[str, Any]:
+    """Train ``model`` on ``windows`` by ``plan``; returns steps, seconds and the loss curve.
+
+    With a time budget the cosine schedule's horizon is the step at which the budget runs out at the
+    mean pace since step 2, re-estimated every step from step 12 on, so the decay ends when the time
+    does even when other processes slow the machine down. Seconds count training steps only."""
+    optimizer = adamw(model, plan)
+    model.train()
+    horizon = plan.steps
+    curve: list[tuple[int, float]] = []
+    step, seconds, timing_start = 0, 0.0, 0.0
+    bar = tqdm(total=horizon, desc=label, leave=False)
+    while True:
+        if plan.steps is not None and step >= plan.steps:
+            break
+        if plan.seconds is not None and seconds >= plan.seconds:
+            break
+        started = time.perf_counter()
+        lr = learning_rate(step, lr=plan.lr, min_lr=plan.min_lr, warmup_steps=plan.warmup_steps,
+                           total_steps=horizon)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        ids = torch.from_numpy(windows.batch(plan.seed, step, plan.batch_size))
+        loss = training_loss(peer_logits(model, ids), ids)
+        loss.backward()
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"{label}: loss is not finite at step {step} (lr {lr:.3g}); lower --lr")
+        torch.nn.utils.clip_grad_norm_(model.parameters(), plan.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        seconds += time.perf_counter() - started
+        curve.append((step, loss_value))
+        if plan.seconds is not None and step == 2:
+            timing_start = seconds
+        elif plan.seconds is not None and step >= 2 + TIMED_STEPS:  # re-aimed every step at the mean pace
+            horizon = time_horizon(step, seconds, (seconds - timing_start) / (step - 2), plan)
+            bar.total = horizon
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
+    bar.close()
+    return {"steps": step, "train_seconds": seconds, "horizon": horizon,
+            "bytes_per_second": step * plan.batch_size * windows.seq_len / max(seconds, 1e-9),
+            "loss_curve": curve[::max(1, len(curve) // 100)] + curve[-1:]}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, val_ids: np.ndarray, batch_size: int, patch_size: int) -> dict[str, Any]:
+    """Bits per byte over the fixed validation windows, byte targets only; also by position in a patch
+    (where a patch model is weakest: the first byte of a patch sees the patch before it only through
+    the global model)."""
+    model.eval()
+    nats, count = np.zeros(patch_size), np.zeros(patch_size, dtype=np.int64)
+    for start in range(0, len(val_ids), batch_size):
+        ids = torch.from_numpy(val_ids[start:start + batch_size])
+        batch_nats, batch_count = byte_nats(peer_logits(model, ids), ids, patch_size)
+        nats += batch_nats
+        count += batch_count
+    model.train()
+    by_position = nats / np.maximum(count, 1) / math.log(2)
+    return {"bits_per_byte": float(nats.sum() / max(count.sum(), 1) / math.log(2)), "scored_bytes": int(count.sum()),
+            "bits_per_byte_by_patch_position": [round(float(v), 4) for v in by_position]}
+
+
+def run_peers(data: BenchData, config: MegabyteConfig, plan: TrainPlan, peers: list[str], cache_dir: Path,
+              eval_windows: int | None) -> dict[str, Any]:
+    """Train and evaluate each peer on ``data``; the same windows, batches and schedule for all."""
+    train_set, val_set = build_datasets(data, cache_dir)
+    train_windows = train_set.windows(config.max_seq_len, config.patch_size, config.num_tags)
+    val_windows = val_set.windows(config.max_seq_len, config.patch_size, config.num_tags)
+    val_ids = val_windows.fixed(eval_windows or len(val_windows))
+    check_ids = torch.from_numpy(train_windows.batch(plan.seed, 0, 2))
+    check = check_peers(config, check_ids, plan.seed)
+    results: dict[str, Any] = {"config": config.to_dict(), "val_windows": len(val_ids), "checks": check, "peers": {}}
+    tqdm.write(f"{data.name}: MEGABYTE-pytorch's own loss {check['package_loss']:.5f} = ours from its aligned logits "
+               f"{check['loss_from_aligned_logits']:.5f}; all peers causal; untrained losses " + ", ".join(
+                   f"{peer} {check['untrained_' + peer]:.3f}" for peer in PEERS) + f" (ln {config.vocab_size} = "
+               f"{check['ln_vocab']:.3f})")
+    for peer in peers:
+        model = build_peer(peer, config, plan.seed)
+        record = {"parameters": sum(p.numel() for p in model.parameters())}
+        if isinstance(model, FlatTransformer):
+            record["flat_config"] = dataclasses.asdict(model.config)
+        record.update(train(model, train_windows, plan, f"{data.name}: {peer}"))
+        record.update(evaluate(model, val_ids, plan.batch_size, config.patch_size))
+        tqdm.write(f"{data.name:6s} {peer:17s} {record['bits_per_byte']:.4f} bits/byte after {record['steps']} steps, "
+                   f"{record['train_seconds']:.0f} s")
+        results["peers"][peer] = record
+    return results
+
+
+# =============================================================================================
+# Table, targets and the record
+# =============================================================================================
+
+
+def model_config(preset: str, data: BenchData, overrides: dict[str, Any], quick: bool = False) -> MegabyteConfig:
+    """The preset (``--quick``: a very small shape), then the data set's own shape (image patches and
+    windows), then the command line."""
+    base = QUICK_SHAPE if quick else {}
+    return MegabyteConfig.preset(preset, **{**base, **data.shape, **overrides})
+
+
+def compressor_rows(data: BenchData) -> dict[str, float]:
+    """All compressor and kept-format rows of one data set."""
+    return {**compressors.general_rows(data.val_items), **data.format_rows()}
+
+
+def markdown_table(titles: dict[str, str], rows: dict[str, dict[str, str]]) -> str:
+    """A Markdown table: one row per method, one column per data set (``-`` where not measured)."""
+    header = "| method | " + " | ".join(titles.values()) + " |"
+    rule = "| --- | " + " | ".join("---:" for _ in titles) + " |"
+    body = ["| " + method + " | " + " | ".join(cells.get(name, "-") for name in titles) + " |"
+            for method, cells in rows.items()]
+    return "\n".join([header, rule, *body])
+
+
+def table_rows(results: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """Cells of the table: bits/byte; for the models also parameters, steps and training seconds."""
+    rows: dict[str, dict[str, str]] = {}
+    for name, result in results.items():
+        for method, value in result.get("compressors", {}).items():
+            rows.setdefault(method, {})[name] = f"{value:.3f}"
+    for peer in PEERS:
+        for name, result in results.items():
+            record = result.get("models", {}).get("peers", {}).get(peer)
+            if record:
+                rows.setdefault(PEER_TITLES[peer], {})[name] = (
+                    f"**{record['bits_per_byte']:.3f}** ({record['parameters'] / 1e6:.2f}M params, "
+                    f"{record['steps']} steps, {record['train_seconds']:.0f} s)")
+    return rows
+
+
+def target_lines(results: dict[str, Any]) -> list[str]:
+    """The issue's targets, checked against what was measured."""
+    lines = []
+    for name, result in results.items():
+        models = result.get("models", {}).get("peers", {})
+        ours = models.get("bytemodels", {}).get("bits_per_byte")
+        if ours is None:
+            continue
+        reference = models.get("megabyte-pytorch", {}).get("bits_per_byte")
+        flat = models.get("flat", {}).get("bits_per_byte")
+        if reference:
+            below = 100.0 * (1.0 - ours / reference)
+            lines.append(f"{name}: bytemodels {ours:.3f} vs MEGABYTE-pytorch {reference:.3f}, "
+                         f"{abs(below):.1f}% {'lower' if below >= 0 else 'higher'} (target: at least 15% lower) "
+                         f"-> {'met' if below >= 15.0 else 'not met'}")
+        if flat:
+            lines.append(f"{name}: bytemodels {ours:.3f} vs flat {flat:.3f} (target: below) "
+                         f"-> {'met' if ours < flat else 'not met'}")
+        kept = {m: v for m, v in result.get("compressors", {}).items() if m.startswith(("FLAC", "PNG"))}
+        if kept:
+            best_method, best = min(kept.items(), key=lambda item: item[1])
+            lines.append(f"{name}: bytemodels {ours:.3f} vs {best_method} {best:.3f} (target: below) "
+                         f"-> {'met' if ours < best else 'not met'}")
+        if name == "text":
+            lines.append(f"text: bytemodels {ours:.3f} bits/byte (target after 30 min of CPU training: at most 1.2) "
+                         f"-> {'met' if ours <= 1.2 else 'not met'}")
+    return lines
+
+
+def machine() -> dict[str, Any]:
+    """Where the numbers were measured."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}
+
+
+def write_record(out_dir: Path, record: dict[str, Any]) -> Path:
+    """Write the results JSON atomically under ``out_dir``; returns its path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"compare-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    temporary = path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+    return path
+
+
+# =============================================================================================
+# Command line
+# =============================================================================================
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``90``, ``90s``, ``10m`` or ``1.5h``."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    text = text.strip().lower()
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--time {text!r}: give seconds or a duration such as 90s, 30m, 1.5h") from None
+
+
+def int_tuple(text: str) -> tuple[int, ...]:
+    """``"128,64"`` -> ``(128, 64)``."""
+    return tuple(int(part) for part in text.split(","))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--modality", choices=MODALITY_CHOICES, default="text",
+                        help="data set(s): text, audio (mu-law), audio16 (16-bit PCM), mnist, cifar, "
+                             "image (mnist and cifar) or all")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="the shared data folder")
+    parser.add_argument("--budget-steps", type=int, default=300, help="optimizer steps per model")
+    parser.add_argument("--time", type=parse_duration, default=None,
+                        help="wall-clock training budget per model instead of steps, e.g. 30m")
+    parser.add_argument("--preset", default="tiny", help="model preset (tiny, small, base, large)")
+    parser.add_argument("--dims", type=int_tuple, help="widths per stage, global first, e.g. 128,64")
+    parser.add_argument("--layers", type=int_tuple, help="blocks per stage, e.g. 4,2")
+    parser.add_argument("--heads", type=int_tuple, help="heads per stage, e.g. 4,2")
+    parser.add_argument("--patch-size", type=int, help="bytes per patch (images: default aligned to pixel rows)")
+    parser.add_argument("--seq-len", type=int, help="window length in bytes (images: default one whole image)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (all peers)")
+    parser.add_argument("--min-lr", type=float, default=2e-4)
+    parser.add_argument("--warmup-steps", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-windows", type=int, default=0,
+                        help="fixed validation windows to score (0: all, i.e. every held-out byte)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads for all peers")
+    parser.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated subset of {', '.join(PEERS)}")
+    parser.add_argument("--skip-models", action="store_true", help="compressor and format rows only")
+    parser.add_argument("--skip-compressors", action="store_true", help="model rows only")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny model, 5 steps, a few documents: checks the script end to end in seconds")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_OUT_DIR / "cache")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT_DIR, help="folder for the results JSON")
+    args = parser.parse_args(argv)
+    args.peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    unknown = sorted(set(args.peers) - set(PEERS))
+    if unknown:
+        parser.error(f"--peers: unknown {unknown}; choose from {', '.join(PEERS)}")
+    return args
+
+
+def shape_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Model fields set on the command line."""
+    overrides: dict[str, Any] = {}
+    for flag, name in (("dims", "dims"), ("layers", "layers"), ("heads", "heads"), ("seq_len", "max_seq_len")):
+        if getattr(args, flag) is not None:
+            overrides[name] = getattr(args, flag)
+    if args.patch_size is not None:
+        overrides["patch_sizes"] = (args.patch_size,)
+    return overrides
+
+
+def train_plan(args: argparse.Namespace) -> TrainPlan:
+    """The training plan every peer follows."""
+    if args.quick:
+        return TrainPlan(steps=5, seconds=None, batch_size=4, lr=args.lr, min_lr=args.min_lr, warmup_steps=2,
+                         seed=args.seed)
+    steps = None if args.time is not None else args.budget_steps
+    return TrainPlan(steps=steps, seconds=args.time, batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr,
+                     warmup_steps=args.warmup_steps, seed=args.seed)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    limits = QUICK_DOCUMENTS if args.quick else (None, None)
+    eval_windows = 4 if args.quick else args.eval_windows
+    plan = train_plan(args)
+    overrides = shape_overrides(args)
+    started = dt.datetime.now().astimezone()
+    results: dict[str, Any] = {}
+    titles: dict[str, str] = {}
+    for name in selected_modalities(args.modality):
+        data = LOADERS[name](args.data_dir, limits)
+        titles[name] = data.title
+        result: dict[str, Any] = {"val_items": len(data.val_items),
+                                  "val_bytes": sum(len(item) for item in data.val_items)}
+        if not args.skip_compressors:
+            result["compressors"] = compressor_rows(data)
+        if not args.skip_models:
+            config = model_config(args.preset, data, overrides, args.quick)
+            result["models"] = run_peers(data, config, plan, args.peers, args.cache_dir, eval_windows)
+        results[name] = result
+
+    table = markdown_table(titles, table_rows(results))
+    targets = target_lines(results)
+    command = "python benchmarks/compare.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    record = {"command": command.strip(), "date": started.isoformat(timespec="seconds"), "machine": machine(),
+              "plan": dataclasses.asdict(plan), "threads": args.threads, "preset": args.preset,
+              "overrides": overrides, "results": results, "table": table, "targets": targets}
+    path = write_record(args.out, record)
+    print(table)
+    if targets:
+        print()
+        print("\n".join(f"- {line}" for line in targets))
+    print(f"\nBits per byte of the held-out bytes (lower is better). {record['date']}, {record['machine']['cpu']}, "
+          f"{args.threads} threads. Results: {os.path.relpath(path)}")
+    return record
+
+
+if __name__ == "__main__":
+    main()
