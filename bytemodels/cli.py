@@ -49,8 +49,19 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise CommandError(f"{path}: not valid JSON ({error})") from None
 
 
-def checkpoint_codec(metadata: dict[str, Any]) -> bytecodecs.ByteCodec | None:
-    """The codec a checkpoint was trained with, or None when it recorded none (raw bytes)."""
+def checkpoint_codec(metadata: dict[str, Any], modality: str | None = None) -> bytecodecs.ByteCodec | None:
+    """The codec a checkpoint was trained with, or None when it recorded none (raw bytes).
+
+    A checkpoint trained on several modalities records one codec per modality (``"codecs"``);
+    ``modality`` picks one, and its tag makes the model produce that modality."""
+    several = metadata.get("codecs")
+    if several:
+        if modality not in several:
+            raise CommandError(f"this checkpoint was trained on several modalities: pass --modality "
+                               f"{' or '.join(sorted(several))}")
+        return bytecodecs.codec_from_config(several[modality])
+    if modality is not None:
+        raise CommandError("--modality is for checkpoints trained on several modalities; this one has one codec")
     config = metadata.get("codec")
     return bytecodecs.codec_from_config(config) if config else None
 
@@ -95,7 +106,7 @@ def command_sample(args: argparse.Namespace) -> int:
     import torch
 
     folder, metadata, _ = open_checkpoint(args.checkpoint)
-    codec = checkpoint_codec(metadata)
+    codec = checkpoint_codec(metadata, args.modality)
     layout = checkpoint_layout(metadata, codec)
     if args.prompt is not None and args.prompt_file is not None:
         raise CommandError("give --prompt or --prompt-file, not both")
@@ -187,7 +198,7 @@ def command_eval(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     folder, metadata, _ = open_checkpoint(args.checkpoint)
-    codec = checkpoint_codec(metadata)
+    codec = checkpoint_codec(metadata, args.modality)
     layout = checkpoint_layout(metadata, codec)
     model = load_model(folder, args.device)
     rows, skipped = [], []
@@ -268,7 +279,7 @@ def command_info(args: argparse.Namespace) -> int:
     with torch.device("meta"):  # count parameters without allocating them
         params = Megabyte(config).num_parameters()
     info = {"checkpoint": str(folder), "parameters": params, "config": config.to_dict(),
-            "codec": metadata.get("codec"), "step": state.get("step"), "bytes_seen": state.get("bytes_seen"),
+            "codec": metadata.get("codec") or metadata.get("codecs"), "step": state.get("step"), "bytes_seen": state.get("bytes_seen"),
             "best_val_bpb": state.get("best_val_bpb"), "val_bpb": state.get("val_bpb")}
     if args.json:
         print(json.dumps(info, indent=2))
@@ -311,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("-o", "--output", help="output file (default: sample.<codec extension> here)")
     sample.add_argument("--device", default="auto", help="cuda, mps, cpu or auto")
     sample.add_argument("--quiet", action="store_true", help="do not stream text to the terminal")
+    sample.add_argument("--modality", help="for a checkpoint trained on several modalities: which one to produce")
     sample.set_defaults(run=command_sample)
 
     evaluate = commands.add_parser("eval", help="bits per byte of files under a checkpoint's model")
@@ -319,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
     evaluate.add_argument("--batch-size", type=int, default=8)
     evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--modality", help="for a checkpoint trained on several modalities: the files' modality")
     evaluate.set_defaults(run=command_eval)
 
     for name, run, helptext in (("encode", command_encode, "a file to the exact bytes the model sees"),

@@ -100,3 +100,32 @@ def test_both_prompts_is_an_error(run_dir, tmp_path, capsys):
 def test_console_entry_point_runs_as_a_module():
     done = subprocess.run([sys.executable, "-m", "bytemodels", "codecs"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "wav" in done.stdout
+
+
+@pytest.fixture(scope="module")
+def mixed_run(tmp_path_factory) -> Path:
+    """A checkpoint that records one codec per modality, as recipes.mixed writes it."""
+    root = tmp_path_factory.mktemp("mixed")
+    text = bytecodecs.get_codec("text")
+    image = bytecodecs.get_codec("image", width=4, height=4, mode="L")
+    documents = [(text.encode(s), text.tag) for s in STORIES[:20]] + [(bytes(range(16)), image.tag)] * 20
+    dataset = ByteDataset.build(documents, root / "cache", key={"m": 1}, layout="records", val_fraction=0.1,
+                                progress=False)
+    model_config = MegabyteConfig.preset("tiny", dims=(32, 16), layers=(1, 1), heads=(2, 1), max_seq_len=96,
+                                         patch_sizes=(4,))
+    train_config = TrainConfig(out_dir=str(root / "run"), batch_size=4, max_steps=3, warmup_steps=1, eval_every=3,
+                               eval_windows=4, checkpoint_every=3, progress=False)
+    metadata = {"layout": "records", "codecs": {"text": text.config(), "image": image.config()}}
+    Trainer(model_config, train_config, dataset.train, dataset.val, metadata=metadata).fit()
+    return root / "run"
+
+
+def test_a_multi_modality_checkpoint_samples_the_modality_asked_for(mixed_run, tmp_path, capsys):
+    assert main(["sample", str(mixed_run), "--max-bytes", "16"]) == 2
+    assert "--modality image or text" in capsys.readouterr().err
+    out = tmp_path / "digit.png"
+    assert main(["sample", str(mixed_run), "--modality", "image", "--seed", "0", "-o", str(out)]) == 0
+    from PIL import Image
+
+    with Image.open(out) as picture:
+        assert picture.size == (4, 4) and picture.mode == "L"
