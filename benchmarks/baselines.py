@@ -17,7 +17,6 @@ Two models, built at the shape of a :class:`bytemodels.MegabyteConfig`:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -27,7 +26,7 @@ from torch import nn
 
 from bytemodels import tokens
 from bytemodels.config import MegabyteConfig
-from bytemodels.layers import Transformer
+from bytemodels.layers import Transformer, init_weights
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,18 +98,7 @@ class FlatTransformer(nn.Module):
         self.transformer = Transformer(config.dim, config.layers, config.heads, config.mlp_ratio,
                                        config.dropout, config.rope_base, config.norm_eps)
         self.head = nn.Linear(config.dim, config.vocab_size, bias=False)
-        self.apply(self._init_weights)
-        # GPT-2 scaled init of the residual projections, as in bytemodels.Megabyte.
-        for block in self.transformer.blocks:
-            for layer in (block.attn.out, block.mlp.down):
-                nn.init.normal_(layer.weight, std=0.02 / math.sqrt(2 * max(config.layers, 1)))
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
+        init_weights(self)  # the same initialisation as bytemodels.Megabyte
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bytemodels import tokens
+from bytemodels.options import config_from_dict, config_to_dict
 
 
 @dataclass
@@ -150,17 +149,12 @@ class MegabyteConfig:
         return cls.from_dict({**PRESETS[name], **overrides})
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
-                for f in dataclasses.fields(self)}
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "MegabyteConfig":
         """Build from a dict; an unknown key is an error that names it and lists the fields."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"unknown MegabyteConfig field(s) {unknown}; fields are: {', '.join(sorted(names))}")
-        return cls(**values)
+        return config_from_dict(cls, values)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)

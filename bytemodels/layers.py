@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -156,3 +158,21 @@ class Transformer(nn.Module):
         for index, block in enumerate(self.blocks):
             x = block(x, rope, cache[index] if cache else None, key_mask)
         return self.norm(x)
+
+
+def _init_module(module: nn.Module) -> None:
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
+def init_weights(model: nn.Module) -> None:
+    """GPT-2 initialisation: normal(0, 0.02) for Linear and Embedding weights, zero biases, and the
+    residual projections of each transformer shrunk by sqrt(2 * depth) so the stream's variance stays put."""
+    model.apply(_init_module)
+    for transformer in (m for m in model.modules() if isinstance(m, Transformer)):
+        depth = max(len(transformer.blocks), 1)
+        for block in transformer.blocks:
+            for layer in (block.attn.out, block.mlp.down):
+                nn.init.normal_(layer.weight, std=0.02 / math.sqrt(2 * depth))

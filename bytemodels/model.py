@@ -9,8 +9,6 @@ given ``ids[:, :t]``: the model shifts its inputs itself, so training targets ar
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -22,10 +20,7 @@ from torch import Tensor, nn
 
 from bytemodels import tokens
 from bytemodels.config import MegabyteConfig
-from bytemodels.layers import KVCache, RMSNorm, Transformer
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
+from bytemodels.layers import Transformer, init_weights
 
 
 class MegabyteOutput(NamedTuple):
@@ -110,19 +105,7 @@ class Megabyte(nn.Module):
         self.config = config
         self.stages = nn.ModuleList(Stage(config, index) for index in range(config.num_stages))
         self.head = nn.Linear(config.local_dim, config.vocab_size, bias=False)
-        self.apply(self._init_weights)
-        # GPT-2 scaled init: residual projections shrink with depth so the stream's variance stays put.
-        for stage, depth in zip(self.stages, config.layers):
-            for block in stage.transformer.blocks:
-                for layer in (block.attn.out, block.mlp.down):
-                    nn.init.normal_(layer.weight, std=0.02 / math.sqrt(2 * max(depth, 1)))
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
+        init_weights(self)
 
     # -- training forward ------------------------------------------------------------------
     def forward(self, ids: Tensor, targets: Tensor | None = None) -> MegabyteOutput:

@@ -87,6 +87,21 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, title: s
                            help=help_text)
 
 
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A config dataclass as a JSON-able dict (tuples become lists)."""
+    return {f.name: (list(v) if isinstance(v := getattr(config, f.name), tuple) else v)
+            for f in dataclasses.fields(config)}
+
+
+def config_from_dict(cls: type[Config], values: dict[str, Any]) -> Config:
+    """Build config dataclass ``cls`` from a dict; an unknown key is an error that names it and lists the fields."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; fields are: {', '.join(sorted(names))}")
+    return cls(**values)
+
+
 def overrides_from_args(cls: type, args: argparse.Namespace) -> dict[str, Any]:
     """The fields of ``cls`` that were given on the command line, by name."""
     names = {field.name for field in dataclasses.fields(cls)}

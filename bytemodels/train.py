@@ -12,7 +12,6 @@ run resumed from a checkpoint ends with exactly the weights of a run that was ne
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import random
@@ -35,6 +34,7 @@ from tqdm.auto import tqdm
 
 from bytemodels import checkpoint as ckpt
 from bytemodels import tokens
+from bytemodels.options import config_from_dict, config_to_dict
 from bytemodels.config import MegabyteConfig
 from bytemodels.distributed import DistributedContext, all_reduce_sum, choose_device, environment_rank, \
     setup_distributed, teardown
@@ -156,17 +156,12 @@ class TrainConfig:
         return parse_duration(self.time) if self.time else None
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
-                for f in dataclasses.fields(self)}
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         """Build from a dict; an unknown key is an error that names it and lists the fields."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig field(s) {unknown}; fields are: {', '.join(sorted(names))}")
-        return cls(**values)
+        return config_from_dict(cls, values)
 
 
 @dataclass
