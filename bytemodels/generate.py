@@ -75,7 +75,8 @@ class IncrementalDecoder:
         lo = max(first, 1)
         parts = []
         if first == 0:
-            parts.append(stage.start.expand(batch, 1, -1))
+            previous = self.ids[:, start - 1] if start > 0 else None
+            parts.append(stage.first_input(batch, previous)[:, None])
         if current >= lo:
             previous = self.ids[:, start + (lo - 1) * unit: start + current * unit]
             parts.append(stage.embed(previous.reshape(batch, current - lo + 1, unit)))

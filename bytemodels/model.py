@@ -64,11 +64,12 @@ class Stage(nn.Module):
         self.unit = units[index]
         dim = dims[index]
         self.embed = UnitEmbedder(config.vocab_size, self.unit, config.byte_embed_dim, dim)
-        self.start = nn.Parameter(torch.zeros(dim))
+        self.start = nn.Parameter(torch.randn(dim))
         self.drop = nn.Dropout(config.dropout)
         self.transformer = Transformer(dim, config.layers[index], config.heads[index], config.mlp_ratio,
-                                       config.dropout, config.rope_base, config.norm_eps)
+                                       config.dropout, config.rope_base, config.norm_eps, config.token_shift)
         self.is_local = index == config.num_stages - 1
+        self.sees_previous_byte = self.is_local and config.previous_byte
         if self.is_local:
             self.to_next = None
         else:
@@ -76,16 +77,27 @@ class Stage(nn.Module):
             self.sub_units = self.unit // units[index + 1]
             self.to_next = nn.Linear(dim, self.sub_units * dims[index + 1], bias=False)
 
-    def inputs(self, units: Tensor, context: Tensor | None) -> Tensor:
-        """Inputs for a whole group: ``units`` (batch, g, unit) ids, ``context`` (batch, g, d) or None.
+    def inputs(self, units: Tensor, context: Tensor | None, previous: Tensor | None = None) -> Tensor:
+        """Inputs for a whole group: ``units`` (batch, g, unit) ids, ``context`` (batch, g, d) or None,
+        ``previous`` (batch,) the id before the group (local stage with ``previous_byte``; PAD: none).
 
-        Position ``k`` sees the embedding of unit ``k-1`` (the start vector for ``k = 0``) plus its context."""
+        Position ``k`` sees the embedding of unit ``k-1`` (the start vector for ``k = 0``, plus the
+        embedding of the previous byte where the stage uses it) plus its context."""
         embedded = self.embed(units[:, :-1])
-        start = self.start.to(embedded.dtype).expand(units.shape[0], 1, -1)
-        x = torch.cat((start, embedded), dim=1)
+        start = self.first_input(units.shape[0], previous).to(embedded.dtype)
+        x = torch.cat((start[:, None], embedded), dim=1)
         if context is not None:
             x = x + context
         return self.drop(x)
+
+    def first_input(self, batch: int, previous: Tensor | None) -> Tensor:
+        """(batch, d) input of a group's first position before its context is added."""
+        start = self.start.expand(batch, -1)
+        if not self.sees_previous_byte or previous is None:
+            return start
+        # PAD means no byte before (sequence start, or padding): the start vector alone, as in training.
+        seen = (previous != tokens.PAD_ID)[:, None]
+        return start + self.embed(previous[:, None]) * seen.to(start.dtype)
 
     def contexts(self, hidden: Tensor) -> Tensor:
         """(batch, n, d) outputs → (batch, n, sub_units, d_next) contexts for the stage below."""
@@ -121,9 +133,12 @@ class Megabyte(nn.Module):
         # The global stage's group is the whole sequence; each stage below runs on the units of one
         # unit of the stage above, folded into the batch.
         units = rearrange(ids, "b (n u) -> b n u", u=self.stages[0].unit)
+        # The id before each local group (its patch of the stage above), PAD before the sequence.
+        before = F.pad(ids[:, :-1], (1, 0), value=tokens.PAD_ID)
+        previous = rearrange(before, "b (n g) -> (b n) g", g=self.config.unit_sizes[-2])[:, 0]
         context = None
         for stage in self.stages:
-            hidden = stage.transformer(stage.inputs(units, context))  # (batch', g, d)
+            hidden = stage.transformer(stage.inputs(units, context, previous if stage.is_local else None))
             if stage.is_local:
                 break
             context = rearrange(stage.contexts(hidden), "b n g d -> (b n) g d")

@@ -41,7 +41,9 @@ def test_untrained_loss_is_near_uniform():
     model = tiny_model()
     ids = torch.randint(0, 256, (4, 256))
     loss = model(ids, ids).loss.item()
-    assert abs(loss - math.log(model.config.vocab_size)) < 0.1
+    # Logits start with a spread of about 1/sqrt(3) (unit-RMS features, head std 1/sqrt(3 * fan_in)),
+    # which costs about var/2 = 0.17 nats over the uniform ln(vocab) on random bytes.
+    assert 0 < loss - math.log(model.config.vocab_size) < 0.25
 
 
 def test_pad_targets_are_ignored_but_zero_bytes_count():
