@@ -613,6 +613,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--heads", type=int_tuple, help="heads per stage, e.g. 4,2")
     parser.add_argument("--patch-size", type=int, help="bytes per patch (images: default aligned to pixel rows)")
     parser.add_argument("--seq-len", type=int, help="window length in bytes (images: default one whole image)")
+    parser.add_argument("--token-shift", action=argparse.BooleanOptionalAction, default=None,
+                        help="token shift in every block of bytemodels and the flat model (ablation; default on)")
+    parser.add_argument("--previous-byte", action=argparse.BooleanOptionalAction, default=None,
+                        help="bytemodels' local start sees the byte before the patch (ablation; default on)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (all peers)")
     parser.add_argument("--min-lr", type=float, default=2e-4)
@@ -639,7 +643,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def shape_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Model fields set on the command line."""
     overrides: dict[str, Any] = {}
-    for flag, name in (("dims", "dims"), ("layers", "layers"), ("heads", "heads"), ("seq_len", "max_seq_len")):
+    for flag, name in (("dims", "dims"), ("layers", "layers"), ("heads", "heads"), ("seq_len", "max_seq_len"),
+                       ("token_shift", "token_shift"), ("previous_byte", "previous_byte")):
         if getattr(args, flag) is not None:
             overrides[name] = getattr(args, flag)
     if args.patch_size is not None:

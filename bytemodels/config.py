@@ -152,15 +152,19 @@ class MegabyteConfig:
         """A named configuration (``tiny``, ``small``, ``base``, ``large``), fields overridden by name."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
-        return cls.from_dict({**PRESETS[name], **overrides})
+        return config_from_dict(cls, {**PRESETS[name], **overrides})
 
     def to_dict(self) -> dict[str, Any]:
         return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "MegabyteConfig":
-        """Build from a dict; an unknown key is an error that names it and lists the fields."""
-        return config_from_dict(cls, values)
+        """Build from a saved dict; an unknown key is an error that names it and lists the fields.
+
+        ``token_shift`` and ``previous_byte`` add no weights, so a checkpoint written before they
+        existed would load without error and compute garbage; where a dict lacks them they are off,
+        as they were when that model was trained."""
+        return config_from_dict(cls, {**LEGACY_SWITCHES, **values})
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -176,6 +180,9 @@ class MegabyteConfig:
     def load(cls, path: str | Path) -> "MegabyteConfig":
         return cls.from_json(Path(path).read_text(encoding="utf-8"))
 
+
+#: Switches that came after the first saved models: absent from a saved config means off.
+LEGACY_SWITCHES: dict[str, Any] = {"token_shift": False, "previous_byte": False}
 
 #: Named model shapes. ``tiny`` is for tests and CPU smoke runs; ``base`` is what a GPU user trains.
 PRESETS: dict[str, dict[str, Any]] = {

@@ -134,6 +134,8 @@ def token_shift(x: Tensor, last: Tensor | None, has_previous: Tensor | None) -> 
     half = x.shape[-1] // 2
     moved = x[..., half:]
     before = moved.new_zeros(moved.shape[0], 1, moved.shape[-1]) if last is None else last[:, None, half:]
+    if x.shape[1] == 1 and has_previous is None:  # one cached decoding step: no copy of the sequence
+        return torch.cat((x[..., :half], before.to(x.dtype)), dim=-1)
     previous = torch.cat((before.to(moved.dtype), moved[:, :-1]), dim=1)
     if has_previous is not None:
         previous = previous * has_previous[..., None].to(previous.dtype)

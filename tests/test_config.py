@@ -44,3 +44,11 @@ def test_flops_per_byte_grows_with_the_model():
     assert 0 < tiny.flops_per_byte() < small.flops_per_byte()
     # Training costs three forward passes' worth (forward + backward).
     assert tiny.flops_per_byte() == pytest.approx(3 * tiny.flops_per_byte(training=False))
+
+
+def test_config_saved_before_the_switches_loads_with_them_off():
+    saved = MegabyteConfig.preset("tiny").to_dict()
+    del saved["token_shift"], saved["previous_byte"]
+    old = MegabyteConfig.from_dict(saved)
+    assert (old.token_shift, old.previous_byte) == (False, False)
+    assert MegabyteConfig.preset("tiny").token_shift and MegabyteConfig.preset("tiny").previous_byte
