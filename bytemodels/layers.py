@@ -34,6 +34,16 @@ class Rotary(nn.Module):
         angles = torch.outer(positions.to(self.inv_freq.dtype), self.inv_freq)  # (time, head_dim/2)
         return angles.cos(), angles.sin()
 
+    def at(self, start: int, length: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """cos/sin for positions ``start .. start+length-1`` from a table kept between calls: cached
+        decoding asks for one position per step, and recomputing it costs more than the lookup."""
+        table = getattr(self, "_table", None)
+        if table is None or table[0].shape[0] < start + length or table[0].device != device:
+            size = max(2 * (start + length), 256)
+            table = self.forward(torch.arange(size, device=device))
+            self._table = table
+        return table[0][start:start + length], table[1][start:start + length]
+
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate pairs (first half, second half) of each head's channels of ``x`` (batch, heads, time, head_dim)."""
@@ -102,6 +112,8 @@ class Attention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         if past == 0 and key_mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+        elif q.shape[2] == 1 and key_mask is None:  # one new token sees every cached key: no mask to build
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
         else:
             time, keys = q.shape[2], k.shape[2]
             query_pos = torch.arange(past, past + time, device=x.device)[:, None]
@@ -188,7 +200,10 @@ class Transformer(nn.Module):
     def forward(self, x: Tensor, cache: list[KVCache] | None = None, key_mask: Tensor | None = None) -> Tensor:
         """``x`` (batch, time, dim) → (batch, time, dim); with ``cache`` it continues after the cached tokens."""
         past = cache[0].length if cache else 0
-        rope = self.rotary(torch.arange(past, past + x.shape[1], device=x.device))
+        if cache is None:
+            rope = self.rotary(torch.arange(x.shape[1], device=x.device))
+        else:
+            rope = self.rotary.at(past, x.shape[1], x.device)
         has_previous = None
         if key_mask is not None:  # token shift must not read a padding token
             before = torch.arange(past - 1, past + x.shape[1] - 1, device=x.device)
