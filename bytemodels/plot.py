@@ -39,6 +39,13 @@ def plot_curves(metrics_path: str | Path, png_path: str | Path, title: str | Non
         axes.plot(*zip(*train), label="train", color="tab:blue", alpha=0.8)
     if val:
         axes.plot(*zip(*val), label="validation", color="tab:orange", marker="o", markersize=3)
+    values = [v for _, v in train + val]
+    latest = (val or train)[-1][1]
+    if max(values) > 2 * latest:
+        # The first steps (near 8 bits/byte) would squash the rest of the curve into a flat line.
+        axes.set_ylim(min(values) * 0.95, 2 * latest)
+        axes.text(0.99, 0.97, f"axis cut at {2 * latest:.2f} bits/byte (started at {max(values):.2f})",
+                  transform=axes.transAxes, ha="right", va="top", fontsize=8, color="gray")
     axes.set_xlabel("bytes seen")
     axes.set_ylabel("bits per byte")
     axes.set_title(title or "training curve")
