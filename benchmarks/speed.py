@@ -103,6 +103,12 @@ class TrainingRun:
 
         self.model = build_peer(peer, spec).to(device).train()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+        if spec.get("compile") in (peer, "both"):
+            # Compiled on the first (untimed warm-up) step; the reference's own module, so its loss path stays.
+            if peer == "reference":
+                self.model.model = torch.compile(self.model.model)
+            else:
+                self.model = torch.compile(self.model)
         generator = torch.Generator().manual_seed(0)
         self.ids = torch.randint(0, 256, (spec["batch"], spec["seq_len"]), generator=generator).to(device)
         self.device, self.autocast = device, autocast
@@ -406,7 +412,7 @@ class Bench:
     def spec(self, task: str, peers: list[str], **fields: Any) -> dict[str, Any]:
         args = self.args
         return {"task": task, "peers": peers, "threads": args.threads, "device": args.device, "dtype": args.dtype,
-                "ref_flash": args.ref_attention == "sdpa", **fields}
+                "ref_flash": args.ref_attention == "sdpa", "compile": args.compile, **fields}
 
     def run(self, label: str, spec: dict[str, Any]) -> dict[str, Any]:
         # Interleaved runs stop starting new pairs after the time limit, and are stopped at three times it.
@@ -653,6 +659,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="smoke run: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()) + " (flags still win)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast, fp32 weights")
+    parser.add_argument("--compile", default="none", choices=["none", "ours", "reference", "both"],
+                        help="torch.compile these peers' models for the training measurements")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="torch.set_num_threads for every peer (default: all cores)")
     parser.add_argument("--preset", default=None, help="a MegabyteConfig preset instead of global 512x6, local 256x2")
