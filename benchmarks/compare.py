@@ -617,6 +617,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="token shift in every block of bytemodels and the flat model (ablation; default on)")
     parser.add_argument("--previous-byte", action=argparse.BooleanOptionalAction, default=None,
                         help="bytemodels' local start sees the byte before the patch (ablation; default on)")
+    parser.add_argument("--cross-patch", action=argparse.BooleanOptionalAction, default=None,
+                        help="bytemodels' local attention also sees the previous patch (ablation; default on)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (all peers)")
     parser.add_argument("--min-lr", type=float, default=2e-4)
@@ -644,7 +646,8 @@ def shape_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Model fields set on the command line."""
     overrides: dict[str, Any] = {}
     for flag, name in (("dims", "dims"), ("layers", "layers"), ("heads", "heads"), ("seq_len", "max_seq_len"),
-                       ("token_shift", "token_shift"), ("previous_byte", "previous_byte")):
+                       ("token_shift", "token_shift"), ("previous_byte", "previous_byte"),
+                       ("cross_patch", "cross_patch")):
         if getattr(args, flag) is not None:
             overrides[name] = getattr(args, flag)
     if args.patch_size is not None:

@@ -50,6 +50,11 @@ class MegabyteConfig:
     previous_byte: bool = True
     """The local model's first position also sees the embedding of the byte before the patch, so a
     patch's first byte is not predicted from the global model alone (0.04 bits/byte better)."""
+    cross_patch: bool = True
+    """The local model's attention also sees the previous patch's keys and values, at every local
+    layer (the paper's cross-patch attention): a patch's bytes can look back across the patch
+    boundary, not only through the global model. Adds no weights; generation keeps one patch of
+    local keys and values more."""
 
     def __post_init__(self) -> None:
         for name in ("patch_sizes", "dims", "layers", "heads"):
@@ -137,7 +142,10 @@ class MegabyteConfig:
             hidden = int(self.mlp_ratio * dim)
             block_matmul = 4 * dim * dim + 2 * dim * hidden
             context = self.max_seq_len // unit if stage == 0 else units[stage - 1] // unit
-            per_token = 2 * depth * block_matmul + 2 * depth * 2 * dim * context / 2  # causal: half
+            attended = context / 2  # causal: half on average
+            if self.cross_patch and stage == self.num_stages - 1 and stage > 0:
+                attended += context  # the whole previous patch
+            per_token = 2 * depth * block_matmul + 2 * depth * 2 * dim * attended
             if unit > 1:  # patch embedder: concat ``unit`` byte embeddings, project to ``dim``
                 per_token += 2 * unit * self.byte_embed_dim * dim
             if stage + 1 < self.num_stages:  # projection into the next stage's positions
@@ -161,8 +169,8 @@ class MegabyteConfig:
     def from_dict(cls, values: dict[str, Any]) -> "MegabyteConfig":
         """Build from a saved dict; an unknown key is an error that names it and lists the fields.
 
-        ``token_shift`` and ``previous_byte`` add no weights, so a checkpoint written before they
-        existed would load without error and compute garbage; where a dict lacks them they are off,
+        ``token_shift``, ``previous_byte`` and ``cross_patch`` add no weights, so a checkpoint written
+        before they existed would load without error and compute garbage; where a dict lacks them they are off,
         as they were when that model was trained."""
         return config_from_dict(cls, {**LEGACY_SWITCHES, **values})
 
@@ -182,7 +190,7 @@ class MegabyteConfig:
 
 
 #: Switches that came after the first saved models: absent from a saved config means off.
-LEGACY_SWITCHES: dict[str, Any] = {"token_shift": False, "previous_byte": False}
+LEGACY_SWITCHES: dict[str, Any] = {"token_shift": False, "previous_byte": False, "cross_patch": False}
 
 #: Named model shapes. ``tiny`` is for tests and CPU smoke runs; ``base`` is what a GPU user trains.
 PRESETS: dict[str, dict[str, Any]] = {

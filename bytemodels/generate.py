@@ -42,6 +42,7 @@ class IncrementalDecoder:
         self.unit_sizes = model.config.unit_sizes
         self.pad_units = pad_units if pad_units is not None and bool(pad_units.any()) else None
         self.states = [_StageState(stage.transformer.new_cache()) for stage in model.stages]
+        self.started = False
 
     def append(self, next_ids: Tensor) -> None:
         self.ids = torch.cat((self.ids, next_ids.view(-1, 1).to(self.ids)), dim=1)
@@ -50,20 +51,44 @@ class IncrementalDecoder:
     def logits(self) -> Tensor:
         """(batch, vocab) logits for the id at position ``ids.shape[1]``."""
         position = self.ids.shape[1]
+        local = self.model.stages[-1]
+        if not self.started and local.cross_patch:
+            # Cross-patch attention: every local layer of a group reads the group before it, so the local
+            # stage first runs over as many of the prompt's last whole groups as a group can reach back
+            # (exact: what lies further back cannot reach it). A block reaches one group back through
+            # attention; with token shift three (the keys of the group before read its own predecessor's
+            # last token, and the MLP reads the group before's last token).
+            group_bytes = self.unit_sizes[-2]
+            current_start = position // group_bytes * group_bytes
+            reach = sum(3 if block.shift else 1 for block in local.transformer.blocks)
+            first = max(current_start - reach * group_bytes, 0)
+            for start in range(first, current_start, group_bytes):
+                self._advance(start + group_bytes - 1)
+        self.started = True
+        return self.model.head(self._advance(position)).float()
+
+    def _advance(self, position: int) -> Tensor:
+        """Run every stage up to what the prediction of the id at ``position`` needs; return the
+        local stage's output there."""
         pending_context = None
         for index, (stage, state) in enumerate(zip(self.model.stages, self.states)):
             unit = self.unit_sizes[index]
             group_bytes = self.unit_sizes[index - 1] if index else None
             group_start = (position // group_bytes) * group_bytes if index else 0
             if state.group_start != group_start:
-                state.caches = stage.transformer.new_cache()
+                follows = stage.cross_patch and state.group_start == group_start - group_bytes \
+                    and state.processed * unit == group_bytes
+                if follows:  # the group just finished becomes the new group's prefix
+                    state.caches = stage.transformer.carry_cache(state.caches, group_bytes)
+                else:
+                    state.caches = stage.transformer.new_cache()
                 state.group_start, state.processed = group_start, 0
                 state.context = pending_context
             current = (position - group_start) // unit
             if state.processed <= current:
                 self._run_stage(index, stage, state, current)
             if stage.is_local:
-                return self.model.head(state.last).float()
+                return state.last
             pending_context = state.next_context
         raise AssertionError("the last stage is always local")
 
@@ -89,6 +114,12 @@ class IncrementalDecoder:
             real_start = units[None, :] == self.pad_units[:, None]  # a left-padded row begins here
             x = torch.where(real_start[..., None], stage.start.to(x.dtype), x)
             key_mask = torch.arange(current + 1, device=x.device)[None, :] >= self.pad_units[:, None]
+        prefix = state.caches[0].prefix
+        if prefix and self.pad_units is not None:
+            # A carried group that lies in a row's left padding is not its previous group: masked.
+            prefix_real = start - prefix >= self.pad_units * self.unit_sizes[0]
+            keys = prefix + current + 1
+            key_mask = (torch.arange(keys, device=x.device)[None, :] >= prefix) | prefix_real[:, None]
         hidden = stage.transformer(x, state.caches, key_mask)
         state.last = hidden[:, -1]
         state.processed = current + 1

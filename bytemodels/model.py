@@ -70,6 +70,7 @@ class Stage(nn.Module):
                                        config.dropout, config.rope_base, config.norm_eps, config.token_shift)
         self.is_local = index == config.num_stages - 1
         self.sees_previous_byte = self.is_local and config.previous_byte
+        self.cross_patch = self.is_local and config.cross_patch
         if self.is_local:
             self.to_next = None
         else:
@@ -136,11 +137,14 @@ class Megabyte(nn.Module):
         # The id before each local group (its patch of the stage above), PAD before the sequence.
         before = F.pad(ids[:, :-1], (1, 0), value=tokens.PAD_ID)
         previous = rearrange(before, "b (n g) -> (b n) g", g=self.config.unit_sizes[-2])[:, 0]
+        local_groups = padded_time // self.config.unit_sizes[-2]  # groups of the local stage per sequence
         context = None
         for stage in self.stages:
-            hidden = stage.transformer(stage.inputs(units, context, previous if stage.is_local else None))
             if stage.is_local:
+                hidden = stage.transformer(stage.inputs(units, context, previous),
+                                           groups=local_groups if stage.cross_patch else None)
                 break
+            hidden = stage.transformer(stage.inputs(units, context))
             context = rearrange(stage.contexts(hidden), "b n g d -> (b n) g d")
             units = rearrange(units, "b n (g u) -> (b n) g u", g=stage.sub_units)
         logits = rearrange(self.head(hidden), "(b n) u v -> b (n u) v", b=batch)[:, :time]

@@ -48,7 +48,8 @@ def test_flops_per_byte_grows_with_the_model():
 
 def test_config_saved_before_the_switches_loads_with_them_off():
     saved = MegabyteConfig.preset("tiny").to_dict()
-    del saved["token_shift"], saved["previous_byte"]
+    del saved["token_shift"], saved["previous_byte"], saved["cross_patch"]
     old = MegabyteConfig.from_dict(saved)
-    assert (old.token_shift, old.previous_byte) == (False, False)
-    assert MegabyteConfig.preset("tiny").token_shift and MegabyteConfig.preset("tiny").previous_byte
+    assert (old.token_shift, old.previous_byte, old.cross_patch) == (False, False, False)
+    tiny = MegabyteConfig.preset("tiny")
+    assert tiny.token_shift and tiny.previous_byte and tiny.cross_patch

@@ -9,6 +9,8 @@ SHAPES = {
     "2-stage": dict(patch_sizes=(PATCH,), dims=(32, 16), layers=(2, 1), heads=(2, 1), max_seq_len=64),
     "3-stage": dict(patch_sizes=(PATCH * 2, 2), dims=(32, 16, 16), layers=(1, 1, 1), heads=(2, 1, 1),
                     max_seq_len=64),
+    # Three local layers: with cross-patch attention a patch depends on the three patches before it.
+    "deep local": dict(patch_sizes=(PATCH,), dims=(32, 16), layers=(1, 3), heads=(2, 1), max_seq_len=64),
 }
 
 
@@ -30,7 +32,7 @@ def test_greedy_bytes_are_identical_with_and_without_cache(model, length):
     assert cached == reference and len(cached) > 0
 
 
-@pytest.mark.parametrize("length", [0, 1, PATCH - 1, PATCH, PATCH + 1])
+@pytest.mark.parametrize("length", [0, 1, PATCH - 1, PATCH, PATCH + 1, 5 * PATCH + 2])
 def test_cached_logits_match_full_recompute_every_step(model, length):
     ids = torch.tensor([list(prompt_of(length))], dtype=torch.long).view(1, length)
     decoder = IncrementalDecoder(model, ids)
@@ -43,7 +45,8 @@ def test_cached_logits_match_full_recompute_every_step(model, length):
 
 
 def test_ragged_batch_matches_one_by_one(model):
-    prompts = [b"", b"a", prompt_of(PATCH - 1), prompt_of(PATCH), prompt_of(PATCH + 1), prompt_of(3 * PATCH + 2)]
+    prompts = [b"", b"a", prompt_of(PATCH - 1), prompt_of(PATCH), prompt_of(PATCH + 1), prompt_of(3 * PATCH + 2),
+               prompt_of(6 * PATCH + 1)]
     batched = model.generate(prompts, 20, temperature=0)
     assert batched == model.generate(prompts, 20, temperature=0, use_cache=False)
     assert batched == [model.generate(p, 20, temperature=0) for p in prompts]

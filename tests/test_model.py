@@ -30,6 +30,24 @@ def test_changing_a_byte_never_changes_earlier_logits(shape):
             assert not torch.equal(logits[:, position + 1:], reference[:, position + 1:]), position
 
 
+@pytest.mark.parametrize("cross_patch", [True, False])
+def test_local_model_sees_the_previous_patch_only_with_cross_patch(cross_patch):
+    # With the global model's hand-over cut (zero projection), no previous byte and no token shift, a
+    # patch's logits can depend on the patch before it only through cross-patch attention, and with one
+    # local layer never on older ones.
+    model = tiny_model(**TWO_STAGE, previous_byte=False, token_shift=False, cross_patch=cross_patch)
+    with torch.no_grad():
+        model.stages[0].to_next.weight.zero_()
+    ids = torch.randint(0, 256, (1, 16), generator=torch.Generator().manual_seed(2))
+    reference = model(ids).logits
+    changed = ids.clone()
+    changed[0, 5] = (changed[0, 5] + 1) % 256  # inside the second patch (bytes 4-7)
+    logits = model(changed).logits
+    assert not torch.equal(logits[:, 6:8], reference[:, 6:8])  # the same patch, always
+    assert torch.equal(logits[:, 12:], reference[:, 12:])  # two patches later: never
+    assert torch.equal(logits[:, 8:12], reference[:, 8:12]) != cross_patch  # the next patch: only across
+
+
 def test_any_length_is_padded_internally():
     model = tiny_model(**TWO_STAGE)
     for length in (1, 3, 4, 5, 63, 64, 65):
