@@ -146,7 +146,10 @@ class GenerationRun:
 
     def _generate(self, prompt, count: int) -> int:
         """Generate ``count`` bytes after ``prompt``; how many came back (ours stops early at EOS)."""
-        with self.autocast:
+        import torch
+
+        # Both peers decode under inference_mode (ours does so itself; the reference's generate uses no_grad).
+        with self.autocast, torch.inference_mode():
             if self.peer == "reference":
                 self.model.generate(prompt, count)
                 return count
@@ -162,7 +165,7 @@ class GenerationRun:
 
         synchronize(self.device)
         start = time.perf_counter()
-        with self.autocast, torch.no_grad():
+        with self.autocast, torch.inference_mode():
             if self.peer == "reference":
                 self.model.model(self.prompt)  # its per-byte step: a forward pass over the whole prefix
             else:

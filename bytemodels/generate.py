@@ -47,7 +47,7 @@ class IncrementalDecoder:
     def append(self, next_ids: Tensor) -> None:
         self.ids = torch.cat((self.ids, next_ids.view(-1, 1).to(self.ids)), dim=1)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def logits(self) -> Tensor:
         """(batch, vocab) logits for the id at position ``ids.shape[1]``."""
         position = self.ids.shape[1]
@@ -139,7 +139,7 @@ class FullRecompute:
         for row, token in zip(self.rows, next_ids.tolist()):
             row.append(token)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def logits(self) -> Tensor:
         out = []
         for row in self.rows:
@@ -274,7 +274,7 @@ def _sampler(model, temperature, top_k, top_p, seed):
     return lambda logits: sample_next(logits, temperature, top_k, top_p, generator)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate(model, prompt, max_new_bytes: int, *, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None, stop=None, seed: int | None = None, use_cache: bool = True,
              prefix_ids: Sequence[int] = (tokens.BOS_ID,)) -> bytes | list[bytes]:
@@ -298,7 +298,7 @@ def generate(model, prompt, max_new_bytes: int, *, temperature: float = 1.0, top
     return results[0] if single else results
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate_stream(model, prompt, max_new_bytes: int, *, temperature: float = 1.0, top_k: int | None = None,
                     top_p: float | None = None, stop=None, seed: int | None = None, use_cache: bool = True,
                     prefix_ids: Sequence[int] = (tokens.BOS_ID,)) -> Iterator[bytes]:
