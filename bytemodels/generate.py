@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -26,7 +26,7 @@ class _StageState:
     processed: int = 0  # units of the group already run through the transformer
     context: Tensor | None = None  # (batch, g, d): contexts from the stage above for this group
     last: Tensor | None = None  # (batch, d): output at the newest processed unit
-    next_context: Tensor | None = None  # (batch, g_below, d_below) for the stage below
+    outputs: dict[int, Tensor] = field(default_factory=dict)  # upper stages: unit → (batch, d) output
 
 
 class IncrementalDecoder:
@@ -43,6 +43,15 @@ class IncrementalDecoder:
         self.pad_units = pad_units if pad_units is not None and bool(pad_units.any()) else None
         self.states = [_StageState(stage.transformer.new_cache()) for stage in model.stages]
         self.started = False
+        # Cross-patch attention: every local layer of a group reads the group before it, so before the first
+        # prediction the local stage runs over as many of the prompt's last whole groups as a group can reach
+        # back (exact: what lies further back cannot reach it). A block reaches one group back through
+        # attention; with token shift three (the keys of the group before read its own predecessor's last
+        # token, and the MLP reads the group before's last token).
+        local = model.stages[-1]
+        self.reach = sum(3 if block.shift else 1 for block in local.transformer.blocks) if local.cross_patch else 0
+        # Upper stages keep their outputs for that many units back, for the contexts of those groups.
+        self.kept_outputs = self.reach + 2
 
     def append(self, next_ids: Tensor) -> None:
         self.ids = torch.cat((self.ids, next_ids.view(-1, 1).to(self.ids)), dim=1)
@@ -51,17 +60,10 @@ class IncrementalDecoder:
     def logits(self) -> Tensor:
         """(batch, vocab) logits for the id at position ``ids.shape[1]``."""
         position = self.ids.shape[1]
-        local = self.model.stages[-1]
-        if not self.started and local.cross_patch:
-            # Cross-patch attention: every local layer of a group reads the group before it, so the local
-            # stage first runs over as many of the prompt's last whole groups as a group can reach back
-            # (exact: what lies further back cannot reach it). A block reaches one group back through
-            # attention; with token shift three (the keys of the group before read its own predecessor's
-            # last token, and the MLP reads the group before's last token).
+        if not self.started and self.reach:
             group_bytes = self.unit_sizes[-2]
             current_start = position // group_bytes * group_bytes
-            reach = sum(3 if block.shift else 1 for block in local.transformer.blocks)
-            first = max(current_start - reach * group_bytes, 0)
+            first = max(current_start - self.reach * group_bytes, 0)
             for start in range(first, current_start, group_bytes):
                 self._advance(start + group_bytes - 1)
         self.started = True
@@ -70,7 +72,7 @@ class IncrementalDecoder:
     def _advance(self, position: int) -> Tensor:
         """Run every stage up to what the prediction of the id at ``position`` needs; return the
         local stage's output there."""
-        pending_context = None
+        above = None  # (stage, state, unit) of the stage above, whose output at that unit feeds this group
         for index, (stage, state) in enumerate(zip(self.model.stages, self.states)):
             unit = self.unit_sizes[index]
             group_bytes = self.unit_sizes[index - 1] if index else None
@@ -79,17 +81,22 @@ class IncrementalDecoder:
                 follows = stage.cross_patch and state.group_start == group_start - group_bytes \
                     and state.processed * unit == group_bytes
                 if follows:  # the group just finished becomes the new group's prefix
-                    state.caches = stage.transformer.carry_cache(state.caches, group_bytes)
+                    state.caches = stage.transformer.carry_cache(state.caches)
                 else:
                     state.caches = stage.transformer.new_cache()
-                state.group_start, state.processed = group_start, 0
-                state.context = pending_context
+                state.group_start, state.processed, state.outputs = group_start, 0, {}
+                if above is not None:
+                    above_stage, above_state, above_unit = above
+                    state.context = above_stage.contexts(above_state.outputs[above_unit][:, None])[:, 0]
             current = (position - group_start) // unit
+            # The global stage runs every unit the ids allow at once (a prompt in one pass, even while
+            # the local stage warms up on earlier patches).
+            target = self.ids.shape[1] // unit if index == 0 else current
             if state.processed <= current:
-                self._run_stage(index, stage, state, current)
+                self._run_stage(index, stage, state, max(current, target))
             if stage.is_local:
                 return state.last
-            pending_context = state.next_context
+            above = (stage, state, current)
         raise AssertionError("the last stage is always local")
 
     def _run_stage(self, index: int, stage, state: _StageState, current: int) -> None:
@@ -120,11 +127,15 @@ class IncrementalDecoder:
             prefix_real = start - prefix >= self.pad_units * self.unit_sizes[0]
             keys = prefix + current + 1
             key_mask = (torch.arange(keys, device=x.device)[None, :] >= prefix) | prefix_real[:, None]
-        hidden = stage.transformer(x, state.caches, key_mask)
+        # Cross-patch attention counts rotary positions in bytes across groups (as in training).
+        hidden = stage.transformer(x, state.caches, key_mask, position=start if stage.cross_patch else 0)
         state.last = hidden[:, -1]
         state.processed = current + 1
         if not stage.is_local:
-            state.next_context = stage.contexts(state.last[:, None])[:, 0]
+            for offset in range(max(first, current + 1 - self.kept_outputs), current + 1):
+                state.outputs[offset] = hidden[:, offset - first]
+            for stale in [kept for kept in state.outputs if kept <= current - self.kept_outputs]:
+                del state.outputs[stale]
 
 
 class FullRecompute:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -83,17 +84,36 @@ class KVCache:
         self.length = new_length
         return self._keys[:, :, :new_length], self._values[:, :, :new_length]
 
-    def carried(self, rotation: tuple[Tensor, Tensor]) -> "KVCache":
-        """A new cache whose prefix is this group's own keys (rotated by ``rotation``, one group
-        length back) and values: the next group attends to them as its previous group."""
-        keys = self._keys[:, :, self.prefix:self.length]
-        values = self._values[:, :, self.prefix:self.length]
+    def carried(self) -> "KVCache":
+        """A new cache whose prefix is this group's own keys and values (cross-patch attention: the next
+        group attends to them; rotary positions count bytes across groups, so the keys stay as they are)."""
         new = KVCache()
-        new.append(apply_rotary(keys, *rotation), values)
+        new.append(self._keys[:, :, self.prefix:self.length], self._values[:, :, self.prefix:self.length])
         new.prefix = new.length
         # Token shift runs across the boundary too: the next group's first token reads this group's last.
         new.last_attn_input, new.last_mlp_input = self.last_attn_input, self.last_mlp_input
         return new
+
+
+class GroupLayout(NamedTuple):
+    """Rows of a batch that are consecutive groups of longer sequences (the local stage's patches), for
+    cross-patch attention: each group also attends to the whole group before it in its sequence."""
+
+    groups: int
+    """Groups per sequence; rows ``s * groups .. (s + 1) * groups - 1`` are sequence ``s`` in order."""
+    allowed: Tensor
+    """(batch * groups, 1, time, 2 * time) attention mask over [previous group's keys, own keys]."""
+    rope: tuple[Tensor, Tensor]
+    """cos/sin (groups, 1, time, head_dim / 2) at byte positions counted across the groups."""
+
+    @classmethod
+    def build(cls, rows: int, groups: int, time: int, rotary: "Rotary", device: torch.device) -> "GroupLayout":
+        causal = torch.ones(time, time, dtype=torch.bool, device=device).tril()
+        has_previous = (torch.arange(groups, device=device) > 0)[:, None, None].expand(groups, time, time)
+        allowed = torch.cat((has_previous, causal.expand(groups, time, time)), dim=-1)  # (groups, time, 2 time)
+        allowed = allowed.repeat(rows // groups, 1, 1)[:, None]
+        cos, sin = rotary(torch.arange(groups * time, device=device))
+        return cls(groups, allowed, (cos.view(groups, 1, time, -1), sin.view(groups, 1, time, -1)))
 
 
 class Attention(nn.Module):
@@ -112,22 +132,23 @@ class Attention(nn.Module):
         rope: tuple[Tensor, Tensor],
         cache: KVCache | None = None,
         key_mask: Tensor | None = None,
-        groups: int | None = None,
-        prefix_rope: tuple[Tensor, Tensor] | None = None,
+        layout: GroupLayout | None = None,
     ) -> Tensor:
         """``x`` (batch, time, dim). With a cache, ``x`` continues the cached tokens; ``key_mask``
         (batch, keys) marks keys that may be attended to (left padding in batched generation).
 
-        ``groups``: the rows of ``x`` are consecutive groups, ``groups`` per sequence, and each also
-        attends to the whole group before it in its sequence, whose keys are rotated by
-        ``prefix_rope`` (positions ``-time .. -1``)."""
-        q, raw_k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.heads)
-        cos, sin = rope
-        q, k = apply_rotary(q, cos, sin), apply_rotary(raw_k, cos, sin)
+        ``layout`` (no cache): the rows of ``x`` are consecutive groups, and each also attends to the
+        group before it (cross-patch attention); ``rope`` is then unused."""
+        q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.heads)
         dropout = self.dropout if self.training else 0.0
-        if groups is not None:
-            y = attend_across_groups(q, k, v, apply_rotary(raw_k, *prefix_rope), groups, dropout)
+        if layout is not None:
+            q, k = (rotate_groups(t, layout) for t in (q, k))
+            keys = torch.cat((previous_group(k, layout.groups), k), dim=2)
+            values = torch.cat((previous_group(v, layout.groups), v), dim=2)
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=layout.allowed, dropout_p=dropout)
             return self.out(rearrange(y, "b h t d -> b t (h d)"))
+        cos, sin = rope
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         past = 0
         if cache is not None:
             past = cache.length
@@ -152,24 +173,14 @@ class Attention(nn.Module):
 def previous_group(x: Tensor, groups: int) -> Tensor:
     """``x`` (batch * groups, ...) with rows in sequence order → each row's value for the group before
     it in its sequence (zeros for a sequence's first group)."""
-    grouped = x.view(x.shape[0] // groups, groups, *x.shape[1:])
-    return torch.cat((torch.zeros_like(grouped[:, :1]), grouped[:, :-1]), dim=1).view(x.shape)
+    grouped = x.reshape(x.shape[0] // groups, groups, -1)
+    return F.pad(grouped, (0, 0, 1, -1)).view(x.shape)  # shift by one group, cropping the last
 
 
-def attend_across_groups(q: Tensor, k: Tensor, v: Tensor, prefix_k: Tensor, groups: int, dropout: float) -> Tensor:
-    """Causal attention inside each group plus full attention to the group before it.
-
-    ``q``, ``k``, ``v``, ``prefix_k`` (batch * groups, heads, time, head_dim), rows in sequence order;
-    ``prefix_k`` holds each group's keys as seen from the next group. A sequence's first group has no
-    group before it."""
-    rows, heads, time, head_dim = k.shape
-    keys = torch.cat((previous_group(prefix_k, groups), k), dim=2)
-    values = torch.cat((previous_group(v, groups), v), dim=2)
-    causal = torch.ones(time, time, dtype=torch.bool, device=q.device).tril()
-    has_previous = (torch.arange(groups, device=q.device) > 0)[:, None, None].expand(groups, time, time)
-    allowed = torch.cat((has_previous, causal.expand(groups, time, time)), dim=-1)  # (groups, time, 2 time)
-    allowed = allowed.repeat(rows // groups, 1, 1)[:, None]
-    return F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed, dropout_p=dropout)
+def rotate_groups(x: Tensor, layout: GroupLayout) -> Tensor:
+    """Rotary positions for ``x`` (batch * groups, heads, time, head_dim) counted across each sequence's groups."""
+    grouped = x.view(-1, layout.groups, *x.shape[1:])
+    return apply_rotary(grouped, *layout.rope).view(x.shape)
 
 
 class MLP(nn.Module):
@@ -214,18 +225,17 @@ class Block(nn.Module):
         self.shift = shift
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], cache: KVCache | None, key_mask: Tensor | None,
-                has_previous: Tensor | None = None, groups: int | None = None,
-                prefix_rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
+                has_previous: Tensor | None = None, layout: GroupLayout | None = None) -> Tensor:
         attn_input = x
         if self.shift:
-            attn_input = token_shift(x, self._before(x, cache.last_attn_input if cache else None, groups),
+            attn_input = token_shift(x, self._before(x, cache.last_attn_input if cache else None, layout),
                                      has_previous)
             if cache is not None:
                 cache.last_attn_input = x[:, -1]
-        x = x + self.drop(self.attn(self.attn_norm(attn_input), rope, cache, key_mask, groups, prefix_rope))
+        x = x + self.drop(self.attn(self.attn_norm(attn_input), rope, cache, key_mask, layout))
         mlp_input = x
         if self.shift:
-            mlp_input = token_shift(x, self._before(x, cache.last_mlp_input if cache else None, groups),
+            mlp_input = token_shift(x, self._before(x, cache.last_mlp_input if cache else None, layout),
                                     has_previous)
             if cache is not None:
                 cache.last_mlp_input = x[:, -1]
@@ -233,10 +243,10 @@ class Block(nn.Module):
 
 
     @staticmethod
-    def _before(x: Tensor, cached: Tensor | None, groups: int | None) -> Tensor | None:
-        """The token before ``x[:, 0]`` for token shift: the cached one, or with ``groups`` the last token
-        of the group before (cross-patch), else none."""
-        return previous_group(x[:, -1], groups) if groups is not None else cached
+    def _before(x: Tensor, cached: Tensor | None, layout: GroupLayout | None) -> Tensor | None:
+        """The token before ``x[:, 0]`` for token shift: the cached one, or with a group layout the last
+        token of the group before (cross-patch), else none."""
+        return previous_group(x[:, -1], layout.groups) if layout is not None else cached
 
 
 class Transformer(nn.Module):
@@ -252,31 +262,34 @@ class Transformer(nn.Module):
     def new_cache(self) -> list[KVCache]:
         return [KVCache() for _ in self.blocks]
 
-    def carry_cache(self, cache: list[KVCache], group_length: int) -> list[KVCache]:
+    def carry_cache(self, cache: list[KVCache]) -> list[KVCache]:
         """Caches for the next group that start with this group's keys and values as its prefix
-        (cross-patch attention; the keys move ``group_length`` positions back)."""
-        rotation = self.rotary(torch.tensor([-group_length], device=self.rotary.inv_freq.device))
-        return [layer.carried(rotation) for layer in cache]
+        (cross-patch attention)."""
+        return [layer.carried() for layer in cache]
 
     def forward(self, x: Tensor, cache: list[KVCache] | None = None, key_mask: Tensor | None = None,
-                groups: int | None = None) -> Tensor:
+                groups: int | None = None, position: int = 0) -> Tensor:
         """``x`` (batch, time, dim) → (batch, time, dim); with ``cache`` it continues after the cached tokens.
 
         ``groups`` (no cache): the rows of ``x`` are consecutive groups, ``groups`` per sequence, and each
-        group also attends to the one before it (cross-patch attention)."""
+        group also attends to the one before it (cross-patch attention); rotary positions then count
+        across the groups. ``position``: the rotary position of the cached group's first token (cached
+        cross-patch decoding, where it is the group's first byte)."""
         past = cache[0].length if cache else 0  # keys before x, a carried prefix included
         time = x.shape[1]
-        if cache is None:
+        layout, rope = None, None
+        if groups is not None:
+            layout = GroupLayout.build(x.shape[0], groups, time, self.rotary, x.device)
+        elif cache is None:
             rope = self.rotary(torch.arange(time, device=x.device))
         else:
-            rope = self.rotary.at(past - cache[0].prefix, time, x.device)
-        prefix_rope = self.rotary(torch.arange(-time, 0, device=x.device)) if groups is not None else None
+            rope = self.rotary.at(position + past - cache[0].prefix, time, x.device)
         has_previous = None
         if key_mask is not None:  # token shift must not read a padding token
             before = torch.arange(past - 1, past + time - 1, device=x.device)
             has_previous = (before >= 0) & key_mask[:, before.clamp(min=0)]
         for index, block in enumerate(self.blocks):
-            x = block(x, rope, cache[index] if cache else None, key_mask, has_previous, groups, prefix_rope)
+            x = block(x, rope, cache[index] if cache else None, key_mask, has_previous, layout)
         return self.norm(x)
 
 
