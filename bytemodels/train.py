@@ -117,7 +117,7 @@ class TrainConfig:
     dtype: str = "auto"
     """auto (bf16 autocast on CUDA, fp32 elsewhere), bf16 (autocast) or fp32."""
     compile: bool = False
-    """Compile the model with torch.compile (faster on GPUs after a warm-up)."""
+    """Compile the model with torch.compile (about a minute of warm-up, then faster steps on GPU and CPU)."""
     progress: bool = True
     """Show a tqdm progress bar."""
 
