@@ -89,11 +89,10 @@ class IncrementalDecoder:
                     above_stage, above_state, above_unit = above
                     state.context = above_stage.contexts(above_state.outputs[above_unit][:, None])[:, 0]
             current = (position - group_start) // unit
-            # The global stage runs every unit the ids allow at once (a prompt in one pass, even while
-            # the local stage warms up on earlier patches).
-            target = self.ids.shape[1] // unit if index == 0 else current
             if state.processed <= current:
-                self._run_stage(index, stage, state, max(current, target))
+                # The global stage runs every unit the ids allow at once (a prompt in one pass, even while
+                # the local stage warms up on earlier patches).
+                self._run_stage(index, stage, state, self.ids.shape[1] // unit if index == 0 else current)
             if stage.is_local:
                 return state.last
             above = (stage, state, current)
@@ -123,10 +122,12 @@ class IncrementalDecoder:
             key_mask = torch.arange(current + 1, device=x.device)[None, :] >= self.pad_units[:, None]
         prefix = state.caches[0].prefix
         if prefix and self.pad_units is not None:
-            # A carried group that lies in a row's left padding is not its previous group: masked.
+            # A carried group that lies in a row's left padding is not its previous group: masked (only
+            # near a row's start; past it every step keeps the mask-free attention of one new token).
             prefix_real = start - prefix >= self.pad_units * self.unit_sizes[0]
-            keys = prefix + current + 1
-            key_mask = (torch.arange(keys, device=x.device)[None, :] >= prefix) | prefix_real[:, None]
+            if not bool(prefix_real.all()):
+                keys = prefix + current + 1
+                key_mask = (torch.arange(keys, device=x.device)[None, :] >= prefix) | prefix_real[:, None]
         # Cross-patch attention counts rotary positions in bytes across groups (as in training).
         hidden = stage.transformer(x, state.caches, key_mask, position=start if stage.cross_patch else 0)
         state.last = hidden[:, -1]

@@ -241,7 +241,6 @@ class Block(nn.Module):
                 cache.last_mlp_input = x[:, -1]
         return x + self.drop(self.mlp(self.mlp_norm(mlp_input)))
 
-
     @staticmethod
     def _before(x: Tensor, cached: Tensor | None, layout: GroupLayout | None) -> Tensor | None:
         """The token before ``x[:, 0]`` for token shift: the cached one, or with a group layout the last
