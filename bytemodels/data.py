@@ -37,7 +37,7 @@ import shutil
 import tempfile
 import time
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -376,8 +376,8 @@ def _concat_ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
 class Windows:
     """Fixed-length windows of ids read from a dataset view; subclasses define the layout.
 
-    Two ways in: ``window(i)`` for the ``len(self)`` fixed, non-overlapping windows (validation uses the
-    first ones, so it is the same set every time) and ``batch(seed, step, ...)`` for random training
+    Two ways in: ``window(i)`` for the ``len(self)`` fixed, non-overlapping windows (validation scores
+    ``fixed(count)`` of them, the same set every time) and ``batch(seed, step, ...)`` for random training
     windows, a pure function of its arguments."""
 
     seq_len: int
@@ -413,9 +413,14 @@ class Windows:
         raise NotImplementedError
 
     def fixed(self, count: int) -> np.ndarray:
-        """The first ``count`` fixed windows (fewer if there are fewer): (n, seq_len) int64."""
-        count = min(count, len(self))
-        return np.stack([self.window(i) for i in range(count)]) if count else np.zeros((0, self.seq_len), np.int64)
+        """``count`` fixed windows (all of them if there are fewer): (n, seq_len) int64, in order."""
+        indices = self.fixed_indices(count)
+        return (np.stack([self.window(i) for i in indices]) if len(indices)
+                else np.zeros((0, self.seq_len), np.int64))
+
+    def fixed_indices(self, count: int) -> Sequence[int]:
+        """Which windows ``fixed(count)`` returns: the first ``count`` here; ``PackedWindows`` spreads them."""
+        return range(min(count, len(self)))
 
     def batch(self, seed: int, step: int, batch_size: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
         """Rank ``rank``'s ``batch_size`` windows of training step ``step``: (batch_size, seq_len) int64.
@@ -458,6 +463,17 @@ class PackedWindows(Windows):
 
     def window(self, index: int) -> np.ndarray:
         return self.window_at(index * self.seq_len)
+
+    def fixed_indices(self, count: int) -> Sequence[int]:
+        """``count`` windows evenly spaced over the stream (all if there are fewer), in order.
+
+        Spread rather than leading: held-out files are often sorted (by source, by length), so the first
+        windows can score far from the whole split; on TinyStories' validation text the first 64 of 773
+        windows scored 1.23 bits/byte where all of them scored 1.35."""
+        total = len(self)
+        if count >= total:
+            return range(total)
+        return [index * total // count for index in range(max(count, 0))]
 
     def choice(self, value: int) -> np.ndarray:
         return self.window_at(value)

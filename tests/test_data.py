@@ -212,6 +212,23 @@ def test_batches_are_a_function_of_seed_and_step_and_shard_across_ranks(tmp_path
     assert np.array_equal(windows.fixed(5), windows.fixed(5))
 
 
+def test_packed_validation_windows_spread_over_the_stream_records_lead(tmp_path):
+    # Sorted held-out data: a leading sample would see only the first documents.
+    docs = [(bytes([65 + i // 10]) * 40, None) for i in range(100)]
+    packed = ByteDataset.build(docs, tmp_path / "p", key={"w": 1}, layout="packed", progress=False).windows(32, 8)
+    total = len(packed)
+    chosen = packed.fixed(4)
+    assert chosen.shape == (4, 32)
+    assert list(packed.fixed_indices(4)) == [0, total // 4, total // 2, 3 * total // 4]
+    for row, index in zip(chosen, packed.fixed_indices(4)):
+        assert np.array_equal(row, packed.window(index))
+    assert ord("H") in chosen[-1]  # documents from the last third of the stream are scored, not only "A"s
+    assert np.array_equal(packed.fixed(total + 5), np.stack([packed.window(i) for i in range(total)]))
+    records = ByteDataset.build(docs, tmp_path / "r", key={"w": 1}, layout="records", progress=False).windows(32, 8)
+    assert np.array_equal(records.fixed(3), np.stack([records.window(i) for i in range(3)]))
+    assert packed.fixed(0).shape == (0, 32)
+
+
 def test_empty_split_has_no_windows(tmp_path):
     dataset = ByteDataset.build([b"abc", b"def"], tmp_path, key={"e": 1}, progress=False)
     assert len(dataset.val) == 0
