@@ -101,7 +101,7 @@ class TrainConfig:
     eval_every: int = 250
     """Validation bits/byte every this many steps (0: only at the end)."""
     eval_windows: int = 64
-    """Validation windows: the first ones of the validation data, the same every time."""
+    """Validation windows, the same every time: spread over packed text, the leading records otherwise."""
     sample_every: int = 0
     """Call the sample function every this many steps (0: only at the end)."""
     checkpoint_every: int = 500
@@ -117,7 +117,8 @@ class TrainConfig:
     dtype: str = "auto"
     """auto (bf16 autocast on CUDA, fp32 elsewhere), bf16 (autocast) or fp32."""
     compile: bool = False
-    """Compile the model with torch.compile (about a minute of warm-up, then faster steps on GPU and CPU)."""
+    """Compile the model with torch.compile (about a minute of warm-up, then faster steps on GPU and CPU).
+    Where compiling fails (no C++ compiler, an unsupported backend) the run warns and trains uncompiled."""
     progress: bool = True
     """Show a tqdm progress bar."""
 
@@ -324,12 +325,32 @@ class Trainer:
         if resume is not None:
             self._load(resume)
 
-        self.train_model: torch.nn.Module = self.model
-        if train_config.compile:
-            self.train_model = torch.compile(self.model)
+        self.compiled = train_config.compile
+        """Whether the training forward runs compiled (False after a failed compile)."""
+        self.train_model = self._training_module()
+
+    def _training_module(self) -> torch.nn.Module:
+        """The model as training calls it: compiled if asked, wrapped for DDP across processes."""
+        module: torch.nn.Module = torch.compile(self.model) if self.compiled else self.model
         if self.dist.enabled:
-            self.train_model = DistributedDataParallel(
-                self.train_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            module = DistributedDataParallel(module, device_ids=[self.device.index] if self.device.type == "cuda"
+                                             else None)
+        return module
+
+    def _training_loss(self, ids: torch.Tensor) -> torch.Tensor:
+        """The training forward; a compile that fails (on the first call) falls back to the uncompiled model."""
+        try:
+            return self.train_model(ids, ids).loss
+        except torch._dynamo.exc.BackendCompilerFailed as error:
+            if not self.compiled:
+                raise
+            cause = getattr(error, "inner_exception", None) or error
+            reason = (str(cause).strip().splitlines() or [""])[0]
+            warnings.warn(f"torch.compile failed, training continues uncompiled: {type(cause).__name__}: {reason}",
+                          RuntimeWarning, stacklevel=2)
+            self.compiled = False
+            self.train_model = self._training_module()
+            return self.train_model(ids, ids).loss
 
     @classmethod
     def resume(cls, checkpoint: str | Path, train_data: Any, val_data: Any = None, *,
@@ -603,7 +624,7 @@ class Trainer:
             sync = self.train_model.no_sync() if self.dist.enabled and not last else nullcontext()
             with sync, torch.enable_grad():  # a caller may have turned gradients off globally
                 with self._autocast():
-                    loss = self.train_model(ids, ids).loss
+                    loss = self._training_loss(ids)
                 (loss * (targets * self.dist.world_size / global_targets)).backward()
             nats += loss.detach() * targets
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0

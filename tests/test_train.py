@@ -92,6 +92,23 @@ def test_max_bytes_budget(tmp_path):
     assert summary.stop_reason == "max_bytes" and summary.step == 8  # ceil(1000 / (4 x 32))
 
 
+def test_a_failed_compile_warns_and_trains_uncompiled(tmp_path, monkeypatch):
+    # As on a machine without a C++ compiler: the backend raises when the first step compiles.
+    def broken_backend(graph, example_inputs):
+        raise RuntimeError("no C++ compiler found")
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend=broken_backend))
+    data = text_dataset(tmp_path / "cache")
+    trainer = Trainer(tiny_config(), train_config(tmp_path / "run", max_steps=4, eval_every=0, compile=True),
+                      data.train, data.val)
+    assert trainer.compiled
+    with pytest.warns(RuntimeWarning, match="torch.compile failed, training continues uncompiled.*no C\\+\\+"):
+        summary = trainer.fit()
+    assert summary.step == 4 and not trainer.compiled and trainer.train_model is trainer.model
+    assert math.isfinite(summary.val_bpb)
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     data = text_dataset(tmp_path / "cache")
 
