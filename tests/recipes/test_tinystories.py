@@ -22,7 +22,7 @@ from recipes import tinystories  # noqa: E402
 SHARED_STORIES = REPO.parent / "shared" / "data" / "tinystories"
 # A model small enough that a few steps take a second or two on two CPU cores.
 TINY_FLAGS = ["--dims", "32,32", "--layers", "1,1", "--heads", "2,2", "--max-seq-len", "64", "--batch-size", "4",
-              "--eval-windows", "4", "--sample-bytes", "40", "--warmup-steps", "1", "--no-progress"]
+              "--eval-windows", "4", "--sample-bytes", "40", "--warmup-steps", "1", "--no-progress", "--no-compile"]
 
 DIALOGUE_STORY = ('Once upon a time, a girl named Lily found a shiny red ball in the garden. '
                   '"Look, Mom!" she said. Her mom smiled and they played together until the sun went down.')
@@ -247,7 +247,7 @@ def test_instruct_fine_tunes_a_checkpoint_on_built_entries(story_data, tmp_path,
     run_recipe(capsys, "--data", story_data, "--out", base, "--max-steps", 2, *TINY_FLAGS)
     tuned = tmp_path / "runs" / "tinystories-instruct"
     out = run_recipe(capsys, "--instruct", "--init", base, "--data", story_data, "--out", tuned, "--max-steps", 2,
-                     "--eval-every", 2, "--sample-bytes", 20, "--no-progress")
+                     "--eval-every", 2, "--sample-bytes", 20, "--no-progress", "--no-compile")
     assert f"fine-tuning from {base}" in out and "entries" in out
     story = (tuned / "samples" / "step_000002_0.txt").read_text(encoding="utf-8")
     assert story.startswith("Features: Dialogue\nWords: cat, ball, happy\nStory: ")
@@ -269,6 +269,9 @@ def test_recipe_defaults_fill_in_what_the_flags_leave_out(tmp_path):
     defaults = tinystories.recipe_defaults("cpu", instruct=False)
     config = new_train_config(defaults, {}, tmp_path / "run")
     assert config.time == "10m" and config.out_dir == str(tmp_path / "run")
+    assert config.compile  # on CPU it pays off within the default budget
+    args = tinystories.build_train_parser().parse_args(["--no-compile"])
+    assert not new_train_config(defaults, overrides_from_args(TrainConfig, args), tmp_path / "run").compile
     assert config.sample_every == config.eval_every == defaults["eval_every"]  # stories at each evaluation
     args = tinystories.build_train_parser().parse_args(["--time", "2m", "--eval-every", "7", "--lr", "1e-3"])
     config = new_train_config(defaults, overrides_from_args(TrainConfig, args), tmp_path / "run")
