@@ -1,0 +1,93 @@
+"""Bits per byte of a checkpoint over every window of a validation cache, and over two 64-window samples of it.
+
+During a run the trainer scores ``eval_windows`` windows (64 by default) to stay fast. This scores all of them, the
+number to compare with a compressor on the same text, next to what the trainer's sample shows: 64 windows spread
+evenly over the text (the trainer since 2026-11-29) and the first 64 (the trainer before; on TinyStories they are
+easier text and scored 0.12-0.13 bits/byte lower than the whole). Byte targets only, as ``benchmarks/compare.py``.
+Results: a Markdown table on stdout, JSON in ``outputs/benchmarks/validation-windows-<date>.json``.
+
+    python benchmarks/validation_windows.py runs/tinystories runs/cache/tinystories-validation-*
+
+The cache folder is the one the recipe built for the validation split, under its ``--cache-dir`` (``runs/cache`` by
+default) and named after the split (``tinystories-validation-<hash>``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from bytemodels import tokens
+from bytemodels.checkpoint import atomic_write_text
+from bytemodels.cli import CommandError, load_model, open_checkpoint
+from bytemodels.data import ByteDataset, DataCacheError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = 64
+"""Windows in the trainer's default sample (``TrainConfig.eval_windows``)."""
+
+
+def window_bits(model: torch.nn.Module, ids: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(bits, byte targets) of each window: ``ids`` (n, seq_len) → two (n,) arrays."""
+    bits, counts = np.zeros(len(ids)), np.zeros(len(ids), dtype=np.int64)
+    for start in tqdm(range(0, len(ids), batch_size), desc="scoring windows", unit="batch"):
+        batch = torch.from_numpy(ids[start:start + batch_size])
+        with torch.inference_mode():
+            logits = model(batch).logits.float()
+        targets = batch.masked_fill(batch >= tokens.NUM_BYTES, tokens.PAD_ID)
+        nats = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=tokens.PAD_ID,
+                               reduction="none").view(batch.shape).sum(dim=1)
+        bits[start:start + len(batch)] = nats.double().numpy() / math.log(2)
+        counts[start:start + len(batch)] = (targets != tokens.PAD_ID).sum(dim=1).numpy()
+    return bits, counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", help="a run folder or checkpoint folder")
+    parser.add_argument("cache", help="the validation split's dataset cache folder")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "outputs" / "benchmarks",
+                        help="folder for the JSON result")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    try:
+        folder, _, _ = open_checkpoint(args.checkpoint)
+        model = load_model(folder, "cpu").eval()
+        dataset = ByteDataset.open(Path(args.cache))
+    except (CommandError, DataCacheError, OSError, ValueError) as error:
+        sys.exit(f"validation_windows: error: {error}")
+    config = model.config
+    windows = dataset.windows(config.max_seq_len, config.patch_size, config.num_tags)
+    every = windows.fixed(len(windows))
+    bits, counts = window_bits(model, every, args.batch_size)
+    total = len(every)
+    spread = list(windows.fixed_indices(SAMPLE))
+    result = {"checkpoint": str(folder), "cache": str(args.cache), "windows": total, "bytes": int(counts.sum()),
+              "bits_per_byte": {
+                  "all windows": float(bits.sum() / counts.sum()),
+                  f"{SAMPLE} spread (the trainer)": float(bits[spread].sum() / counts[spread].sum()),
+                  f"first {SAMPLE}": float(bits[:SAMPLE].sum() / counts[:SAMPLE].sum())}}
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"validation-windows-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+    print(f"{folder}: {total} windows of {config.max_seq_len} ids, {result['bytes']:,} bytes scored\n")
+    print("| windows | bits/byte |\n| --- | ---: |")
+    for name, value in result["bits_per_byte"].items():
+        print(f"| {name} | {value:.4f} |")
+    print(f"\nJSON: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
