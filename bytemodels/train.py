@@ -528,7 +528,9 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             tqdm.write(f"training {self.model.num_parameters():,} parameters on {self.device} ({self.precision}, "
                        f"{self.dist.world_size} process{'es' if self.dist.world_size > 1 else ''}), "
-                       f"global batch {self.rank_batch * self.dist.world_size} x {self.model_config.max_seq_len}")
+                       f"global batch {self.rank_batch * self.dist.world_size} x {self.model_config.max_seq_len}"
+                       + (", compiled (the first step waits for it: about a minute the first time, seconds once "
+                          "PyTorch has cached it)" if self.compiled else ""))
         self._log = _RunLog(self.run_dir / METRICS_FILE if self.is_main else None, self.horizon, self.step,
                             show=self.is_main and cfg.progress)
         budget = cfg.time_budget

@@ -92,7 +92,7 @@ def test_max_bytes_budget(tmp_path):
     assert summary.stop_reason == "max_bytes" and summary.step == 8  # ceil(1000 / (4 x 32))
 
 
-def test_a_failed_compile_warns_and_trains_uncompiled(tmp_path, monkeypatch):
+def test_a_failed_compile_warns_and_trains_uncompiled(tmp_path, monkeypatch, capsys):
     # As on a machine without a C++ compiler: the backend raises when the first step compiles.
     def broken_backend(graph, example_inputs):
         raise RuntimeError("no C++ compiler found")
@@ -106,6 +106,7 @@ def test_a_failed_compile_warns_and_trains_uncompiled(tmp_path, monkeypatch):
     with pytest.warns(RuntimeWarning, match="torch.compile failed, training continues uncompiled.*no C\\+\\+"):
         summary = trainer.fit()
     assert summary.step == 4 and not trainer.compiled and trainer.train_model is trainer.model
+    assert "compiled (the first step waits for it" in capsys.readouterr().out  # says why the first step is slow
     assert math.isfinite(summary.val_bpb)
 
 
