@@ -21,17 +21,20 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from tqdm import tqdm
-
-from bytemodels import tokens
-from bytemodels.checkpoint import atomic_write_text
-from bytemodels.cli import CommandError, load_model, open_checkpoint
-from bytemodels.data import ByteDataset, DataCacheError
-
+# Run as a script (python benchmarks/validation_windows.py) or a module (python -m benchmarks.validation_windows).
 REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from benchmarks.compare import byte_nats  # noqa: E402
+from bytemodels.checkpoint import atomic_write_text  # noqa: E402
+from bytemodels.cli import CommandError, load_model, open_checkpoint  # noqa: E402
+from bytemodels.data import ByteDataset, DataCacheError  # noqa: E402
+
 SAMPLE = 64
 """Windows in the trainer's default sample (``TrainConfig.eval_windows``)."""
 
@@ -39,15 +42,14 @@ SAMPLE = 64
 def window_bits(model: torch.nn.Module, ids: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """(bits, byte targets) of each window: ``ids`` (n, seq_len) → two (n,) arrays."""
     bits, counts = np.zeros(len(ids)), np.zeros(len(ids), dtype=np.int64)
+    patch_size = model.config.patch_size
     for start in tqdm(range(0, len(ids), batch_size), desc="scoring windows", unit="batch"):
         batch = torch.from_numpy(ids[start:start + batch_size])
         with torch.inference_mode():
-            logits = model(batch).logits.float()
-        targets = batch.masked_fill(batch >= tokens.NUM_BYTES, tokens.PAD_ID)
-        nats = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=tokens.PAD_ID,
-                               reduction="none").view(batch.shape).sum(dim=1)
-        bits[start:start + len(batch)] = nats.double().numpy() / math.log(2)
-        counts[start:start + len(batch)] = (targets != tokens.PAD_ID).sum(dim=1).numpy()
+            logits = model(batch).logits
+        for row in range(len(batch)):
+            nats, targets = byte_nats(logits[row:row + 1], batch[row:row + 1], patch_size)
+            bits[start + row], counts[start + row] = nats.sum() / math.log(2), targets.sum()
     return bits, counts
 
 
