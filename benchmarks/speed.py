@@ -143,6 +143,8 @@ class GenerationRun:
         generator = torch.Generator().manual_seed(0)
         self.prompt = torch.randint(0, 256, (1, spec["prompt_len"]), generator=generator).to(device)
         self.new_bytes = spec["new_bytes"][peer]
+        # Ours can compile its one-byte local step (the reference's per-byte step changes shape with every byte).
+        self.compile = peer == "ours" and spec.get("compile_decoding", False)
 
     def _generate(self, prompt, count: int) -> int:
         """Generate ``count`` bytes after ``prompt``; how many came back (ours stops early at EOS)."""
@@ -153,11 +155,13 @@ class GenerationRun:
             if self.peer == "reference":
                 self.model.generate(prompt, count)
                 return count
-            return len(self.model.generate(prompt, count, temperature=1.0, seed=0)[0])
+            return len(self.model.generate(prompt, count, temperature=1.0, seed=0, compile=self.compile)[0])
 
     def warm_up(self) -> None:
-        """Allocator, kernels and lazy initialisation, on a short prompt."""
+        """Allocator, kernels and lazy initialisation, on a short prompt and then the real one (a compiled
+        step compiles for a first size of its slots, then once more for any size)."""
         self._generate(self.prompt[:, :64], 8)
+        self._generate(self.prompt, 8)
 
     def first_byte(self) -> float:
         """Seconds until the first new byte exists: the prompt's processing."""
@@ -169,7 +173,7 @@ class GenerationRun:
             if self.peer == "reference":
                 self.model.model(self.prompt)  # its per-byte step: a forward pass over the whole prefix
             else:
-                self.model.generate(self.prompt, 1, temperature=1.0, seed=0)
+                self.model.generate(self.prompt, 1, temperature=1.0, seed=0, compile=self.compile)
         synchronize(self.device)
         return time.perf_counter() - start
 
@@ -415,7 +419,8 @@ class Bench:
     def spec(self, task: str, peers: list[str], **fields: Any) -> dict[str, Any]:
         args = self.args
         return {"task": task, "peers": peers, "threads": args.threads, "device": args.device, "dtype": args.dtype,
-                "ref_flash": args.ref_attention == "sdpa", "compile": args.compile, **fields}
+                "ref_flash": args.ref_attention == "sdpa", "compile": args.compile,
+                "compile_decoding": args.compile_decoding, **fields}
 
     def run(self, label: str, spec: dict[str, Any]) -> dict[str, Any]:
         # Interleaved runs stop starting new pairs after the time limit, and are stopped at three times it.
@@ -664,6 +669,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast, fp32 weights")
     parser.add_argument("--compile", default="none", choices=["none", "ours", "reference", "both"],
                         help="torch.compile these peers' models for the training measurements")
+    parser.add_argument("--compile-decoding", action="store_true",
+                        help="generate with our one-byte local step compiled (Megabyte.generate(compile=True))")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="torch.set_num_threads for every peer (default: all cores)")
     parser.add_argument("--preset", default=None, help="a MegabyteConfig preset instead of global 512x6, local 256x2")

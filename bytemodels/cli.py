@@ -122,7 +122,8 @@ def command_sample(args: argparse.Namespace) -> int:
     max_bytes = args.max_bytes if args.max_bytes is not None else (record_size - len(data) if record_size else 1000)
     ids = torch.tensor([prompt_ids(codec, layout, config.patch_size, data, config.num_tags)],
                        device=next(model.parameters()).device)
-    options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                   compile=args.compile)
     is_text = codec is None or codec.modality == "text"
     generated = bytearray()
     if is_text and not args.quiet:
@@ -322,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("-o", "--output", help="output file (default: sample.<codec extension> here)")
     sample.add_argument("--device", default="auto", help="cuda, mps, cpu or auto")
     sample.add_argument("--quiet", action="store_true", help="do not stream text to the terminal")
+    sample.add_argument("--compile", action="store_true",
+                        help="compile the one-byte decoding step first (tens of seconds; then faster per byte, "
+                             "worth it for long outputs such as audio)")
     sample.add_argument("--modality", help="for a checkpoint trained on several modalities: which one to produce")
     sample.set_defaults(run=command_sample)
 

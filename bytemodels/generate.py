@@ -8,6 +8,7 @@ parallel, and afterwards a stage runs once per unit it completes.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from torch import Tensor
 
 from bytemodels import tokens
 from bytemodels.layers import KVCache
+from bytemodels.stage_step import StageSlots, step_function
 
 
 @dataclass
@@ -25,7 +27,8 @@ class _StageState:
     group_start: int = -1  # byte position where the stage's current group starts
     processed: int = 0  # units of the group already run through the transformer
     context: Tensor | None = None  # (batch, g, d): contexts from the stage above for this group
-    last: Tensor | None = None  # (batch, d): output at the newest processed unit
+    logits: Tensor | None = None  # local stage: (batch, vocab) at the newest processed byte
+    slots: StageSlots | None = None  # global and local stage, once they decode one unit at a time
     outputs: dict[int, Tensor] = field(default_factory=dict)  # upper stages: unit → (batch, d) output
 
 
@@ -34,10 +37,18 @@ class IncrementalDecoder:
 
     ``ids`` (batch, time) may be left-padded with whole global patches; ``pad_units`` (batch,) says
     how many, and those units are masked out of the global attention. Call ``logits()`` for the
-    distribution of the next id, then ``append(next_ids)``."""
+    distribution of the next id, then ``append(next_ids)``.
 
-    def __init__(self, model, ids: Tensor, pad_units: Tensor | None = None) -> None:
+    The prompt runs in parallel through variable-length caches; then the global and the local stage run
+    one unit at a time through fixed slots (``bytemodels.stage_step``), which ``compile`` compiles.
+    ``max_length`` (ids, prompt included), when known, sizes the global stage's slots once."""
+
+    def __init__(self, model, ids: Tensor, pad_units: Tensor | None = None, compile: bool = False,
+                 max_length: int | None = None) -> None:
         self.model = model
+        last = model.config.num_stages - 1
+        self.steps = {index: step_function(model, index, compile) for index in {0, last}}
+        self.max_length = max_length
         self.ids = ids
         self.unit_sizes = model.config.unit_sizes
         self.pad_units = pad_units if pad_units is not None and bool(pad_units.any()) else None
@@ -67,11 +78,11 @@ class IncrementalDecoder:
             for start in range(first, current_start, group_bytes):
                 self._advance(start + group_bytes - 1)
         self.started = True
-        return self.model.head(self._advance(position)).float()
+        return self._advance(position)
 
     def _advance(self, position: int) -> Tensor:
         """Run every stage up to what the prediction of the id at ``position`` needs; return the
-        local stage's output there."""
+        local stage's logits there."""
         above = None  # (stage, state, unit) of the stage above, whose output at that unit feeds this group
         for index, (stage, state) in enumerate(zip(self.model.stages, self.states)):
             unit = self.unit_sizes[index]
@@ -80,7 +91,9 @@ class IncrementalDecoder:
             if state.group_start != group_start:
                 follows = stage.cross_patch and state.group_start == group_start - group_bytes \
                     and state.processed * unit == group_bytes
-                if follows:  # the group just finished becomes the new group's prefix
+                if state.slots is not None:
+                    state.slots.next_group(follows, self._prefix_real(group_start))
+                elif follows:  # the group just finished becomes the new group's prefix
                     state.caches = stage.transformer.carry_cache(state.caches)
                 else:
                     state.caches = stage.transformer.new_cache()
@@ -94,9 +107,15 @@ class IncrementalDecoder:
                 # the local stage warms up on earlier patches).
                 self._run_stage(index, stage, state, self.ids.shape[1] // unit if index == 0 else current)
             if stage.is_local:
-                return state.last
+                return state.logits
             above = (stage, state, current)
         raise AssertionError("the last stage is always local")
+
+    def _prefix_real(self, group_start: int) -> Tensor:
+        """(batch,) whether the local group before the one at ``group_start`` lies outside each row's left padding."""
+        if self.pad_units is None:
+            return torch.ones(self.ids.shape[0], dtype=torch.bool, device=self.ids.device)
+        return group_start - self.unit_sizes[-2] >= self.pad_units * self.unit_sizes[0]
 
     def _run_stage(self, index: int, stage, state: _StageState, current: int) -> None:
         """Run units ``state.processed .. current`` of the stage's group through its transformer."""
@@ -111,9 +130,32 @@ class IncrementalDecoder:
         if current >= lo:
             previous = self.ids[:, start + (lo - 1) * unit: start + current * unit]
             parts.append(stage.embed(previous.reshape(batch, current - lo + 1, unit)))
-        x = torch.cat([part.to(parts[-1].dtype) for part in parts], dim=1)
+        x = parts[0] if len(parts) == 1 else torch.cat([part.to(parts[-1].dtype) for part in parts], dim=1)
         if state.context is not None:
             x = x + state.context[:, first: current + 1]
+        # One new unit, once the parallel pass has filled the caches (they give the slots' shapes and dtype):
+        # a step over the fixed slots.
+        if state.slots is None and current == first and index in self.steps and state.caches[0].length:
+            state.slots = self._slots(index, stage, state)
+            state.caches = []
+        if state.slots is not None:
+            # Cross-patch attention counts rotary positions in bytes across groups (as in training).
+            cos, sin = stage.transformer.rotary.at((start if stage.cross_patch else 0) + first, 1, x.device)
+            hidden = state.slots.step(self.steps[index], x, cos, sin)
+        else:
+            hidden = self._run_cached(index, stage, state, x, current)
+        state.processed = current + 1
+        if stage.is_local:
+            state.logits = hidden if state.slots is not None else self.model.head(hidden[:, -1]).float()
+        else:
+            for offset in range(max(first, current + 1 - self.kept_outputs), current + 1):
+                state.outputs[offset] = hidden[:, offset - first]
+            for stale in [kept for kept in state.outputs if kept <= current - self.kept_outputs]:
+                del state.outputs[stale]
+
+    def _run_cached(self, index: int, stage, state: _StageState, x: Tensor, current: int) -> Tensor:
+        """The units of ``x`` through the stage's transformer with its variable-length caches (the prompt)."""
+        first, start = state.processed, state.group_start
         key_mask = None
         if index == 0 and self.pad_units is not None:
             units = torch.arange(first, current + 1, device=x.device)
@@ -129,14 +171,24 @@ class IncrementalDecoder:
                 keys = prefix + current + 1
                 key_mask = (torch.arange(keys, device=x.device)[None, :] >= prefix) | prefix_real[:, None]
         # Cross-patch attention counts rotary positions in bytes across groups (as in training).
-        hidden = stage.transformer(x, state.caches, key_mask, position=start if stage.cross_patch else 0)
-        state.last = hidden[:, -1]
-        state.processed = current + 1
-        if not stage.is_local:
-            for offset in range(max(first, current + 1 - self.kept_outputs), current + 1):
-                state.outputs[offset] = hidden[:, offset - first]
-            for stale in [kept for kept in state.outputs if kept <= current - self.kept_outputs]:
-                del state.outputs[stale]
+        return stage.transformer(x, state.caches, key_mask, position=start if stage.cross_patch else 0)
+
+    def _slots(self, index: int, stage, state: _StageState) -> StageSlots:
+        """Fixed slots for a stage, filled from its caches: the local stage holds its group (and the one
+        before, with cross-patch attention), the global stage every patch of the generation."""
+        device, batch = self.ids.device, self.ids.shape[0]
+        if stage.is_local:
+            group = self.unit_sizes[-2]
+            offset = group if stage.cross_patch else 0
+            slots = torch.arange(offset + group, device=device)
+            prefix_ok = self._prefix_real(state.group_start) & bool(state.caches[0].prefix)
+            readable = (slots >= offset)[None, :] | prefix_ok[:, None]
+            return StageSlots(state.caches, offset + group, offset, readable)
+        length = max(self.max_length or 0, self.ids.shape[1] + 1)
+        size = -(-length // self.unit_sizes[0]) + 1  # every patch of the generation (more slots: more to read)
+        slots = torch.arange(size, device=device)
+        readable = slots[None, :] >= (self.pad_units[:, None] if self.pad_units is not None else 0)
+        return StageSlots(state.caches, size, 0, readable.expand(batch, -1))
 
 
 class FullRecompute:
@@ -161,16 +213,23 @@ class FullRecompute:
         return torch.stack(out)
 
 
+@functools.lru_cache(maxsize=8)
+def _producible(vocab_size: int, device: torch.device) -> Tensor:
+    """(vocab,) 0 for the ids generation may produce (bytes and EOS), -inf for the other special ids."""
+    mask = torch.full((vocab_size,), float("-inf"), device=device)
+    mask[:tokens.NUM_BYTES] = 0.0
+    mask[tokens.EOS_ID] = 0.0
+    return mask
+
+
 def sample_next(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None,
                 generator: torch.Generator | None) -> Tensor:
     """Pick the next id per row from (batch, vocab) logits; only bytes and EOS can be produced."""
-    eos = logits[:, tokens.EOS_ID].float()
-    logits = logits.float().clone()
-    logits[:, tokens.NUM_BYTES:] = float("-inf")
-    logits[:, tokens.EOS_ID] = eos
+    logits = logits.float() + _producible(logits.shape[-1], logits.device)
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits / temperature
+    if temperature != 1:
+        logits = logits / temperature
     if top_k is not None:
         kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -180,7 +239,11 @@ def sample_next(logits: Tensor, temperature: float, top_k: int | None, top_p: fl
         drop = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p  # keep the smallest set reaching top_p
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    # Inverse-CDF sampling: the distribution of torch.multinomial at a fraction of its cost per call (it runs
+    # once per generated byte). An id with probability 0 never has cdf[i-1] <= u < cdf[i].
+    cdf = probs.double().cumsum(dim=-1)
+    u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device, dtype=cdf.dtype) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
 
 
 def _prompt_rows(prompt, prefix_ids: Sequence[int]) -> tuple[list[list[int]], bool]:
@@ -201,7 +264,7 @@ def _prompt_rows(prompt, prefix_ids: Sequence[int]) -> tuple[list[list[int]], bo
     return rows, False
 
 
-def _sources(model, rows: list[list[int]], use_cache: bool):
+def _sources(model, rows: list[list[int]], use_cache: bool, compile: bool = False, max_new_bytes: int | None = None):
     """Yield (row indices, logit source) groups: rows sharing a patch alignment decode together."""
     device = next(model.parameters()).device
     if not use_cache:
@@ -216,7 +279,8 @@ def _sources(model, rows: list[list[int]], use_cache: bool):
         padded = [[tokens.PAD_ID] * (longest - len(rows[i])) + rows[i] for i in indices]
         pad_units = torch.tensor([(longest - len(rows[i])) // patch for i in indices], device=device)
         ids = torch.tensor(padded, dtype=torch.long, device=device).view(len(indices), longest)
-        yield indices, IncrementalDecoder(model, ids, pad_units)
+        max_length = None if max_new_bytes is None else longest + max_new_bytes
+        yield indices, IncrementalDecoder(model, ids, pad_units, compile, max_length)
 
 
 def _held_back(buffer: bytes, stops: list[bytes]) -> int:
@@ -289,7 +353,7 @@ def _sampler(model, temperature, top_k, top_p, seed):
 @torch.inference_mode()
 def generate(model, prompt, max_new_bytes: int, *, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None, stop=None, seed: int | None = None, use_cache: bool = True,
-             prefix_ids: Sequence[int] = (tokens.BOS_ID,)) -> bytes | list[bytes]:
+             prefix_ids: Sequence[int] = (tokens.BOS_ID,), compile: bool = False) -> bytes | list[bytes]:
     """See ``Megabyte.generate``."""
     _check_options(max_new_bytes, temperature, top_k, top_p)
     rows, single = _prompt_rows(prompt, prefix_ids)
@@ -298,7 +362,7 @@ def generate(model, prompt, max_new_bytes: int, *, temperature: float = 1.0, top
     was_training = model.training
     model.eval()
     try:
-        for indices, source in _sources(model, rows, use_cache):
+        for indices, source in _sources(model, rows, use_cache, compile, max_new_bytes):
             collected = [bytearray() for _ in indices]
             for chunks in _decode(source, len(indices), max_new_bytes, sampler, stops):
                 for buffer, chunk in zip(collected, chunks):
@@ -313,7 +377,7 @@ def generate(model, prompt, max_new_bytes: int, *, temperature: float = 1.0, top
 @torch.inference_mode()
 def generate_stream(model, prompt, max_new_bytes: int, *, temperature: float = 1.0, top_k: int | None = None,
                     top_p: float | None = None, stop=None, seed: int | None = None, use_cache: bool = True,
-                    prefix_ids: Sequence[int] = (tokens.BOS_ID,)) -> Iterator[bytes]:
+                    prefix_ids: Sequence[int] = (tokens.BOS_ID,), compile: bool = False) -> Iterator[bytes]:
     """See ``Megabyte.generate_stream``: one prompt, bytes yielded as soon as they are final."""
     _check_options(max_new_bytes, temperature, top_k, top_p)
     rows, _ = _prompt_rows(prompt, prefix_ids)
@@ -323,7 +387,7 @@ def generate_stream(model, prompt, max_new_bytes: int, *, temperature: float = 1
     was_training = model.training
     model.eval()
     try:
-        for _, source in _sources(model, rows, use_cache):
+        for _, source in _sources(model, rows, use_cache, compile, max_new_bytes):
             for chunks in _decode(source, 1, max_new_bytes, sampler, stops):
                 if chunks[0]:
                     yield chunks[0]

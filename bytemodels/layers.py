@@ -84,6 +84,10 @@ class KVCache:
         self.length = new_length
         return self._keys[:, :, :new_length], self._values[:, :, :new_length]
 
+    def stored(self) -> tuple[Tensor, Tensor]:
+        """Keys and values of every token so far (the carried prefix first)."""
+        return self._keys[:, :, :self.length], self._values[:, :, :self.length]
+
     def carried(self) -> "KVCache":
         """A new cache whose prefix is this group's own keys and values (cross-patch attention: the next
         group attends to them; rotary positions count bytes across groups, so the keys stay as they are)."""

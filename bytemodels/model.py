@@ -174,18 +174,21 @@ class Megabyte(nn.Module):
     def generate(self, prompt: bytes | Sequence[bytes] | Tensor, max_new_bytes: int, *,
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                  stop: bytes | Sequence[bytes] | None = None, seed: int | None = None,
-                 use_cache: bool = True, prefix_ids: Sequence[int] = (tokens.BOS_ID,)) -> bytes | list[bytes]:
+                 use_cache: bool = True, prefix_ids: Sequence[int] = (tokens.BOS_ID,),
+                 compile: bool = False) -> bytes | list[bytes]:
         """Generate up to ``max_new_bytes`` bytes after each prompt.
 
         ``prompt`` is ``bytes`` (returns ``bytes``), a list of ``bytes`` of any lengths, or a
         (batch, time) tensor of ids used as given (both return ``list[bytes]``). ``prefix_ids`` go
         before ``bytes`` prompts (BOS, as in training documents). Generation ends early at EOS or once
         the output ends with a ``stop`` byte string (which is not returned). ``temperature=0`` is greedy.
-        ``use_cache=False`` recomputes the whole prefix for every byte (the reference for tests)."""
+        ``use_cache=False`` recomputes the whole prefix for every byte (the reference for tests).
+        ``compile=True`` compiles the local stage's one-byte step with ``torch.compile`` on first use (tens of
+        seconds, kept for later calls with the same batch size); worth it for long outputs such as audio."""
         from bytemodels.generate import generate
 
         return generate(self, prompt, max_new_bytes, temperature=temperature, top_k=top_k, top_p=top_p,
-                        stop=stop, seed=seed, use_cache=use_cache, prefix_ids=prefix_ids)
+                        stop=stop, seed=seed, use_cache=use_cache, prefix_ids=prefix_ids, compile=compile)
 
     @torch.inference_mode()
     def generate_stream(self, prompt: bytes | Tensor, max_new_bytes: int, **options) -> Iterator[bytes]:

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from bytemodels import Megabyte, MegabyteConfig, tokens
-from bytemodels.generate import IncrementalDecoder
+from bytemodels.generate import IncrementalDecoder, sample_next
 
 PATCH = 4
 SHAPES = {
@@ -104,3 +104,56 @@ def test_bad_options_are_clear_errors(model):
         model.generate(b"a", 3, top_p=0)
     with pytest.raises(TypeError, match="bytes"):
         model.generate(["text"], 3)
+
+
+def test_compiled_steps_match_the_uncompiled_ones():
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    model = Megabyte(MegabyteConfig.preset("tiny", **SHAPES["2-stage"])).eval()
+    # One alignment (length + BOS = 2 mod PATCH): one batch of three rows, left padding included.
+    prompts = [b"a", prompt_of(PATCH + 1), prompt_of(2 * PATCH + 1)]
+    torch._dynamo.reset()
+    counters.clear()
+    eager = model.generate(prompts, 3 * PATCH + 3, temperature=0)
+    compiled = model.generate(prompts, 3 * PATCH + 3, temperature=0, compile=True)
+    assert compiled == eager and all(eager)
+    assert counters["stats"]["unique_graphs"] == 2  # global and local step compiled once, reused for every unit
+    # Step by step, the logits agree with the uncompiled decoder's.
+    ids = torch.tensor([list(prompt_of(PATCH + 2))])
+    decoders = [IncrementalDecoder(model, ids, compile=flag) for flag in (False, True)]
+    for _ in range(3 * PATCH):
+        logits = [decoder.logits() for decoder in decoders]
+        assert torch.allclose(logits[0], logits[1], atol=1e-5)
+        for decoder in decoders:
+            decoder.append(logits[0].argmax(-1))
+    assert counters["stats"]["unique_graphs"] == 4  # two more for the new batch size, none per step
+
+
+def test_a_failed_compile_of_the_steps_warns_and_generates_uncompiled(monkeypatch):
+    def broken_backend(graph, example_inputs):
+        raise RuntimeError("no C++ compiler found")
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend=broken_backend))
+    torch.manual_seed(0)
+    model = Megabyte(MegabyteConfig.preset("tiny", **SHAPES["2-stage"])).eval()
+    expected = model.generate(b"abc", 10, temperature=0)
+    with pytest.warns(RuntimeWarning, match="generation continues uncompiled.*no C\\+\\+"):
+        assert model.generate(b"abc", 10, temperature=0, compile=True) == expected
+
+
+def test_sampling_follows_the_distribution():
+    # Four ids carry all the mass (EOS among them); the others, PAD included, have none.
+    logits = torch.full((20000, tokens.vocab_size()), float("-inf"))
+    chosen = torch.tensor([0, 65, 255, tokens.EOS_ID])
+    logits[:, chosen] = torch.tensor([0.5, 0.1, 0.3, 0.1]).log()
+    logits[:, tokens.PAD_ID] = 5.0  # never producible, however likely
+    generator = torch.Generator().manual_seed(0)
+    picked = sample_next(logits, 1.0, None, None, generator)
+    counts = torch.bincount(picked, minlength=tokens.vocab_size())
+    assert counts.sum() == counts[chosen].sum()
+    assert torch.allclose(counts[chosen] / 20000, torch.tensor([0.5, 0.1, 0.3, 0.1]), atol=0.015)
+    # top_k=2 keeps the two likeliest, renormalised: 5/8 and 3/8.
+    counts = torch.bincount(sample_next(logits, 1.0, 2, None, generator), minlength=tokens.vocab_size())
+    assert torch.allclose(counts[chosen] / 20000, torch.tensor([0.625, 0.0, 0.375, 0.0]), atol=0.015)

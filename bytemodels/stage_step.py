@@ -1,0 +1,182 @@
+"""One decoding step of a stage over key/value slots of a fixed shape.
+
+After the prompt, the local stage runs one byte at a time and the global stage one patch at a time, each
+through a few blocks for a single position: about a hundred small operations per step, where PyTorch's
+cost per operation is larger than the arithmetic of the narrow local stage. Here each block keeps its
+keys and values in fixed slots (the local stage: the previous group's, for cross-patch attention, then
+the current group's; the global stage: one per patch, room for the whole generation), so every step has
+the same shapes: the step is one function of tensors that ``torch.compile`` fuses once and reuses
+(``compile=True`` in ``Megabyte.generate``); without compiling it runs the same operations eagerly.
+"""
+
+from __future__ import annotations
+
+import warnings
+import weakref
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bytemodels.layers import KVCache, apply_rotary, token_shift
+
+
+class StageStep(nn.Module):
+    """One new position of every row through a stage's transformer, and the output head for the local stage.
+
+    Not a submodule of the model (it holds references to the model's own layers): ``forward`` reads and
+    updates the tensors of a :class:`StageSlots`."""
+
+    def __init__(self, transformer: nn.Module, head: nn.Linear | None = None) -> None:
+        super().__init__()
+        self.transformer = transformer
+        self.head = head
+
+    def forward(self, x: Tensor, keys: list[Tensor], values: list[Tensor], last_attn: list[Tensor],
+                last_mlp: list[Tensor], slot: Tensor, readable: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """``x`` (batch, 1, dim) the new position's input; per layer, ``keys``/``values`` (batch, heads, slots,
+        head_dim) and ``last_attn``/``last_mlp`` (batch, dim) are updated in place; ``slot`` (1,) where its
+        keys go; ``readable`` (batch, slots) the slots each row may attend to (up to ``slot``);
+        ``cos``/``sin`` its rotary angles. Returns (batch, vocab) float logits with a head, else the
+        (batch, 1, dim) output.
+
+        The buffers are separate tensors per layer, not views of one: compiled, an in-place write into a
+        view of an input copies the whole input twice per call, into a whole input it writes one slot."""
+        batch = x.shape[0]
+        allowed = (readable & (torch.arange(readable.shape[1], device=x.device) <= slot))[:, None, None, :]
+        for layer, block in enumerate(self.transformer.blocks):
+            attn_input = x
+            if block.shift:
+                attn_input = token_shift(x, last_attn[layer], None)
+                last_attn[layer].copy_(x[:, 0])
+            attn = block.attn
+            q, k, v = attn.qkv(block.attn_norm(attn_input)).view(batch, 1, 3, attn.heads, -1).permute(2, 0, 3, 1, 4)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            keys[layer].index_copy_(2, slot, k)
+            values[layer].index_copy_(2, slot, v)
+            y = F.scaled_dot_product_attention(q, keys[layer], values[layer], attn_mask=allowed)
+            x = x + attn.out(y.transpose(1, 2).reshape(batch, 1, -1))
+            mlp_input = x
+            if block.shift:
+                mlp_input = token_shift(x, last_mlp[layer], None)
+                last_mlp[layer].copy_(x[:, 0])
+            x = x + block.mlp(block.mlp_norm(mlp_input))
+        x = self.transformer.norm(x)
+        return x if self.head is None else self.head(x[:, 0]).float()
+
+
+class CompiledStep:
+    """``torch.compile`` of a :class:`StageStep`, compiled on the first call (and again for a new batch size
+    or number of slots); where compiling fails (no C++ compiler, a broken backend) it warns once and runs
+    the step uncompiled."""
+
+    def __init__(self, step: StageStep) -> None:
+        self.eager = step
+        # Default dynamic shapes: a second size of the global stage's slots (or batch size) recompiles once
+        # with that size symbolic, and no more.
+        self.compiled = torch.compile(step)
+
+    def __call__(self, *args: Tensor) -> Tensor:
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args)
+            except torch._dynamo.exc.BackendCompilerFailed as error:
+                cause = getattr(error, "inner_exception", None) or error
+                reason = (str(cause).strip().splitlines() or [""])[0]
+                warnings.warn(f"torch.compile failed, generation continues uncompiled: {type(cause).__name__}: "
+                              f"{reason}", RuntimeWarning, stacklevel=2)
+                self.compiled = None
+        return self.eager(*args)
+
+
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""Model → {stage index: compiled step}, kept while the model lives (compiling takes a while)."""
+
+
+def step_function(model: nn.Module, index: int, compile: bool) -> StageStep | CompiledStep:
+    """The one-position step of stage ``index`` of ``model`` (with the output head for the local stage):
+    eager, or compiled once per model and kept for later calls."""
+    stage = model.stages[index]
+    step = StageStep(stage.transformer, model.head if stage.is_local else None)
+    if not compile:
+        return step
+    compiled = _COMPILED.setdefault(model, {})
+    if index not in compiled:
+        compiled[index] = CompiledStep(step)
+    return compiled[index]
+
+
+class StageSlots:
+    """Keys, values and token-shift inputs of one stage's blocks, in ``size`` fixed slots.
+
+    The current group's units go to slots ``offset, offset + 1, ...``; the slots before ``offset`` hold the
+    previous group (the local stage with cross-patch attention). ``readable`` (batch, size) marks the slots
+    a row may attend to at all (not its left padding). Built from the variable-length caches of the
+    prompt's parallel pass; :meth:`next_group` moves on to the following group (local stage), and a stage
+    whose group outgrows the slots (the global stage) gets twice as many."""
+
+    def __init__(self, caches: list[KVCache], size: int, offset: int, readable: Tensor) -> None:
+        # readable may be an expanded view; the step reads it every call, so keep it dense.
+        readable = readable.contiguous()
+        first = caches[0]
+        keys, _ = first.stored()
+        batch, heads, _, head_dim = keys.shape
+        self.offset = offset
+        self.length = first.length - first.prefix  # units of the current group in the slots
+        if offset + self.length > size or readable.shape[1] != size:
+            raise ValueError(f"{size} slots cannot hold {offset} + {self.length} units ({readable.shape[1]} readable)")
+        # One tensor per layer and kind (see StageStep.forward).
+        self.keys = [keys.new_zeros(batch, heads, size, head_dim) for _ in caches]
+        self.values = [keys.new_zeros(batch, heads, size, head_dim) for _ in caches]
+        # The token-shift inputs are the residual stream, which may be wider in dtype than keys under autocast.
+        stream = first.last_attn_input.dtype if first.last_attn_input is not None else keys.dtype
+        self.last_attn = [keys.new_zeros(batch, heads * head_dim, dtype=stream) for _ in caches]
+        self.last_mlp = [keys.new_zeros(batch, heads * head_dim, dtype=stream) for _ in caches]
+        for layer, cache in enumerate(caches):
+            keys, values = cache.stored()
+            start = offset - cache.prefix  # a carried prefix fills the slots before the group's
+            self.keys[layer][:, :, start:start + keys.shape[2]] = keys
+            self.values[layer][:, :, start:start + values.shape[2]] = values
+            for stored, last in ((self.last_attn, cache.last_attn_input), (self.last_mlp, cache.last_mlp_input)):
+                if last is not None:
+                    stored[layer].copy_(last)
+        self.readable = readable
+        if self.length == 0:  # the next unit starts the group: the token before it only where the prefix is real
+            self._keep_shift(self.readable[:, offset - 1] if offset and first.prefix else
+                             torch.zeros_like(self.readable[:, 0]))
+        self._slot_index: list[Tensor] = []
+
+    def _keep_shift(self, rows: Tensor) -> None:
+        """Token shift at a group's first unit reads the unit before the group: forget it in the other rows."""
+        keep = rows.to(self.last_attn[0].dtype)[:, None]
+        for last in self.last_attn + self.last_mlp:
+            last.mul_(keep)
+
+    def next_group(self, follows: bool, prefix_real: Tensor) -> None:
+        """Start the next group: with cross-patch slots and ``follows`` (the group just completed precedes
+        it), that group becomes the prefix; ``prefix_real`` (batch,) is False where it lies in a row's left
+        padding. Otherwise the group starts with no prefix and no unit before it."""
+        real = prefix_real if self.offset and follows else torch.zeros_like(prefix_real)
+        if self.offset and follows:
+            for buffer in self.keys + self.values:
+                buffer[:, :, :self.offset] = buffer[:, :, self.offset:]
+        self.readable = torch.cat((real[:, None].expand(-1, self.offset), self.readable[:, self.offset:]), dim=1)
+        self._keep_shift(real)
+        self.length = 0
+
+    def _grow(self) -> None:
+        self.keys = [torch.cat((buffer, torch.zeros_like(buffer)), dim=2) for buffer in self.keys]
+        self.values = [torch.cat((buffer, torch.zeros_like(buffer)), dim=2) for buffer in self.values]
+        self.readable = torch.cat((self.readable, torch.ones_like(self.readable)), dim=1)
+
+    def step(self, function, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """Run one new unit ``x`` (batch, 1, dim) through ``function`` (see :func:`step_function`)."""
+        slot = self.offset + self.length
+        if slot == self.readable.shape[1]:
+            self._grow()
+        while len(self._slot_index) <= slot:  # (1,) index tensors made once per slot
+            self._slot_index.append(torch.tensor([len(self._slot_index)], device=self.readable.device))
+        out = function(x, self.keys, self.values, self.last_attn, self.last_mlp, self._slot_index[slot],
+                       self.readable, cos, sin)
+        self.length += 1
+        return out
