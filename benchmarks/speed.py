@@ -143,7 +143,7 @@ class GenerationRun:
         generator = torch.Generator().manual_seed(0)
         self.prompt = torch.randint(0, 256, (1, spec["prompt_len"]), generator=generator).to(device)
         self.new_bytes = spec["new_bytes"][peer]
-        # Ours can compile its one-byte local step (the reference's per-byte step changes shape with every byte).
+        # Ours can compile its decoding steps (the reference's per-byte step changes shape with every byte).
         self.compile = peer == "ours" and spec.get("compile_decoding", False)
 
     def _generate(self, prompt, count: int) -> int:
@@ -670,7 +670,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compile", default="none", choices=["none", "ours", "reference", "both"],
                         help="torch.compile these peers' models for the training measurements")
     parser.add_argument("--compile-decoding", action="store_true",
-                        help="generate with our one-byte local step compiled (Megabyte.generate(compile=True))")
+                        help="generate with our decoding steps compiled (Megabyte.generate(compile=True))")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="torch.set_num_threads for every peer (default: all cores)")
     parser.add_argument("--preset", default=None, help="a MegabyteConfig preset instead of global 512x6, local 256x2")

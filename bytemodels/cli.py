@@ -324,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--device", default="auto", help="cuda, mps, cpu or auto")
     sample.add_argument("--quiet", action="store_true", help="do not stream text to the terminal")
     sample.add_argument("--compile", action="store_true",
-                        help="compile the one-byte decoding step first (tens of seconds; then faster per byte, "
+                        help="compile the decoding steps first (tens of seconds; then faster per byte, "
                              "worth it for long outputs such as audio)")
     sample.add_argument("--modality", help="for a checkpoint trained on several modalities: which one to produce")
     sample.set_defaults(run=command_sample)

@@ -166,7 +166,7 @@ class IncrementalDecoder:
         if prefix and self.pad_units is not None:
             # A carried group that lies in a row's left padding is not its previous group: masked (only
             # near a row's start; past it every step keeps the mask-free attention of one new token).
-            prefix_real = start - prefix >= self.pad_units * self.unit_sizes[0]
+            prefix_real = self._prefix_real(start)
             if not bool(prefix_real.all()):
                 keys = prefix + current + 1
                 key_mask = (torch.arange(keys, device=x.device)[None, :] >= prefix) | prefix_real[:, None]

@@ -183,8 +183,8 @@ class Megabyte(nn.Module):
         before ``bytes`` prompts (BOS, as in training documents). Generation ends early at EOS or once
         the output ends with a ``stop`` byte string (which is not returned). ``temperature=0`` is greedy.
         ``use_cache=False`` recomputes the whole prefix for every byte (the reference for tests).
-        ``compile=True`` compiles the local stage's one-byte step with ``torch.compile`` on first use (tens of
-        seconds, kept for later calls with the same batch size); worth it for long outputs such as audio."""
+        ``compile=True`` compiles the global and local stages' one-position decoding steps with ``torch.compile``
+        on first use (tens of seconds, kept for later calls); worth it for long outputs such as audio."""
         from bytemodels.generate import generate
 
         return generate(self, prompt, max_new_bytes, temperature=temperature, top_k=top_k, top_p=top_p,
