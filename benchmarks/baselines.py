@@ -8,7 +8,7 @@ Two models, built at the shape of a :class:`bytemodels.MegabyteConfig`:
   to our ``PAD_ID`` (256) instead of its default 0, so that it does not ignore byte 0x00.
 - :class:`FlatTransformer` is the paper's baseline: a decoder-only transformer over bytes, one
   token per byte, built from the very blocks our stages use (``bytemodels.layers.Transformer``:
-  RoPE, RMSNorm, ``scaled_dot_product_attention``, GELU MLP, token shift), so the hierarchy is the only
+  RoPE, RMSNorm, ``scaled_dot_product_attention``, the same MLP, token shift), so the hierarchy is the only
   difference between the two. It has our model's call signature, ``model(ids, targets=None) ->
   (logits, loss)`` with logits[:, t] predicting ids[:, t], so training and evaluation code can use
   it unchanged. It has no KV cache and no ``generate``.
@@ -58,6 +58,8 @@ class FlatConfig:
     """Epsilon of every RMSNorm."""
     token_shift: bool = True
     """Token shift in every block, as in bytemodels' stages."""
+    activation: str = "relu2"
+    """MLP activation, as in bytemodels' stages (relu2 or gelu)."""
 
     def __post_init__(self) -> None:
         if self.dim % self.heads or (self.dim // self.heads) % 2:
@@ -98,7 +100,8 @@ class FlatTransformer(nn.Module):
         self.start = nn.Parameter(torch.randn(config.dim))
         self.drop = nn.Dropout(config.dropout)
         self.transformer = Transformer(config.dim, config.layers, config.heads, config.mlp_ratio,
-                                       config.dropout, config.rope_base, config.norm_eps, config.token_shift)
+                                       config.dropout, config.rope_base, config.norm_eps, config.token_shift,
+                                       config.activation)
         self.head = nn.Linear(config.dim, config.vocab_size, bias=False)
         init_weights(self)  # the same initialisation as bytemodels.Megabyte
 
@@ -132,7 +135,8 @@ def flat_config_matching(megabyte: MegabyteConfig, num_parameters: int, max_seq_
         return FlatConfig(dim=megabyte.global_dim, layers=layers, heads=megabyte.heads[0],
                           max_seq_len=max_seq_len or megabyte.max_seq_len, num_tags=megabyte.num_tags,
                           mlp_ratio=megabyte.mlp_ratio, dropout=megabyte.dropout, rope_base=megabyte.rope_base,
-                          norm_eps=megabyte.norm_eps, token_shift=megabyte.token_shift)
+                          norm_eps=megabyte.norm_eps, token_shift=megabyte.token_shift,
+                          activation=megabyte.activation)
 
     per_block = flat_parameter_count(at_depth(2)) - flat_parameter_count(at_depth(1))
     shell = flat_parameter_count(at_depth(1)) - per_block  # embeddings, start, norm, head

@@ -48,8 +48,18 @@ def test_flops_per_byte_grows_with_the_model():
 
 def test_config_saved_before_the_switches_loads_with_them_off():
     saved = MegabyteConfig.preset("tiny").to_dict()
-    del saved["token_shift"], saved["previous_byte"], saved["cross_patch"]
+    del saved["token_shift"], saved["previous_byte"], saved["cross_patch"], saved["activation"]
     old = MegabyteConfig.from_dict(saved)
-    assert (old.token_shift, old.previous_byte, old.cross_patch) == (False, False, False)
+    assert (old.token_shift, old.previous_byte, old.cross_patch, old.activation) == (False, False, False, "gelu")
     tiny = MegabyteConfig.preset("tiny")
-    assert tiny.token_shift and tiny.previous_byte and tiny.cross_patch
+    assert tiny.token_shift and tiny.previous_byte and tiny.cross_patch and tiny.activation == "relu2"
+    assert MegabyteConfig.from_dict(tiny.to_dict()) == tiny
+
+
+def test_activation_names_match_the_layers_and_bad_ones_are_refused():
+    from bytemodels.layers import ACTIVATIONS
+    from bytemodels.config import ACTIVATION_NAMES
+
+    assert set(ACTIVATION_NAMES) == set(ACTIVATIONS)
+    with pytest.raises(ValueError, match="activation='swish'; choose one of: relu2, gelu"):
+        MegabyteConfig.preset("tiny", activation="swish")

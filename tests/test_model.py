@@ -14,6 +14,16 @@ def tiny_model(**overrides) -> Megabyte:
     return Megabyte(MegabyteConfig.preset("tiny", **overrides)).eval()
 
 
+def test_the_mlp_applies_the_configured_activation():
+    ids = torch.randint(0, 256, (1, 16), generator=torch.Generator().manual_seed(2))
+    relu2, gelu = tiny_model(**TWO_STAGE), tiny_model(**TWO_STAGE, activation="gelu")
+    gelu.load_state_dict(relu2.state_dict())  # same weights: only the activation differs
+    assert not torch.allclose(relu2(ids).logits, gelu(ids).logits)
+    mlp = relu2.stages[-1].transformer.blocks[0].mlp
+    x = torch.randn(3, mlp.up.in_features)
+    assert torch.equal(mlp(x), mlp.down(torch.relu(mlp.up(x)) ** 2))
+
+
 @pytest.mark.parametrize("shape", [TWO_STAGE, THREE_STAGE], ids=["2-stage", "3-stage"])
 def test_changing_a_byte_never_changes_earlier_logits(shape):
     model = tiny_model(**shape)
