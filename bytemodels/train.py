@@ -83,7 +83,8 @@ class TrainConfig:
     warmup_steps: int = 100
     """Optimizer steps of linear warmup."""
     schedule: str = "cosine"
-    """Learning-rate shape after warmup: cosine, wsd (warmup-stable-decay) or constant."""
+    """Learning-rate shape after warmup: cosine, linear (to min_lr at the end), wsd (warmup-stable-decay) or
+    constant."""
     decay_fraction: float = 0.2
     """wsd only: fraction of all steps spent in the final linear decay."""
     weight_decay: float = 0.1

@@ -249,8 +249,11 @@ def test_schedules_are_pure_functions_of_the_step():
     assert learning_rate(79, **wsd) == 1.0 and learning_rate(90, **wsd) == pytest.approx(0.55)
     assert learning_rate(500, **common, schedule="constant") == 1.0
     assert learning_rate(50, **{**common, "total_steps": None}) == 1.0  # horizon not known yet
+    linear = dict(common, schedule="linear")
+    assert learning_rate(55, **linear) == pytest.approx(0.55) and learning_rate(99, **linear) < 0.12
+    assert learning_rate(55, **{**linear, "min_lr": 0.0}) == pytest.approx(0.5)  # decay to zero
     with pytest.raises(ValueError, match="schedule"):
-        learning_rate(0, **common, schedule="linear")
+        learning_rate(0, **common, schedule="step")
 
 
 def test_train_config_errors_name_the_field():
