@@ -33,6 +33,7 @@ predicted in training but not scored. Images use patches aligned to pixels and r
     python benchmarks/compare.py --skip-models --modality all     # the compressor rows only
     python benchmarks/compare.py --modality text --budget-steps 300
     python benchmarks/compare.py --modality text --time 30m --threads 2   # the issue's 30-minute budget
+    python benchmarks/compare.py --modality text --time 3m --compile     # every peer's loss compiled
 
 Results: a Markdown table on stdout, JSON in ``outputs/benchmarks/compare-<date>.json``.
 """
@@ -367,6 +368,8 @@ class TrainPlan:
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
     seed: int = 0
+    compile: bool = False
+    """torch.compile every peer's training loss (the first step, which compiles, is not counted)."""
 
 
 def adamw(model: nn.Module, plan: TrainPlan) -> torch.optim.AdamW:
@@ -388,13 +391,29 @@ def time_horizon(step: int, seconds: float, seconds_per_step: float, plan: Train
     return min(plan.steps, estimate) if plan.steps else estimate
 
 
+def loss_function(model: nn.Module, compile_model: bool) -> Callable[[Tensor], Tensor]:
+    """The training loss of a batch of ids for any peer, through ``torch.compile`` if asked.
+
+    Compiled, MEGABYTE-pytorch trains through its own loss path (its aligned logits come from a forward
+    hook, which a compiled graph does not run on every call); ``check_peers`` has shown that its own loss
+    equals the aligned logits' loss."""
+    if not compile_model:
+        return lambda ids: training_loss(peer_logits(model, ids), ids)
+    if isinstance(model, MegabytePytorch):
+        return torch.compile(model.loss)
+    return torch.compile(lambda ids: training_loss(model(ids).logits, ids))
+
+
 def train(model: nn.Module, windows: Windows, plan: TrainPlan, label: str) -> dict[str, Any]:
     """Train ``model`` on ``windows`` by ``plan``; returns steps, seconds and the loss curve.
 
     With a time budget the cosine schedule's horizon is the step at which the budget runs out at the
     mean pace since step 2, re-estimated every step from step 12 on, so the decay ends when the time
-    does even when other processes slow the machine down. Seconds count training steps only."""
+    does even when other processes slow the machine down. Seconds count training steps only (compiled,
+    not the first step, which compiles)."""
     optimizer = adamw(model, plan)
+    batch_loss = loss_function(model, plan.compile)
+    compile_seconds = None
     model.train()
     horizon = plan.steps
     curve: list[tuple[int, float]] = []
@@ -411,7 +430,7 @@ def train(model: nn.Module, windows: Windows, plan: TrainPlan, label: str) -> di
         for group in optimizer.param_groups:
             group["lr"] = lr
         ids = torch.from_numpy(windows.batch(plan.seed, step, plan.batch_size))
-        loss = training_loss(peer_logits(model, ids), ids)
+        loss = batch_loss(ids)
         loss.backward()
         loss_value = loss.item()
         if not math.isfinite(loss_value):
@@ -420,7 +439,10 @@ def train(model: nn.Module, windows: Windows, plan: TrainPlan, label: str) -> di
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        seconds += time.perf_counter() - started
+        if plan.compile and compile_seconds is None:
+            compile_seconds = time.perf_counter() - started  # compiling is a one-off cost, not training
+        else:
+            seconds += time.perf_counter() - started
         curve.append((step, loss_value))
         if plan.seconds is not None and step == 2:
             timing_start = seconds
@@ -430,7 +452,7 @@ def train(model: nn.Module, windows: Windows, plan: TrainPlan, label: str) -> di
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
     bar.close()
-    return {"steps": step, "train_seconds": seconds, "horizon": horizon,
+    return {"steps": step, "train_seconds": seconds, "horizon": horizon, "compile_seconds": compile_seconds,
             "bytes_per_second": step * plan.batch_size * windows.seq_len / max(seconds, 1e-9),
             "loss_curve": curve[::max(1, len(curve) // 100)] + curve[-1:]}
 
@@ -626,6 +648,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-windows", type=int, default=0,
                         help="fixed validation windows to score (0: all, i.e. every held-out byte)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile every peer's training loss (the compiling first step is not counted)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads for all peers")
     parser.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated subset of {', '.join(PEERS)}")
     parser.add_argument("--skip-models", action="store_true", help="compressor and format rows only")
@@ -662,7 +686,7 @@ def train_plan(args: argparse.Namespace) -> TrainPlan:
                          seed=args.seed)
     steps = None if args.time is not None else args.budget_steps
     return TrainPlan(steps=steps, seconds=args.time, batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr,
-                     warmup_steps=args.warmup_steps, seed=args.seed)
+                     warmup_steps=args.warmup_steps, seed=args.seed, compile=args.compile)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
