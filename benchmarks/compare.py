@@ -397,11 +397,12 @@ def loss_function(model: nn.Module, compile_model: bool) -> Callable[[Tensor], T
     Compiled, MEGABYTE-pytorch trains through its own loss path (its aligned logits come from a forward
     hook, which a compiled graph does not run on every call); ``check_peers`` has shown that its own loss
     equals the aligned logits' loss."""
+    def batch_loss(ids: Tensor) -> Tensor:
+        return training_loss(peer_logits(model, ids), ids)
+
     if not compile_model:
-        return lambda ids: training_loss(peer_logits(model, ids), ids)
-    if isinstance(model, MegabytePytorch):
-        return torch.compile(model.loss)
-    return torch.compile(lambda ids: training_loss(model(ids).logits, ids))
+        return batch_loss
+    return torch.compile(model.loss if isinstance(model, MegabytePytorch) else batch_loss)
 
 
 def train(model: nn.Module, windows: Windows, plan: TrainPlan, label: str) -> dict[str, Any]:

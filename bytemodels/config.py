@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bytemodels import tokens
+from bytemodels.layers import ACTIVATIONS
 from bytemodels.options import config_from_dict, config_to_dict
 
 
@@ -197,9 +198,8 @@ class MegabyteConfig:
 LEGACY_SWITCHES: dict[str, Any] = {"token_shift": False, "previous_byte": False, "cross_patch": False,
                                    "activation": "gelu"}
 
-#: Names accepted by ``activation`` (bytemodels.layers.ACTIVATIONS holds the functions; the config does not
-#: import the layers).
-ACTIVATION_NAMES = ("relu2", "gelu")
+#: Names accepted by ``activation``: those of the functions in bytemodels.layers.
+ACTIVATION_NAMES = tuple(ACTIVATIONS)
 
 #: Named model shapes. ``tiny`` is for tests and CPU smoke runs; ``base`` is what a GPU user trains.
 PRESETS: dict[str, dict[str, Any]] = {

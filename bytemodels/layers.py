@@ -204,7 +204,7 @@ ACTIVATIONS = {"relu2": relu_squared, "gelu": gelu_tanh}
 
 
 class MLP(nn.Module):
-    def __init__(self, dim: int, hidden: int, activation: str = "relu2") -> None:
+    def __init__(self, dim: int, hidden: int, activation: str) -> None:
         super().__init__()
         self.up = nn.Linear(dim, hidden, bias=False)
         self.down = nn.Linear(hidden, dim, bias=False)
@@ -235,8 +235,8 @@ class Block(nn.Module):
     """Pre-norm transformer block: x + attention(norm(x)), then x + mlp(norm(x)); with
     ``shift``, each sublayer reads the token-shifted stream (see :func:`token_shift`)."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float, eps: float,
-                 shift: bool = False, activation: str = "relu2") -> None:
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float, eps: float, shift: bool,
+                 activation: str) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(dim, eps)
         self.attn = Attention(dim, heads, dropout)
@@ -273,7 +273,7 @@ class Transformer(nn.Module):
     """A stack of causal blocks with rotary positions and a final norm; one per MEGABYTE stage."""
 
     def __init__(self, dim: int, layers: int, heads: int, mlp_ratio: float, dropout: float,
-                 rope_base: float, eps: float, shift: bool = False, activation: str = "relu2") -> None:
+                 rope_base: float, eps: float, shift: bool, activation: str) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, dropout, eps, shift, activation)
                                     for _ in range(layers))
