@@ -60,6 +60,8 @@ class FlatConfig:
     """Token shift in every block, as in bytemodels' stages."""
     activation: str = "relu2"
     """MLP activation, as in bytemodels' stages (relu2 or gelu)."""
+    qk_norm: bool = True
+    """RMSNorm of each head's queries and keys, as in bytemodels' stages."""
 
     def __post_init__(self) -> None:
         if self.dim % self.heads or (self.dim // self.heads) % 2:
@@ -101,7 +103,7 @@ class FlatTransformer(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.transformer = Transformer(config.dim, config.layers, config.heads, config.mlp_ratio,
                                        config.dropout, config.rope_base, config.norm_eps, config.token_shift,
-                                       config.activation)
+                                       config.activation, config.qk_norm)
         self.head = nn.Linear(config.dim, config.vocab_size, bias=False)
         init_weights(self)  # the same initialisation as bytemodels.Megabyte
 
@@ -136,7 +138,7 @@ def flat_config_matching(megabyte: MegabyteConfig, num_parameters: int, max_seq_
                           max_seq_len=max_seq_len or megabyte.max_seq_len, num_tags=megabyte.num_tags,
                           mlp_ratio=megabyte.mlp_ratio, dropout=megabyte.dropout, rope_base=megabyte.rope_base,
                           norm_eps=megabyte.norm_eps, token_shift=megabyte.token_shift,
-                          activation=megabyte.activation)
+                          activation=megabyte.activation, qk_norm=megabyte.qk_norm)
 
     per_block = flat_parameter_count(at_depth(2)) - flat_parameter_count(at_depth(1))
     shell = flat_parameter_count(at_depth(1)) - per_block  # embeddings, start, norm, head

@@ -123,12 +123,24 @@ class GroupLayout(NamedTuple):
 class Attention(nn.Module):
     """Causal multi-head self-attention through ``scaled_dot_product_attention`` (flash kernels on GPU)."""
 
-    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+    def __init__(self, dim: int, heads: int, dropout: float, qk_norm: bool, eps: float) -> None:
         super().__init__()
         self.heads = heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.out = nn.Linear(dim, dim, bias=False)
         self.dropout = dropout
+        # RMSNorm of each head's queries and keys (one gain per channel, shared by the heads): bounded
+        # attention logits, so a higher learning rate stays stable.
+        self.q_norm = RMSNorm(dim // heads, eps) if qk_norm else None
+        self.k_norm = RMSNorm(dim // heads, eps) if qk_norm else None
+
+    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``x`` (batch, time, dim) → queries, keys, values (batch, heads, time, head_dim), before rotary."""
+        batch, time, _ = x.shape
+        q, k, v = self.qkv(x).view(batch, time, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return q, k, v
 
     def forward(
         self,
@@ -143,7 +155,7 @@ class Attention(nn.Module):
 
         ``layout`` (no cache): the rows of ``x`` are consecutive groups, and each also attends to the
         group before it (cross-patch attention); ``rope`` is then unused."""
-        q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.heads)
+        q, k, v = self.project(x)
         dropout = self.dropout if self.training else 0.0
         if layout is not None:
             q, k = (rotate_groups(t, layout) for t in (q, k))
@@ -236,10 +248,10 @@ class Block(nn.Module):
     ``shift``, each sublayer reads the token-shifted stream (see :func:`token_shift`)."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float, eps: float, shift: bool,
-                 activation: str) -> None:
+                 activation: str, qk_norm: bool) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(dim, eps)
-        self.attn = Attention(dim, heads, dropout)
+        self.attn = Attention(dim, heads, dropout, qk_norm, eps)
         self.mlp_norm = RMSNorm(dim, eps)
         self.mlp = MLP(dim, int(mlp_ratio * dim), activation)
         self.drop = nn.Dropout(dropout)
@@ -273,9 +285,9 @@ class Transformer(nn.Module):
     """A stack of causal blocks with rotary positions and a final norm; one per MEGABYTE stage."""
 
     def __init__(self, dim: int, layers: int, heads: int, mlp_ratio: float, dropout: float,
-                 rope_base: float, eps: float, shift: bool, activation: str) -> None:
+                 rope_base: float, eps: float, shift: bool, activation: str, qk_norm: bool) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, dropout, eps, shift, activation)
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, dropout, eps, shift, activation, qk_norm)
                                     for _ in range(layers))
         self.rotary = Rotary(dim // heads, rope_base)
         self.norm = RMSNorm(dim, eps)

@@ -68,7 +68,7 @@ class Stage(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.transformer = Transformer(dim, config.layers[index], config.heads[index], config.mlp_ratio,
                                        config.dropout, config.rope_base, config.norm_eps, config.token_shift,
-                                       config.activation)
+                                       config.activation, config.qk_norm)
         self.is_local = index == config.num_stages - 1
         self.sees_previous_byte = self.is_local and config.previous_byte
         self.cross_patch = self.is_local and config.cross_patch

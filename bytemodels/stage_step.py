@@ -50,7 +50,7 @@ class StageStep(nn.Module):
                 attn_input = token_shift(x, last_attn[layer], None)
                 last_attn[layer].copy_(x[:, 0])
             attn = block.attn
-            q, k, v = attn.qkv(block.attn_norm(attn_input)).view(batch, 1, 3, attn.heads, -1).permute(2, 0, 3, 1, 4)
+            q, k, v = attn.project(block.attn_norm(attn_input))
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
             keys[layer].index_copy_(2, slot, k)
             values[layer].index_copy_(2, slot, v)

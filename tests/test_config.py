@@ -48,11 +48,14 @@ def test_flops_per_byte_grows_with_the_model():
 
 def test_config_saved_before_the_switches_loads_with_them_off():
     saved = MegabyteConfig.preset("tiny").to_dict()
-    del saved["token_shift"], saved["previous_byte"], saved["cross_patch"], saved["activation"]
+    for name in ("token_shift", "previous_byte", "cross_patch", "activation", "qk_norm"):
+        del saved[name]
     old = MegabyteConfig.from_dict(saved)
-    assert (old.token_shift, old.previous_byte, old.cross_patch, old.activation) == (False, False, False, "gelu")
+    assert (old.token_shift, old.previous_byte, old.cross_patch, old.activation, old.qk_norm) == (
+        False, False, False, "gelu", False)
     tiny = MegabyteConfig.preset("tiny")
-    assert tiny.token_shift and tiny.previous_byte and tiny.cross_patch and tiny.activation == "relu2"
+    assert tiny.token_shift and tiny.previous_byte and tiny.cross_patch and tiny.qk_norm
+    assert tiny.activation == "relu2"
     assert MegabyteConfig.from_dict(tiny.to_dict()) == tiny
 
 

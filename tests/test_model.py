@@ -24,6 +24,24 @@ def test_the_mlp_applies_the_configured_activation():
     assert torch.equal(mlp(x), mlp.down(torch.relu(mlp.up(x)) ** 2))
 
 
+def test_qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys():
+    ids = torch.randint(0, 256, (1, 16), generator=torch.Generator().manual_seed(3))
+    normed, plain = tiny_model(**TWO_STAGE), tiny_model(**TWO_STAGE, qk_norm=False)
+    assert sum(p.numel() for p in normed.parameters()) > sum(p.numel() for p in plain.parameters())
+    for model in (normed, plain):
+        reference = model(ids).logits
+        with torch.no_grad():
+            for stage in model.stages:
+                for block in stage.transformer.blocks:
+                    dim = block.attn.out.in_features
+                    block.attn.qkv.weight[: 2 * dim] *= 3.0  # the query and key rows
+        scaled = model(ids).logits
+        if model is normed:
+            torch.testing.assert_close(scaled, reference, rtol=1e-4, atol=1e-4)
+        else:
+            assert not torch.allclose(scaled, reference, atol=1e-3)
+
+
 @pytest.mark.parametrize("shape", [TWO_STAGE, THREE_STAGE], ids=["2-stage", "3-stage"])
 def test_changing_a_byte_never_changes_earlier_logits(shape):
     model = tiny_model(**shape)
