@@ -17,7 +17,7 @@ Two models, built at the shape of a :class:`bytemodels.MegabyteConfig`:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import NamedTuple
 
 import torch
@@ -133,12 +133,14 @@ def flat_parameter_count(config: FlatConfig) -> int:
 def flat_config_matching(megabyte: MegabyteConfig, num_parameters: int, max_seq_len: int | None = None) -> FlatConfig:
     """The flat transformer at the global stage's width and head count whose depth best matches
     ``num_parameters`` (the paper compares models of equal size)."""
+    # Every other field (MLP, norms, switches) has the same name in both configs: copied, so a new switch
+    # of the model reaches the baseline without a line here.
+    shape = ("dim", "layers", "heads", "max_seq_len")
+    shared = {f.name: getattr(megabyte, f.name) for f in fields(FlatConfig) if f.name not in shape}
+
     def at_depth(layers: int) -> FlatConfig:
         return FlatConfig(dim=megabyte.global_dim, layers=layers, heads=megabyte.heads[0],
-                          max_seq_len=max_seq_len or megabyte.max_seq_len, num_tags=megabyte.num_tags,
-                          mlp_ratio=megabyte.mlp_ratio, dropout=megabyte.dropout, rope_base=megabyte.rope_base,
-                          norm_eps=megabyte.norm_eps, token_shift=megabyte.token_shift,
-                          activation=megabyte.activation, qk_norm=megabyte.qk_norm)
+                          max_seq_len=max_seq_len or megabyte.max_seq_len, **shared)
 
     per_block = flat_parameter_count(at_depth(2)) - flat_parameter_count(at_depth(1))
     shell = flat_parameter_count(at_depth(1)) - per_block  # embeddings, start, norm, head
