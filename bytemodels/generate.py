@@ -133,6 +133,7 @@ class IncrementalDecoder:
         x = parts[0] if len(parts) == 1 else torch.cat([part.to(parts[-1].dtype) for part in parts], dim=1)
         if state.context is not None:
             x = x + state.context[:, first: current + 1]
+        value_input = self._value_input(stage, start, first, current) if stage.value_embeds else None
         # One new unit, once the parallel pass has filled the caches (they give the slots' shapes and dtype):
         # a step over the fixed slots.
         if state.slots is None and current == first and index in self.steps and state.caches[0].length:
@@ -141,9 +142,9 @@ class IncrementalDecoder:
         if state.slots is not None:
             # Cross-patch attention counts rotary positions in bytes across groups (as in training).
             cos, sin = stage.transformer.rotary.at((start if stage.cross_patch else 0) + first, 1, x.device)
-            hidden = state.slots.step(self.steps[index], x, cos, sin)
+            hidden = state.slots.step(self.steps[index], x, cos, sin, value_input)
         else:
-            hidden = self._run_cached(index, stage, state, x, current)
+            hidden = self._run_cached(index, stage, state, x, current, value_input)
         state.processed = current + 1
         if stage.is_local:
             state.logits = hidden if state.slots is not None else self.model.head(hidden[:, -1]).float()
@@ -153,7 +154,17 @@ class IncrementalDecoder:
             for stale in [kept for kept in state.outputs if kept <= current - self.kept_outputs]:
                 del state.outputs[stale]
 
-    def _run_cached(self, index: int, stage, state: _StageState, x: Tensor, current: int) -> Tensor:
+    def _value_input(self, stage, start: int, first: int, current: int) -> Tensor:
+        """Value embeddings of the local units ``first .. current`` of the group at byte ``start``."""
+        below = start + first - 1  # the id before unit `first`; before the sequence: none (PAD)
+        before = self.ids[:, max(below, 0): start + current]
+        if below < 0:
+            none = torch.full((before.shape[0], 1), tokens.PAD_ID, dtype=before.dtype, device=before.device)
+            before = torch.cat((none, before), dim=1)
+        return stage.value_input(before, first)
+
+    def _run_cached(self, index: int, stage, state: _StageState, x: Tensor, current: int,
+                    value_input: Tensor | None = None) -> Tensor:
         """The units of ``x`` through the stage's transformer with its variable-length caches (the prompt)."""
         first, start = state.processed, state.group_start
         key_mask = None
@@ -171,7 +182,8 @@ class IncrementalDecoder:
                 keys = prefix + current + 1
                 key_mask = (torch.arange(keys, device=x.device)[None, :] >= prefix) | prefix_real[:, None]
         # Cross-patch attention counts rotary positions in bytes across groups (as in training).
-        return stage.transformer(x, state.caches, key_mask, position=start if stage.cross_patch else 0)
+        return stage.transformer(x, state.caches, key_mask, position=start if stage.cross_patch else 0,
+                                 value_input=value_input)
 
     def _slots(self, index: int, stage, state: _StageState) -> StageSlots:
         """Fixed slots for a stage, filled from its caches: the local stage holds its group (and the one

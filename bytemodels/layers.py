@@ -134,12 +134,16 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(dim // heads, eps) if qk_norm else None
         self.k_norm = RMSNorm(dim // heads, eps) if qk_norm else None
 
-    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``x`` (batch, time, dim) → queries, keys, values (batch, heads, time, head_dim), before rotary."""
+    def project(self, x: Tensor, value_input: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """``x`` (batch, time, dim) → queries, keys, values (batch, heads, time, head_dim), before rotary.
+
+        ``value_input`` (batch, time, dim), if given, is added to the values (value embeddings)."""
         batch, time, _ = x.shape
         q, k, v = self.qkv(x).view(batch, time, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
+        if value_input is not None:
+            v = v + value_input.view(batch, time, self.heads, -1).transpose(1, 2).to(v.dtype)
         return q, k, v
 
     def forward(
@@ -149,13 +153,14 @@ class Attention(nn.Module):
         cache: KVCache | None = None,
         key_mask: Tensor | None = None,
         layout: GroupLayout | None = None,
+        value_input: Tensor | None = None,
     ) -> Tensor:
         """``x`` (batch, time, dim). With a cache, ``x`` continues the cached tokens; ``key_mask``
         (batch, keys) marks keys that may be attended to (left padding in batched generation).
 
         ``layout`` (no cache): the rows of ``x`` are consecutive groups, and each also attends to the
-        group before it (cross-patch attention); ``rope`` is then unused."""
-        q, k, v = self.project(x)
+        group before it (cross-patch attention); ``rope`` is then unused. ``value_input``: see :meth:`project`."""
+        q, k, v = self.project(x, value_input)
         dropout = self.dropout if self.training else 0.0
         if layout is not None:
             q, k = (rotate_groups(t, layout) for t in (q, k))
@@ -258,14 +263,15 @@ class Block(nn.Module):
         self.shift = shift
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], cache: KVCache | None, key_mask: Tensor | None,
-                has_previous: Tensor | None = None, layout: GroupLayout | None = None) -> Tensor:
+                has_previous: Tensor | None = None, layout: GroupLayout | None = None,
+                value_input: Tensor | None = None) -> Tensor:
         attn_input = x
         if self.shift:
             attn_input = token_shift(x, self._before(x, cache.last_attn_input if cache else None, layout),
                                      has_previous)
             if cache is not None:
                 cache.last_attn_input = x[:, -1]
-        x = x + self.drop(self.attn(self.attn_norm(attn_input), rope, cache, key_mask, layout))
+        x = x + self.drop(self.attn(self.attn_norm(attn_input), rope, cache, key_mask, layout, value_input))
         mlp_input = x
         if self.shift:
             mlp_input = token_shift(x, self._before(x, cache.last_mlp_input if cache else None, layout),
@@ -281,16 +287,36 @@ class Block(nn.Module):
         return previous_group(x[:, -1], layout.groups) if layout is not None else cached
 
 
+#: How much faster than other weights the input-skip scales move: Adam moves every parameter by about the
+#: learning rate per step, which is slow for a scale that starts at 0 or 1, so each is stored divided by this.
+#: 3 was best of 1, 3, 10 and 30 after 300 steps on TinyStories (docs/benchmarks.md).
+INPUT_SKIP_GAIN = 3.0
+
+
 class Transformer(nn.Module):
-    """A stack of causal blocks with rotary positions and a final norm; one per MEGABYTE stage."""
+    """A stack of causal blocks with rotary positions and a final norm; one per MEGABYTE stage.
+
+    With ``input_skip`` every block reads a learned mix of the residual stream and the stack's own input:
+    ``x ← a·x + b·x0`` before block ``i``, one ``(a, b)`` per block starting at (1, 0) (as in the nanoGPT
+    speedruns), so deep blocks keep direct access to the embeddings."""
 
     def __init__(self, dim: int, layers: int, heads: int, mlp_ratio: float, dropout: float,
-                 rope_base: float, eps: float, shift: bool, activation: str, qk_norm: bool) -> None:
+                 rope_base: float, eps: float, shift: bool, activation: str, qk_norm: bool,
+                 input_skip: bool = False) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, dropout, eps, shift, activation, qk_norm)
                                     for _ in range(layers))
         self.rotary = Rotary(dim // heads, rope_base)
         self.norm = RMSNorm(dim, eps)
+        # Row 0: a - 1, row 1: b, each divided by INPUT_SKIP_GAIN (see there); zeros are the plain stack.
+        self.skip_scales = nn.Parameter(torch.zeros(2, layers)) if input_skip else None
+
+    def mix_input(self, index: int, x: Tensor, inputs: Tensor) -> Tensor:
+        """Block ``index``'s input: ``x`` with the stack's ``inputs`` mixed in (``input_skip``), else ``x``."""
+        if self.skip_scales is None:
+            return x
+        stream, skip = (INPUT_SKIP_GAIN * self.skip_scales[:, index]).to(x.dtype).unbind()
+        return (1 + stream) * x + skip * inputs
 
     def new_cache(self) -> list[KVCache]:
         return [KVCache() for _ in self.blocks]
@@ -301,13 +327,14 @@ class Transformer(nn.Module):
         return [layer.carried() for layer in cache]
 
     def forward(self, x: Tensor, cache: list[KVCache] | None = None, key_mask: Tensor | None = None,
-                groups: int | None = None, position: int = 0) -> Tensor:
+                groups: int | None = None, position: int = 0, value_input: Tensor | None = None) -> Tensor:
         """``x`` (batch, time, dim) → (batch, time, dim); with ``cache`` it continues after the cached tokens.
 
         ``groups`` (no cache): the rows of ``x`` are consecutive groups, ``groups`` per sequence, and each
         group also attends to the one before it (cross-patch attention); rotary positions then count
         across the groups. ``position``: the rotary position of the cached group's first token (cached
-        cross-patch decoding, where it is the group's first byte)."""
+        cross-patch decoding, where it is the group's first byte). ``value_input`` (batch, time, dim), if
+        given, is added to every block's attention values (value embeddings)."""
         past = cache[0].length if cache else 0  # keys before x, a carried prefix included
         time = x.shape[1]
         layout, rope = None, None
@@ -321,8 +348,10 @@ class Transformer(nn.Module):
         if key_mask is not None:  # token shift must not read a padding token
             before = torch.arange(past - 1, past + time - 1, device=x.device)
             has_previous = (before >= 0) & key_mask[:, before.clamp(min=0)]
+        inputs = x
         for index, block in enumerate(self.blocks):
-            x = block(x, rope, cache[index] if cache else None, key_mask, has_previous, layout)
+            x = self.mix_input(index, x, inputs)
+            x = block(x, rope, cache[index] if cache else None, key_mask, has_previous, layout, value_input)
         return self.norm(x)
 
 

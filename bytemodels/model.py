@@ -68,10 +68,11 @@ class Stage(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.transformer = Transformer(dim, config.layers[index], config.heads[index], config.mlp_ratio,
                                        config.dropout, config.rope_base, config.norm_eps, config.token_shift,
-                                       config.activation, config.qk_norm)
+                                       config.activation, config.qk_norm, config.input_skip)
         self.is_local = index == config.num_stages - 1
         self.sees_previous_byte = self.is_local and config.previous_byte
         self.cross_patch = self.is_local and config.cross_patch
+        self.value_embeds = self.is_local and config.value_embeds
         if self.is_local:
             self.to_next = None
         else:
@@ -100,6 +101,17 @@ class Stage(nn.Module):
         # PAD means no byte before (sequence start, or padding): the start vector alone, as in training.
         seen = (previous != tokens.PAD_ID)[:, None]
         return start + self.embed(previous[:, None]) * seen.to(start.dtype)
+
+    def value_input(self, before: Tensor, first: int = 0) -> Tensor | None:
+        """Value embeddings of local positions ``first, first + 1, ...`` of a group: ``before`` (batch, time) the
+        id before each (for position 0 the byte before the group, PAD for none) → (batch, time, d) embeddings of
+        those ids; None without ``value_embeds``. Position 0's id counts only where the stage sees the previous
+        byte, as in :meth:`first_input`."""
+        if not self.value_embeds:
+            return None
+        if first == 0 and not self.sees_previous_byte:
+            before = torch.cat((torch.full_like(before[:, :1], tokens.PAD_ID), before[:, 1:]), dim=1)
+        return self.embed.bytes(before)
 
     def contexts(self, hidden: Tensor) -> Tensor:
         """(batch, n, d) outputs → (batch, n, sub_units, d_next) contexts for the stage below."""
@@ -142,8 +154,10 @@ class Megabyte(nn.Module):
         context = None
         for stage in self.stages:
             if stage.is_local:
+                value_input = stage.value_input(torch.cat((previous[:, None], units[:, :-1, 0]), dim=1))
                 hidden = stage.transformer(stage.inputs(units, context, previous),
-                                           groups=local_groups if stage.cross_patch else None)
+                                           groups=local_groups if stage.cross_patch else None,
+                                           value_input=value_input)
                 break
             hidden = stage.transformer(stage.inputs(units, context))
             context = rearrange(stage.contexts(hidden), "b n g d -> (b n) g d")

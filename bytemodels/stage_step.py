@@ -33,24 +33,27 @@ class StageStep(nn.Module):
         self.head = head
 
     def forward(self, x: Tensor, keys: list[Tensor], values: list[Tensor], last_attn: list[Tensor],
-                last_mlp: list[Tensor], slot: Tensor, readable: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+                last_mlp: list[Tensor], slot: Tensor, readable: Tensor, cos: Tensor, sin: Tensor,
+                value_input: Tensor | None = None) -> Tensor:
         """``x`` (batch, 1, dim) the new position's input; per layer, ``keys``/``values`` (batch, heads, slots,
         head_dim) and ``last_attn``/``last_mlp`` (batch, dim) are updated in place; ``slot`` (1,) where its
         keys go; ``readable`` (batch, slots) the slots each row may attend to (up to ``slot``);
-        ``cos``/``sin`` its rotary angles. Returns (batch, vocab) float logits with a head, else the
-        (batch, 1, dim) output.
+        ``cos``/``sin`` its rotary angles; ``value_input`` (batch, 1, dim) its value embedding, if any.
+        Returns (batch, vocab) float logits with a head, else the (batch, 1, dim) output.
 
         The buffers are separate tensors per layer, not views of one: compiled, an in-place write into a
         view of an input copies the whole input twice per call, into a whole input it writes one slot."""
         batch = x.shape[0]
         allowed = (readable & (torch.arange(readable.shape[1], device=x.device) <= slot))[:, None, None, :]
+        inputs = x
         for layer, block in enumerate(self.transformer.blocks):
+            x = self.transformer.mix_input(layer, x, inputs)
             attn_input = x
             if block.shift:
                 attn_input = token_shift(x, last_attn[layer], None)
                 last_attn[layer].copy_(x[:, 0])
             attn = block.attn
-            q, k, v = attn.project(block.attn_norm(attn_input))
+            q, k, v = attn.project(block.attn_norm(attn_input), value_input)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
             keys[layer].index_copy_(2, slot, k)
             values[layer].index_copy_(2, slot, v)
@@ -169,14 +172,15 @@ class StageSlots:
         self.values = [torch.cat((buffer, torch.zeros_like(buffer)), dim=2) for buffer in self.values]
         self.readable = torch.cat((self.readable, torch.ones_like(self.readable)), dim=1)
 
-    def step(self, function, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        """Run one new unit ``x`` (batch, 1, dim) through ``function`` (see :func:`step_function`)."""
+    def step(self, function, x: Tensor, cos: Tensor, sin: Tensor, value_input: Tensor | None = None) -> Tensor:
+        """Run one new unit ``x`` (batch, 1, dim) (value embedding ``value_input``, if any) through ``function``
+        (see :func:`step_function`)."""
         slot = self.offset + self.length
         if slot == self.readable.shape[1]:
             self._grow()
         while len(self._slot_index) <= slot:  # (1,) index tensors made once per slot
             self._slot_index.append(torch.tensor([len(self._slot_index)], device=self.readable.device))
         out = function(x, self.keys, self.values, self.last_attn, self.last_mlp, self._slot_index[slot],
-                       self.readable, cos, sin)
+                       self.readable, cos, sin, value_input)
         self.length += 1
         return out

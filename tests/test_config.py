@@ -48,13 +48,14 @@ def test_flops_per_byte_grows_with_the_model():
 
 def test_config_saved_before_the_switches_loads_with_them_off():
     saved = MegabyteConfig.preset("tiny").to_dict()
-    for name in ("token_shift", "previous_byte", "cross_patch", "activation", "qk_norm"):
+    switches = ("token_shift", "previous_byte", "cross_patch", "activation", "qk_norm", "input_skip", "value_embeds")
+    for name in switches:
         del saved[name]
     old = MegabyteConfig.from_dict(saved)
-    assert (old.token_shift, old.previous_byte, old.cross_patch, old.activation, old.qk_norm) == (
-        False, False, False, "gelu", False)
+    assert tuple(getattr(old, name) for name in switches) == (False, False, False, "gelu", False, False, False)
     tiny = MegabyteConfig.preset("tiny")
     assert tiny.token_shift and tiny.previous_byte and tiny.cross_patch and tiny.qk_norm
+    assert tiny.input_skip and tiny.value_embeds
     assert tiny.activation == "relu2"
     assert MegabyteConfig.from_dict(tiny.to_dict()) == tiny
 

@@ -3,6 +3,7 @@ import torch
 
 from bytemodels import Megabyte, MegabyteConfig, tokens
 from bytemodels.generate import IncrementalDecoder, sample_next
+from conftest import use_input_skip
 
 PATCH = 4
 SHAPES = {
@@ -17,7 +18,7 @@ SHAPES = {
 @pytest.fixture(params=list(SHAPES))
 def model(request) -> Megabyte:
     torch.manual_seed(0)
-    return Megabyte(MegabyteConfig.preset("tiny", **SHAPES[request.param])).eval()
+    return use_input_skip(Megabyte(MegabyteConfig.preset("tiny", **SHAPES[request.param])).eval())
 
 
 def prompt_of(length: int) -> bytes:
@@ -110,7 +111,7 @@ def test_compiled_steps_match_the_uncompiled_ones():
     from torch._dynamo.utils import counters
 
     torch.manual_seed(0)
-    model = Megabyte(MegabyteConfig.preset("tiny", **SHAPES["2-stage"])).eval()
+    model = use_input_skip(Megabyte(MegabyteConfig.preset("tiny", **SHAPES["2-stage"])).eval())
     # One alignment (length + BOS = 2 mod PATCH): one batch of three rows, left padding included.
     prompts = [b"a", prompt_of(PATCH + 1), prompt_of(2 * PATCH + 1)]
     torch._dynamo.reset()

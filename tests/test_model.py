@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from bytemodels import Megabyte, MegabyteConfig, tokens
+from conftest import use_input_skip
 
 TWO_STAGE = dict(patch_sizes=(4,), dims=(32, 16), layers=(2, 1), heads=(2, 1), max_seq_len=64)
 THREE_STAGE = dict(patch_sizes=(8, 2), dims=(32, 16, 16), layers=(1, 1, 1), heads=(2, 1, 1), max_seq_len=64)
@@ -11,7 +12,7 @@ THREE_STAGE = dict(patch_sizes=(8, 2), dims=(32, 16, 16), layers=(1, 1, 1), head
 
 def tiny_model(**overrides) -> Megabyte:
     torch.manual_seed(0)
-    return Megabyte(MegabyteConfig.preset("tiny", **overrides)).eval()
+    return use_input_skip(Megabyte(MegabyteConfig.preset("tiny", **overrides)).eval())
 
 
 def test_the_mlp_applies_the_configured_activation():
@@ -40,6 +41,42 @@ def test_qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys():
             torch.testing.assert_close(scaled, reference, rtol=1e-4, atol=1e-4)
         else:
             assert not torch.allclose(scaled, reference, atol=1e-3)
+
+
+def test_input_skip_starts_as_the_plain_stack_and_mixes_the_inputs_in_once_trained():
+    ids = torch.randint(0, 256, (1, 16), generator=torch.Generator().manual_seed(3))
+    torch.manual_seed(0)
+    skip = Megabyte(MegabyteConfig.preset("tiny", **TWO_STAGE)).eval()
+    plain = tiny_model(**TWO_STAGE, input_skip=False)
+    weights = {name: value for name, value in skip.state_dict().items() if "skip_scales" not in name}
+    plain.load_state_dict(weights)  # strict: the scales are the only weights input_skip adds
+    assert sum(p.numel() for p in skip.parameters()) - sum(p.numel() for p in plain.parameters()) == 2 * (2 + 1)
+    torch.testing.assert_close(skip(ids).logits, plain(ids).logits, rtol=0, atol=0)  # a = 1, b = 0
+    use_input_skip(skip)
+    assert not torch.allclose(skip(ids).logits, plain(ids).logits, atol=1e-3)
+    # b alone (a kept at 1): block inputs gain a multiple of the stage's inputs.
+    with torch.no_grad():
+        for stage in skip.stages:
+            stage.transformer.skip_scales[0].zero_()
+    assert not torch.allclose(skip(ids).logits, plain(ids).logits, atol=1e-3)
+
+
+def test_value_embeds_add_the_input_byte_to_local_values_without_new_weights():
+    ids = torch.randint(0, 256, (1, 16), generator=torch.Generator().manual_seed(3))
+    embedded, plain = tiny_model(**TWO_STAGE), tiny_model(**TWO_STAGE, value_embeds=False)
+    plain.load_state_dict(embedded.state_dict())  # strict: the same weights
+    assert not torch.allclose(embedded(ids).logits, plain(ids).logits, atol=1e-3)
+    # The values are the projection plus the embedding of the byte before each position (PAD before the first).
+    attn = embedded.stages[-1].transformer.blocks[0].attn
+    x = torch.randn(1, 4, attn.out.in_features)
+    before = torch.tensor([[tokens.PAD_ID, 65, 66, 0]])
+    value_input = embedded.stages[-1].value_input(before)
+    _, _, values = attn.project(x, value_input)
+    _, _, projected = attn.project(x)
+    heads, width = attn.heads, attn.out.in_features // attn.heads
+    expected = projected + embedded.stages[-1].embed.bytes(before).view(1, 4, heads, width).transpose(1, 2)
+    torch.testing.assert_close(values, expected)
+    assert embedded.stages[0].value_input(before) is None  # the global stage has none
 
 
 @pytest.mark.parametrize("shape", [TWO_STAGE, THREE_STAGE], ids=["2-stage", "3-stage"])
