@@ -62,6 +62,10 @@ class FlatConfig:
     """MLP activation, as in bytemodels' stages (relu2 or gelu)."""
     qk_norm: bool = True
     """RMSNorm of each head's queries and keys, as in bytemodels' stages."""
+    input_skip: bool = True
+    """Every block mixes in the embeddings (x ← a·x + b·x0), as in bytemodels' stages."""
+    value_embeds: bool = True
+    """Every block adds the input byte's embedding to its attention values, as in bytemodels' local stage."""
 
     def __post_init__(self) -> None:
         if self.dim % self.heads or (self.dim // self.heads) % 2:
@@ -103,7 +107,7 @@ class FlatTransformer(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.transformer = Transformer(config.dim, config.layers, config.heads, config.mlp_ratio,
                                        config.dropout, config.rope_base, config.norm_eps, config.token_shift,
-                                       config.activation, config.qk_norm)
+                                       config.activation, config.qk_norm, config.input_skip)
         self.head = nn.Linear(config.dim, config.vocab_size, bias=False)
         init_weights(self)  # the same initialisation as bytemodels.Megabyte
 
@@ -116,7 +120,10 @@ class FlatTransformer(nn.Module):
             raise ValueError(f"sequence of {time} bytes is longer than max_seq_len={self.config.max_seq_len}")
         # Shift by one inside the model: the start vector, then the embeddings of ids[:, :-1].
         x = torch.cat((self.start.expand(batch, 1, -1), self.embed(ids[:, :-1])), dim=1)  # (batch, time, dim)
-        x = self.transformer(self.drop(x))  # (batch, time, dim), final norm included
+        value_input = None
+        if self.config.value_embeds:  # the embedding of the byte before each position (PAD before the first)
+            value_input = self.embed(F.pad(ids[:, :-1], (1, 0), value=tokens.PAD_ID))
+        x = self.transformer(self.drop(x), value_input=value_input)  # (batch, time, dim), final norm included
         logits = self.head(x)  # (batch, time, vocab)
         loss = None
         if targets is not None:

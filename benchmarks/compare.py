@@ -642,6 +642,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="bytemodels' local start sees the byte before the patch (ablation; default on)")
     parser.add_argument("--cross-patch", action=argparse.BooleanOptionalAction, default=None,
                         help="bytemodels' local attention also sees the previous patch (ablation; default on)")
+    parser.add_argument("--input-skip", action=argparse.BooleanOptionalAction, default=None,
+                        help="every block of bytemodels and the flat model mixes in its stage's inputs "
+                             "(ablation; default on)")
+    parser.add_argument("--value-embeds", action=argparse.BooleanOptionalAction, default=None,
+                        help="bytemodels' local blocks and the flat model's add the input byte's embedding to "
+                             "their attention values (ablation; default on)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (all peers)")
     parser.add_argument("--min-lr", type=float, default=2e-4)
@@ -672,7 +678,8 @@ def shape_overrides(args: argparse.Namespace) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     for flag, name in (("dims", "dims"), ("layers", "layers"), ("heads", "heads"), ("seq_len", "max_seq_len"),
                        ("token_shift", "token_shift"), ("previous_byte", "previous_byte"),
-                       ("cross_patch", "cross_patch")):
+                       ("cross_patch", "cross_patch"), ("input_skip", "input_skip"),
+                       ("value_embeds", "value_embeds")):
         if getattr(args, flag) is not None:
             overrides[name] = getattr(args, flag)
     if args.patch_size is not None:
