@@ -3,7 +3,7 @@ import torch
 
 from bytemodels import Megabyte, MegabyteConfig, tokens
 from bytemodels.generate import IncrementalDecoder, sample_next
-from conftest import use_input_skip
+from model_helpers import use_input_skip
 
 PATCH = 4
 SHAPES = {

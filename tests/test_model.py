@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bytemodels import Megabyte, MegabyteConfig, tokens
-from conftest import use_input_skip
+from model_helpers import use_input_skip
 
 TWO_STAGE = dict(patch_sizes=(4,), dims=(32, 16), layers=(2, 1), heads=(2, 1), max_seq_len=64)
 THREE_STAGE = dict(patch_sizes=(8, 2), dims=(32, 16, 16), layers=(1, 1, 1), heads=(2, 1, 1), max_seq_len=64)
