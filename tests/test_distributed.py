@@ -35,8 +35,10 @@ SCRIPT = textwrap.dedent("""
     train = TrainConfig(out_dir=out, batch_size=batch_size, max_steps=6, lr=3e-3, warmup_steps=2, eval_every=3,
                         eval_windows=7, checkpoint_every=3, log_every=1, progress=False, device="cpu")
     summary = Trainer(model, train, data.train, data.val).fit()
-    print(json.dumps({"rank": int(os.environ.get("RANK", 0)), "step": summary.step, "val_bpb": summary.val_bpb,
-                      "bytes": summary.bytes_seen}))
+    rank = int(os.environ.get("RANK", 0))
+    # One file per rank: two ranks printing to one pipe can interleave their lines.
+    with open(os.path.join(out, f"report_rank{rank}.json"), "w") as report:
+        json.dump({"rank": rank, "step": summary.step, "val_bpb": summary.val_bpb, "bytes": summary.bytes_seen}, report)
 """)
 
 
@@ -53,13 +55,12 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     one = subprocess.run([sys.executable, str(script), cache, str(tmp_path / "one"), "4"], env=env,
                          capture_output=True, text=True, timeout=120)
-    out_two, err_two = two.communicate(timeout=120)
+    _, err_two = two.communicate(timeout=120)
     assert one.returncode == 0, one.stderr
     assert two.returncode == 0, err_two
 
-    reports = sorted((json.loads(line) for line in out_two.splitlines() if line.startswith("{")),
-                     key=lambda r: r["rank"])
-    single = json.loads(one.stdout.splitlines()[-1])
+    reports = [json.loads(path.read_text()) for path in sorted((tmp_path / "two").glob("report_rank*.json"))]
+    single = json.loads((tmp_path / "one" / "report_rank0.json").read_text())
     assert [r["rank"] for r in reports] == [0, 1]
     for report in reports:  # every rank agrees on the result
         assert report["step"] == single["step"] == 6 and report["bytes"] == single["bytes"]
