@@ -118,11 +118,11 @@ class FlatTransformer(nn.Module):
         batch, time = ids.shape
         if time > self.config.max_seq_len:
             raise ValueError(f"sequence of {time} bytes is longer than max_seq_len={self.config.max_seq_len}")
-        # Shift by one inside the model: the start vector, then the embeddings of ids[:, :-1].
-        x = torch.cat((self.start.expand(batch, 1, -1), self.embed(ids[:, :-1])), dim=1)  # (batch, time, dim)
-        value_input = None
-        if self.config.value_embeds:  # the embedding of the byte before each position (PAD before the first)
-            value_input = self.embed(F.pad(ids[:, :-1], (1, 0), value=tokens.PAD_ID))
+        # Shift by one inside the model: the embedding of the id before each position (PAD before the first) is
+        # the value embedding; the input has the start vector in the PAD's place.
+        before = self.embed(F.pad(ids[:, :-1], (1, 0), value=tokens.PAD_ID))  # (batch, time, dim)
+        x = torch.cat((self.start.expand(batch, 1, -1), before[:, 1:]), dim=1)
+        value_input = before if self.config.value_embeds else None
         x = self.transformer(self.drop(x), value_input=value_input)  # (batch, time, dim), final norm included
         logits = self.head(x)  # (batch, time, vocab)
         loss = None

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from bytemodels import tokens
@@ -157,10 +158,7 @@ class IncrementalDecoder:
     def _value_input(self, stage, start: int, first: int, current: int) -> Tensor:
         """Value embeddings of the local units ``first .. current`` of the group at byte ``start``."""
         below = start + first - 1  # the id before unit `first`; before the sequence: none (PAD)
-        before = self.ids[:, max(below, 0): start + current]
-        if below < 0:
-            none = torch.full((before.shape[0], 1), tokens.PAD_ID, dtype=before.dtype, device=before.device)
-            before = torch.cat((none, before), dim=1)
+        before = F.pad(self.ids[:, max(below, 0): start + current], (int(below < 0), 0), value=tokens.PAD_ID)
         return stage.value_input(before, first)
 
     def _run_cached(self, index: int, stage, state: _StageState, x: Tensor, current: int,

@@ -110,7 +110,7 @@ class Stage(nn.Module):
         if not self.value_embeds:
             return None
         if first == 0 and not self.sees_previous_byte:
-            before = torch.cat((torch.full_like(before[:, :1], tokens.PAD_ID), before[:, 1:]), dim=1)
+            before = F.pad(before[:, 1:], (1, 0), value=tokens.PAD_ID)
         return self.embed.bytes(before)
 
     def contexts(self, hidden: Tensor) -> Tensor:
