@@ -70,6 +70,15 @@ class MegabyteConfig:
     """Every local block adds the embedding of its input byte (the local stage's own byte embedding: no new weights)
     to its attention values, so each layer's values keep the byte itself (value embeddings, as in the nanoGPT
     speedruns). Alone 0.010 bits/byte better after 300 steps on TinyStories, on top of ``input_skip`` 0.001."""
+    embed_gain: float = 30.0
+    """Byte embeddings are stored divided by this and multiplied back when looked up, so Adam moves them this many
+    times as fast as the other weights (embeddings want a far higher learning rate than matrices, as in the nanoGPT
+    speedruns); no new weights. 30 was best of 1, 3, 10, 30 and 100: 0.033 bits/byte better after 300 steps on
+    TinyStories (docs/benchmarks.md)."""
+    head_gain: float = 4.0
+    """The output layer's weight is stored divided by this and multiplied back, so Adam moves it this many times as
+    fast as the other weights (as ``embed_gain``); no new weights. 4 was best of 0.5, 1, 2, 4 and 8: 0.053 bits/byte
+    better after 300 steps on TinyStories (docs/benchmarks.md)."""
 
     def __post_init__(self) -> None:
         for name in ("patch_sizes", "dims", "layers", "heads"):
@@ -142,6 +151,9 @@ class MegabyteConfig:
             raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
         if self.num_tags < 0:
             raise ValueError(f"num_tags={self.num_tags} must not be negative")
+        for name in ("embed_gain", "head_gain"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be positive")
         if self.activation not in ACTIVATION_NAMES:
             raise ValueError(f"activation={self.activation!r}; choose one of: {', '.join(ACTIVATION_NAMES)}")
 
@@ -188,7 +200,7 @@ class MegabyteConfig:
 
         Where a dict lacks a field added after the first saved models, it takes the value that model was
         trained with (see ``LEGACY_SWITCHES``): ``token_shift``, ``previous_byte``, ``cross_patch`` and
-        ``activation`` and ``value_embeds`` change no weight shapes, so such a checkpoint would otherwise load
+        ``activation``, ``value_embeds``, ``embed_gain`` and ``head_gain`` change no weight shapes, so such a checkpoint would otherwise load
         without error and compute garbage; ``qk_norm`` and ``input_skip`` add weights the checkpoint does not have."""
         return config_from_dict(cls, {**LEGACY_SWITCHES, **values})
 
@@ -210,7 +222,8 @@ class MegabyteConfig:
 #: Fields that came after the first saved models: absent from a saved config means the behaviour before them.
 LEGACY_SWITCHES: dict[str, Any] = {"token_shift": False, "previous_byte": False, "cross_patch": False,
                                    "activation": "gelu", "qk_norm": False, "input_skip": False,
-                                   "value_embeds": False}
+                                   "value_embeds": False, "embed_gain": 1.0,
+                                   "head_gain": 1.0}
 
 #: Names accepted by ``activation``: those of the functions in bytemodels.layers.
 ACTIVATION_NAMES = tuple(ACTIVATIONS)

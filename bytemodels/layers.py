@@ -355,23 +355,50 @@ class Transformer(nn.Module):
         return self.norm(x)
 
 
+class ScaledEmbedding(nn.Embedding):
+    """An embedding table stored divided by ``gain`` and multiplied back on lookup: the same function,
+    but Adam, which moves every weight by about the learning rate per step, moves the embeddings ``gain``
+    times as fast as the other weights (``MegabyteConfig.embed_gain``)."""
+
+    def __init__(self, num_embeddings: int, dim: int, gain: float = 1.0) -> None:
+        super().__init__(num_embeddings, dim)
+        self.gain = gain
+
+    def forward(self, ids: Tensor) -> Tensor:
+        looked_up = super().forward(ids)
+        return looked_up if self.gain == 1 else looked_up * self.gain
+
+
+class ScaledLinear(nn.Linear):
+    """A Linear layer without bias whose weight is stored divided by ``gain`` (see :class:`ScaledEmbedding`):
+    Adam moves it ``gain`` times as fast as the other weights (``MegabyteConfig.head_gain``)."""
+
+    def __init__(self, in_features: int, out_features: int, gain: float = 1.0) -> None:
+        super().__init__(in_features, out_features, bias=False)
+        self.gain = gain
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Scaling the small weight, not the output: one multiply over weights instead of over every logit.
+        return F.linear(x, self.weight if self.gain == 1 else self.weight * self.gain)
+
+
 def _linear_std(layer: nn.Linear) -> float:
     return (3 * layer.in_features) ** -0.5
 
 
 def _init_module(module: nn.Module) -> None:
     if isinstance(module, nn.Linear):
-        nn.init.normal_(module.weight, std=_linear_std(module))
+        nn.init.normal_(module.weight, std=_linear_std(module) / getattr(module, "gain", 1.0))
         if module.bias is not None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.Embedding):
-        nn.init.normal_(module.weight, std=1.0)
+        nn.init.normal_(module.weight, std=1.0 / getattr(module, "gain", 1.0))  # unit spread after the gain
 
 
 def init_weights(model: nn.Module) -> None:
     """GPT-2-style initialisation scaled to the width: Linear weights normal(0, 1/sqrt(3 * fan_in))
     (PyTorch's default spread; GPT-2's fixed 0.02 is this value at width 768 and far too small for the
-    narrow stages trained here), embeddings normal(0, 1), zero biases, and the residual projections of
+    narrow stages trained here), embeddings normal(0, 1) once scaled by their gain, zero biases, and the residual projections of
     each transformer shrunk by sqrt(2 * depth) so the stream's variance stays put.
 
     The fixed 0.02 cost 0.5 bits/byte after 300 steps on TinyStories (docs/benchmarks.md)."""

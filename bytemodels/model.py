@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from bytemodels import tokens
 from bytemodels.config import MegabyteConfig
-from bytemodels.layers import Transformer, init_weights
+from bytemodels.layers import ScaledEmbedding, ScaledLinear, Transformer, init_weights
 
 
 class MegabyteOutput(NamedTuple):
@@ -36,14 +36,14 @@ class UnitEmbedder(nn.Module):
     """Embeds the units of one stage: a byte, or a patch of ``unit`` bytes whose byte embeddings are
     concatenated and projected to the stage width (the paper's patch embedder)."""
 
-    def __init__(self, vocab_size: int, unit: int, byte_dim: int, dim: int) -> None:
+    def __init__(self, vocab_size: int, unit: int, byte_dim: int, dim: int, gain: float = 1.0) -> None:
         super().__init__()
         self.unit = unit
         if unit == 1:
-            self.bytes = nn.Embedding(vocab_size, dim)
+            self.bytes = ScaledEmbedding(vocab_size, dim, gain)
             self.project = None
         else:
-            self.bytes = nn.Embedding(vocab_size, byte_dim)
+            self.bytes = ScaledEmbedding(vocab_size, byte_dim, gain)
             self.project = nn.Linear(unit * byte_dim, dim, bias=False)
 
     def forward(self, units: Tensor) -> Tensor:
@@ -63,7 +63,7 @@ class Stage(nn.Module):
         units, dims = config.unit_sizes, config.dims
         self.unit = units[index]
         dim = dims[index]
-        self.embed = UnitEmbedder(config.vocab_size, self.unit, config.byte_embed_dim, dim)
+        self.embed = UnitEmbedder(config.vocab_size, self.unit, config.byte_embed_dim, dim, config.embed_gain)
         self.start = nn.Parameter(torch.randn(dim))
         self.drop = nn.Dropout(config.dropout)
         self.transformer = Transformer(dim, config.layers[index], config.heads[index], config.mlp_ratio,
@@ -130,7 +130,7 @@ class Megabyte(nn.Module):
         config.validate()
         self.config = config
         self.stages = nn.ModuleList(Stage(config, index) for index in range(config.num_stages))
-        self.head = nn.Linear(config.local_dim, config.vocab_size, bias=False)
+        self.head = ScaledLinear(config.local_dim, config.vocab_size, config.head_gain)
         init_weights(self)
 
     # -- training forward ------------------------------------------------------------------

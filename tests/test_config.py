@@ -48,16 +48,23 @@ def test_flops_per_byte_grows_with_the_model():
 
 def test_config_saved_before_the_switches_loads_with_them_off():
     saved = MegabyteConfig.preset("tiny").to_dict()
-    switches = ("token_shift", "previous_byte", "cross_patch", "activation", "qk_norm", "input_skip", "value_embeds")
+    switches = ("token_shift", "previous_byte", "cross_patch", "activation", "qk_norm", "input_skip", "value_embeds",
+                "embed_gain", "head_gain")
     for name in switches:
         del saved[name]
     old = MegabyteConfig.from_dict(saved)
-    assert tuple(getattr(old, name) for name in switches) == (False, False, False, "gelu", False, False, False)
+    assert tuple(getattr(old, name) for name in switches) == (False, False, False, "gelu", False, False, False, 1, 1)
     tiny = MegabyteConfig.preset("tiny")
     assert tiny.token_shift and tiny.previous_byte and tiny.cross_patch and tiny.qk_norm
     assert tiny.input_skip and tiny.value_embeds
     assert tiny.activation == "relu2"
     assert MegabyteConfig.from_dict(tiny.to_dict()) == tiny
+
+
+@pytest.mark.parametrize("name", ["embed_gain", "head_gain"])
+def test_a_gain_must_be_positive(name):
+    with pytest.raises(ValueError, match=f"{name}=0.0 must be positive"):
+        MegabyteConfig.preset("tiny", **{name: 0.0})
 
 
 def test_activation_names_match_the_layers_and_bad_ones_are_refused():

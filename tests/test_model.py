@@ -43,6 +43,41 @@ def test_qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys():
             assert not torch.allclose(scaled, reference, atol=1e-3)
 
 
+def test_gains_change_how_fast_adam_moves_the_embeddings_and_the_head_not_the_function():
+    ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(3))
+    torch.manual_seed(0)
+    gained = Megabyte(MegabyteConfig.preset("tiny", **TWO_STAGE, embed_gain=30.0, head_gain=4.0))
+    plain = tiny_model(**TWO_STAGE, embed_gain=1.0, head_gain=1.0).train()
+    assert gained.num_parameters() == plain.num_parameters()
+    # The same function: the plain model gets the gained model's stored weights times their gains.
+    weights = gained.state_dict()
+    for name in weights:
+        if name.endswith("embed.bytes.weight"):
+            weights[name] = weights[name] * 30.0
+        elif name == "head.weight":
+            weights[name] = weights[name] * 4.0
+    plain.load_state_dict(weights)
+    torch.testing.assert_close(gained(ids).logits, plain(ids).logits, rtol=1e-5, atol=1e-5)
+
+    def effective(model):  # what the forward pass uses: stored weights times their gains
+        return {"embed": model.stages[-1].embed.bytes.weight * model.stages[-1].embed.bytes.gain,
+                "head": model.head.weight * model.head.gain}
+
+    moved = {}
+    for model in (gained, plain):
+        before = {k: v.detach().clone() for k, v in effective(model).items()}
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        model(ids, ids).loss.backward()
+        optimizer.step()
+        moved[model is gained] = {k: (v.detach() - before[k]).abs().max().item() for k, v in effective(model).items()}
+    # Adam's first step moves every weight with a gradient by about the learning rate: the gained ones by
+    # the learning rate times their gain.
+    assert moved[False]["embed"] == pytest.approx(1e-3, rel=0.01)
+    assert moved[True]["embed"] == pytest.approx(30e-3, rel=0.01)
+    assert moved[False]["head"] == pytest.approx(1e-3, rel=0.01)
+    assert moved[True]["head"] == pytest.approx(4e-3, rel=0.01)
+
+
 def test_input_skip_starts_as_the_plain_stack_and_mixes_the_inputs_in_once_trained():
     ids = torch.randint(0, 256, (1, 16), generator=torch.Generator().manual_seed(3))
     torch.manual_seed(0)
