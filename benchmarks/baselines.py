@@ -26,7 +26,7 @@ from torch import nn
 
 from bytemodels import tokens
 from bytemodels.config import MegabyteConfig
-from bytemodels.layers import Transformer, init_weights
+from bytemodels.layers import ScaledEmbedding, ScaledLinear, Transformer, init_weights
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,6 +66,10 @@ class FlatConfig:
     """Every block mixes in the embeddings (x ← a·x + b·x0), as in bytemodels' stages."""
     value_embeds: bool = True
     """Every block adds the input byte's embedding to its attention values, as in bytemodels' local stage."""
+    embed_gain: float = 30.0
+    """The byte embedding is stored divided by this, as in bytemodels' stages (``MegabyteConfig.embed_gain``)."""
+    head_gain: float = 4.0
+    """The output layer's weight is stored divided by this, as in bytemodels (``MegabyteConfig.head_gain``)."""
 
     def __post_init__(self) -> None:
         if self.dim % self.heads or (self.dim // self.heads) % 2:
@@ -102,13 +106,13 @@ class FlatTransformer(nn.Module):
     def __init__(self, config: FlatConfig) -> None:
         super().__init__()
         self.config = config
-        self.embed = nn.Embedding(config.vocab_size, config.dim)
+        self.embed = ScaledEmbedding(config.vocab_size, config.dim, config.embed_gain)
         self.start = nn.Parameter(torch.randn(config.dim))
         self.drop = nn.Dropout(config.dropout)
         self.transformer = Transformer(config.dim, config.layers, config.heads, config.mlp_ratio,
                                        config.dropout, config.rope_base, config.norm_eps, config.token_shift,
                                        config.activation, config.qk_norm, config.input_skip)
-        self.head = nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.head = ScaledLinear(config.dim, config.vocab_size, config.head_gain)
         init_weights(self)  # the same initialisation as bytemodels.Megabyte
 
     def num_parameters(self) -> int:

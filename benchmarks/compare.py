@@ -648,6 +648,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--value-embeds", action=argparse.BooleanOptionalAction, default=None,
                         help="bytemodels' local blocks and the flat model's add the input byte's embedding to "
                              "their attention values (ablation; default on)")
+    parser.add_argument("--embed-gain", type=float, default=None,
+                        help="byte embeddings of bytemodels and the flat model stored divided by this, so Adam "
+                             "moves them this many times as fast (ablation; default 30, 1 is plain)")
+    parser.add_argument("--head-gain", type=float, default=None,
+                        help="output layer of bytemodels and the flat model stored divided by this (ablation; "
+                             "default 4, 1 is plain)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (all peers)")
     parser.add_argument("--min-lr", type=float, default=2e-4)
@@ -679,7 +685,8 @@ def shape_overrides(args: argparse.Namespace) -> dict[str, Any]:
     for flag, name in (("dims", "dims"), ("layers", "layers"), ("heads", "heads"), ("seq_len", "max_seq_len"),
                        ("token_shift", "token_shift"), ("previous_byte", "previous_byte"),
                        ("cross_patch", "cross_patch"), ("input_skip", "input_skip"),
-                       ("value_embeds", "value_embeds")):
+                       ("value_embeds", "value_embeds"), ("embed_gain", "embed_gain"),
+                       ("head_gain", "head_gain")):
         if getattr(args, flag) is not None:
             overrides[name] = getattr(args, flag)
     if args.patch_size is not None:
