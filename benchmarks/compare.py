@@ -682,13 +682,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def shape_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Model fields set on the command line."""
     overrides: dict[str, Any] = {}
-    for flag, name in (("dims", "dims"), ("layers", "layers"), ("heads", "heads"), ("seq_len", "max_seq_len"),
-                       ("token_shift", "token_shift"), ("previous_byte", "previous_byte"),
-                       ("cross_patch", "cross_patch"), ("input_skip", "input_skip"),
-                       ("value_embeds", "value_embeds"), ("embed_gain", "embed_gain"),
-                       ("head_gain", "head_gain")):
+    for flag in ("dims", "layers", "heads", "seq_len", "token_shift", "previous_byte", "cross_patch", "input_skip",
+                 "value_embeds", "embed_gain", "head_gain"):
         if getattr(args, flag) is not None:
-            overrides[name] = getattr(args, flag)
+            overrides["max_seq_len" if flag == "seq_len" else flag] = getattr(args, flag)
     if args.patch_size is not None:
         overrides["patch_sizes"] = (args.patch_size,)
     return overrides

@@ -199,9 +199,9 @@ class MegabyteConfig:
         """Build from a saved dict; an unknown key is an error that names it and lists the fields.
 
         Where a dict lacks a field added after the first saved models, it takes the value that model was
-        trained with (see ``LEGACY_SWITCHES``): ``token_shift``, ``previous_byte``, ``cross_patch`` and
-        ``activation``, ``value_embeds``, ``embed_gain`` and ``head_gain`` change no weight shapes, so such a checkpoint would otherwise load
-        without error and compute garbage; ``qk_norm`` and ``input_skip`` add weights the checkpoint does not have."""
+        trained with (see ``LEGACY_SWITCHES``): ``token_shift``, ``previous_byte``, ``cross_patch``, ``activation``,
+        ``value_embeds``, ``embed_gain`` and ``head_gain`` change no weight shapes, so such a checkpoint would otherwise
+        load without error and compute garbage; ``qk_norm`` and ``input_skip`` add weights the checkpoint does not have."""
         return config_from_dict(cls, {**LEGACY_SWITCHES, **values})
 
     def to_json(self) -> str:
@@ -222,8 +222,7 @@ class MegabyteConfig:
 #: Fields that came after the first saved models: absent from a saved config means the behaviour before them.
 LEGACY_SWITCHES: dict[str, Any] = {"token_shift": False, "previous_byte": False, "cross_patch": False,
                                    "activation": "gelu", "qk_norm": False, "input_skip": False,
-                                   "value_embeds": False, "embed_gain": 1.0,
-                                   "head_gain": 1.0}
+                                   "value_embeds": False, "embed_gain": 1.0, "head_gain": 1.0}
 
 #: Names accepted by ``activation``: those of the functions in bytemodels.layers.
 ACTIVATION_NAMES = tuple(ACTIVATIONS)

@@ -398,8 +398,9 @@ def _init_module(module: nn.Module) -> None:
 def init_weights(model: nn.Module) -> None:
     """GPT-2-style initialisation scaled to the width: Linear weights normal(0, 1/sqrt(3 * fan_in))
     (PyTorch's default spread; GPT-2's fixed 0.02 is this value at width 768 and far too small for the
-    narrow stages trained here), embeddings normal(0, 1) once scaled by their gain, zero biases, and the residual projections of
-    each transformer shrunk by sqrt(2 * depth) so the stream's variance stays put.
+    narrow stages trained here), embeddings normal(0, 1), zero biases, and the residual projections of
+    each transformer shrunk by sqrt(2 * depth) so the stream's variance stays put. Spreads are of the
+    weights as used: a :class:`ScaledEmbedding` or :class:`ScaledLinear` stores them divided by its gain.
 
     The fixed 0.02 cost 0.5 bits/byte after 300 steps on TinyStories (docs/benchmarks.md)."""
     model.apply(_init_module)

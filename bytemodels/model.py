@@ -147,14 +147,16 @@ class Megabyte(nn.Module):
         # The global stage's group is the whole sequence; each stage below runs on the units of one
         # unit of the stage above, folded into the batch.
         units = rearrange(ids, "b (n u) -> b n u", u=self.stages[0].unit)
-        # The id before each local group (its patch of the stage above), PAD before the sequence.
+        # The id before each byte of each local group (PAD before the sequence): its first column is the id before
+        # the group (previous byte), the whole is what the value embeddings look up.
         before = F.pad(ids[:, :-1], (1, 0), value=tokens.PAD_ID)
-        previous = rearrange(before, "b (n g) -> (b n) g", g=self.config.unit_sizes[-2])[:, 0]
+        local_before = rearrange(before, "b (n g) -> (b n) g", g=self.config.unit_sizes[-2])
+        previous = local_before[:, 0]
         local_groups = padded_time // self.config.unit_sizes[-2]  # groups of the local stage per sequence
         context = None
         for stage in self.stages:
             if stage.is_local:
-                value_input = stage.value_input(torch.cat((previous[:, None], units[:, :-1, 0]), dim=1))
+                value_input = stage.value_input(local_before)
                 hidden = stage.transformer(stage.inputs(units, context, previous),
                                            groups=local_groups if stage.cross_patch else None,
                                            value_input=value_input)
