@@ -34,6 +34,7 @@ predicted in training but not scored. Images use patches aligned to pixels and r
     python benchmarks/compare.py --modality text --budget-steps 300
     python benchmarks/compare.py --modality text --time 30m --threads 2   # the issue's 30-minute budget
     python benchmarks/compare.py --modality text --time 3m --compile     # every peer's loss compiled
+    python benchmarks/compare.py --peers bytemodels --no-cross-patch --head-gain 1   # any MegabyteConfig field
 
 Results: a Markdown table on stdout, JSON in ``outputs/benchmarks/compare-<date>.json``.
 """
@@ -71,6 +72,7 @@ from bytemodels import tokens  # noqa: E402
 from bytemodels.config import MegabyteConfig  # noqa: E402
 from bytemodels.data import ByteDataset, Windows  # noqa: E402
 from bytemodels.model import Megabyte  # noqa: E402
+from bytemodels.options import add_config_arguments, overrides_from_args  # noqa: E402
 from bytemodels.schedule import learning_rate  # noqa: E402
 
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
@@ -84,6 +86,11 @@ PEER_TITLES = {
     "megabyte-pytorch": "MEGABYTE-pytorch 0.3.6 (pad id 256)",
     "flat": "flat byte transformer",
 }
+#: The model flags' group in ``--help``: which peers each field reaches.
+MODEL_FLAGS_TITLE = ("model: MegabyteConfig fields over the preset and the data set's shape (images: patches of "
+                     "pixel rows, a window of one whole image). All peers take the widths, depths, heads, patch and "
+                     "window; the flat model also token shift, input skip, value embeddings and the two gains; the "
+                     "other fields are bytemodels' own")
 #: A model small enough for ``--quick`` (one head size for both stages, as MEGABYTE-pytorch needs).
 QUICK_SHAPE = dict(dims=(32, 16), layers=(1, 1), heads=(2, 1), max_seq_len=64)
 QUICK_DOCUMENTS = (200, 12)
@@ -615,11 +622,6 @@ def parse_duration(text: str) -> float:
         raise argparse.ArgumentTypeError(f"--time {text!r}: give seconds or a duration such as 90s, 30m, 1.5h") from None
 
 
-def int_tuple(text: str) -> tuple[int, ...]:
-    """``"128,64"`` -> ``(128, 64)``."""
-    return tuple(int(part) for part in text.split(","))
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -631,29 +633,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--time", type=parse_duration, default=None,
                         help="wall-clock training budget per model instead of steps, e.g. 30m")
     parser.add_argument("--preset", default="tiny", help="model preset (tiny, small, base, large)")
-    parser.add_argument("--dims", type=int_tuple, help="widths per stage, global first, e.g. 128,64")
-    parser.add_argument("--layers", type=int_tuple, help="blocks per stage, e.g. 4,2")
-    parser.add_argument("--heads", type=int_tuple, help="heads per stage, e.g. 4,2")
-    parser.add_argument("--patch-size", type=int, help="bytes per patch (images: default aligned to pixel rows)")
-    parser.add_argument("--seq-len", type=int, help="window length in bytes (images: default one whole image)")
-    parser.add_argument("--token-shift", action=argparse.BooleanOptionalAction, default=None,
-                        help="token shift in every block of bytemodels and the flat model (ablation; default on)")
-    parser.add_argument("--previous-byte", action=argparse.BooleanOptionalAction, default=None,
-                        help="bytemodels' local start sees the byte before the patch (ablation; default on)")
-    parser.add_argument("--cross-patch", action=argparse.BooleanOptionalAction, default=None,
-                        help="bytemodels' local attention also sees the previous patch (ablation; default on)")
-    parser.add_argument("--input-skip", action=argparse.BooleanOptionalAction, default=None,
-                        help="every block of bytemodels and the flat model mixes in its stage's inputs "
-                             "(ablation; default on)")
-    parser.add_argument("--value-embeds", action=argparse.BooleanOptionalAction, default=None,
-                        help="bytemodels' local blocks and the flat model's add the input byte's embedding to "
-                             "their attention values (ablation; default on)")
-    parser.add_argument("--embed-gain", type=float, default=None,
-                        help="byte embeddings of bytemodels and the flat model stored divided by this, so Adam "
-                             "moves them this many times as fast (ablation; default 30, 1 is plain)")
-    parser.add_argument("--head-gain", type=float, default=None,
-                        help="output layer of bytemodels and the flat model stored divided by this (ablation; "
-                             "default 4, 1 is plain)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (all peers)")
     parser.add_argument("--min-lr", type=float, default=2e-4)
@@ -671,24 +650,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="tiny model, 5 steps, a few documents: checks the script end to end in seconds")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_OUT_DIR / "cache")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT_DIR, help="folder for the results JSON")
+    add_config_arguments(parser, MegabyteConfig, title=MODEL_FLAGS_TITLE)
     args = parser.parse_args(argv)
     args.peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     unknown = sorted(set(args.peers) - set(PEERS))
     if unknown:
         parser.error(f"--peers: unknown {unknown}; choose from {', '.join(PEERS)}")
     return args
-
-
-def shape_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """Model fields set on the command line."""
-    overrides: dict[str, Any] = {}
-    for flag in ("dims", "layers", "heads", "seq_len", "token_shift", "previous_byte", "cross_patch", "input_skip",
-                 "value_embeds", "embed_gain", "head_gain"):
-        if getattr(args, flag) is not None:
-            overrides["max_seq_len" if flag == "seq_len" else flag] = getattr(args, flag)
-    if args.patch_size is not None:
-        overrides["patch_sizes"] = (args.patch_size,)
-    return overrides
 
 
 def train_plan(args: argparse.Namespace) -> TrainPlan:
@@ -707,7 +675,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     limits = QUICK_DOCUMENTS if args.quick else (None, None)
     eval_windows = 4 if args.quick else args.eval_windows
     plan = train_plan(args)
-    overrides = shape_overrides(args)
+    overrides = overrides_from_args(MegabyteConfig, args)
     started = dt.datetime.now().astimezone()
     results: dict[str, Any] = {}
     titles: dict[str, str] = {}

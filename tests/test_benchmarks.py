@@ -1,0 +1,62 @@
+"""The benchmark scripts' own logic that needs no peer package: compare.py's flags, the flat baseline, the
+compressor rows. (Running the peers needs the ``bench`` extra; the scripts' ``--quick`` runs cover that.)"""
+
+from __future__ import annotations
+
+import bz2
+
+import pytest
+import torch
+
+from benchmarks import compare, compressors
+from benchmarks.baselines import flat_config_matching
+from bytemodels import MegabyteConfig, Megabyte
+from bytemodels.options import overrides_from_args
+
+
+def test_compare_model_flags_are_the_config_fields() -> None:
+    args = compare.parse_args(["--dims", "32,16", "--layers", "1,1", "--heads", "2,1", "--no-cross-patch",
+                               "--head-gain", "2", "--max-seq-len", "64"])
+    overrides = overrides_from_args(MegabyteConfig, args)
+    assert overrides == {"dims": (32, 16), "layers": (1, 1), "heads": (2, 1), "cross_patch": False,
+                         "head_gain": 2.0, "max_seq_len": 64}
+    data = compare.BenchData("toy", "toy", "packed", 0, {}, [b"x"], lambda: iter(()))
+    config = compare.model_config("tiny", data, overrides)
+    assert (config.dims, config.cross_patch, config.head_gain, config.qk_norm) == ((32, 16), False, 2.0, True)
+    # Flags not given stay out, so the preset and the data set's shape decide.
+    assert overrides_from_args(MegabyteConfig, compare.parse_args([])) == {}
+
+
+def test_compare_rejects_unknown_peers_and_bad_field_values(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--peers", "bytemodels,gpt5"])
+    assert "unknown ['gpt5']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--dims", "wide"])
+
+
+def test_flat_baseline_matches_the_parameter_count_and_is_causal() -> None:
+    config = MegabyteConfig.preset("tiny", dims=(64, 32), layers=(2, 1), heads=(2, 1), max_seq_len=64)
+    ours = Megabyte(config).num_parameters()
+    torch.manual_seed(0)
+    flat = compare.build_peer("flat", config, seed=0)
+    assert flat.config.dim == 64
+    assert abs(flat.num_parameters() - ours) / ours < 0.25  # the nearest whole number of blocks
+    ids = torch.randint(0, 256, (2, 64))
+    assert compare.is_causal(flat, ids, 20) and compare.is_causal(Megabyte(config), ids, 20)
+
+
+def test_flat_config_matching_picks_the_nearest_depth() -> None:
+    config = MegabyteConfig.preset("tiny")
+    shallow, deep = flat_config_matching(config, 10**5), flat_config_matching(config, 10**7)
+    assert shallow.layers == 1 and deep.layers > 10
+    assert (deep.token_shift, deep.embed_gain) == (config.token_shift, config.embed_gain)
+
+
+def test_compressor_rows_are_bits_per_byte() -> None:
+    items = [b"once upon a time " * 40, bytes(range(256)) * 2]
+    rows = compressors.general_rows(items)
+    joined = b"".join(items)
+    bzip2_joined = [value for name, value in rows.items() if name.startswith("bzip2") and "joined" in name]
+    assert bzip2_joined == [pytest.approx(8 * len(bz2.compress(joined, 9)) / len(joined))]
+    assert all(0 < value < 8 for name, value in rows.items() if "joined" in name)
