@@ -687,7 +687,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not args.skip_compressors:
             result["compressors"] = compressor_rows(data)
         if not args.skip_models:
-            config = model_config(args.preset, data, overrides, args.quick)
+            try:
+                config = model_config(args.preset, data, overrides, args.quick)
+            except ValueError as error:  # a bad preset or field value: one line, not a traceback
+                raise SystemExit(f"compare.py: {name}: {error}") from None
             result["models"] = run_peers(data, config, plan, args.peers, args.cache_dir, eval_windows)
         results[name] = result
 

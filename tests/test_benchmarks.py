@@ -60,3 +60,14 @@ def test_compressor_rows_are_bits_per_byte() -> None:
     bzip2_joined = [value for name, value in rows.items() if name.startswith("bzip2") and "joined" in name]
     assert bzip2_joined == [pytest.approx(8 * len(bz2.compress(joined, 9)) / len(joined))]
     assert all(0 < value < 8 for name, value in rows.items() if "joined" in name)
+
+
+def test_compare_reports_a_bad_model_shape_in_one_line(tmp_path) -> None:
+    # Heads that do not divide the width: refused before any model is built or trained.
+    stories = tmp_path / "tinystories"
+    stories.mkdir()
+    for split in ("train", "valid"):
+        (stories / f"{split}.txt").write_text("Once upon a time.\n<|endoftext|>\n", encoding="utf-8")
+    with pytest.raises(SystemExit, match=r"compare.py: text: .*head"):
+        compare.main(["--skip-compressors", "--dims", "30,16", "--heads", "4,2", "--data-dir", str(tmp_path),
+                      "--out", str(tmp_path)])
