@@ -66,9 +66,9 @@ class FlatConfig:
     """Every block mixes in the embeddings (x ← a·x + b·x0), as in bytemodels' stages."""
     value_embeds: bool = True
     """Every block adds the input byte's embedding to its attention values, as in bytemodels' local stage."""
-    embed_gain: float = 30.0
+    embed_gain: float = MegabyteConfig.embed_gain
     """The byte embedding is stored divided by this, as in bytemodels' stages (``MegabyteConfig.embed_gain``)."""
-    head_gain: float = 4.0
+    head_gain: float = MegabyteConfig.head_gain
     """The output layer's weight is stored divided by this, as in bytemodels (``MegabyteConfig.head_gain``)."""
 
     def __post_init__(self) -> None:

@@ -365,8 +365,11 @@ class ScaledEmbedding(nn.Embedding):
         self.gain = gain
 
     def forward(self, ids: Tensor) -> Tensor:
-        looked_up = super().forward(ids)
-        return looked_up if self.gain == 1 else looked_up * self.gain
+        # Scaling the small table, not what is looked up (as ScaledLinear does): one multiply over the table
+        # instead of over every looked-up row.
+        weight = self.weight if self.gain == 1 else self.weight * self.gain
+        return F.embedding(ids, weight, self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq,
+                           self.sparse)
 
 
 class ScaledLinear(nn.Linear):
