@@ -134,7 +134,11 @@ class IncrementalDecoder:
         x = parts[0] if len(parts) == 1 else torch.cat([part.to(parts[-1].dtype) for part in parts], dim=1)
         if state.context is not None:
             x = x + state.context[:, first: current + 1]
-        value_input = self._value_input(stage, start, first, current) if stage.value_embeds else None
+        value_input = None
+        if stage.value_embeds:
+            # After a group's first unit each value embedding is the byte embedding just looked up for the input
+            # (the local stage's units are bytes): reuse it rather than look it up again.
+            value_input = parts[-1] if first > 0 else self._value_input(stage, start, first, current)
         # One new unit, once the parallel pass has filled the caches (they give the slots' shapes and dtype):
         # a step over the fixed slots.
         if state.slots is None and current == first and index in self.steps and state.caches[0].length:

@@ -365,11 +365,13 @@ class ScaledEmbedding(nn.Embedding):
         self.gain = gain
 
     def forward(self, ids: Tensor) -> Tensor:
-        # Scaling the small table, not what is looked up (as ScaledLinear does): one multiply over the table
-        # instead of over every looked-up row.
-        weight = self.weight if self.gain == 1 else self.weight * self.gain
-        return F.embedding(ids, weight, self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq,
-                           self.sparse)
+        # Multiply whichever is smaller, the table or the rows looked up (the same numbers either way): a
+        # training batch looks up far more rows than the table has, a decoding step one per sequence.
+        scale_rows = self.gain != 1 and ids.numel() < self.num_embeddings
+        weight = self.weight if self.gain == 1 or scale_rows else self.weight * self.gain
+        out = F.embedding(ids, weight, self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq,
+                          self.sparse)
+        return out * self.gain if scale_rows else out
 
 
 class ScaledLinear(nn.Linear):
@@ -381,8 +383,13 @@ class ScaledLinear(nn.Linear):
         self.gain = gain
 
     def forward(self, x: Tensor) -> Tensor:
-        # Scaling the small weight, not the output: one multiply over weights instead of over every logit.
-        return F.linear(x, self.weight if self.gain == 1 else self.weight * self.gain)
+        if self.gain == 1:
+            return F.linear(x, self.weight)
+        # Multiply whichever is smaller, the weight or the output: a training batch has far more rows than
+        # the layer has inputs, a decoding step one row per sequence.
+        if x.numel() < self.in_features * self.in_features:  # fewer rows than inputs
+            return F.linear(x, self.weight) * self.gain
+        return F.linear(x, self.weight * self.gain)
 
 
 def _linear_std(layer: nn.Linear) -> float:

@@ -43,6 +43,31 @@ def test_qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys():
             assert not torch.allclose(scaled, reference, atol=1e-3)
 
 
+def test_gained_layers_give_the_same_numbers_whether_they_scale_the_weights_or_the_rows():
+    from bytemodels.layers import ScaledEmbedding, ScaledLinear
+
+    torch.manual_seed(0)
+    embedding, linear = ScaledEmbedding(272, 16, gain=30.0), ScaledLinear(16, 272, gain=8.0)
+    few, many = torch.tensor([[3, 0, 256]]), torch.randint(0, 272, (4, 100))  # fewer / more rows than the table
+    for ids in (few, many):
+        out = embedding(ids)
+        out.sum().backward()
+        assert torch.equal(out, torch.nn.functional.embedding(ids, embedding.weight * 30.0))
+        grad, embedding.weight.grad = embedding.weight.grad, None
+        torch.nn.functional.embedding(ids, embedding.weight * 30.0).sum().backward()
+        torch.testing.assert_close(grad, embedding.weight.grad)
+        embedding.weight.grad = None
+    for rows in (1, 40):  # fewer / more rows than the layer has inputs
+        x = torch.randn(rows, 16)
+        out = linear(x)
+        out.square().sum().backward()
+        torch.testing.assert_close(out, x @ (linear.weight * 8.0).T, rtol=1e-6, atol=1e-6)
+        grad, linear.weight.grad = linear.weight.grad, None
+        (x @ (linear.weight * 8.0).T).square().sum().backward()
+        torch.testing.assert_close(grad, linear.weight.grad, rtol=1e-5, atol=1e-5)
+        linear.weight.grad = None
+
+
 def test_gains_change_how_fast_adam_moves_the_embeddings_and_the_head_not_the_function():
     ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(3))
     torch.manual_seed(0)
