@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
-__all__ = ["ByteCodec", "CodecError", "Framing"]
+__all__ = ["ByteCodec", "CodecError", "Framing", "check_bool"]
 
 
 class CodecError(ValueError):
@@ -27,6 +27,20 @@ class CodecError(ValueError):
         self.reason = reason
         self.path = None if path is None else Path(path)
         super().__init__(reason if path is None else f"{path}: {reason}")
+
+
+def check_bool(option: str, value: Any, owner: str = "") -> None:
+    """Raise ``CodecError`` unless ``value`` is ``True`` or ``False`` (not a string, not a number).
+
+    A string such as ``"False"`` is truthy, so accepting it would turn the option on; the message
+    names the option, the value and ``owner`` (e.g. ``"text codec"``), and for a string says how to
+    write a bool from the command line.
+    """
+    if isinstance(value, bool):
+        return
+    prefix = f"{owner}: " if owner else ""
+    hint = f" (on the command line write -O {option}=true or -O {option}=false)" if isinstance(value, str) else ""
+    raise CodecError(f"{prefix}{option} must be true or false, got {value!r}{hint}")
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from bytecodecs.base import ByteCodec, CodecError
+from bytecodecs.base import ByteCodec, CodecError, check_bool
 
 __all__ = ["FolderFiles", "iter_folder", "list_files"]
 
@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 def list_files(root: str | Path, extensions: Iterable[str] = (), *, recursive: bool = True) -> list[Path]:
     """Regular files under ``root`` in sorted order, hidden ones left out; ``extensions`` filters
     by suffix (case-insensitive, e.g. ``(".wav", ".flac")``), an empty one keeps every file."""
+    check_bool("recursive", recursive, "list_files")
     root = Path(root)
     if not root.is_dir():
         raise CodecError("no such folder" if not root.exists() else "is not a folder", root)
@@ -55,6 +56,9 @@ class FolderFiles:
     """Files encoded so far."""
     skipped: list[CodecError] = field(default_factory=list)
     """One ``CodecError`` per skipped file (``error.path``, ``error.reason``)."""
+
+    def __post_init__(self) -> None:
+        check_bool("strict", self.strict, "folder loader")
 
     def __iter__(self) -> Iterator[tuple[Path, bytes]]:
         self.loaded, self.skipped = 0, []  # iterating again counts afresh

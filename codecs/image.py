@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from bytecodecs.base import ByteCodec, CodecError, Framing
+from bytecodecs.base import ByteCodec, CodecError, Framing, check_bool
 from bytecodecs.files import atomic_path, require_file
 from bytecodecs.registry import register_codec
 
@@ -62,13 +62,14 @@ class ImageCodec(ByteCodec):
             raise CodecError(f"image codec: mode={self.mode!r} must be one of {tuple(_CHANNELS)}")
         if self.fit not in _FITS:
             raise CodecError(f"image codec: fit={self.fit!r} must be one of {_FITS}")
+        check_bool("header", self.header, "image codec")
         for option in ("width", "height"):
             value = getattr(self, option)
-            if not isinstance(value, int) or not 1 <= value <= 0xFFFF:
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 0xFFFF:
                 raise CodecError(f"image codec: {option}={value!r} must be an integer in 1..65535")
         if self.fit == "keep" and not self.header:
             raise CodecError("image codec: fit='keep' stores each image at its own size, so it needs header=True")
-        if not isinstance(self.fill, int) or not 0 <= self.fill <= 255:
+        if not isinstance(self.fill, int) or isinstance(self.fill, bool) or not 0 <= self.fill <= 255:
             raise CodecError(f"image codec: fill={self.fill!r} must be an integer in 0..255")
 
     @property

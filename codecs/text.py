@@ -11,7 +11,7 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-from bytecodecs.base import ByteCodec, CodecError, Framing
+from bytecodecs.base import ByteCodec, CodecError, Framing, check_bool
 from bytecodecs.files import atomic_path, require_file
 from bytecodecs.registry import register_codec
 
@@ -36,8 +36,10 @@ class TextCodec(ByteCodec):
     extensions = (".txt", ".md", ".text")
 
     def __post_init__(self) -> None:
+        check_bool("strict", self.strict, "text codec")
         if self.normalize is not None and self.normalize not in _NORMAL_FORMS:
-            raise CodecError(f"text codec: normalize={self.normalize!r} must be one of {_NORMAL_FORMS} or None")
+            raise CodecError(f"text codec: normalize={self.normalize!r} must be one of {_NORMAL_FORMS} or None "
+                             "(on the command line write None as JSON null: -O normalize=null)")
 
     @property
     def framing(self) -> Framing:

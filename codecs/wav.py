@@ -56,9 +56,9 @@ class WavCodec(ByteCodec):
     def __post_init__(self) -> None:
         if self.sample_format not in SAMPLE_FORMATS:
             raise CodecError(f"wav codec: sample_format={self.sample_format!r} must be one of {tuple(SAMPLE_FORMATS)}")
-        if self.channels not in (1, 2):
+        if type(self.channels) is not int or self.channels not in (1, 2):  # not True, not 1.0
             raise CodecError(f"wav codec: channels={self.channels!r} must be 1 (mono) or 2 (stereo)")
-        if not isinstance(self.sample_rate, int) or self.sample_rate < 1:
+        if not isinstance(self.sample_rate, int) or isinstance(self.sample_rate, bool) or self.sample_rate < 1:
             raise CodecError(f"wav codec: sample_rate={self.sample_rate!r} must be a positive integer")
 
     @property
