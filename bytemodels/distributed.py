@@ -41,17 +41,35 @@ def environment_rank() -> tuple[int, int, int]:
             int(os.environ.get("WORLD_SIZE", 1)))
 
 
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
 def choose_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto``: CUDA (this process's ``local_rank`` GPU), then Apple MPS, then CPU; otherwise as given."""
+    """``auto``: CUDA (this process's ``local_rank`` GPU), then Apple MPS, then CPU; otherwise as given.
+
+    Raises ``ValueError`` with a one-line reason for a name that is not a device, or a device this machine
+    lacks (before any work starts, rather than a PyTorch error deep inside loading or training)."""
     if requested == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", local_rank % torch.cuda.device_count())
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(requested)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {requested!r} is not a device name: use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this PyTorch build has no CUDA support" if torch.version.cuda is None else "no GPU is visible"
+            raise ValueError(f"device {requested!r} is not available: {why} (use --device cpu or auto)")
+        if device.index is None:
+            device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        elif device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {requested!r} is not available: {torch.cuda.device_count()} GPU(s) visible")
+    elif device.type == "mps" and not _mps_available():
+        raise ValueError(f"device {requested!r} is not available: no Apple MPS backend here (use --device cpu or auto)")
     return device
 
 

@@ -139,8 +139,9 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must not be negative")
         for name in ("max_steps", "max_bytes"):
-            if getattr(self, name) is not None and getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)} must not be negative")
+            # 0 is refused rather than read as "no limit" (None is that): a budget of nothing is a mistake.
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least 1 (leave it unset for no limit)")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule={self.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
         if self.dtype not in DTYPES:

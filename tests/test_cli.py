@@ -35,8 +35,12 @@ def test_info_reports_size_codec_and_progress(run_dir, capsys):
     assert main(["info", str(run_dir), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["parameters"] > 0 and info["step"] == 6 and info["codec"]["name"] == "text"
+    state = json.loads((run_dir / "checkpoints" / "step_000006" / "trainer_state.json").read_text())
+    assert info["last_val_bpb"] == state["last_val_bpb"] and 0 < info["last_val_bpb"] < 12
+    assert info["best_val_bpb"] == state["best_val_bpb"]
     assert main(["info", str(run_dir)]) == 0
-    assert "parameters" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "parameters" in shown and f"last val bpb   {state['last_val_bpb']:.4f}" in shown
 
 
 def test_sample_writes_the_codec_format_and_streams_text(run_dir, tmp_path, capsys):
@@ -92,6 +96,53 @@ def test_bad_arguments_give_one_line_and_status_2(argv, message, capsys):
     assert message in err and "Traceback" not in err and err.count("\n") == 1
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--max-bytes", "-3"], "--max-bytes -3: must not be negative"),
+    (["--temperature", "-1"], "--temperature -1.0: must not be negative"),
+    (["--top-k", "0"], "--top-k 0: must be at least 1"),
+    (["--top-p", "1.5"], "--top-p 1.5: must be in (0, 1]"),
+    (["--device", "nodevice"], "'nodevice' is not a device name"),
+])
+def test_bad_sampling_flags_name_the_flag(run_dir, flags, message, capsys):
+    assert main(["sample", str(run_dir), "--quiet", *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_a_device_this_machine_lacks_is_named_not_blamed_on_the_weights(run_dir, capsys):
+    for command in (["sample", str(run_dir), "--quiet"], ["eval", str(run_dir), str(run_dir / "metrics.jsonl")]):
+        assert main([*command, "--device", "cuda"]) == 2
+        err = capsys.readouterr().err
+        assert "device 'cuda' is not available" in err and "weights" not in err and err.count("\n") == 1
+
+
+def test_eval_refuses_a_batch_size_below_one(run_dir, tmp_path, capsys):
+    (tmp_path / "a.txt").write_text(STORIES[0], encoding="utf-8")
+    for size in ("0", "-2"):
+        assert main(["eval", str(run_dir), str(tmp_path / "a.txt"), "--batch-size", size]) == 2
+        assert f"--batch-size {size}: must be at least 1" in capsys.readouterr().err
+
+
+def test_checkpoint_json_that_is_not_an_object_is_one_line(run_dir, tmp_path, capsys):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(run_dir / "checkpoints" / "step_000006", broken)
+    (broken / "metadata.json").write_text("[1, 2]")
+    for command in ("info", "sample"):
+        assert main([command, str(broken)]) == 2
+        err = capsys.readouterr().err
+        assert "metadata.json: not a JSON object (found a list)" in err and err.count("\n") == 1
+
+
+def test_codec_options_take_the_command_line_spellings_of_booleans_and_none():
+    from bytemodels.cli import parse_options
+
+    options = parse_options(["strict=False", "header=TRUE", "normalize=None", "fill=null", "width=28", "mode=L"])
+    assert options == {"strict": False, "header": True, "normalize": None, "fill": None, "width": 28, "mode": "L"}
+
+
 def test_both_prompts_is_an_error(run_dir, tmp_path, capsys):
     assert main(["sample", str(run_dir), "--prompt", "a", "--prompt-file", str(tmp_path / "x")]) == 2
     assert "not both" in capsys.readouterr().err
@@ -129,3 +180,6 @@ def test_a_multi_modality_checkpoint_samples_the_modality_asked_for(mixed_run, t
 
     with Image.open(out) as picture:
         assert picture.size == (4, 4) and picture.mode == "L"
+    # Text is no image prompt (it used to become pixel values silently).
+    assert main(["sample", str(mixed_run), "--modality", "image", "--prompt", "hi"]) == 2
+    assert "--prompt is text, and this checkpoint's codec is 'image' (image)" in capsys.readouterr().err

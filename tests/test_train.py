@@ -263,6 +263,10 @@ def test_train_config_errors_name_the_field():
         TrainConfig(max_steps=1, schedule="step")
     with pytest.raises(ValueError, match="time='soon'"):
         TrainConfig(time="soon")
+    for budget in ("max_steps", "max_bytes"):  # 0 is no budget at all, not "no limit" (that is None)
+        for value in (0, -1):
+            with pytest.raises(ValueError, match=f"{budget}={value} must be at least 1"):
+                TrainConfig(**{budget: value})
     with pytest.raises(ValueError, match="unknown TrainConfig field.*epochs"):
         TrainConfig.from_dict({"epochs": 3})
     config = TrainConfig(max_steps=5, betas=[0.8, 0.9])
