@@ -137,6 +137,8 @@ class MegabyteConfig:
                     f"patch_sizes={self.patch_sizes}: each patch size must be a multiple of the next "
                     "and larger than it (the last one larger than 1)"
                 )
+        if min(self.dims) < 1:
+            raise ValueError(f"dims={self.dims}: every width must be at least 1")
         for dim, head_count in zip(self.dims, self.heads):
             if head_count < 1 or dim % head_count or (dim // head_count) % 2:
                 raise ValueError(
@@ -152,8 +154,12 @@ class MegabyteConfig:
             raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
         if self.num_tags < 0:
             raise ValueError(f"num_tags={self.num_tags} must not be negative")
-        for name in ("embed_gain", "head_gain"):
-            if not getattr(self, name) > 0:
+        if self.embed_dim is not None and self.embed_dim < 1:
+            raise ValueError(f"embed_dim={self.embed_dim} must be at least 1 (None: the local width)")
+        if int(self.mlp_ratio * min(self.dims)) < 1:
+            raise ValueError(f"mlp_ratio={self.mlp_ratio} leaves an MLP without hidden units at width {min(self.dims)}")
+        for name in ("embed_gain", "head_gain", "rope_base", "norm_eps"):
+            if not getattr(self, name) > 0:  # also refuses nan
                 raise ValueError(f"{name}={getattr(self, name)} must be positive")
         if self.activation not in ACTIVATION_NAMES:
             raise ValueError(f"activation={self.activation!r}; choose one of: {', '.join(ACTIVATION_NAMES)}")

@@ -33,6 +33,11 @@ def test_unknown_override_names_the_field():
     (dict(patch_sizes=(8, 3), dims=(32, 32, 32), layers=(1, 1, 1), heads=(2, 2, 2)), "patch_sizes"),
     (dict(heads=(3, 2)), "heads"),
     (dict(max_seq_len=100), "max_seq_len"),
+    (dict(dims=(0, 0)), "dims"),  # used to fail deep inside the model's construction
+    (dict(embed_dim=-1), "embed_dim"),
+    (dict(mlp_ratio=0.0), "mlp_ratio"),
+    (dict(rope_base=-10.0), "rope_base"),
+    (dict(norm_eps=0.0), "norm_eps"),
 ])
 def test_inconsistent_shapes_name_the_field(overrides, field):
     with pytest.raises(ValueError, match=field):
