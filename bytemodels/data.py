@@ -62,6 +62,10 @@ class DataCacheError(ValueError):
     """A dataset cache folder is incomplete, corrupted or from another format version."""
 
 
+class EmptyDataError(ValueError):
+    """No documents to build a dataset from: the source is empty, or every one of its files was skipped."""
+
+
 # -- building ------------------------------------------------------------------------------------
 def key_digest(key: dict[str, Any], layout: str) -> str:
     """Hex SHA-256 of the cache key (with the layout and format version): the cache folder's identity."""
@@ -143,7 +147,8 @@ def _write_cache(documents: Iterable[Document], folder: Path, manifest: dict[str
         data.flush()
         os.fsync(data.fileno())
     if not tags:
-        raise ValueError(f"no documents to build dataset {manifest['name']!r} from; the document iterable was empty")
+        raise EmptyDataError(f"no documents to build dataset {manifest['name']!r} from; "
+                             "the document iterable was empty")
     np.save(folder / OFFSETS_FILE, np.frombuffer(offsets, dtype=np.int64))
     np.save(folder / TAGS_FILE, np.frombuffer(tags, dtype=np.int16))
     used = sorted(int(t) for t in np.unique(np.frombuffer(tags, dtype=np.int16)) if t != NO_TAG)

@@ -10,9 +10,12 @@ import argparse
 import ast
 import dataclasses
 import inspect
+import math
+import operator
 import textwrap
 import types
 import typing
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 Config = TypeVar("Config")
@@ -112,3 +115,50 @@ def apply_overrides(config: Config, args: argparse.Namespace) -> Config:
     """A copy of dataclass ``config`` with the fields given on the command line replaced."""
     overrides = overrides_from_args(type(config), args)
     return dataclasses.replace(config, **overrides) if overrides else config
+
+
+# -- flag types with bounds -----------------------------------------------------------------------------
+def number(kind: type = int, *, at_least: float | None = None, above: float | None = None,
+           at_most: float | None = None, below: float | None = None) -> Callable[[str], Any]:
+    """An argparse ``type`` for a numeric flag that must keep within bounds, e.g. ``number(int, at_least=1)``
+    or ``number(float, at_least=0, below=1)``: a value outside them (or not finite) is refused as the flag is
+    parsed, with an error naming the flag and the bound (``argument --limit: must be at least 1, not -5``)."""
+    bounds = [(words, test, limit) for words, test, limit in (
+        ("at least", operator.ge, at_least), ("above", operator.gt, above),
+        ("at most", operator.le, at_most), ("below", operator.lt, below)) if limit is not None]
+    wanted = " and ".join(f"{words} {limit:g}" for words, _, limit in bounds)
+
+    def parse(text: str) -> Any:
+        value = kind(text)  # not a number: argparse's own "invalid int value: 'x'"
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, not {text}")
+        if not all(test(value, limit) for _, test, limit in bounds):
+            raise argparse.ArgumentTypeError(f"must be {wanted}, not {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+COUNT = number(int, at_least=1)
+"""``type`` of a flag that counts things (documents to read, samples to write, bytes to generate): 1 or more."""
+NON_NEGATIVE = number(float, at_least=0)
+"""``type`` of a flag such as ``--temperature`` (0 is greedy) or a prompt length in seconds: 0 or more."""
+POSITIVE = number(float, above=0)
+"""``type`` of a length in seconds that must hold something: more than 0."""
+FRACTION = number(float, at_least=0, below=1)
+"""``type`` of ``--val-fraction``: a share of the documents in [0, 1), as the data layer's split takes it."""
+
+
+def one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Make ``parser`` and its subcommands' parsers report a bad flag in one line (``prog: error: ...``, exit
+    status 2) instead of argparse's usage block first (dozens of lines for a recipe; ``--help`` shows it)."""
+    def error(message: str, parser: argparse.ArgumentParser = parser) -> None:
+        parser.exit(2, f"{parser.prog}: error: {message}\n")
+
+    parser.error = error  # type: ignore[method-assign]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                one_line_errors(sub)
+    return parser

@@ -19,9 +19,9 @@ from typing import Any
 
 from bytemodels import checkpoint as ckpt
 from bytemodels.config import PRESETS, MegabyteConfig
-from bytemodels.data import ByteDataset, DataCacheError, covered_documents
+from bytemodels.data import ByteDataset, DataCacheError, EmptyDataError, covered_documents
 from bytemodels.distributed import choose_device
-from bytemodels.options import add_config_arguments, overrides_from_args
+from bytemodels.options import add_config_arguments, one_line_errors, overrides_from_args
 from bytemodels.pretrained import ModelFileError
 from bytemodels.train import SampleFn, Trainer, TrainConfig, TrainingDiverged, TrainSummary
 
@@ -79,24 +79,35 @@ def run_command(parser: argparse.ArgumentParser, command: Callable[[argparse.Nam
                 argv: Sequence[str] | None, errors: tuple[type[BaseException], ...] = ()) -> None:
     """Parse ``argv`` and run ``command``; an error the user can fix ends the process with one line, no traceback.
 
-    Those errors are ``RecipeError`` (``HubError`` too), the core's checkpoint, data-cache, model-file and
-    divergence errors, and ``errors`` (a recipe adds its codecs' ``CodecError``)."""
-    args = parser.parse_args(argv)
+    A flag argparse refuses (an unknown flag or choice, a value that is not a number or out of its ``number``
+    bounds) is one line too, exit status 2, without the usage block (dozens of lines for a recipe; ``--help``
+    shows it). The errors of ``command`` are ``RecipeError`` (``HubError`` too), the core's checkpoint,
+    data-cache, empty-data, model-file and divergence errors, and ``errors`` (a recipe adds its codecs'
+    ``CodecError``)."""
+    args = one_line_errors(parser).parse_args(argv)
     try:
         command(args)
-    except (RecipeError, ckpt.CheckpointError, DataCacheError, ModelFileError, TrainingDiverged, *errors) as error:
+    except (RecipeError, ckpt.CheckpointError, DataCacheError, EmptyDataError, ModelFileError, TrainingDiverged,
+            *errors) as error:
         sys.exit(f"{parser.prog}: error: {error}")
     except KeyboardInterrupt:
         sys.exit(f"{parser.prog}: interrupted")
 
 
 # -- 2. the run folder, --resume, and the data a run records ------------------------------------------------
-def device_kind(device: str) -> str:
-    """``gpu`` when ``--device`` resolves to CUDA, else ``cpu``: which column of the recipe defaults applies."""
+def resolve_device(device: str) -> Any:
+    """The ``torch.device`` that ``--device`` names (``auto``: the best one here); a name that is not a device,
+    or a device this machine lacks, is a ``RecipeError`` before any data is read or model loaded."""
     try:
-        return "gpu" if choose_device(device).type == "cuda" else "cpu"
-    except RuntimeError as error:
-        raise RecipeError(f"--device {device}: {error}") from None
+        return choose_device(device)
+    except ValueError as error:  # it names the device and says why
+        raise RecipeError(str(error)) from None
+
+
+def device_kind(device: str) -> str:
+    """``gpu`` when ``--device`` resolves to CUDA, else ``cpu``: which column of the recipe defaults applies.
+    The device is checked here (``resolve_device``), early in every training recipe."""
+    return "gpu" if resolve_device(device).type == "cuda" else "cpu"
 
 
 def open_run(args: argparse.Namespace, recipe: str,
@@ -193,12 +204,18 @@ def preset_config(preset: str, **overrides: Any) -> MegabyteConfig:
 
 
 def training_flags(args: argparse.Namespace) -> dict[str, Any]:
-    """The training fields given on the command line, ``--time`` (a recipe flag) among them.
+    """The training fields given on the command line, ``--time`` (a recipe flag) among them, checked.
 
-    ``--time`` left out (None) is not a field given: the recipe's default time, or the resumed run's, applies."""
+    ``--time`` left out (None) is not a field given: the recipe's default time, or the resumed run's, applies.
+    A value ``TrainConfig`` refuses (``--batch-size 0``, ``--lr -1``, ``--time soon``) is a ``RecipeError``
+    naming the field: a recipe calls this first, before any data is read."""
     flags = overrides_from_args(TrainConfig, args)
     if flags.get("time") is None:
         flags.pop("time", None)
+    try:
+        TrainConfig(**flags)
+    except ValueError as error:  # config validation names the field; the flag has the same name
+        raise RecipeError(str(error)) from None
     return flags
 
 

@@ -108,7 +108,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     """Write a checkpoint every this many steps (and at the end, and when validation improves)."""
     keep_last: int = 3
-    """Step checkpoints to keep (best/ is kept apart)."""
+    """Step checkpoints to keep (best/ is kept apart); 0 keeps them all."""
     log_every: int = 10
     """Write a metrics line and refresh the progress bar every this many steps."""
     seed: int = 0
@@ -150,8 +150,10 @@ class TrainConfig:
             raise ValueError(f"decay_fraction={self.decay_fraction} must be in [0, 1]")
         if len(self.betas) != 2:
             raise ValueError(f"betas={self.betas} must be two numbers")
-        if self.time:
-            parse_duration(self.time)
+        if self.time and parse_duration(self.time) <= 0:
+            raise ValueError(f"time={self.time!r} must be longer than 0")
+        if not 0 <= self.seed < 2**64:  # what torch's and numpy's seeding take
+            raise ValueError(f"seed={self.seed} must be in 0 .. 2**64 - 1")
 
     @property
     def time_budget(self) -> float | None:

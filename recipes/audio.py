@@ -41,10 +41,10 @@ import numpy as np
 
 from bytemodels.data import folder_key, whole_document_windows
 from bytemodels.hub import DEFAULT_SPLIT, HUB_DATA_FLAGS, add_hub_arguments, media_documents
+from bytemodels.options import COUNT, FRACTION, NON_NEGATIVE, POSITIVE
 from bytemodels.recipe import (DataFlags, RecipeError, add_model_and_training_arguments, add_run_arguments,
                                check_resume_flags, compared_documents, defaults_epilog, device_kind, make_trainer,
-                               open_run, preset_config, records_dataset, run_command, save_comparison,
-                               training_flags)
+                               open_run, preset_config, records_dataset, run_command, save_comparison, training_flags)
 
 RECIPE = "audio"
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "audio" / "fsdd" / "recordings"
@@ -294,6 +294,7 @@ def train(args: argparse.Namespace) -> None:
     from bytemodels.config import MegabyteConfig
     from bytemodels.options import overrides_from_args
 
+    flags = training_flags(args)  # checked before anything is read
     out, resume_from, recorded = open_run(args, RECIPE)
     if recorded is not None:
         check_resume_flags(args, [WavCodec])
@@ -317,7 +318,6 @@ def train(args: argparse.Namespace) -> None:
           f"held out: {len(val_data):,} clips, {val_data.num_bytes * seconds / 60:.1f} min")
 
     patch, seq_len = model_config.patch_size, model_config.max_seq_len
-    flags = training_flags(args)
     seed = recorded.train_config["seed"] if recorded is not None else flags.get("seed", 0)
     prompts = [val_data.document(i)[0] for i in range(min(len(val_data), args.num_samples))]
     sample_fn = sample_writer(codec, patch, prompts, count=args.num_samples,
@@ -363,17 +363,17 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--data", metavar="DIR", help=f"folder of audio files, searched recursively{example}")
     add_hub_arguments(recipe, "Audio",
                       "a Hugging Face audio data set instead of --data (the file bytes are decoded here)")
-    recipe.add_argument("--limit", type=int, metavar="N", help="read at most N clips (default: all)")
-    recipe.add_argument("--val-fraction", type=float, default=0.05,
+    recipe.add_argument("--limit", type=COUNT, metavar="N", help="read at most N clips (default: all)")
+    recipe.add_argument("--val-fraction", type=FRACTION, default=0.05,
                         help="share of the clips held out for validation and continuations (default: 0.05)")
     add_run_arguments(recipe, RECIPE, DEVICE_DEFAULTS, documents="clips", recorded="codec and clips")
-    recipe.add_argument("--num-samples", type=int, default=4, metavar="N",
+    recipe.add_argument("--num-samples", type=COUNT, default=4, metavar="N",
                         help="new clips and continuations written at each sampling (default: 4)")
-    recipe.add_argument("--sample-seconds", type=float, metavar="S",
+    recipe.add_argument("--sample-seconds", type=POSITIVE, metavar="S",
                         help="longest generated audio per clip (default: 0.5 on CPU, 2.0 on GPU)")
-    recipe.add_argument("--prompt-seconds", type=float, default=0.25, metavar="S",
+    recipe.add_argument("--prompt-seconds", type=NON_NEGATIVE, default=0.25, metavar="S",
                         help="held-out audio a continuation starts from, at most half the clip (default: 0.25)")
-    recipe.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
+    recipe.add_argument("--temperature", type=NON_NEGATIVE, default=1.0, help="sampling temperature (default: 1.0)")
     add_config_arguments(parser, WavCodec, title="wav codec (how clips become bytes)")
     add_model_and_training_arguments(parser)
     return parser

@@ -43,10 +43,10 @@ import numpy as np
 
 from bytemodels.data import file_key, folder_key, record_ids, whole_document_windows
 from bytemodels.hub import DEFAULT_SPLIT, HUB_DATA_FLAGS, add_hub_arguments, media_documents
+from bytemodels.options import COUNT, FRACTION, NON_NEGATIVE
 from bytemodels.recipe import (DataFlags, RecipeError, add_model_and_training_arguments, add_run_arguments,
                                check_resume_flags, compared_documents, defaults_epilog, device_kind, make_trainer,
-                               open_run, preset_config, records_dataset, run_command, save_comparison,
-                               training_flags)
+                               open_run, preset_config, records_dataset, run_command, save_comparison, training_flags)
 
 RECIPE = "images"
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "images"
@@ -317,6 +317,7 @@ def train(args: argparse.Namespace) -> None:
     from bytecodecs import ImageCodec
     from bytemodels.config import MegabyteConfig
 
+    flags = training_flags(args)  # checked before anything is read
     out, resume_from, recorded = open_run(args, RECIPE)
     if recorded is not None:
         check_resume_flags(args, [ImageCodec])
@@ -340,7 +341,6 @@ def train(args: argparse.Namespace) -> None:
     print(f"train: {len(train_data):,} images; held out: {len(val_data):,}; patch {patch} bytes "
           f"({rows:g} image row{'' if rows == 1 else 's'}), window {seq_len} ids")
 
-    flags = training_flags(args)
     seed = recorded.train_config["seed"] if recorded is not None else flags.get("seed", 0)
     held_out = [val_data.document(i)[0] for i in range(min(len(val_data), args.num_samples))]
     sample_fn = sample_writer(codec, patch, held_out, count=args.num_samples, temperature=args.temperature,
@@ -392,13 +392,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "image-shaped one)")
     add_hub_arguments(recipe, "Image",
                       "a Hugging Face image data set instead of --data (e.g. ylecun/mnist, uoft-cs/cifar10)")
-    recipe.add_argument("--limit", type=int, metavar="N", help="read at most N images (default: all)")
-    recipe.add_argument("--val-fraction", type=float, default=0.05,
+    recipe.add_argument("--limit", type=COUNT, metavar="N", help="read at most N images (default: all)")
+    recipe.add_argument("--val-fraction", type=FRACTION, default=0.05,
                         help="share of the images held out for validation and completions (default: 0.05)")
     add_run_arguments(recipe, RECIPE, DEVICE_DEFAULTS, documents="images", recorded="codec and images")
-    recipe.add_argument("--num-samples", type=int, default=8, metavar="N",
+    recipe.add_argument("--num-samples", type=COUNT, default=8, metavar="N",
                         help="new images and completions drawn at each sampling (default: 8)")
-    recipe.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
+    recipe.add_argument("--temperature", type=NON_NEGATIVE, default=1.0, help="sampling temperature (default: 1.0)")
     add_config_arguments(parser, ImageCodec, title="image codec (how images become bytes)", exclude=("header",))
     add_model_and_training_arguments(parser)
     return parser

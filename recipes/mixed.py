@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from bytemodels.data import file_key, folder_key, record_ids, whole_document_windows
+from bytemodels.options import COUNT, FRACTION, NON_NEGATIVE, POSITIVE
 from bytemodels.recipe import (DataFlags, RecipeError, add_model_and_training_arguments, add_run_arguments,
                                check_resume_flags, defaults_epilog, device_kind, make_trainer, open_run,
                                preset_config, run_command, training_flags)
@@ -296,6 +297,7 @@ def train(args: argparse.Namespace) -> None:
     from bytecodecs import ImageCodec, WavCodec
     from bytemodels.config import MegabyteConfig
 
+    flags = training_flags(args)  # checked before anything is read
     out, resume_from, recorded = open_run(args, RECIPE)
     if recorded is not None:
         check_resume_flags(args, [WavCodec, ImageCodec])
@@ -325,7 +327,6 @@ def train(args: argparse.Namespace) -> None:
     print(f"train: {counts} documents ({train_data.num_bytes:,} bytes); held out: {len(val_data):,}; "
           f"patch {patch} bytes, window {seq_len} ids")
 
-    flags = training_flags(args)
     seed = recorded.train_config["seed"] if recorded is not None else flags.get("seed", 0)
     sample_fn = sample_writer(codecs, patch, count=args.num_samples, text_bytes=args.text_bytes,
                               audio_seconds=args.sample_seconds or defaults["sample_seconds"],
@@ -372,18 +373,18 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--images", metavar="PATH", help="a folder of image files or images as a .npz or .npy array")
     recipe.add_argument("--array-key", metavar="NAME",
                         help="array of an --images .npz file (default: images, else the first image-shaped one)")
-    recipe.add_argument("--limit", type=int, metavar="N", help="read at most N documents of each modality "
+    recipe.add_argument("--limit", type=COUNT, metavar="N", help="read at most N documents of each modality "
                         "(default: all)")
-    recipe.add_argument("--val-fraction", type=float, default=0.05,
+    recipe.add_argument("--val-fraction", type=FRACTION, default=0.05,
                         help="share of the documents held out for validation (default: 0.05)")
     add_run_arguments(recipe, RECIPE, DEVICE_DEFAULTS, documents="documents", recorded="codecs and data")
-    recipe.add_argument("--num-samples", type=int, default=3, metavar="N",
+    recipe.add_argument("--num-samples", type=COUNT, default=3, metavar="N",
                         help="samples of each modality written at each sampling (default: 3)")
-    recipe.add_argument("--text-bytes", type=int, default=400, metavar="N",
+    recipe.add_argument("--text-bytes", type=COUNT, default=400, metavar="N",
                         help="longest text sample in bytes (default: 400)")
-    recipe.add_argument("--sample-seconds", type=float, metavar="S",
+    recipe.add_argument("--sample-seconds", type=POSITIVE, metavar="S",
                         help="longest audio sample in seconds (default: 0.5 on CPU, 2.0 on GPU)")
-    recipe.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
+    recipe.add_argument("--temperature", type=NON_NEGATIVE, default=1.0, help="sampling temperature (default: 1.0)")
     add_config_arguments(parser, WavCodec, title="wav codec (how --audio clips become bytes)")
     add_config_arguments(parser, ImageCodec, title="image codec (how --images become bytes)", exclude=("header",))
     add_model_and_training_arguments(parser)

@@ -41,8 +41,9 @@ from bytemodels.config import MegabyteConfig
 from bytemodels.data import MANIFEST_FILE, ByteDataset, file_key
 from bytemodels.hub import HubError, hub_unreachable_reason
 from bytemodels.options import apply_overrides, overrides_from_args
+from bytemodels.options import COUNT, FRACTION, NON_NEGATIVE, number
 from bytemodels.recipe import (RecipeError, add_model_and_training_arguments, check_resume_flags, device_kind,
-                               make_trainer, open_run, preset_config, run_command, training_flags)
+                               make_trainer, open_run, preset_config, resolve_device, run_command, training_flags)
 
 RECIPE = "tinystories"
 SEPARATOR = "<|endoftext|>"
@@ -193,6 +194,10 @@ def local_source(path: str | Path, cache_dir: Path | None = None) -> StorySource
     if len(suffixes) > 1:
         raise RecipeError(f"--data {path}: mixes {' and '.join(sorted(suffixes))} files; keep one kind in the folder")
     builder = suffixes.pop()
+    empty = [f for files in by_split.values() for f in files if f.stat().st_size == 0]
+    if empty:  # the datasets loader fails on them with a message that does not say so
+        more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
+        raise RecipeError(f"--data {path}: {empty[0]} is empty{more}")
 
     def load() -> Any:
         import datasets
@@ -456,6 +461,7 @@ def train(args: argparse.Namespace) -> None:
     """Stories -> bytes -> trainer: build each from the flags (or the checkpoint resumed), train, report."""
     import bytecodecs
 
+    flags = training_flags(args)  # checked before anything is read
     codec = bytecodecs.get_codec("text")
     out, resume_from, checkpoint = open_run(args, RECIPE,
                                             default_out=Path("runs") / f"{RECIPE}-instruct" if args.instruct else None)
@@ -491,7 +497,7 @@ def train(args: argparse.Namespace) -> None:
     metadata = {"recipe": RECIPE, "codec": codec.config(), "layout": "packed", "instruct": instruct,
                 "init": init, "data": data_record(source, instruct_seed, val_fraction, split_seed)}
     trainer = make_trainer(model_config, train_data, val_data, out=out, resume_from=resume_from,
-                           flags=training_flags(args), defaults=defaults, sample_fn=sample_fn, metadata=metadata)
+                           flags=flags, defaults=defaults, sample_fn=sample_fn, metadata=metadata)
     if init:
         print(f"fine-tuning from {init}")
         init_weights(trainer, init)
@@ -506,12 +512,12 @@ def sample(args: argparse.Namespace) -> None:
     import bytecodecs
     import torch
     from bytemodels.cli import checkpoint_codec, open_checkpoint, prompt_ids
-    from bytemodels.distributed import choose_device
     from bytemodels.model import Megabyte
 
+    device = resolve_device(args.device)  # before loading: a device this machine lacks is one line
     folder, metadata, _ = open_checkpoint(args.checkpoint)
     codec = checkpoint_codec(metadata) or bytecodecs.get_codec("text")
-    model = Megabyte.from_pretrained(folder, map_location=choose_device(args.device)).eval()
+    model = Megabyte.from_pretrained(folder, map_location=device).eval()
     config = model.config
     data = codec.encode(story_prompt(args.prompt))
     ids = torch.tensor([prompt_ids(codec, "packed", config.patch_size, data, config.num_tags)],
@@ -576,12 +582,12 @@ def build_train_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--v2", action="store_true",
                         help="from the hub, train on the GPT-4-only TinyStoriesV2 files instead of the default set")
     recipe.add_argument("--revision", default="main", help="hub revision of the data set (default: main)")
-    recipe.add_argument("--val-fraction", type=float, default=0.05,
+    recipe.add_argument("--val-fraction", type=FRACTION, default=0.05,
                         help="share of the stories held out for validation when the data has no validation "
                              "split (default: 0.05)")
     recipe.add_argument("--cache-dir", metavar="DIR",
                         help="where the stories are cached as bytes (default: the cache folder beside --out)")
-    recipe.add_argument("--sample-bytes", type=int, metavar="N",
+    recipe.add_argument("--sample-bytes", type=COUNT, metavar="N",
                         help="longest story printed at each evaluation (default: 600 on CPU, 1500 on GPU)")
     add_model_and_training_arguments(parser)
     return parser
@@ -596,11 +602,12 @@ def build_sample_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", required=True, metavar="DIR",
                         help="a checkpoint folder, a run folder (its latest checkpoint) or a model folder")
     parser.add_argument("--prompt", default="Once upon a time", help="how the story starts (default: %(default)s)")
-    parser.add_argument("--max-bytes", type=int, default=1000, help="longest story in bytes (default: %(default)s)")
-    parser.add_argument("--temperature", type=float, default=0.8, help="0 is greedy (default: %(default)s)")
-    parser.add_argument("--top-k", type=int, default=50,
+    parser.add_argument("--max-bytes", type=number(int, at_least=0), default=1000,
+                        help="longest story in bytes (default: %(default)s)")
+    parser.add_argument("--temperature", type=NON_NEGATIVE, default=0.8, help="0 is greedy (default: %(default)s)")
+    parser.add_argument("--top-k", type=COUNT, default=50,
                         help="sample among the k likeliest bytes (default: %(default)s)")
-    parser.add_argument("--top-p", type=float, help="nucleus sampling mass (default: off)")
+    parser.add_argument("--top-p", type=number(float, above=0, at_most=1), help="nucleus sampling mass (default: off)")
     parser.add_argument("--seed", type=int, help="random seed for a reproducible story")
     parser.add_argument("--device", default="auto", help="cuda, mps, cpu or auto (default: %(default)s)")
     parser.add_argument("-o", "--output", metavar="FILE", help="also save the story as a text file")

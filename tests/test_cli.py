@@ -97,16 +97,22 @@ def test_bad_arguments_give_one_line_and_status_2(argv, message, capsys):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--max-bytes", "-3"], "--max-bytes -3: must not be negative"),
-    (["--temperature", "-1"], "--temperature -1.0: must not be negative"),
-    (["--top-k", "0"], "--top-k 0: must be at least 1"),
-    (["--top-p", "1.5"], "--top-p 1.5: must be in (0, 1]"),
-    (["--device", "nodevice"], "'nodevice' is not a device name"),
+    (["--max-bytes", "-3"], "argument --max-bytes: must be at least 0, not -3"),
+    (["--temperature", "-1"], "argument --temperature: must be at least 0, not -1"),
+    (["--top-k", "0"], "argument --top-k: must be at least 1, not 0"),
+    (["--top-p", "1.5"], "argument --top-p: must be above 0 and at most 1, not 1.5"),
 ])
 def test_bad_sampling_flags_name_the_flag(run_dir, flags, message, capsys):
-    assert main(["sample", str(run_dir), "--quiet", *flags]) == 2
+    with pytest.raises(SystemExit) as exit:
+        main(["sample", str(run_dir), "--quiet", *flags])
     err = capsys.readouterr().err
-    assert message in err and err.count("\n") == 1
+    assert exit.value.code == 2 and err == f"bytemodels sample: error: {message}\n"
+
+
+def test_a_name_that_is_no_device_is_one_line(run_dir, capsys):
+    assert main(["sample", str(run_dir), "--quiet", "--device", "nodevice"]) == 2
+    err = capsys.readouterr().err
+    assert "device 'nodevice' is not a device name" in err and err.count("\n") == 1
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message on a machine without CUDA")
@@ -120,8 +126,11 @@ def test_a_device_this_machine_lacks_is_named_not_blamed_on_the_weights(run_dir,
 def test_eval_refuses_a_batch_size_below_one(run_dir, tmp_path, capsys):
     (tmp_path / "a.txt").write_text(STORIES[0], encoding="utf-8")
     for size in ("0", "-2"):
-        assert main(["eval", str(run_dir), str(tmp_path / "a.txt"), "--batch-size", size]) == 2
-        assert f"--batch-size {size}: must be at least 1" in capsys.readouterr().err
+        with pytest.raises(SystemExit) as exit:
+            main(["eval", str(run_dir), str(tmp_path / "a.txt"), "--batch-size", size])
+        err = capsys.readouterr().err
+        assert exit.value.code == 2
+        assert err == f"bytemodels eval: error: argument --batch-size: must be at least 1, not {size}\n"
 
 
 def test_checkpoint_json_that_is_not_an_object_is_one_line(run_dir, tmp_path, capsys):

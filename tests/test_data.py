@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bytemodels import tokens
-from bytemodels.data import (DATA_FILE, MANIFEST_FILE, ByteDataset, DataCacheError, PackedWindows, RecordWindows,
-                             record_prompt, split_documents)
+from bytemodels.data import (DATA_FILE, MANIFEST_FILE, ByteDataset, DataCacheError, EmptyDataError, PackedWindows,
+                             RecordWindows, record_prompt, split_documents)
 
 PAD, BOS, EOS = tokens.PAD_ID, tokens.BOS_ID, tokens.EOS_ID
 
@@ -153,6 +153,13 @@ def test_bad_documents_are_refused_with_a_clear_message(tmp_path, bad, message):
     with pytest.raises((TypeError, ValueError), match=message):
         ByteDataset.build(bad, tmp_path, key={"bad": str(bad)}, progress=False)
     assert not [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+
+
+def test_no_documents_is_its_own_error(tmp_path):
+    # Recipes report it in one line: a source whose every file was skipped (unreadable) builds nothing.
+    with pytest.raises(EmptyDataError, match="no documents to build dataset 'clips'"):
+        ByteDataset.build(iter([]), tmp_path, key={"empty": 1}, name="clips", progress=False)
+    assert issubclass(EmptyDataError, ValueError)
 
 
 def test_key_must_be_json(tmp_path):

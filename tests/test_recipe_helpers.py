@@ -14,9 +14,10 @@ import pytest
 
 from bytemodels import checkpoint as ckpt
 from bytemodels.data import covered_documents, file_key, folder_key, record_ids, whole_document_windows
+from bytemodels.options import COUNT, FRACTION, number
 from bytemodels.recipe import (DataFlags, RecipeError, check_resume_flags, compared_documents, defaults_epilog,
-                               device_kind, new_train_config, open_run, preset_config, records_dataset, run_command,
-                               save_comparison, training_flags)
+                               device_kind, new_train_config, open_run, preset_config, records_dataset,
+                               resolve_device, run_command, save_comparison, training_flags)
 from bytemodels.train import TrainSummary
 
 DEFAULTS = {"cpu": dict(preset="tiny", time="10m", eval_every=200, batch_size=8, max_seq_len=1024),
@@ -102,8 +103,19 @@ def test_data_flags_are_recorded_and_restored(tmp_path):
 
 def test_device_kind_picks_the_column_of_the_defaults():
     assert device_kind("cpu") == "cpu"
-    with pytest.raises(RecipeError, match="--device nonsense"):
+    with pytest.raises(RecipeError, match="device .nonsense. is not a device name"):
         device_kind("nonsense")
+
+
+def test_a_device_this_machine_lacks_is_a_recipe_error():
+    import torch
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(RecipeError, match="^device .nodevice. is not a device name"):
+        resolve_device("nodevice")
+    if not torch.cuda.is_available():  # it used to pass, and training failed deep in PyTorch
+        with pytest.raises(RecipeError, match="^device .cuda. is not available"):
+            device_kind("cuda")
 
 
 # -- configs from flags -------------------------------------------------------------------------------------
@@ -121,6 +133,13 @@ def test_train_config_takes_device_defaults_then_settings_then_flags(tmp_path):
 def test_training_flags_include_time_only_when_given():
     assert training_flags(argparse.Namespace(lr=0.1, time="5m", data="x")) == {"lr": 0.1, "time": "5m"}
     assert training_flags(argparse.Namespace(time=None, max_steps=3)) == {"max_steps": 3}  # the default time applies
+
+
+def test_training_flags_are_checked_as_they_are_read():
+    with pytest.raises(RecipeError, match="^batch_size=0 must be at least 1$"):
+        training_flags(argparse.Namespace(batch_size=0))
+    with pytest.raises(RecipeError, match="^time='soon' is not a duration"):
+        training_flags(argparse.Namespace(time="soon"))
 
 
 def test_the_default_time_applies_when_no_budget_is_given(tmp_path):
@@ -156,6 +175,30 @@ def test_errors_a_user_can_fix_are_one_line(capsys):
         run_command(parser, command, ["--fail", "extra"], errors=(KeyError,))
     with pytest.raises(ZeroDivisionError):  # a bug keeps its traceback
         run_command(parser, command, ["--fail", "bug"])
+
+
+def test_numbers_out_of_their_bounds_are_one_argparse_line(capsys):
+    parser = argparse.ArgumentParser(prog="python -m recipes.toy")
+    parser.add_argument("--limit", type=COUNT)
+    parser.add_argument("--val-fraction", type=FRACTION)
+    parser.add_argument("--top-p", type=number(float, above=0, at_most=1))
+    assert vars(parser.parse_args(["--limit", "3", "--val-fraction", "0", "--top-p", "1"])) == {
+        "limit": 3, "val_fraction": 0.0, "top_p": 1.0}
+
+    def refused(*argv: str) -> str:
+        with pytest.raises(SystemExit) as failure:
+            run_command(parser, lambda args: None, argv)
+        assert failure.value.code == 2
+        return capsys.readouterr().err
+
+    assert refused("--limit", "-5") == "python -m recipes.toy: error: argument --limit: must be at least 1, not -5\n"
+    assert refused("--limit", "0").endswith("argument --limit: must be at least 1, not 0\n")
+    assert refused("--val-fraction", "1").endswith("argument --val-fraction: must be at least 0 and below 1, not 1\n")
+    assert refused("--top-p", "0").endswith("argument --top-p: must be above 0 and at most 1, not 0\n")
+    assert refused("--top-p", "inf").endswith("argument --top-p: must be a finite number, not inf\n")
+    # argparse's own errors are one line too (no usage block of dozens of lines)
+    assert refused("--limit", "many") == "python -m recipes.toy: error: argument --limit: invalid int value: 'many'\n"
+    assert refused("--unknown").count("\n") == 1
 
 
 # -- the records cache of one codec, and what the comparison is measured on -----------------------------------

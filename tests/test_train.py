@@ -263,6 +263,12 @@ def test_train_config_errors_name_the_field():
         TrainConfig(max_steps=1, schedule="step")
     with pytest.raises(ValueError, match="time='soon'"):
         TrainConfig(time="soon")
+    with pytest.raises(ValueError, match="time='0s' must be longer than 0"):
+        TrainConfig(time="0s")
+    with pytest.raises(ValueError, match="seed=-1 must be in"):
+        TrainConfig(seed=-1)
+    with pytest.raises(ValueError, match="seed=18446744073709551616 must be in"):
+        TrainConfig(seed=2**64)
     for budget in ("max_steps", "max_bytes"):  # 0 is no budget at all, not "no limit" (that is None)
         for value in (0, -1):
             with pytest.raises(ValueError, match=f"{budget}={value} must be at least 1"):

@@ -94,6 +94,9 @@ def test_bad_local_data_is_one_clear_error(tmp_path):
     (bad / "stories.jsonl").write_text('{"title": "no text column"}\n', encoding="utf-8")
     with pytest.raises(tinystories.RecipeError, match="no story column"):
         tinystories.local_source(bad, tmp_path / "cache").load()
+    (tmp_path / "empty.txt").write_bytes(b"")  # the datasets loader's own error did not say so
+    with pytest.raises(tinystories.RecipeError, match="empty.txt is empty"):
+        tinystories.local_source(tmp_path / "empty.txt")
 
 
 def test_shared_tinystories_load_as_real_stories(shared_data, tmp_path):
@@ -277,3 +280,50 @@ def test_recipe_defaults_fill_in_what_the_flags_leave_out(tmp_path):
     config = new_train_config(defaults, overrides_from_args(TrainConfig, args), tmp_path / "run")
     assert (config.time, config.eval_every, config.sample_every, config.lr) == ("2m", 7, 7, 1e-3)
     assert tinystories.recipe_defaults("gpu", instruct=False)["preset"] == "base"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--val-fraction", "1.5"], "python -m recipes.tinystories: error: argument --val-fraction: "
+                                "must be at least 0 and below 1, not 1.5"),
+    (["--val-fraction", "-0.5"], "python -m recipes.tinystories: error: argument --val-fraction: "
+                                 "must be at least 0 and below 1, not -0.5"),
+    (["--sample-bytes", "0"], "python -m recipes.tinystories: error: argument --sample-bytes: must be at least 1, "
+                              "not 0"),
+    (["sample", "--max-bytes", "-3"], "python -m recipes.tinystories sample: error: argument --max-bytes: "
+                                      "must be at least 0, not -3"),
+    (["sample", "--temperature", "-1"], "python -m recipes.tinystories sample: error: argument --temperature: "
+                                        "must be at least 0, not -1"),
+    (["sample", "--top-k", "0"], "python -m recipes.tinystories sample: error: argument --top-k: must be at least 1, "
+                                 "not 0"),
+    (["sample", "--top-p", "1.5"], "python -m recipes.tinystories sample: error: argument --top-p: "
+                                   "must be above 0 and at most 1, not 1.5"),
+])
+def test_flags_out_of_range_are_one_line_before_anything_is_read(tmp_path, capsys, argv, message):
+    # The data and the checkpoint do not exist: the flag is refused first, as it is parsed.
+    where = ["--checkpoint", str(tmp_path / "nowhere")] if argv[0] == "sample" else [
+        "--data", str(tmp_path / "nowhere.txt"), "--out", str(tmp_path / "run")]
+    with pytest.raises(SystemExit) as failure:
+        tinystories.main([*argv, *where])
+    assert failure.value.code == 2
+    assert capsys.readouterr().err == message + "\n"
+
+
+@pytest.mark.parametrize("command", [[], ["sample"]])
+def test_a_device_that_is_not_here_is_one_line(tmp_path, command):
+    where = ["--checkpoint", str(tmp_path / "nowhere")] if command else [
+        "--data", str(tmp_path / "nowhere.txt"), "--out", str(tmp_path / "run")]
+    prog = " ".join(["python -m recipes.tinystories", *command])
+    with pytest.raises(SystemExit, match=rf"^{prog}: error: device .nodevice. is not a device name") as failure:
+        tinystories.main([*command, *where, "--device", "nodevice"])
+    assert "\n" not in str(failure.value)
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match=rf"^{prog}: error: device .cuda. is not available") as failure:
+            tinystories.main([*command, *where, "--device", "cuda"])
+        assert "\n" not in str(failure.value)
+
+
+def test_training_flags_are_checked_before_the_stories_are_read(tmp_path):
+    with pytest.raises(SystemExit, match=r"^python -m recipes.tinystories: error: batch_size=0 must be at least 1$"):
+        tinystories.main(["--data", str(tmp_path / "nowhere.txt"), "--out", str(tmp_path / "run"), "--batch-size", "0"])
