@@ -73,11 +73,14 @@ class CompiledStep:
     or number of slots); where compiling fails (no C++ compiler, a broken backend) it warns once and runs
     the step uncompiled."""
 
-    def __init__(self, step: StageStep) -> None:
+    def __init__(self, step: StageStep, device_type: str = "cpu") -> None:
         self.eager = step
         # Default dynamic shapes: a second size of the global stage's slots (or batch size) recompiles once
-        # with that size symbolic, and no more.
-        self.compiled = torch.compile(step)
+        # with that size symbolic, and no more. On a CPU the compiled code's wrapper is C++ rather than Python:
+        # a step is a few dozen kernel and matrix calls on one position, and the Python wrapper's bookkeeping
+        # between them was a third of a small model's step (docs/benchmarks.md, "Generation with compiled steps").
+        options = {"cpp_wrapper": True} if device_type == "cpu" else None
+        self.compiled = torch.compile(step, options=options)
 
     def __call__(self, *args: Tensor) -> Tensor:
         if self.compiled is not None:
@@ -105,7 +108,7 @@ def step_function(model: nn.Module, index: int, compile: bool) -> StageStep | Co
         return step
     compiled = _COMPILED.setdefault(model, {})
     if index not in compiled:
-        compiled[index] = CompiledStep(step)
+        compiled[index] = CompiledStep(step, next(model.parameters()).device.type)
     return compiled[index]
 
 
