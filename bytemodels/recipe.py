@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 import textwrap
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -20,7 +22,7 @@ from typing import Any
 from bytemodels import checkpoint as ckpt
 from bytemodels.config import PRESETS, MegabyteConfig
 from bytemodels.data import ByteDataset, DataCacheError, EmptyDataError, covered_documents
-from bytemodels.distributed import choose_device
+from bytemodels.distributed import choose_device, environment_rank
 from bytemodels.options import add_config_arguments, one_line_errors, overrides_from_args
 from bytemodels.pretrained import ModelFileError
 from bytemodels.train import SampleFn, Trainer, TrainConfig, TrainingDiverged, TrainSummary
@@ -35,6 +37,22 @@ COMPARISON_FILE = "compression.json"
 
 class RecipeError(Exception):
     """A problem the user can fix (a flag, a file, the network); printed as one line, no traceback."""
+
+
+class RunInterrupted(Exception):
+    """Training stopped on Ctrl-C or SIGTERM after saving a checkpoint: ``run_command`` says how to continue and
+    exits with 128 + the signal's number (130 for Ctrl-C), so a script or a scheduler can tell it from a finish."""
+
+    def __init__(self, summary: TrainSummary, out: Path) -> None:
+        super().__init__(f"interrupted at step {summary.step:,}")
+        self.summary, self.out = summary, out
+
+
+def stop_if_interrupted(summary: TrainSummary, out: Path) -> None:
+    """Raise ``RunInterrupted`` when ``summary`` is of an interrupted run; a recipe calls it before its report of a
+    finished run (whose final validation and samples an interrupted run does not have)."""
+    if summary.stop_reason == "interrupted":
+        raise RunInterrupted(summary, out)
 
 
 # -- 1. the command line ------------------------------------------------------------------------------------
@@ -85,13 +103,22 @@ def run_command(parser: argparse.ArgumentParser, command: Callable[[argparse.Nam
     data-cache, empty-data, model-file and divergence errors, and ``errors`` (a recipe adds its codecs'
     ``CodecError``)."""
     args = one_line_errors(parser).parse_args(argv)
+    if environment_rank()[0] != 0:  # under torchrun rank 0 alone reports; errors and warnings still show
+        sys.stdout = open(os.devnull, "w")
     try:
         command(args)
     except (RecipeError, ckpt.CheckpointError, DataCacheError, EmptyDataError, ModelFileError, TrainingDiverged,
             *errors) as error:
         sys.exit(f"{parser.prog}: error: {error}")
+    except RunInterrupted as stopped:
+        summary = stopped.summary
+        if environment_rank()[0] == 0:  # the trainer has said where the checkpoint is
+            print(f"{parser.prog}: interrupted; continue with: {parser.prog} --out {stopped.out} --resume",
+                  file=sys.stderr)
+        sys.exit(128 + (summary.stop_signal or signal.SIGINT))
     except KeyboardInterrupt:
-        sys.exit(f"{parser.prog}: interrupted")
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
 
 
 # -- 2. the run folder, --resume, and the data a run records ------------------------------------------------

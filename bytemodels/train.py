@@ -187,6 +187,8 @@ class TrainSummary:
     """max_steps, max_bytes, time or interrupted."""
     checkpoint: Path | None
     """The last checkpoint written."""
+    stop_signal: int | None = None
+    """The signal that interrupted the run (SIGINT for Ctrl-C, SIGTERM), when ``stop_reason`` is interrupted."""
 
 
 def _numpy_rng_to_json(state: tuple) -> dict:
@@ -322,6 +324,7 @@ class Trainer:
         self._evaluated_step: int | None = None
         self._saved_step: int | None = None
         self._stop_requested = False  # set by the Ctrl-C handler on this process
+        self._stop_signal: int | None = None  # which signal asked for it
         self._stop_agreed = False  # the stop request as all processes agreed on it after a step
 
         if resume == "auto":
@@ -609,7 +612,8 @@ class Trainer:
         if self.is_main:
             plot_curves(self.run_dir / METRICS_FILE, self.run_dir / CURVE_FILE)
         return TrainSummary(self.run_dir, self.step, self.bytes_seen, self.last_val_bpb, self.best_val_bpb,
-                            stop_reason, self.last_checkpoint)
+                            stop_reason, self.last_checkpoint,
+                            self._stop_signal if stop_reason == "interrupted" else None)
 
     def _forward_backward(self, batch: torch.Tensor) -> tuple[float, float, float]:
         """Accumulate the gradients of one step's micro-batches.
@@ -669,7 +673,7 @@ class Trainer:
         def request_stop(signum: int, frame: Any) -> None:
             if self._stop_requested:
                 raise KeyboardInterrupt
-            self._stop_requested = True
+            self._stop_requested, self._stop_signal = True, signum
             if self.is_main:
                 tqdm.write("stopping after this step and saving a checkpoint (press Ctrl-C again to abort)")
 

@@ -44,7 +44,8 @@ from bytemodels.hub import DEFAULT_SPLIT, HUB_DATA_FLAGS, add_hub_arguments, med
 from bytemodels.options import COUNT, FRACTION, NON_NEGATIVE, POSITIVE
 from bytemodels.recipe import (DataFlags, RecipeError, add_model_and_training_arguments, add_run_arguments,
                                check_resume_flags, compared_documents, defaults_epilog, device_kind, make_trainer,
-                               open_run, preset_config, records_dataset, run_command, save_comparison, training_flags)
+                               open_run, preset_config, records_dataset, run_command, save_comparison,
+                               stop_if_interrupted, training_flags)
 
 RECIPE = "audio"
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "audio" / "fsdd" / "recordings"
@@ -331,6 +332,7 @@ def train(args: argparse.Namespace) -> None:
 
     print(f"run folder: {out} (checkpoints/, metrics.jsonl, curve.png, samples/, compression.json)")
     summary = trainer.fit()
+    stop_if_interrupted(summary, out)
     if not trainer.is_main:
         return
     print(f"done: {summary.step:,} steps, {summary.bytes_seen:,} bytes seen, stopped by {summary.stop_reason}")

@@ -39,7 +39,7 @@ from bytemodels.data import file_key, folder_key, record_ids, whole_document_win
 from bytemodels.options import COUNT, FRACTION, NON_NEGATIVE, POSITIVE
 from bytemodels.recipe import (DataFlags, RecipeError, add_model_and_training_arguments, add_run_arguments,
                                check_resume_flags, defaults_epilog, device_kind, make_trainer, open_run,
-                               preset_config, run_command, training_flags)
+                               preset_config, run_command, stop_if_interrupted, training_flags)
 
 RECIPE = "mixed"
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -339,6 +339,7 @@ def train(args: argparse.Namespace) -> None:
 
     print(f"run folder: {out} (checkpoints/, metrics.jsonl, curve.png, samples/)")
     summary = trainer.fit()
+    stop_if_interrupted(summary, out)
     if not trainer.is_main:
         return
     final = "n/a" if summary.val_bpb is None else f"{summary.val_bpb:.4f}"

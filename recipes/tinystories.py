@@ -43,7 +43,8 @@ from bytemodels.hub import HubError, hub_unreachable_reason
 from bytemodels.options import apply_overrides, overrides_from_args
 from bytemodels.options import COUNT, FRACTION, NON_NEGATIVE, number
 from bytemodels.recipe import (RecipeError, add_model_and_training_arguments, check_resume_flags, device_kind,
-                               make_trainer, open_run, preset_config, resolve_device, run_command, training_flags)
+                               make_trainer, open_run, preset_config, resolve_device, run_command,
+                               stop_if_interrupted, training_flags)
 
 RECIPE = "tinystories"
 SEPARATOR = "<|endoftext|>"
@@ -207,12 +208,25 @@ def local_source(path: str | Path, cache_dir: Path | None = None) -> StorySource
         try:
             loaded = datasets.load_dataset(builder, data_files=data_files, cache_dir=hf_cache)
         except Exception as error:  # unreadable or malformed files: name them, no traceback
+            if _caused_by(error, KeyboardInterrupt):  # datasets wraps a Ctrl-C in its own error
+                raise KeyboardInterrupt from None
             raise RecipeError(f"--data {path}: could not read the {builder} files ({error})") from None
         return datasets.DatasetDict({split: stories_from_lines(loaded[split], hf_cache) if builder == "text"
                                      else story_column(loaded[split], str(path)) for split in by_split})
 
     key = {"files": {split: [file_key(f) for f in files] for split, files in by_split.items()}}
     return StorySource(str(path), key, tuple(by_split), load)
+
+
+def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
+    """Whether ``error`` or an exception it was raised from (or while handling) is a ``kind``."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, kind):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _join_stories(lines: Any) -> Iterator[dict[str, str]]:
@@ -503,7 +517,9 @@ def train(args: argparse.Namespace) -> None:
         init_weights(trainer, init)
 
     print(f"run folder: {out} (checkpoints/, metrics.jsonl, curve.png, samples/)")
-    print_summary(trainer.fit(), out)
+    summary = trainer.fit()
+    stop_if_interrupted(summary, out)
+    print_summary(summary, out)
 
 
 # -- 6. sampling from a checkpoint ---------------------------------------------------------------------------

@@ -249,3 +249,17 @@ def test_param_groups_exempt_norms_and_embeddings():
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
     assert embeddings and embeddings <= {id(p) for p in no_decay["params"]}
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_bf16_autocast_runs_without_warnings_and_keeps_float32_gains():
+    import warnings
+
+    model = tiny_model(**TWO_STAGE).train()
+    ids = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the norms' float32 gains used to warn on every call under bf16 autocast
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(ids, ids).loss
+        loss.backward()
+    norm = model.stages[0].transformer.norm
+    assert torch.isfinite(loss) and norm.weight.dtype == torch.float32 and norm.weight.grad.abs().sum() > 0

@@ -177,6 +177,33 @@ def test_errors_a_user_can_fix_are_one_line(capsys):
         run_command(parser, command, ["--fail", "bug"])
 
 
+def test_an_interrupted_run_says_how_to_continue_and_exits_with_the_signal(tmp_path, capsys):
+    import signal
+
+    from bytemodels.recipe import stop_if_interrupted
+    from bytemodels.train import TrainSummary
+
+    parser = argparse.ArgumentParser(prog="python -m recipes.toy")
+    parser.add_argument("--how", choices=("sigterm", "ctrl-c", "finished"))
+
+    def command(args: argparse.Namespace) -> None:
+        if args.how == "ctrl-c":  # before training: nothing to continue
+            raise KeyboardInterrupt
+        stop, signum = ("interrupted", signal.SIGTERM) if args.how == "sigterm" else ("max_steps", None)
+        stop_if_interrupted(TrainSummary(tmp_path, 5, 100, 3.0, 3.0, stop, tmp_path / "step_000005", signum),
+                            tmp_path)
+
+    with pytest.raises(SystemExit) as failure:
+        run_command(parser, command, ["--how", "sigterm"])
+    assert failure.value.code == 128 + signal.SIGTERM
+    assert capsys.readouterr().err == (f"python -m recipes.toy: interrupted; continue with: python -m recipes.toy "
+                                       f"--out {tmp_path} --resume\n")
+    with pytest.raises(SystemExit) as failure:
+        run_command(parser, command, ["--how", "ctrl-c"])
+    assert failure.value.code == 130 and capsys.readouterr().err == "python -m recipes.toy: interrupted\n"
+    run_command(parser, command, ["--how", "finished"])  # a finished run returns
+
+
 def test_numbers_out_of_their_bounds_are_one_argparse_line(capsys):
     parser = argparse.ArgumentParser(prog="python -m recipes.toy")
     parser.add_argument("--limit", type=COUNT)

@@ -136,7 +136,7 @@ def test_ctrl_c_saves_and_returns(tmp_path):
 
     summary = Trainer(tiny_config(), train_config(tmp_path / "run", sample_every=1), data.train, data.val,
                       sample_fn=press_ctrl_c).fit()
-    assert summary.stop_reason == "interrupted" and summary.step == 3
+    assert summary.stop_reason == "interrupted" and summary.step == 3 and summary.stop_signal == signal.SIGINT
     assert summary.checkpoint.name == "step_000003" and ckpt.load_checkpoint(summary.checkpoint).step == 3
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 

@@ -99,6 +99,21 @@ def test_bad_local_data_is_one_clear_error(tmp_path):
         tinystories.local_source(tmp_path / "empty.txt")
 
 
+def test_ctrl_c_while_the_loader_reads_is_an_interrupt_not_a_data_error(tmp_path, monkeypatch):
+    import datasets
+
+    def interrupted_load(*args, **kwargs):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as stop:  # what datasets does: its own error, raised from the interrupt
+            raise datasets.exceptions.DatasetGenerationError("An error occurred while generating the dataset") from stop
+
+    write_txt(tmp_path / "a.txt", make_stories(2))
+    monkeypatch.setattr(datasets, "load_dataset", interrupted_load)
+    with pytest.raises(KeyboardInterrupt):
+        tinystories.local_source(tmp_path / "a.txt", tmp_path / "cache").load()
+
+
 def test_shared_tinystories_load_as_real_stories(shared_data, tmp_path):
     source = tinystories.local_source(shared_data / "tinystories", tmp_path / "cache")
     loaded = source.load()
