@@ -115,21 +115,6 @@ def test_no_source_is_one_clear_error(tmp_path):
         mixed.main(["--audio", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run"), "--max-steps", "1"])
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--val-fraction", "1"], "--val-fraction: must be at least 0 and below 1, not 1"),
-    (["--limit", "-3"], "--limit: must be at least 1, not -3"),
-    (["--num-samples", "-1"], "--num-samples: must be at least 1, not -1"),
-    (["--text-bytes", "0"], "--text-bytes: must be at least 1, not 0"),
-    (["--sample-seconds", "-1"], "--sample-seconds: must be above 0, not -1"),
-    (["--temperature", "-1"], "--temperature: must be at least 0, not -1"),
-])
-def test_flags_out_of_range_are_one_line_before_anything_is_read(tmp_path, capsys, flags, message):
-    with pytest.raises(SystemExit) as failure:  # the file does not exist: the flag is refused first
-        mixed.main(["--images", str(tmp_path / "nowhere.npz"), "--out", str(tmp_path / "run"), *flags])
-    assert failure.value.code == 2
-    assert capsys.readouterr().err == f"python -m recipes.mixed: error: argument {message}\n"
-
-
 def test_training_flags_are_checked_before_the_documents_are_read(tmp_path):
     with pytest.raises(SystemExit, match=r"^python -m recipes.mixed: error: max_steps=-1 must be at least 1"):
         mixed.main(["--images", str(tmp_path / "nowhere.npz"), "--out", str(tmp_path / "run"), "--max-steps", "-1"])
