@@ -1,8 +1,9 @@
 """Hugging Face data sets for recipes: fail within seconds when the hub cannot be reached, and read a media
 column (audio, images) as the undecoded file bytes of each row.
 
-``datasets`` retries for minutes without a network, so ``load_hub_split`` first probes the hub (or the proxy
-in front of it) and raises ``HubError`` with the reason; a recipe adds where to find the data offline.
+``datasets`` retries for minutes without a network, so ``load_hub_split`` first sends the hub one small request
+(through the proxy in front of it, if any) and raises ``HubError`` with the reason when no answer comes within
+seconds; a recipe adds where to find the data offline.
 Media columns are read with ``decode=False``: ``datasets``' own decoders need extra system libraries, while
 a recipe's codec reads the file bytes itself. Nothing here knows a modality beyond the name of a
 ``datasets`` feature type (``"Audio"``, ``"Image"``).
@@ -11,17 +12,21 @@ a recipe's codec reads the file bytes itself. Nothing here knows a modality beyo
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
 import socket
+import ssl
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import ParseResult, urlparse
 
 from bytemodels.recipe import RecipeError
 
 PROBE_TIMEOUT_S = 3.0
-"""How long the reachability probe waits for the hub (or the proxy) to accept a connection."""
+"""How long the reachability probe waits for the hub (or the proxy) to accept a connection, and then to answer."""
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 """Environment variables that switch the hub off when set to 1, true, yes or on."""
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -47,23 +52,69 @@ def add_hub_arguments(group: argparse._ArgumentGroup, feature: str, dataset_help
 
 
 def hub_unreachable_reason(timeout: float = PROBE_TIMEOUT_S) -> str | None:
-    """Why the Hugging Face hub cannot be used now (offline mode or no connection), or None if it answers.
+    """Why the Hugging Face hub cannot be used now (offline mode, no connection, or no answer), or None if it
+    answers.
 
-    ``datasets`` retries for minutes without a network; this probe decides within ``timeout`` seconds."""
+    ``datasets`` retries for minutes without a network; this probe decides within ``timeout`` seconds to connect
+    and as many again to be answered. A connection alone proves little: a proxy that accepts connections but
+    never answers would pass, and ``datasets`` would then hang in its retries. So the probe also sends the
+    endpoint one HEAD request, through the proxy ``huggingface_hub`` would use; any HTTP answer (a 4xx too) will do."""
     for variable in OFFLINE_VARIABLES:
         if os.environ.get(variable, "").strip().lower() in ("1", "true", "yes", "on"):
             return f"{variable} is set"
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", DEFAULT_ENDPOINT))
+    url = os.environ.get("HF_ENDPOINT", DEFAULT_ENDPOINT)
+    endpoint = urlparse(url)
+    if endpoint.scheme not in ("http", "https") or not endpoint.hostname:
+        return f"HF_ENDPOINT {url!r} is not an http(s) URL"
+    proxy = _proxy_for(endpoint)
     # Behind a proxy the hub is reached through it, so the proxy is what must answer.
-    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
-    target = urlparse(proxy if proxy and "://" in proxy else f"http://{proxy}") if proxy else endpoint
+    target = urlparse(proxy if "://" in proxy else f"http://{proxy}") if proxy else endpoint
     host = target.hostname or "huggingface.co"
     port = target.port or (443 if target.scheme == "https" else 80)
+    # Connecting on its own first tells a host that does not resolve or refuses from one that does not answer.
     try:
         with socket.create_connection((host, port), timeout=timeout):
-            return None
+            pass
     except OSError as error:
         return f"cannot connect to {host}:{port} ({error.strerror or error})"
+    where = f"the proxy {host}:{port}" if proxy else f"{host}:{port}"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({endpoint.scheme: proxy} if proxy else {}),
+                                         urllib.request.HTTPSHandler(context=_probe_tls()), _NoRedirect())
+    try:
+        with opener.open(urllib.request.Request(url, method="HEAD"), timeout=timeout):
+            return None
+    except urllib.error.HTTPError:  # an answer, if not a welcome one: the hub is there
+        return None
+    except (OSError, http.client.HTTPException, ValueError) as error:
+        reason = error.reason if isinstance(error, urllib.error.URLError) else error
+        if isinstance(reason, TimeoutError):
+            return f"{where} accepted a connection but did not answer within {timeout:g} s"
+        return f"request to {where} failed ({getattr(reason, 'strerror', None) or reason})"
+
+
+def _proxy_for(endpoint: ParseResult) -> str | None:
+    """The proxy ``huggingface_hub`` sends requests to ``endpoint`` through, or None: as in its HTTP client, the
+    ``*_PROXY`` variable of the endpoint's scheme, else ``ALL_PROXY``, unless ``NO_PROXY`` names the host."""
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(endpoint.scheme) or proxies.get("all")
+    return None if not proxy or urllib.request.proxy_bypass(endpoint.netloc.rpartition("@")[2]) else proxy
+
+
+def _probe_tls() -> ssl.SSLContext:
+    """TLS for the probe, without certificate checks: the probe sends nothing secret and reads no content, and a
+    proxy that re-signs traffic (its certificate given to ``huggingface_hub`` in REQUESTS_CA_BUNDLE...) still
+    answers."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is an answer already; following it would only spend the probe's time elsewhere."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
 
 
 def load_hub_split(name: str, split: str, config: str | None) -> Any:

@@ -4,6 +4,8 @@ with one line, and a media column read as undecoded file bytes, row by row. No t
 from __future__ import annotations
 
 import argparse
+import socket
+import threading
 import time
 
 import pytest
@@ -12,12 +14,57 @@ from bytemodels import hub
 from bytemodels.recipe import RecipeError
 
 
+PROXY_VARIABLES = tuple(f"{scheme}_{case}" for scheme in ("https", "http", "all", "no")
+                        for case in ("proxy", "PROXY"))
+
+
 @pytest.fixture
 def no_hub_settings(monkeypatch):
     """Neither offline mode nor a proxy nor an endpoint from the machine running the tests."""
-    for variable in (*hub.OFFLINE_VARIABLES, "HF_ENDPOINT", "HTTPS_PROXY", "https_proxy"):
+    for variable in (*hub.OFFLINE_VARIABLES, "HF_ENDPOINT", *PROXY_VARIABLES):
         monkeypatch.delenv(variable, raising=False)
     return monkeypatch
+
+
+@pytest.fixture
+def local_server():
+    """Starts a server on 127.0.0.1 that accepts connections and sends ``reply`` to each request, or never
+    answers when ``reply`` is None (a stuck proxy or hub); returns its port. Stopped when the test ends."""
+    servers = []
+
+    def start(reply: bytes | None) -> int:
+        listener = socket.create_server(("127.0.0.1", 0))
+
+        def serve() -> None:
+            held = []  # a silent server keeps its connections open, as a stuck proxy does
+            while True:
+                try:
+                    connection, _ = listener.accept()
+                except OSError:  # the listener was shut down: the test is over
+                    break
+                held.append(connection)
+                if reply is not None:
+                    request = b""
+                    while b"\r\n\r\n" not in request and (chunk := connection.recv(4096)):
+                        request += chunk
+                    connection.sendall(reply)
+                    connection.close()
+            for connection in held:
+                connection.close()
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        servers.append((listener, thread))
+        return listener.getsockname()[1]
+
+    yield start
+    for listener, thread in servers:
+        try:
+            listener.shutdown(socket.SHUT_RDWR)  # wakes the accept (close alone does not on Linux)
+        except OSError:  # some systems refuse to shut down a listening socket; the thread is a daemon
+            pass
+        listener.close()
+        thread.join(timeout=2)
 
 
 @pytest.mark.parametrize("variable", hub.OFFLINE_VARIABLES)
@@ -31,6 +78,44 @@ def test_behind_a_proxy_the_proxy_is_what_must_answer(no_hub_settings):
     start = time.monotonic()
     reason = hub.hub_unreachable_reason(timeout=2)
     assert reason is not None and "127.0.0.1:9" in reason and time.monotonic() - start < 5
+
+
+@pytest.mark.parametrize(("variable", "named"), [("HTTPS_PROXY", "the proxy 127.0.0.1"),
+                                                   ("HF_ENDPOINT", "127.0.0.1")])
+def test_a_connection_that_is_never_answered_fails_within_seconds(no_hub_settings, local_server, variable, named):
+    # A proxy (or hub) that accepts connections but never answers: datasets would hang for minutes in retries.
+    port = local_server(None)
+    no_hub_settings.setenv(variable, f"http://127.0.0.1:{port}")
+    start = time.monotonic()
+    reason = hub.hub_unreachable_reason(timeout=1)
+    assert reason == f"{named}:{port} accepted a connection but did not answer within 1 s"
+    assert time.monotonic() - start < 5
+
+
+@pytest.mark.parametrize("reply", [b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+                                   b"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:9/\r\nContent-Length: 0\r\n\r\n"])
+def test_any_http_answer_means_the_hub_is_there(no_hub_settings, local_server, reply):
+    port = local_server(reply)
+    no_hub_settings.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    assert hub.hub_unreachable_reason(timeout=2) is None  # not even a redirect to where nothing listens is followed
+    # An http endpoint goes through the http proxy, which answers for the hub (hub.invalid is never looked up).
+    no_hub_settings.setenv("HF_ENDPOINT", "http://hub.invalid")
+    no_hub_settings.setenv("http_proxy", f"http://127.0.0.1:{port}")
+    assert hub.hub_unreachable_reason(timeout=2) is None
+    no_hub_settings.setenv("no_proxy", "hub.invalid")  # ... unless NO_PROXY names the host
+    assert "cannot connect to hub.invalid:80" in hub.hub_unreachable_reason(timeout=2)
+
+
+def test_a_proxy_that_refuses_the_tunnel_to_the_hub_is_a_reason(no_hub_settings, local_server):
+    port = local_server(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+    no_hub_settings.setenv("HTTPS_PROXY", f"127.0.0.1:{port}")
+    assert hub.hub_unreachable_reason(timeout=2) == \
+        f"request to the proxy 127.0.0.1:{port} failed (Tunnel connection failed: 403 Forbidden)"
+
+
+def test_an_endpoint_that_is_no_url_is_a_reason(no_hub_settings):
+    no_hub_settings.setenv("HF_ENDPOINT", "huggingface.co")
+    assert hub.hub_unreachable_reason(timeout=0.01) == "HF_ENDPOINT 'huggingface.co' is not an http(s) URL"
 
 
 def test_loading_fails_fast_with_one_line_when_the_hub_is_unreachable(no_hub_settings):
