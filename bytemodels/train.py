@@ -502,9 +502,18 @@ class Trainer:
                 warnings.warn(f"{loaded.path}: the {name} data differs from the checkpoint's "
                               f"({recorded} vs {current}); the resumed run will not match the original",
                               RuntimeWarning, stacklevel=3)
-        if state.get("global_batch") != self.rank_batch * self.dist.world_size:
-            warnings.warn(f"{loaded.path}: global batch changed from {state.get('global_batch')} to "
-                          f"{self.rank_batch * self.dist.world_size}; the resumed run will not match the original",
+        recorded_batch, processes = state.get("global_batch"), self.dist.world_size
+        if recorded_batch != self.rank_batch * processes:
+            # Say how to get the recorded batch back: with another number of processes (a torchrun run resumed
+            # in one process) the per-process batch must change.
+            keep = ""
+            per_process = self.config.batch_size * processes
+            if recorded_batch and recorded_batch % per_process == 0:
+                keep = (f"; to keep it with {processes} process(es), set grad_accum="
+                        f"{recorded_batch // per_process} (batch_size {self.config.batch_size})")
+            warnings.warn(f"{loaded.path}: global batch changed from {recorded_batch} to "
+                          f"{self.rank_batch * processes} (batch_size x grad_accum x processes){keep}; "
+                          "the resumed run will not match the original",
                           RuntimeWarning, stacklevel=3)
         rng = loaded.rng_tensors()
         torch.set_rng_state(rng["torch_cpu"])

@@ -279,3 +279,13 @@ def test_train_config_errors_name_the_field():
     assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     assert parse_duration("10m") == 600 and parse_duration("1h30m") == 5400 and parse_duration("90") == 90
     assert parse_duration("1.5h") == 5400
+
+
+def test_resuming_with_another_global_batch_warns_and_says_how_to_keep_it(tmp_path):
+    data = text_dataset(tmp_path / "cache")
+    Trainer(tiny_config(), train_config(tmp_path / "run", max_steps=2, checkpoint_every=2), data.train, data.val).fit()
+    checkpoint = tmp_path / "run" / "checkpoints" / "step_000002"
+    expected = (r"global batch changed from 4 to 2 \(batch_size x grad_accum x processes\); "
+                r"to keep it with 1 process\(es\), set grad_accum=2 \(batch_size 2\)")
+    with pytest.warns(RuntimeWarning, match=expected):
+        Trainer.resume(checkpoint, data.train, data.val, batch_size=2, max_steps=3)
