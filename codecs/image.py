@@ -18,7 +18,7 @@ from PIL import Image, ImageOps
 
 from bytecodecs.base import ByteCodec, CodecError, Framing, check_bool
 from bytecodecs.files import atomic_path, require_file
-from bytecodecs.registry import register_codec
+from bytecodecs.registry import _register_builtin
 
 __all__ = ["ARRAY_SUFFIXES", "HEADER", "ImageCodec", "array_codec_options", "load_array"]
 
@@ -240,4 +240,4 @@ def array_codec_options(array: np.ndarray) -> dict[str, int | str]:
     return {"width": int(array.shape[2]), "height": int(array.shape[1]), "mode": mode}
 
 
-register_codec(ImageCodec.name, ImageCodec)
+_register_builtin(ImageCodec)

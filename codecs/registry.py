@@ -34,18 +34,49 @@ _codecs: dict[str, type[ByteCodec]] = {}
 
 
 def register_codec(name: str, cls: type[ByteCodec], *, replace: bool = False) -> None:
-    """Register ``cls`` under ``name``; a name already taken is an error unless ``replace=True``."""
+    """Register ``cls`` under ``name``; a name already taken is an error unless ``replace=True``.
+
+    A name is taken when it is registered, when it is a built-in codec (even one not imported yet)
+    and when an installed package declares it as an entry point. With ``replace=True`` ``cls`` wins:
+    a built-in module imported later keeps it, and the entry point of that name is not loaded.
+    """
+    _check_codec(name, cls)
+    if not replace:
+        owner = _owner(name, cls)
+        if owner is not None:
+            raise ValueError(f"codec name {name!r} is already registered to {owner}; "
+                             "pass replace=True to replace it")
+    _codecs[name] = cls
+
+
+def _register_builtin(cls: type[ByteCodec]) -> None:
+    """Called at the bottom of each built-in codec module: register ``cls`` unless a user's
+    ``register_codec(..., replace=True)`` already took its name (the user's class stays)."""
+    _check_codec(cls.name, cls)
+    _codecs.setdefault(cls.name, cls)
+
+
+def _check_codec(name: str, cls: type[ByteCodec]) -> None:
     if not (isinstance(cls, type) and issubclass(cls, ByteCodec)):
         raise TypeError(f"codec {name!r}: {cls!r} is not a subclass of bytecodecs.ByteCodec")
-    if not name or name != name.strip() or name != name.lower():
+    if not isinstance(name, str) or not name or name != name.strip() or name != name.lower():
         raise ValueError(f"codec name {name!r} must be a non-empty lower-case word")
     if name != cls.name:
         raise ValueError(f"codec {cls.__name__} has name {cls.name!r} but is registered as {name!r}; "
                          "they must match so that config() rebuilds it")
-    if name in _codecs and not replace:
-        raise ValueError(f"codec name {name!r} is already registered to {_qualname(_codecs[name])}; "
-                         "pass replace=True to replace it")
-    _codecs[name] = cls
+
+
+def _owner(name: str, cls: type[ByteCodec]) -> str | None:
+    """Who holds ``name`` already (in words), or None when it is free for ``cls``."""
+    if name in _codecs:
+        return _qualname(_codecs[name])
+    if name in _BUILTIN_MODULES:
+        return f"the built-in codec of module {_BUILTIN_MODULES[name]}"
+    for entry_point in _entry_points():
+        # A module named by its own entry point may register its class itself when imported.
+        if entry_point.name == name and (entry_point.module, entry_point.attr) != (cls.__module__, cls.__qualname__):
+            return f"entry point {entry_point.name!r} = {entry_point.value!r} (group {ENTRY_POINT_GROUP!r})"
+    return None
 
 
 def codec_class(name: str) -> type[ByteCodec]:
@@ -102,9 +133,13 @@ def _register_entry_point(entry_point: importlib.metadata.EntryPoint) -> None:
     if _codecs.get(entry_point.name) is cls:  # its module registered itself on import
         return
     try:
-        register_codec(entry_point.name, cls)
+        _check_codec(entry_point.name, cls)
     except (TypeError, ValueError) as error:
         raise CodecError(f"{source} is not a usable codec: {error}") from error
+    if entry_point.name in _codecs:  # loading it registered another class under its name
+        raise CodecError(f"{source} is not a usable codec: codec name {entry_point.name!r} is already "
+                         f"registered to {_qualname(_codecs[entry_point.name])}")
+    _codecs[entry_point.name] = cls
 
 
 def _qualname(cls: type) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from bytecodecs.base import ByteCodec, CodecError, Framing, check_bool
 from bytecodecs.files import atomic_path, require_file
-from bytecodecs.registry import register_codec
+from bytecodecs.registry import _register_builtin
 
 __all__ = ["TextCodec"]
 
@@ -88,4 +88,4 @@ class TextCodec(ByteCodec):
                              f"bytes are not valid UTF-8 at byte {error.start} ({error.reason})", path) from None
 
 
-register_codec(TextCodec.name, TextCodec)
+_register_builtin(TextCodec)

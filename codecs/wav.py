@@ -20,7 +20,7 @@ import soxr
 from bytecodecs.base import ByteCodec, CodecError, Framing
 from bytecodecs.files import atomic_path, require_file
 from bytecodecs.mulaw import linear8_decode, linear8_encode, mulaw_decode, mulaw_encode
-from bytecodecs.registry import register_codec
+from bytecodecs.registry import _register_builtin
 
 __all__ = ["Audio", "WavCodec", "SAMPLE_FORMATS"]
 
@@ -89,7 +89,11 @@ class WavCodec(ByteCodec):
             else:  # WAV channel order puts front left and front right first
                 samples = samples[:, :2]
         if rate != self.sample_rate:
+            frames = samples.shape[0]
             samples = soxr.resample(samples, rate, self.sample_rate)
+            if samples.shape[0] == 0:
+                raise CodecError(f"audio has zero frames after resampling: {frames} frame(s) at {rate} Hz are "
+                                 f"too short for the codec's sample rate of {self.sample_rate} Hz")
         samples = np.clip(np.nan_to_num(samples, nan=0.0, posinf=1.0, neginf=-1.0), -1.0, 1.0)
         samples = np.ascontiguousarray(samples, dtype=np.float32)
         return Audio(samples[:, 0] if self.channels == 1 else samples, self.sample_rate)
@@ -149,7 +153,7 @@ class WavCodec(ByteCodec):
 def _split(audio: Any, default_rate: int) -> tuple[np.ndarray, int]:
     if isinstance(audio, tuple) and len(audio) == 2:
         samples, rate = audio
-        if not isinstance(rate, (int, np.integer)) or rate < 1:
+        if not isinstance(rate, (int, np.integer)) or isinstance(rate, bool) or rate < 1:  # not True, not 8000.0
             raise CodecError(f"audio sample rate {rate!r} is not a positive integer")
         return np.asarray(samples), int(rate)
     if isinstance(audio, np.ndarray):
@@ -200,4 +204,4 @@ def _check_riff_complete(path: Path) -> None:
             position += 8 + length + (length & 1)
 
 
-register_codec(WavCodec.name, WavCodec)
+_register_builtin(WavCodec)

@@ -196,3 +196,101 @@ def test_import_is_light_until_a_codec_is_used() -> None:
               "heavy = sorted(m for m in ('PIL', 'soundfile', 'soxr') if m in sys.modules); "
               "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", script], check=True)
+
+
+def run_fresh(script: str, extra_path: Path | None = None) -> None:
+    """Run ``script`` in a fresh interpreter, where no built-in codec module is imported yet."""
+    prelude = f"import sys; sys.path.insert(0, {str(extra_path)!r})\n" if extra_path else ""
+    subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(script)], check=True)
+
+
+USER_TEXT = '''
+import sys
+import bytecodecs
+from dataclasses import dataclass
+
+@dataclass(frozen=True)
+class MyCodec(bytecodecs.ByteCodec):
+    name = NAME
+    tag = 7
+
+    def encode(self, item):
+        return b"mine"
+
+    def decode(self, data):
+        return data
+
+    def load(self, path):
+        raise NotImplementedError
+
+    def save(self, item, path):
+        raise NotImplementedError
+'''
+
+
+@pytest.mark.parametrize("name, module, attribute", [
+    ("text", "bytecodecs.text", "TextCodec"),
+    ("wav", "bytecodecs.wav", "WavCodec"),
+    ("image", "bytecodecs.image", "ImageCodec"),
+])
+def test_a_builtin_name_is_taken_before_its_module_is_imported(name, module, attribute) -> None:
+    run_fresh(f'''
+        NAME = {name!r}
+        {textwrap.indent(textwrap.dedent(USER_TEXT), "        ").strip()}
+        assert {module!r} not in sys.modules
+        try:
+            bytecodecs.register_codec(NAME, MyCodec)
+        except ValueError as error:
+            assert "already registered to the built-in codec" in str(error), error
+            assert "replace=True" in str(error), error
+        else:
+            raise AssertionError("a built-in name was registered without replace=True")
+        builtin = bytecodecs.{attribute}                      # the built-in still imports and registers
+        assert bytecodecs.codec_class(NAME) is builtin
+        ''')
+
+
+@pytest.mark.parametrize("name, module, attribute", [
+    ("text", "bytecodecs.text", "TextCodec"),
+    ("wav", "bytecodecs.wav", "WavCodec"),
+    ("image", "bytecodecs.image", "ImageCodec"),
+])
+def test_replacing_a_builtin_before_its_module_is_imported_keeps_the_users_class(name, module, attribute) -> None:
+    run_fresh(f'''
+        NAME = {name!r}
+        {textwrap.indent(textwrap.dedent(USER_TEXT), "        ").strip()}
+        bytecodecs.register_codec(NAME, MyCodec, replace=True)
+        assert bytecodecs.get_codec(NAME).encode("x") == b"mine"
+        builtin = bytecodecs.{attribute}                      # importing the built-in module does not fail
+        assert builtin is not MyCodec and builtin.__module__ == {module!r}
+        assert bytecodecs.codec_class(NAME) is MyCodec         # and the user's class stays
+        assert NAME in bytecodecs.available_codecs()
+        ''')
+
+
+def test_an_entry_point_name_is_taken_before_it_is_loaded(site) -> None:
+    install_fake_distribution(site, "toy_taken", {"upper": "toycodecs_d:UpperCodec"}, {"toycodecs_d": TOY_MODULE})
+
+    @dataclass(frozen=True)
+    class MyUpper(ReverseCodec):
+        name = "upper"
+
+    with pytest.raises(ValueError, match="already registered to entry point 'upper' = 'toycodecs_d:UpperCodec'"):
+        bytecodecs.register_codec("upper", MyUpper)
+    assert "toycodecs_d" not in sys.modules                   # refusing does not import the package
+    bytecodecs.register_codec("upper", MyUpper, replace=True)
+    assert bytecodecs.codec_class("upper") is MyUpper
+    assert "toycodecs_d" not in sys.modules                   # the replaced entry point is not loaded
+
+
+SELF_REGISTERING = TOY_MODULE + '''
+import bytecodecs
+bytecodecs.register_codec("upper", UpperCodec)
+'''
+
+
+def test_an_entry_point_module_may_register_its_own_class(site) -> None:
+    install_fake_distribution(site, "toy_self", {"upper": "toycodecs_e:UpperCodec"},
+                              {"toycodecs_e": SELF_REGISTERING})
+    codec = bytecodecs.get_codec("upper")
+    assert type(codec).__module__ == "toycodecs_e" and codec.encode("hi") == b"HI"

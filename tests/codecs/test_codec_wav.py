@@ -168,3 +168,28 @@ def test_options_are_checked_and_recorded() -> None:
         WavCodec(channels=6)
     with pytest.raises(CodecError, match="sample_rate"):
         WavCodec(sample_rate=0)
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_audio_that_resamples_to_zero_frames_is_an_error_not_empty_bytes(tmp_path, channels) -> None:
+    path = tmp_path / "one44.wav"
+    soundfile.write(path, np.array([0.5], np.float32), 44100, subtype="PCM_16")
+    codec = bytecodecs.get_codec("wav", channels=channels)
+    with pytest.raises(CodecError, match=r"one44\.wav: audio has zero frames .*too short.*8000 Hz"):
+        codec.encode_file(path)
+    with pytest.raises(CodecError, match="audio has zero frames .*too short for the codec's sample rate"):
+        codec.encode((np.array([0.5], np.float32), 44100))
+    assert len(codec.encode((np.full(44, 0.5, np.float32), 44100))) == 8 * channels  # long enough: encoded
+
+
+@pytest.mark.parametrize("rate", [True, False, np.True_, 0, -8000, np.int64(0), 8000.0, "8000", None])
+def test_a_pair_with_a_bad_sample_rate_is_refused(rate) -> None:
+    codec = WavCodec()
+    with pytest.raises(CodecError, match="audio sample rate .* is not a positive integer"):
+        codec.encode((np.zeros(3, np.float32), rate))
+
+
+def test_a_pair_with_an_integer_sample_rate_is_taken() -> None:
+    codec = WavCodec(sample_format="pcm16")
+    for rate in (8000, np.int32(8000), np.int64(8000)):
+        assert codec.encode((np.zeros(3, np.float32), rate)) == bytes(6)
