@@ -63,13 +63,13 @@ def choose_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             why = "this PyTorch build has no CUDA support" if torch.version.cuda is None else "no GPU is visible"
-            raise ValueError(f"device {requested!r} is not available: {why} (use --device cpu or auto)")
+            raise ValueError(f"device {requested!r} is not available: {why} (use cpu or auto)")
         if device.index is None:
             device = torch.device("cuda", local_rank % torch.cuda.device_count())
         elif device.index >= torch.cuda.device_count():
             raise ValueError(f"device {requested!r} is not available: {torch.cuda.device_count()} GPU(s) visible")
     elif device.type == "mps" and not _mps_available():
-        raise ValueError(f"device {requested!r} is not available: no Apple MPS backend here (use --device cpu or auto)")
+        raise ValueError(f"device {requested!r} is not available: no Apple MPS backend here (use cpu or auto)")
     return device
 
 

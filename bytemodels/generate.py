@@ -9,6 +9,7 @@ parallel, and afterwards a stage runs once per unit it completes.
 from __future__ import annotations
 
 import functools
+import math
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -269,6 +270,8 @@ def _prompt_rows(prompt, prefix_ids: Sequence[int]) -> tuple[list[list[int]], bo
             prompt = prompt[None]
         if prompt.dim() != 2:
             raise ValueError(f"a tensor prompt must be (batch, time) ids, got shape {tuple(prompt.shape)}")
+        if prompt.is_floating_point() or prompt.is_complex() or prompt.dtype == torch.bool:
+            raise TypeError(f"a tensor prompt must hold integer ids, got {prompt.dtype}")
         return prompt.tolist(), False
     rows = []
     for item in prompt:
@@ -276,6 +279,16 @@ def _prompt_rows(prompt, prefix_ids: Sequence[int]) -> tuple[list[list[int]], bo
             raise TypeError(f"prompts must be bytes, a list of bytes or a tensor of ids; got {type(item).__name__}")
         rows.append(list(prefix_ids) + list(item))
     return rows, False
+
+
+def _check_ids(rows: list[list[int]], vocab_size: int) -> None:
+    """Refuse ids outside the vocabulary (a prompt tensor or ``prefix_ids``): the embedding would fail without
+    saying which, and on a GPU with a device assert."""
+    for row in rows:
+        for token in row:
+            if not 0 <= token < vocab_size:
+                raise ValueError(f"prompt id {token} is outside the vocabulary 0..{vocab_size - 1} "
+                                 f"(bytes 0-255, then the special ids of bytemodels.tokens)")
 
 
 def _sources(model, rows: list[list[int]], use_cache: bool, compile: bool = False, max_new_bytes: int | None = None):
@@ -349,8 +362,8 @@ def _stop_list(stop) -> list[bytes]:
 def _check_options(max_new_bytes: int, temperature: float, top_k, top_p) -> None:
     if max_new_bytes < 0:
         raise ValueError(f"max_new_bytes must be >= 0, got {max_new_bytes}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
+    if not temperature >= 0 or math.isinf(temperature):  # also refuses nan, whose probabilities are garbage
+        raise ValueError(f"temperature must be finite and >= 0 (0 is greedy), got {temperature}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
@@ -371,6 +384,7 @@ def generate(model, prompt, max_new_bytes: int, *, temperature: float = 1.0, top
     """See ``Megabyte.generate``."""
     _check_options(max_new_bytes, temperature, top_k, top_p)
     rows, single = _prompt_rows(prompt, prefix_ids)
+    _check_ids(rows, model.config.vocab_size)
     stops, sampler = _stop_list(stop), _sampler(model, temperature, top_k, top_p, seed)
     results: list[bytes] = [b""] * len(rows)
     was_training = model.training
@@ -395,6 +409,7 @@ def generate_stream(model, prompt, max_new_bytes: int, *, temperature: float = 1
     """See ``Megabyte.generate_stream``: one prompt, bytes yielded as soon as they are final."""
     _check_options(max_new_bytes, temperature, top_k, top_p)
     rows, _ = _prompt_rows(prompt, prefix_ids)
+    _check_ids(rows, model.config.vocab_size)
     if len(rows) != 1:
         raise ValueError(f"generate_stream takes one prompt, got {len(rows)}; use generate for a batch")
     stops, sampler = _stop_list(stop), _sampler(model, temperature, top_k, top_p, seed)

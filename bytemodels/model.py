@@ -138,6 +138,9 @@ class Megabyte(nn.Module):
         """``ids`` (batch, time) → ``MegabyteOutput(logits (batch, time, vocab), loss or None)``."""
         if ids.dim() != 2:
             raise ValueError(f"ids must be (batch, time), got shape {tuple(ids.shape)}")
+        if ids.is_floating_point() or ids.dtype == torch.bool:
+            raise TypeError(f"ids must be integer ids, got {ids.dtype}")
+        ids = ids.long()  # int32 or uint8 ids too (uint8 cannot hold the PAD id the padding needs)
         batch, time = ids.shape
         patch = self.config.patch_size
         padded_time = max(patch, -(-time // patch) * patch)
@@ -170,7 +173,7 @@ class Megabyte(nn.Module):
         if targets is not None:
             if targets.shape != (batch, time):
                 raise ValueError(f"targets must have the shape of ids {(batch, time)}, got {tuple(targets.shape)}")
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1).long(),
                                    ignore_index=tokens.PAD_ID)
         return MegabyteOutput(logits, loss)
 
@@ -199,7 +202,11 @@ class Megabyte(nn.Module):
         (batch, time) tensor of ids used as given (both return ``list[bytes]``). ``prefix_ids`` go
         before ``bytes`` prompts (BOS, as in training documents). Generation ends early at EOS or once
         the output ends with a ``stop`` byte string (which is not returned). ``temperature=0`` is greedy.
-        ``use_cache=False`` recomputes the whole prefix for every byte (the reference for tests).
+        ``use_cache=False`` recomputes the whole prefix for every byte (the reference for tests): greedy output is
+        the same either way; with sampling and a ``seed``, a batch whose prompts differ in length modulo the patch
+        size is decoded in groups one after another, so its rows draw other random numbers than without the cache.
+        Nothing stops at ``max_seq_len``: beyond it the model runs on positions it was not trained on (no
+        sliding window), and quality may degrade.
         ``compile=True`` compiles the global and local stages' one-position decoding steps with ``torch.compile``
         on first use (tens of seconds, kept for later calls); worth it for long outputs such as audio."""
         from bytemodels.generate import generate
@@ -223,7 +230,9 @@ class Megabyte(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "Megabyte":
-        """Load a model written by ``save_pretrained`` (or a training checkpoint folder)."""
+        """Load a model written by ``save_pretrained`` (or a training checkpoint folder), in eval mode (no dropout;
+        call ``.train()`` to fine-tune it). ``map_location``: a device name (``"auto"`` picks the best one here) or
+        a ``torch.device``; a name that is no device, or one this machine lacks, raises ``ValueError``."""
         from bytemodels.pretrained import load_pretrained
 
         return load_pretrained(cls, directory, map_location)

@@ -12,6 +12,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from bytemodels.config import MegabyteConfig
+from bytemodels.distributed import choose_device
 
 if TYPE_CHECKING:
     from bytemodels.model import Megabyte
@@ -53,6 +54,9 @@ def save_pretrained(model: "Megabyte", directory: str | Path) -> None:
 
 def load_pretrained(cls: type["Megabyte"], directory: str | Path, map_location) -> "Megabyte":
     directory = Path(directory)
+    # A device that is no device, or that this machine lacks, is said so here: inside safetensors' loader it
+    # would read as a damaged weights file.
+    map_location = choose_device(map_location) if isinstance(map_location, str) else map_location
     config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
     for path in (config_path, weights_path):
         if not path.is_file():
@@ -76,4 +80,4 @@ def load_pretrained(cls: type["Megabyte"], directory: str | Path, map_location) 
                                                  ("wrong shape", wrong_shape)) if names)
         raise ModelFileError(f"{weights_path}: weights do not match {config_path} ({details})")
     model.load_state_dict(state)
-    return model.to(map_location)
+    return model.to(map_location).eval()

@@ -148,8 +148,11 @@ class TrainConfig:
             raise ValueError(f"dtype={self.dtype!r}; choose one of: {', '.join(DTYPES)}")
         if not 0.0 <= self.decay_fraction <= 1.0:
             raise ValueError(f"decay_fraction={self.decay_fraction} must be in [0, 1]")
-        if len(self.betas) != 2:
-            raise ValueError(f"betas={self.betas} must be two numbers")
+        if len(self.betas) != 2 or not all(0 <= beta < 1 for beta in self.betas):
+            raise ValueError(f"betas={self.betas} must be two numbers in [0, 1)")
+        for name in ("lr", "min_lr", "weight_decay", "grad_clip"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name}={getattr(self, name)} must be a finite number")
         if self.time and parse_duration(self.time) <= 0:
             raise ValueError(f"time={self.time!r} must be longer than 0")
         if not 0 <= self.seed < 2**64:  # what torch's and numpy's seeding take
@@ -322,6 +325,7 @@ class Trainer:
         self.horizon = self._budget_horizon()
         self.last_checkpoint: Path | None = None
         self._evaluated_step: int | None = None
+        self._sampled_step: int | None = None
         self._saved_step: int | None = None
         self._stop_requested = False  # set by the Ctrl-C handler on this process
         self._stop_signal: int | None = None  # which signal asked for it
@@ -434,8 +438,10 @@ class Trainer:
         return nats / max(count, 1.0) / math.log(2)
 
     def _sample(self, step: int) -> None:
-        if self.sample_fn is None or not self.is_main:
+        # Once per step: the run's end samples too, and its last step may already have (sample_every divides it).
+        if self.sample_fn is None or not self.is_main or step == self._sampled_step:
             return
+        self._sampled_step = step
         folder = self.run_dir / SAMPLES_DIR
         folder.mkdir(parents=True, exist_ok=True)
         self.model.eval()

@@ -105,6 +105,16 @@ def test_bad_options_are_clear_errors(model):
         model.generate(b"a", 3, top_p=0)
     with pytest.raises(TypeError, match="bytes"):
         model.generate(["text"], 3)
+    for temperature in (float("nan"), float("inf")):  # nan used to sample a tag id and fail in bytearray
+        with pytest.raises(ValueError, match="temperature must be finite"):
+            model.generate(b"a", 3, temperature=temperature)
+    with pytest.raises(TypeError, match="integer ids, got torch.float32"):  # it was silently cast with the cache
+        model.generate(torch.tensor([[tokens.BOS_ID, 72.0]]), 3)
+    for ids, bad in ((torch.tensor([[tokens.BOS_ID, 300]]), 300), (torch.tensor([[-1, 72]]), -1)):
+        with pytest.raises(ValueError, match=f"prompt id {bad} is outside the vocabulary"):
+            model.generate(ids, 3)
+    with pytest.raises(ValueError, match="prompt id 999"):
+        model.generate(b"a", 3, prefix_ids=(999,))
 
 
 def test_compiled_steps_match_the_uncompiled_ones():

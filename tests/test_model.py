@@ -263,3 +263,13 @@ def test_bf16_autocast_runs_without_warnings_and_keeps_float32_gains():
         loss.backward()
     norm = model.stages[0].transformer.norm
     assert torch.isfinite(loss) and norm.weight.dtype == torch.float32 and norm.weight.grad.abs().sum() > 0
+
+
+def test_integer_ids_and_targets_of_any_width_give_the_same_loss():
+    model = tiny_model(**TWO_STAGE)
+    ids = torch.randint(0, 256, (2, 20), generator=torch.Generator().manual_seed(6))
+    reference = model(ids, ids).loss
+    for dtype in (torch.int32, torch.int16, torch.uint8):  # int32 targets used to fail in cross_entropy
+        assert torch.equal(model(ids.to(dtype), ids.to(dtype)).loss, reference)
+    with pytest.raises(TypeError, match="integer ids"):
+        model(ids.float())

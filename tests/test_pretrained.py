@@ -24,6 +24,16 @@ def test_round_trip_gives_identical_logits(saved):
     assert torch.equal(loaded(ids).logits, model(ids).logits)
 
 
+def test_a_loaded_model_is_in_eval_mode_and_a_bad_device_is_not_blamed_on_the_file(saved):
+    _, folder = saved
+    assert not Megabyte.from_pretrained(folder).training  # dropout off, as after Hugging Face's from_pretrained
+    with pytest.raises(ValueError, match="'bogus' is not a device name"):
+        Megabyte.from_pretrained(folder, map_location="bogus")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="'cuda' is not available"):  # it said "unreadable or truncated weights"
+            Megabyte.from_pretrained(folder, map_location="cuda")
+
+
 def test_truncated_weights_name_the_file(saved):
     _, folder = saved
     weights = folder / WEIGHTS_FILE

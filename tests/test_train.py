@@ -70,7 +70,7 @@ def test_tiny_run_end_to_end(tmp_path):
     assert summary.val_bpb == pytest.approx(val[-1], abs=1e-5)
     assert all(r["bpb"] == pytest.approx(r["loss"] / math.log(2), abs=1e-5) for r in train)
     assert (run / "curve.png").stat().st_size > 1000
-    assert sampled == [15, 30, 30] and (run / "samples" / "step_30.txt").is_file()
+    assert sampled == [15, 30] and (run / "samples" / "step_30.txt").is_file()  # the end does not sample step 30 twice
     assert [s for s, _ in ckpt.list_checkpoints(run / "checkpoints")] == [10, 20, 30]
     assert json.loads((run / "checkpoints" / "best" / "metadata.json").read_text()) == {"codec": {"name": "text"}}
     assert ckpt.load_checkpoint(run / "checkpoints" / "best").state["best_val_bpb"] == pytest.approx(min(val[1:]))
@@ -263,6 +263,10 @@ def test_train_config_errors_name_the_field():
         TrainConfig(max_steps=1, schedule="step")
     with pytest.raises(ValueError, match="time='soon'"):
         TrainConfig(time="soon")
+    with pytest.raises(ValueError, match="lr=nan must be a finite number"):
+        TrainConfig(lr=float("nan"))
+    with pytest.raises(ValueError, match=r"betas=\(1.5, 0.9\) must be two numbers in \[0, 1\)"):
+        TrainConfig(betas=(1.5, 0.9))
     with pytest.raises(ValueError, match="time='0s' must be longer than 0"):
         TrainConfig(time="0s")
     with pytest.raises(ValueError, match="seed=-1 must be in"):
