@@ -228,11 +228,12 @@ class MyCodec(bytecodecs.ByteCodec):
 '''
 
 
-@pytest.mark.parametrize("name, module, attribute", [
-    ("text", "bytecodecs.text", "TextCodec"),
-    ("wav", "bytecodecs.wav", "WavCodec"),
-    ("image", "bytecodecs.image", "ImageCodec"),
-])
+BUILTINS = [("text", "bytecodecs.text", "TextCodec"), ("wav", "bytecodecs.wav", "WavCodec"),
+            ("image", "bytecodecs.image", "ImageCodec")]
+"""(name, module, class) of each built-in codec, loaded lazily on first use."""
+
+
+@pytest.mark.parametrize("name, module, attribute", BUILTINS)
 def test_a_builtin_name_is_taken_before_its_module_is_imported(name, module, attribute) -> None:
     run_fresh(f'''
         NAME = {name!r}
@@ -250,11 +251,7 @@ def test_a_builtin_name_is_taken_before_its_module_is_imported(name, module, att
         ''')
 
 
-@pytest.mark.parametrize("name, module, attribute", [
-    ("text", "bytecodecs.text", "TextCodec"),
-    ("wav", "bytecodecs.wav", "WavCodec"),
-    ("image", "bytecodecs.image", "ImageCodec"),
-])
+@pytest.mark.parametrize("name, module, attribute", BUILTINS)
 def test_replacing_a_builtin_before_its_module_is_imported_keeps_the_users_class(name, module, attribute) -> None:
     run_fresh(f'''
         NAME = {name!r}
