@@ -45,6 +45,13 @@ def public_members(cls) -> list[tuple[str, object]]:
     return members
 
 
+def _first_sentence(text: str) -> str:
+    """The first sentence of a long docstring paragraph (its first line could stop mid-sentence)."""
+    flat = " ".join(text.split())
+    end = flat.find(". ")
+    return flat if end < 0 else flat[:end + 1]
+
+
 def document(name: str, obj, lines: list[str], level: str = "###") -> None:
     if inspect.isclass(obj):
         lines.append(f"{level} `{name}{signature(obj) if not issubclass(obj, BaseException) else ''}`\n")
@@ -53,8 +60,13 @@ def document(name: str, obj, lines: list[str], level: str = "###") -> None:
             docs = field_docs(obj)
             lines.append("| field | default | meaning |\n| --- | --- | --- |")
             for field in dataclasses.fields(obj):
-                default = field.default if field.default is not dataclasses.MISSING else ""
-                lines.append(f"| `{field.name}` | `{default!r}` | {docs.get(field.name, '')} |")
+                if field.default is not dataclasses.MISSING:
+                    default = f"`{field.default!r}`"
+                elif field.default_factory is not dataclasses.MISSING:
+                    default = f"`{field.default_factory()!r}`"
+                else:
+                    default = "required"
+                lines.append(f"| `{field.name}` | {default} | {docs.get(field.name, '')} |")
             lines.append("")
         for member, value in public_members(obj):
             target = value.fget if isinstance(value, property) else value
@@ -62,7 +74,7 @@ def document(name: str, obj, lines: list[str], level: str = "###") -> None:
             if not doc:
                 continue
             head = f"`.{member}`" if isinstance(value, property) else f"`.{member}{signature(target)}`"
-            lines.append(f"- {head}: {doc.splitlines()[0] if len(doc) > 300 else ' '.join(doc.split())}")
+            lines.append(f"- {head}: {' '.join(doc.split()) if len(doc) <= 300 else _first_sentence(doc)}")
         lines.append("")
     elif callable(obj):
         lines.append(f"{level} `{name}{signature(obj)}`\n")
