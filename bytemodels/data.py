@@ -108,7 +108,7 @@ def _as_document(item: Any, index: int) -> tuple[memoryview, int]:
                         "(encode text or media with a codec first)")
     if tag is None:
         tag = NO_TAG
-    elif not isinstance(tag, (int, np.integer)) or not 0 <= tag < _MAX_TAG:
+    elif not isinstance(tag, (int, np.integer)) or isinstance(tag, bool) or not 0 <= tag < _MAX_TAG:
         raise ValueError(f"document {index} has tag {tag!r}; a tag is a codec's tag index (an int >= 0) or None")
     return memoryview(item).cast("B"), int(tag)
 
@@ -162,13 +162,17 @@ def _write_cache(documents: Iterable[Document], folder: Path, manifest: dict[str
     return manifest
 
 
+def _check_val_fraction(val_fraction: float) -> None:
+    if not 0.0 <= val_fraction < 1.0:  # also refuses nan
+        raise ValueError(f"val_fraction={val_fraction} must be in [0, 1)")
+
+
 def split_documents(count: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Document indices of the train and validation splits: disjoint, sorted, fixed by ``seed``.
 
     About ``val_fraction`` of the documents go to validation, at least one when the fraction is
     positive and there are two documents or more, and never all of them."""
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction={val_fraction} must be in [0, 1)")
+    _check_val_fraction(val_fraction)
     val_count = round(count * val_fraction)
     if val_fraction > 0 and count >= 2:
         val_count = min(max(val_count, 1), count - 1)
@@ -208,6 +212,7 @@ class ByteDataset:
         ``split_seed``) form ``.val``, the rest ``.train``; neither is part of the key. Concurrent
         builds of one key are safe: each writes its own temporary folder and the first rename wins.
         """
+        _check_val_fraction(val_fraction)  # before the documents are read
         if layout not in LAYOUTS:
             raise ValueError(f"layout={layout!r}; choose one of: {', '.join(LAYOUTS)}")
         digest = key_digest(key, layout)
@@ -244,6 +249,7 @@ class ByteDataset:
     @classmethod
     def open(cls, path: str | Path, *, val_fraction: float = 0.0, split_seed: int = 0) -> "ByteDataset":
         """Open a cache folder written by ``build``; raises ``DataCacheError`` naming what is wrong."""
+        _check_val_fraction(val_fraction)  # here, not at the first use of .train or .val
         path = Path(path)
         manifest_path = path / MANIFEST_FILE
         if not manifest_path.is_file():

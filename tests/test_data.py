@@ -173,6 +173,17 @@ def test_a_tag_outside_the_model_vocabulary_is_refused(tmp_path):
         dataset.windows(8, 4, num_tags=3)
 
 
+def test_a_bool_tag_and_a_whole_validation_split_are_refused_at_once(tmp_path):
+    with pytest.raises(ValueError, match="document 0 has tag True"):  # it was stored as tag 1
+        ByteDataset.build([(b"abc", True)], tmp_path, key={"t": "bool"}, progress=False)
+    never_read = iter(())  # the documents are not read before the split is checked
+    with pytest.raises(ValueError, match=r"val_fraction=1.0 must be in \[0, 1\)"):
+        ByteDataset.build(never_read, tmp_path, key={"t": "split"}, val_fraction=1.0, progress=False)
+    built = ByteDataset.build([(b"abc", None)], tmp_path, key={"t": "ok"}, progress=False)
+    with pytest.raises(ValueError, match="val_fraction=1.0"):  # it used to fail only at .train or .val
+        ByteDataset.open(built.path, val_fraction=1.0)
+
+
 def test_train_and_validation_are_disjoint_documents(tmp_path):
     docs = [(f"document {i:03d}".encode(), None) for i in range(101)]
     dataset = ByteDataset.build(docs, tmp_path, key={"s": 1}, val_fraction=0.1, split_seed=3, progress=False)
