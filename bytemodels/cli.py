@@ -77,12 +77,10 @@ def checkpoint_layout(metadata: dict[str, Any], codec: bytecodecs.ByteCodec | No
 
 
 def load_model(folder: Path, device: str):
-    from bytemodels.distributed import choose_device
     from bytemodels.model import Megabyte
 
-    # The device is checked first: loading onto one this machine lacks fails inside safetensors, whose error
-    # would read as a broken weights file.
-    return Megabyte.from_pretrained(folder, map_location=choose_device(device)).eval()
+    # from_pretrained checks the device (auto included) and returns the model in eval mode.
+    return Megabyte.from_pretrained(folder, map_location=device)
 
 
 # -- sample ----------------------------------------------------------------------------------------

@@ -261,10 +261,11 @@ def sample_next(logits: Tensor, temperature: float, top_k: int | None, top_p: fl
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
 
 
-def _prompt_rows(prompt, prefix_ids: Sequence[int]) -> tuple[list[list[int]], bool]:
-    """Prompts as lists of ids, and whether a single ``bytes`` prompt was given."""
-    if isinstance(prompt, (bytes, bytearray)):
-        return [list(prefix_ids) + list(prompt)], True
+def _prompt_rows(prompt, prefix_ids: Sequence[int], vocab_size: int) -> tuple[list[list[int]], bool]:
+    """Prompts as lists of ids, and whether a single ``bytes`` prompt was given.
+
+    Ids outside the vocabulary (in a tensor prompt or ``prefix_ids``; bytes are always in it) are refused here:
+    the embedding would fail without saying which, and on a GPU with a device assert."""
     if isinstance(prompt, Tensor):
         if prompt.dim() == 1:
             prompt = prompt[None]
@@ -272,7 +273,12 @@ def _prompt_rows(prompt, prefix_ids: Sequence[int]) -> tuple[list[list[int]], bo
             raise ValueError(f"a tensor prompt must be (batch, time) ids, got shape {tuple(prompt.shape)}")
         if prompt.is_floating_point() or prompt.is_complex() or prompt.dtype == torch.bool:
             raise TypeError(f"a tensor prompt must hold integer ids, got {prompt.dtype}")
+        if prompt.numel():
+            _check_ids((int(prompt.min()), int(prompt.max())), vocab_size)
         return prompt.tolist(), False
+    _check_ids(prefix_ids, vocab_size)
+    if isinstance(prompt, (bytes, bytearray)):
+        return [list(prefix_ids) + list(prompt)], True
     rows = []
     for item in prompt:
         if not isinstance(item, (bytes, bytearray)):
@@ -281,14 +287,11 @@ def _prompt_rows(prompt, prefix_ids: Sequence[int]) -> tuple[list[list[int]], bo
     return rows, False
 
 
-def _check_ids(rows: list[list[int]], vocab_size: int) -> None:
-    """Refuse ids outside the vocabulary (a prompt tensor or ``prefix_ids``): the embedding would fail without
-    saying which, and on a GPU with a device assert."""
-    for row in rows:
-        for token in row:
-            if not 0 <= token < vocab_size:
-                raise ValueError(f"prompt id {token} is outside the vocabulary 0..{vocab_size - 1} "
-                                 f"(bytes 0-255, then the special ids of bytemodels.tokens)")
+def _check_ids(ids: Sequence[int], vocab_size: int) -> None:
+    for token in ids:
+        if not 0 <= token < vocab_size:
+            raise ValueError(f"prompt id {token} is outside the vocabulary 0..{vocab_size - 1} "
+                             f"(bytes 0-255, then the special ids of bytemodels.tokens)")
 
 
 def _sources(model, rows: list[list[int]], use_cache: bool, compile: bool = False, max_new_bytes: int | None = None):
@@ -383,8 +386,7 @@ def generate(model, prompt, max_new_bytes: int, *, temperature: float = 1.0, top
              prefix_ids: Sequence[int] = (tokens.BOS_ID,), compile: bool = False) -> bytes | list[bytes]:
     """See ``Megabyte.generate``."""
     _check_options(max_new_bytes, temperature, top_k, top_p)
-    rows, single = _prompt_rows(prompt, prefix_ids)
-    _check_ids(rows, model.config.vocab_size)
+    rows, single = _prompt_rows(prompt, prefix_ids, model.config.vocab_size)
     stops, sampler = _stop_list(stop), _sampler(model, temperature, top_k, top_p, seed)
     results: list[bytes] = [b""] * len(rows)
     was_training = model.training
@@ -408,8 +410,7 @@ def generate_stream(model, prompt, max_new_bytes: int, *, temperature: float = 1
                     prefix_ids: Sequence[int] = (tokens.BOS_ID,), compile: bool = False) -> Iterator[bytes]:
     """See ``Megabyte.generate_stream``: one prompt, bytes yielded as soon as they are final."""
     _check_options(max_new_bytes, temperature, top_k, top_p)
-    rows, _ = _prompt_rows(prompt, prefix_ids)
-    _check_ids(rows, model.config.vocab_size)
+    rows, _ = _prompt_rows(prompt, prefix_ids, model.config.vocab_size)
     if len(rows) != 1:
         raise ValueError(f"generate_stream takes one prompt, got {len(rows)}; use generate for a batch")
     stops, sampler = _stop_list(stop), _sampler(model, temperature, top_k, top_p, seed)

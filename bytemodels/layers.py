@@ -367,13 +367,14 @@ class ScaledEmbedding(nn.Embedding):
         self.gain = gain
 
     def forward(self, ids: Tensor) -> Tensor:
+        if self.gain == 1:
+            return super().forward(ids)
         # Multiply whichever is smaller, the table or the rows looked up (the same numbers either way): a
         # training batch looks up far more rows than the table has, a decoding step one per sequence.
-        scale_rows = self.gain != 1 and ids.numel() < self.num_embeddings
-        weight = self.weight if self.gain == 1 or scale_rows else self.weight * self.gain
-        out = F.embedding(ids, weight, self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq,
-                          self.sparse)
-        return out * self.gain if scale_rows else out
+        if ids.numel() < self.num_embeddings:
+            return super().forward(ids) * self.gain
+        return F.embedding(ids, self.weight * self.gain, self.padding_idx, self.max_norm, self.norm_type,
+                           self.scale_grad_by_freq, self.sparse)
 
 
 class ScaledLinear(nn.Linear):

@@ -103,7 +103,8 @@ def run_command(parser: argparse.ArgumentParser, command: Callable[[argparse.Nam
     data-cache, empty-data, model-file and divergence errors, and ``errors`` (a recipe adds its codecs'
     ``CodecError``)."""
     args = one_line_errors(parser).parse_args(argv)
-    if environment_rank()[0] != 0:  # under torchrun rank 0 alone reports; errors and warnings still show
+    is_main = environment_rank()[0] == 0
+    if not is_main:  # under torchrun rank 0 alone reports; errors and warnings still show
         sys.stdout = open(os.devnull, "w")
     try:
         command(args)
@@ -112,7 +113,7 @@ def run_command(parser: argparse.ArgumentParser, command: Callable[[argparse.Nam
         sys.exit(f"{parser.prog}: error: {error}")
     except RunInterrupted as stopped:
         summary = stopped.summary
-        if environment_rank()[0] == 0:  # the trainer has said where the checkpoint is
+        if is_main:  # the trainer has said where the checkpoint is
             print(f"{parser.prog}: interrupted; continue with: {parser.prog} --out {stopped.out} --resume",
                   file=sys.stderr)
         sys.exit(128 + (summary.stop_signal or signal.SIGINT))

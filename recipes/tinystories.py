@@ -533,7 +533,7 @@ def sample(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)  # before loading: a device this machine lacks is one line
     folder, metadata, _ = open_checkpoint(args.checkpoint)
     codec = checkpoint_codec(metadata) or bytecodecs.get_codec("text")
-    model = Megabyte.from_pretrained(folder, map_location=device).eval()
+    model = Megabyte.from_pretrained(folder, map_location=device)
     config = model.config
     data = codec.encode(story_prompt(args.prompt))
     ids = torch.tensor([prompt_ids(codec, "packed", config.patch_size, data, config.num_tags)],
