@@ -8,7 +8,6 @@ parallel, and afterwards a stage runs once per unit it completes.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -20,6 +19,7 @@ from torch import Tensor
 
 from bytemodels import tokens
 from bytemodels.layers import KVCache
+from bytemodels.sampling import Sampler, producible_mask
 from bytemodels.stage_step import StageSlots, step_function
 
 
@@ -30,6 +30,7 @@ class _StageState:
     processed: int = 0  # units of the group already run through the transformer
     context: Tensor | None = None  # (batch, g, d): contexts from the stage above for this group
     logits: Tensor | None = None  # local stage: (batch, vocab) at the newest processed byte
+    drawn: Tensor | None = None  # local stage decoding over slots: (batch,) the id its step drew there
     slots: StageSlots | None = None  # global and local stage, once they decode one unit at a time
     outputs: dict[int, Tensor] = field(default_factory=dict)  # upper stages: unit → (batch, d) output
 
@@ -39,7 +40,7 @@ class IncrementalDecoder:
 
     ``ids`` (batch, time) may be left-padded with whole global patches; ``pad_units`` (batch,) says
     how many, and those units are masked out of the global attention. Call ``logits()`` for the
-    distribution of the next id, then ``append(next_ids)``.
+    distribution of the next id (or ``sample(sampler)`` for the id itself), then ``append(next_ids)``.
 
     The prompt runs in parallel through variable-length caches; then the global and the local stage run
     one unit at a time through fixed slots (``bytemodels.stage_step``), which ``compile`` compiles.
@@ -65,9 +66,43 @@ class IncrementalDecoder:
         self.reach = sum(3 if block.shift else 1 for block in local.transformer.blocks) if local.cross_patch else 0
         # Upper stages keep their outputs for that many units back, for the contexts of those groups.
         self.kept_outputs = self.reach + 2
+        # The compiled local step also draws the next id: (producible ids, temperature, uniform draws) from
+        # sample(); logits() alone draws greedily, to keep one compiled graph. Uncompiled, drawing inside the
+        # step gains nothing (the same operations) and logits() alone would pay for it.
+        self.draws_in_step = compile
+        self._draw_inputs: tuple[Tensor, Tensor, Tensor] | None = None
+        self._constants: dict[str, Tensor] = {}
 
     def append(self, next_ids: Tensor) -> None:
         self.ids = torch.cat((self.ids, next_ids.view(-1, 1).to(self.ids)), dim=1)
+
+    @torch.inference_mode()
+    def sample(self, sampler: Sampler) -> Tensor:
+        """(batch,) the next id of every row, drawn by ``sampler``: inside the local stage's compiled decoding
+        step where the sampler allows it (no top-k or top-p), else from ``logits()``."""
+        fused = sampler.fused_inputs(self.ids.shape[0]) if self.draws_in_step else None
+        local = self.states[-1]
+        local.drawn = None
+        self._draw_inputs = None if fused is None else (self._producible(), *fused)
+        try:
+            logits = self.logits()
+        finally:
+            self._draw_inputs = None
+        if fused is not None and local.drawn is not None:
+            return local.drawn
+        return sampler(logits, None if fused is None else fused[1])
+
+    def _producible(self) -> Tensor:
+        return producible_mask(self.model.config.vocab_size, self.ids.device)
+
+    def _local_draw_inputs(self, batch: int) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """What the local step draws with: sample()'s inputs; without them a greedy draw when compiled (one
+        graph for both), none uncompiled."""
+        if self._draw_inputs is not None:
+            return self._draw_inputs
+        if not self.draws_in_step:
+            return None, None, None
+        return self._producible(), self._constant("greedy", ()), self._constant("no draw", (batch, 1))
 
     @torch.inference_mode()
     def logits(self) -> Tensor:
@@ -123,6 +158,19 @@ class IncrementalDecoder:
         """Run units ``state.processed .. current`` of the stage's group through its transformer."""
         first, unit, start = state.processed, stage.unit, state.group_start
         batch = self.ids.shape[0]
+        # One new unit, once the parallel pass has filled the caches (they give the slots' shapes and dtype):
+        # a step over the fixed slots.
+        if state.slots is None and current == first and index in self.steps and state.caches[0].length:
+            state.slots = self._slots(index, stage, state)
+            state.caches = []
+        if state.slots is not None:
+            # Cross-patch attention counts rotary positions in bytes across groups (as in training).
+            cos, sin = stage.transformer.rotary.at((start if stage.cross_patch else 0) + first, 1, self.ids.device)
+            if stage.is_local:  # the step embeds the byte before and draws the next one itself
+                state.logits, state.drawn = state.slots.step(self.steps[index], self._byte_inputs(stage, state),
+                                                             cos, sin, *self._local_draw_inputs(batch))
+                state.processed = current + 1
+                return
         # Input of unit k is the embedding of unit k-1 (the start vector for k = 0) plus its context.
         lo = max(first, 1)
         parts = []
@@ -140,25 +188,50 @@ class IncrementalDecoder:
             # After a group's first unit each value embedding is the byte embedding just looked up for the input
             # (the local stage's units are bytes): reuse it rather than look it up again.
             value_input = parts[-1] if first > 0 else self._value_input(stage, start, first, current)
-        # One new unit, once the parallel pass has filled the caches (they give the slots' shapes and dtype):
-        # a step over the fixed slots.
-        if state.slots is None and current == first and index in self.steps and state.caches[0].length:
-            state.slots = self._slots(index, stage, state)
-            state.caches = []
         if state.slots is not None:
-            # Cross-patch attention counts rotary positions in bytes across groups (as in training).
-            cos, sin = stage.transformer.rotary.at((start if stage.cross_patch else 0) + first, 1, x.device)
-            hidden = state.slots.step(self.steps[index], x, cos, sin, value_input)
+            hidden = state.slots.step(self.steps[index], (x,), cos, sin, value_input)
         else:
             hidden = self._run_cached(index, stage, state, x, current, value_input)
         state.processed = current + 1
         if stage.is_local:
-            state.logits = hidden if state.slots is not None else self.model.head(hidden[:, -1]).float()
+            state.logits = self.model.head(hidden[:, -1]).float()
         else:
             for offset in range(max(first, current + 1 - self.kept_outputs), current + 1):
                 state.outputs[offset] = hidden[:, offset - first]
             for stale in [kept for kept in state.outputs if kept <= current - self.kept_outputs]:
                 del state.outputs[stale]
+
+    def _constant(self, name: str, shape: tuple[int, ...], value: float = 0.0, dtype=torch.float64) -> Tensor:
+        """A tensor made once per decoder: the local step's inputs that do not change from byte to byte."""
+        if name not in self._constants:
+            self._constants[name] = torch.full(shape, value, dtype=dtype, device=self.ids.device)
+        return self._constants[name]
+
+    def _byte_inputs(self, stage, state: _StageState) -> tuple[Tensor, ...]:
+        """The id before the local stage's next byte, the weights of its embedding and of the start vector, and
+        the group's contexts with the byte's index among them: what ``ByteStep`` makes the byte's input and
+        value embedding of (as ``Stage.inputs`` and ``Stage.value_input`` do for a whole group)."""
+        first, start = state.processed, state.group_start
+        batch, dtype = self.ids.shape[0], stage.embed.bytes.weight.dtype
+        # The group's contexts whole and the byte's index: a slice would be a new storage offset every byte.
+        context = state.context, self._constant(f"unit {first}", (1,), first, torch.long)
+        if first:
+            return (self._id_at(start + first - 1), self._constant("embedding", (batch, 1, 1), 1.0, dtype),
+                    self._constant("no start", (), 0.0, dtype), *context)
+        # A group's first byte: the start vector, plus the byte before the group where the stage sees it and it
+        # is real; its value embedding is that byte's (PAD where there is none or the stage does not see it).
+        if start > 0 and stage.sees_previous_byte:
+            previous = self._id_at(start - 1)
+            real = (previous != tokens.PAD_ID)[..., None].to(dtype)
+        else:
+            previous = torch.full((batch, 1), tokens.PAD_ID, dtype=self.ids.dtype, device=self.ids.device)
+            real = self._constant("no embedding", (batch, 1, 1), 0.0, dtype)
+        return previous, real, self._constant("start", (), 1.0, dtype), *context
+
+    def _id_at(self, position: int) -> Tensor:
+        """(batch, 1) the ids at ``position``, contiguous: a compiled step would recompile for every new stride
+        of a slice of the growing ``ids``."""
+        return self.ids[:, position:position + 1].clone(memory_format=torch.contiguous_format)
 
     def _value_input(self, stage, start: int, first: int, current: int) -> Tensor:
         """Value embeddings of the local units ``first .. current`` of the group at byte ``start``."""
@@ -214,6 +287,9 @@ class FullRecompute:
         self.rows = [list(row) for row in rows]
         self.device = next(model.parameters()).device
 
+    def sample(self, sampler: Sampler) -> Tensor:
+        return sampler(self.logits())
+
     def append(self, next_ids: Tensor) -> None:
         for row, token in zip(self.rows, next_ids.tolist()):
             row.append(token)
@@ -226,39 +302,6 @@ class FullRecompute:
             ids = torch.tensor([row + [tokens.PAD_ID]], device=self.device)
             out.append(self.model(ids).logits[0, -1].float())
         return torch.stack(out)
-
-
-@functools.lru_cache(maxsize=8)
-def _producible(vocab_size: int, device: torch.device) -> Tensor:
-    """(vocab,) 0 for the ids generation may produce (bytes and EOS), -inf for the other special ids."""
-    mask = torch.full((vocab_size,), float("-inf"), device=device)
-    mask[:tokens.NUM_BYTES] = 0.0
-    mask[tokens.EOS_ID] = 0.0
-    return mask
-
-
-def sample_next(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None,
-                generator: torch.Generator | None) -> Tensor:
-    """Pick the next id per row from (batch, vocab) logits; only bytes and EOS can be produced."""
-    logits = logits.float() + _producible(logits.shape[-1], logits.device)
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    if temperature != 1:
-        logits = logits / temperature
-    if top_k is not None:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    if top_p is not None:
-        sorted_probs, order = torch.sort(probs, descending=True, dim=-1)
-        drop = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p  # keep the smallest set reaching top_p
-        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    # Inverse-CDF sampling: the distribution of torch.multinomial at a fraction of its cost per call (it runs
-    # once per generated byte). An id with probability 0 never has cdf[i-1] <= u < cdf[i].
-    cdf = probs.double().cumsum(dim=-1)
-    u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device, dtype=cdf.dtype) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
 
 
 def _prompt_rows(prompt, prefix_ids: Sequence[int], vocab_size: int) -> tuple[list[list[int]], bool]:
@@ -324,13 +367,13 @@ def _held_back(buffer: bytes, stops: list[bytes]) -> int:
     return longest
 
 
-def _decode(source, batch: int, max_new_bytes: int, sampler, stops: list[bytes]) -> Iterator[list[bytes]]:
+def _decode(source, batch: int, max_new_bytes: int, sampler: Sampler, stops: list[bytes]) -> Iterator[list[bytes]]:
     """Drive a logit source; yield, after every step, the newly final bytes of each row."""
     buffers = [bytearray() for _ in range(batch)]
     shown = [0] * batch
     done = [False] * batch
     for _ in range(max_new_bytes):
-        next_ids = sampler(source.logits())
+        next_ids = source.sample(sampler)
         chunks = []
         for row, token in enumerate(next_ids.tolist()):
             if not done[row]:
@@ -373,13 +416,6 @@ def _check_options(max_new_bytes: int, temperature: float, top_k, top_p) -> None
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
 
 
-def _sampler(model, temperature, top_k, top_p, seed):
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    return lambda logits: sample_next(logits, temperature, top_k, top_p, generator)
-
-
 @torch.inference_mode()
 def generate(model, prompt, max_new_bytes: int, *, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None, stop=None, seed: int | None = None, use_cache: bool = True,
@@ -387,7 +423,8 @@ def generate(model, prompt, max_new_bytes: int, *, temperature: float = 1.0, top
     """See ``Megabyte.generate``."""
     _check_options(max_new_bytes, temperature, top_k, top_p)
     rows, single = _prompt_rows(prompt, prefix_ids, model.config.vocab_size)
-    stops, sampler = _stop_list(stop), _sampler(model, temperature, top_k, top_p, seed)
+    stops = _stop_list(stop)
+    sampler = Sampler(temperature, top_k, top_p, seed, next(model.parameters()).device)
     results: list[bytes] = [b""] * len(rows)
     was_training = model.training
     model.eval()
@@ -413,7 +450,8 @@ def generate_stream(model, prompt, max_new_bytes: int, *, temperature: float = 1
     rows, _ = _prompt_rows(prompt, prefix_ids, model.config.vocab_size)
     if len(rows) != 1:
         raise ValueError(f"generate_stream takes one prompt, got {len(rows)}; use generate for a batch")
-    stops, sampler = _stop_list(stop), _sampler(model, temperature, top_k, top_p, seed)
+    stops = _stop_list(stop)
+    sampler = Sampler(temperature, top_k, top_p, seed, next(model.parameters()).device)
     was_training = model.training
     model.eval()
     try:

@@ -6,11 +6,16 @@ cost per operation is larger than the arithmetic of the narrow local stage. Here
 keys and values in fixed slots (the local stage: the previous group's, for cross-patch attention, then
 the current group's; the global stage: one per patch, room for the whole generation), so every step has
 the same shapes: the step is one function of tensors that ``torch.compile`` fuses once and reuses
-(``compile=True`` in ``Megabyte.generate``); without compiling it runs the same operations eagerly.
+(``compile=True`` in ``Megabyte.generate``); without compiling it runs the same operations eagerly. The
+local stage's step (:class:`ByteStep`) also embeds the byte before and draws the next one, so a byte is one
+call.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
+import types
 import warnings
 import weakref
 
@@ -19,18 +24,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bytemodels.layers import KVCache, apply_rotary, token_shift
+from bytemodels.sampling import draw
 
 
 class StageStep(nn.Module):
-    """One new position of every row through a stage's transformer, and the output head for the local stage.
+    """One new position of every row through a stage's transformer.
 
     Not a submodule of the model (it holds references to the model's own layers): ``forward`` reads and
     updates the tensors of a :class:`StageSlots`."""
 
-    def __init__(self, transformer: nn.Module, head: nn.Linear | None = None) -> None:
+    def __init__(self, transformer: nn.Module) -> None:
         super().__init__()
         self.transformer = transformer
-        self.head = head
 
     def forward(self, x: Tensor, keys: list[Tensor], values: list[Tensor], last_attn: list[Tensor],
                 last_mlp: list[Tensor], slot: Tensor, readable: Tensor, cos: Tensor, sin: Tensor,
@@ -39,7 +44,7 @@ class StageStep(nn.Module):
         head_dim) and ``last_attn``/``last_mlp`` (batch, dim) are updated in place; ``slot`` (1,) where its
         keys go; ``readable`` (batch, slots) the slots each row may attend to (up to ``slot``);
         ``cos``/``sin`` its rotary angles; ``value_input`` (batch, 1, dim) its value embedding, if any.
-        Returns (batch, vocab) float logits with a head, else the (batch, 1, dim) output.
+        Returns the (batch, 1, dim) output, normalised.
 
         The buffers are separate tensors per layer, not views of one: compiled, an in-place write into a
         view of an input copies the whole input twice per call, into a whole input it writes one slot."""
@@ -64,8 +69,44 @@ class StageStep(nn.Module):
                 mlp_input = token_shift(x, last_mlp[layer], None)
                 last_mlp[layer].copy_(x[:, 0])
             x = x + block.mlp(block.mlp_norm(mlp_input))
-        x = self.transformer.norm(x)
-        return x if self.head is None else self.head(x[:, 0]).float()
+        return self.transformer.norm(x)
+
+
+class ByteStep(nn.Module):
+    """The local stage's step: from the id before the new byte to the new byte's logits and a draw of it.
+
+    Its input is the embedding of ``previous`` (batch, 1) scaled by ``embed_weight`` (batch, 1, 1), plus the
+    stage's start vector scaled by ``start_weight`` (0-d), plus its context: inside a group the
+    weights are 1 and 0, at a group's first byte 1 for the start vector and, for the byte before, 1 where the
+    stage sees it and it is real (see ``Stage.first_input``). The value embedding is the same lookup.
+    ``contexts`` (batch, group, dim) are the whole group's, ``unit`` (1,) the new byte's index in it."""
+
+    def __init__(self, stage: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.stage = stage
+        self.blocks = StageStep(stage.transformer)
+        self.head = head
+
+    def forward(self, previous: Tensor, embed_weight: Tensor, start_weight: Tensor, contexts: Tensor, unit: Tensor,
+                keys: list[Tensor], values: list[Tensor], last_attn: list[Tensor], last_mlp: list[Tensor],
+                slot: Tensor, readable: Tensor, cos: Tensor, sin: Tensor, producible: Tensor | None = None,
+                temperature: Tensor | None = None, uniform: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Returns (batch, vocab) float logits and (batch,) the id drawn from them by :func:`draw` at
+        ``temperature`` (0-d; 0 is greedy) with ``uniform`` (batch, 1) float64 among the ids ``producible``
+        allows (``bytemodels.sampling.producible_mask``), or None without them; see :meth:`StageStep.forward`
+        for the slots."""
+        embedded = self.stage.embed.bytes(previous)
+        x = embedded * embed_weight + self.stage.start.to(embedded.dtype) * start_weight
+        x = x + contexts.index_select(1, unit)
+        value_input = embedded if self.stage.value_embeds else None
+        hidden = self.blocks(x, keys, values, last_attn, last_mlp, slot, readable, cos, sin, value_input)
+        logits = self.head(hidden[:, 0]).float()
+        if temperature is None:
+            return logits, None
+        masked = logits + producible
+        positive = temperature > 0
+        drawn = draw(masked, torch.where(positive, temperature, 1.0), uniform)
+        return logits, torch.where(positive, drawn, masked.argmax(dim=-1))
 
 
 class CompiledStep:
@@ -73,16 +114,22 @@ class CompiledStep:
     or number of slots); where compiling fails (no C++ compiler, a broken backend) it warns once and runs
     the step uncompiled."""
 
-    def __init__(self, step: StageStep, device_type: str = "cpu") -> None:
+    def __init__(self, step: StageStep | ByteStep, device_type: str = "cpu") -> None:
         self.eager = step
         # Default dynamic shapes: a second size of the global stage's slots (or batch size) recompiles once
         # with that size symbolic, and no more. On a CPU the compiled code's wrapper is C++ rather than Python:
         # a step is a few dozen kernel and matrix calls on one position, and the Python wrapper's bookkeeping
         # between them was a third of a small model's step (docs/benchmarks.md, "Generation with compiled steps").
-        options = {"cpp_wrapper": True} if device_type == "cpu" else None
-        self.compiled = torch.compile(step, options=options)
+        options: dict = {"cpp_wrapper": True} if device_type == "cpu" else {}
+        # Dynamo checks guards before every call, over 500 for a step (every attribute of every layer it
+        # read), a fifth of a small model's decoding step. Only the tensors' guards are kept (the inputs' and
+        # the parameters' shapes, strides, dtypes and devices): the layers' other attributes are fixed for a
+        # model, and the function compiled here has a code object of its own, so no other model or step
+        # (whose attributes may differ) can reach its compiled code.
+        options["guard_filter_fn"] = functools.partial(torch.compiler.keep_tensor_guards_unsafe, keep_parameters=True)
+        self.compiled = torch.compile(_own_code(step), options=options)
 
-    def __call__(self, *args: Tensor) -> Tensor:
+    def __call__(self, *args: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         if self.compiled is not None:
             try:
                 return self.compiled(*args)
@@ -95,15 +142,27 @@ class CompiledStep:
         return self.eager(*args)
 
 
+def _own_code(step: nn.Module):
+    """A function that calls ``step``, with a code object made for it alone: dynamo keeps compiled code, and
+    its guards, per code object."""
+    def call(*args: Tensor):
+        return step(*args)
+
+    code = call.__code__.replace(co_name=f"step_{next(_STEP_NUMBERS)}")
+    return types.FunctionType(code, call.__globals__, code.co_name, None, call.__closure__)
+
+
+_STEP_NUMBERS = itertools.count()
+
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 """Model → {stage index: compiled step}, kept while the model lives (compiling takes a while)."""
 
 
-def step_function(model: nn.Module, index: int, compile: bool) -> StageStep | CompiledStep:
-    """The one-position step of stage ``index`` of ``model`` (with the output head for the local stage):
+def step_function(model: nn.Module, index: int, compile: bool) -> StageStep | ByteStep | CompiledStep:
+    """The one-position step of stage ``index`` of ``model`` (a :class:`ByteStep` for the local stage):
     eager, or compiled once per model and kept for later calls."""
     stage = model.stages[index]
-    step = StageStep(stage.transformer, model.head if stage.is_local else None)
+    step = ByteStep(stage, model.head) if stage.is_local else StageStep(stage.transformer)
     if not compile:
         return step
     compiled = _COMPILED.setdefault(model, {})
@@ -175,15 +234,15 @@ class StageSlots:
         self.values = [torch.cat((buffer, torch.zeros_like(buffer)), dim=2) for buffer in self.values]
         self.readable = torch.cat((self.readable, torch.ones_like(self.readable)), dim=1)
 
-    def step(self, function, x: Tensor, cos: Tensor, sin: Tensor, value_input: Tensor | None = None) -> Tensor:
-        """Run one new unit ``x`` (batch, 1, dim) (value embedding ``value_input``, if any) through ``function``
-        (see :func:`step_function`)."""
+    def step(self, function, inputs: tuple, *rest: Tensor | None) -> Tensor | tuple[Tensor, Tensor]:
+        """Run one new unit through ``function`` (see :func:`step_function`): ``function(*inputs, <the slots>,
+        *rest)``, the slots being the keys, values, token-shift inputs, the new unit's slot and ``readable``."""
         slot = self.offset + self.length
         if slot == self.readable.shape[1]:
             self._grow()
         while len(self._slot_index) <= slot:  # (1,) index tensors made once per slot
             self._slot_index.append(torch.tensor([len(self._slot_index)], device=self.readable.device))
-        out = function(x, self.keys, self.values, self.last_attn, self.last_mlp, self._slot_index[slot],
-                       self.readable, cos, sin, value_input)
+        out = function(*inputs, self.keys, self.values, self.last_attn, self.last_mlp, self._slot_index[slot],
+                       self.readable, *rest)
         self.length += 1
         return out

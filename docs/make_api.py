@@ -18,7 +18,7 @@ from bytemodels.options import field_docs
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 # Extra public modules whose functions users call directly.
-MODULES = ["bytemodels.tokens", "bytemodels.generate", "bytemodels.stage_step", "bytemodels.options"]
+MODULES = ["bytemodels.tokens", "bytemodels.generate", "bytemodels.sampling", "bytemodels.stage_step", "bytemodels.options"]
 
 
 def first_paragraph(obj) -> str:

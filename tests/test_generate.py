@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from bytemodels import Megabyte, MegabyteConfig, tokens
-from bytemodels.generate import IncrementalDecoder, sample_next
+from bytemodels.generate import IncrementalDecoder
+from bytemodels.sampling import Sampler
 from model_helpers import use_input_skip
 
 PATCH = 4
@@ -129,6 +130,11 @@ def test_compiled_steps_match_the_uncompiled_ones():
     eager = model.generate(prompts, 3 * PATCH + 3, temperature=0)
     compiled = model.generate(prompts, 3 * PATCH + 3, temperature=0, compile=True)
     assert compiled == eager and all(eager)
+    # The compiled local step draws the next byte itself (temperature a tensor input: no new graph); seeded,
+    # it draws what the sampler draws from the uncompiled step's logits.
+    sampled = model.generate(prompts, 3 * PATCH + 3, temperature=0.8, seed=3)
+    assert model.generate(prompts, 3 * PATCH + 3, temperature=0.8, seed=3, compile=True) == sampled
+    assert sampled != eager
     assert counters["stats"]["unique_graphs"] == 2  # global and local step compiled once, reused for every unit
     # Step by step, the logits agree with the uncompiled decoder's.
     ids = torch.tensor([list(prompt_of(PATCH + 2))])
@@ -139,6 +145,23 @@ def test_compiled_steps_match_the_uncompiled_ones():
         for decoder in decoders:
             decoder.append(logits[0].argmax(-1))
     assert counters["stats"]["unique_graphs"] == 4  # two more for the new batch size, none per step
+
+
+def test_compiled_steps_are_not_shared_by_models_that_differ_only_in_constants():
+    # The compiled steps keep only their tensors' guards: a model whose layers hold another constant (here the
+    # head's gain) must not run code compiled for another model of the same shapes.
+    torch.manual_seed(0)
+    first = Megabyte(MegabyteConfig.preset("tiny", **SHAPES["2-stage"], head_gain=8.0)).eval()
+    second = Megabyte(MegabyteConfig.preset("tiny", **SHAPES["2-stage"], head_gain=2.0)).eval()
+    second.load_state_dict(first.state_dict())
+    ids = torch.tensor([list(prompt_of(PATCH + 2))])
+    for model in (first, second):
+        eager, compiled = (IncrementalDecoder(model, ids, compile=flag) for flag in (False, True))
+        for _ in range(PATCH + 2):
+            expected = eager.logits()
+            assert torch.allclose(compiled.logits(), expected, atol=1e-5)
+            for decoder in (eager, compiled):
+                decoder.append(expected.argmax(-1))
 
 
 def test_a_failed_compile_of_the_steps_warns_and_generates_uncompiled(monkeypatch):
@@ -160,11 +183,10 @@ def test_sampling_follows_the_distribution():
     chosen = torch.tensor([0, 65, 255, tokens.EOS_ID])
     logits[:, chosen] = torch.tensor([0.5, 0.1, 0.3, 0.1]).log()
     logits[:, tokens.PAD_ID] = 5.0  # never producible, however likely
-    generator = torch.Generator().manual_seed(0)
-    picked = sample_next(logits, 1.0, None, None, generator)
+    picked = Sampler(1.0, seed=0)(logits)
     counts = torch.bincount(picked, minlength=tokens.vocab_size())
     assert counts.sum() == counts[chosen].sum()
     assert torch.allclose(counts[chosen] / 20000, torch.tensor([0.5, 0.1, 0.3, 0.1]), atol=0.015)
     # top_k=2 keeps the two likeliest, renormalised: 5/8 and 3/8.
-    counts = torch.bincount(sample_next(logits, 1.0, 2, None, generator), minlength=tokens.vocab_size())
+    counts = torch.bincount(Sampler(1.0, top_k=2, seed=1)(logits), minlength=tokens.vocab_size())
     assert torch.allclose(counts[chosen] / 20000, torch.tensor([0.625, 0.0, 0.375, 0.0]), atol=0.015)
