@@ -568,9 +568,12 @@ def report_peers(bench: Bench, summary: dict[str, Any]) -> list[str]:
     lines.append(f"- Training throughput: {fmt_ratio(train)} the reference (target >= 1.5x): "
                  f"{'met' if train and train >= 1.5 else 'MISSED'}.")
     if 1024 in prompts:
-        gen = speedup("gen1024")
-        lines.append(f"- Generation after a 1024-byte prompt: {fmt_ratio(gen)} the reference (target >= 50x): "
-                     f"{'met' if gen and gen >= 50 else 'MISSED'}.")
+        # The target is about the cost per byte (the reference recomputes the whole prefix for every byte); a
+        # short call is mostly the prompt's processing, which both peers pay once, so it is shown beside it.
+        per_byte, whole = speedup("gen1024", "decode_speedup"), speedup("gen1024")
+        lines.append(f"- Generation after a 1024-byte prompt, per byte after the first: {fmt_ratio(per_byte)} the "
+                     f"reference (target >= 50x): {'met' if per_byte and per_byte >= 50 else 'MISSED'}; the whole "
+                     f"call, the prompt's processing included: {fmt_ratio(whole)}.")
     pairs = len(peer_value("train", "ours", "step_seconds") or [])
     lines.append(f"- Training: {pairs} interleaved pairs of steps after {args.warmup} warm-up step(s) each.")
     for prompt in prompts:
