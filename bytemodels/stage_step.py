@@ -13,7 +13,6 @@ call.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import types
 import warnings
@@ -122,11 +121,11 @@ class CompiledStep:
         # between them was a third of a small model's step (docs/benchmarks.md, "Generation with compiled steps").
         options: dict = {"cpp_wrapper": True} if device_type == "cpu" else {}
         # Dynamo checks guards before every call, over 500 for a step (every attribute of every layer it
-        # read), a fifth of a small model's decoding step. Only the tensors' guards are kept (the inputs' and
-        # the parameters' shapes, strides, dtypes and devices): the layers' other attributes are fixed for a
-        # model, and the function compiled here has a code object of its own, so no other model or step
-        # (whose attributes may differ) can reach its compiled code.
-        options["guard_filter_fn"] = functools.partial(torch.compiler.keep_tensor_guards_unsafe, keep_parameters=True)
+        # read), a tenth of a small model's decoding step. Only the tensors' guards (the inputs' and the
+        # parameters' shapes, strides, dtypes and devices) and the global state's (grad mode, autocast) are
+        # kept: the layers' other attributes are fixed for a model, and the function compiled here has a code
+        # object of its own, so no other model or step (whose attributes may differ) reaches its compiled code.
+        options["guard_filter_fn"] = _kept_guards
         self.compiled = torch.compile(_own_code(step), options=options)
 
     def __call__(self, *args: Tensor) -> Tensor | tuple[Tensor, Tensor]:
@@ -142,6 +141,17 @@ class CompiledStep:
         return self.eager(*args)
 
 
+_KEPT_GUARDS = frozenset({"TENSOR_MATCH", "GLOBAL_STATE", "TORCH_FUNCTION_MODE_STACK", "DEFAULT_DEVICE"})
+
+
+def _kept_guards(entries: list) -> list[bool]:
+    """Dynamo's ``guard_filter_fn``: which of a compiled step's guards are checked before each call."""
+    return [entry.guard_type in _KEPT_GUARDS for entry in entries]
+
+
+_STEP_NUMBERS = itertools.count()
+
+
 def _own_code(step: nn.Module):
     """A function that calls ``step``, with a code object made for it alone: dynamo keeps compiled code, and
     its guards, per code object."""
@@ -150,9 +160,6 @@ def _own_code(step: nn.Module):
 
     code = call.__code__.replace(co_name=f"step_{next(_STEP_NUMBERS)}")
     return types.FunctionType(code, call.__globals__, code.co_name, None, call.__closure__)
-
-
-_STEP_NUMBERS = itertools.count()
 
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 """Model → {stage index: compiled step}, kept while the model lives (compiling takes a while)."""
