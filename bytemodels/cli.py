@@ -252,9 +252,9 @@ def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise CommandError(f"codec option {pair!r} must look like key=value")
-        key = key.replace("-", "_")
-        if value.strip().lower() in WORD_VALUES:
-            options[key] = WORD_VALUES[value.strip().lower()]
+        key, word = key.replace("-", "_"), value.strip().lower()
+        if word in WORD_VALUES:
+            options[key] = WORD_VALUES[word]
             continue
         try:
             options[key] = json.loads(value)

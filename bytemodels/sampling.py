@@ -47,6 +47,14 @@ def draw(logits: Tensor, temperature: float | Tensor, uniform: Tensor, top_k: in
     return picked.clamp_(max=cdf.shape[-1] - 1)
 
 
+def draw_or_greedy(logits: Tensor, temperature: Tensor, uniform: Tensor) -> Tensor:
+    """:func:`draw` at a 0-d ``temperature`` tensor, the most likely id where it is 0: the choice as a function of
+    tensors alone (no branch on the temperature's value), for a compiled decoding step."""
+    positive = temperature > 0
+    drawn = draw(logits, torch.where(positive, temperature, 1.0), uniform)
+    return torch.where(positive, drawn, logits.argmax(dim=-1))
+
+
 class Sampler:
     """How ``generate`` picks ids: ``temperature`` (0 is greedy), ``top_k``, ``top_p``, and a generator seeded
     with ``seed`` (None: torch's global one)."""

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bytemodels.layers import KVCache, apply_rotary, token_shift
-from bytemodels.sampling import draw
+from bytemodels.sampling import draw_or_greedy
 
 
 class StageStep(nn.Module):
@@ -90,7 +90,7 @@ class ByteStep(nn.Module):
                 keys: list[Tensor], values: list[Tensor], last_attn: list[Tensor], last_mlp: list[Tensor],
                 slot: Tensor, readable: Tensor, cos: Tensor, sin: Tensor, producible: Tensor | None = None,
                 temperature: Tensor | None = None, uniform: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        """Returns (batch, vocab) float logits and (batch,) the id drawn from them by :func:`draw` at
+        """Returns (batch, vocab) float logits and (batch,) the id drawn from them by ``draw_or_greedy`` at
         ``temperature`` (0-d; 0 is greedy) with ``uniform`` (batch, 1) float64 among the ids ``producible``
         allows (``bytemodels.sampling.producible_mask``), or None without them; see :meth:`StageStep.forward`
         for the slots."""
@@ -102,10 +102,7 @@ class ByteStep(nn.Module):
         logits = self.head(hidden[:, 0]).float()
         if temperature is None:
             return logits, None
-        masked = logits + producible
-        positive = temperature > 0
-        drawn = draw(masked, torch.where(positive, temperature, 1.0), uniform)
-        return logits, torch.where(positive, drawn, masked.argmax(dim=-1))
+        return logits, draw_or_greedy(logits + producible, temperature, uniform)
 
 
 class CompiledStep:
