@@ -35,6 +35,11 @@ predicted in training but not scored. Images use patches aligned to pixels and r
     python benchmarks/compare.py --modality text --time 30m --threads 2   # the issue's 30-minute budget
     python benchmarks/compare.py --modality text --time 3m --compile     # every peer's loss compiled
     python benchmarks/compare.py --peers bytemodels --no-cross-patch --head-gain 1   # any MegabyteConfig field
+    python benchmarks/compare.py --modality mnist --budget-steps 200 --lrs 1e-3,2e-3,4e-3,8e-3,16e-3  # each at its best
+
+``--lrs`` trains every peer at each peak learning rate (the floor keeps the ratio ``--min-lr / --lr``) and
+scores each peer at its own best one: a peer whose best rate is not the shared ``--lr`` is not handicapped
+by it. The sweep table and each peer's rate go into the JSON beside the best-of-sweep rows.
 
 Results: a Markdown table on stdout, JSON in ``outputs/benchmarks/compare-<date>.json``.
 """
@@ -515,6 +520,40 @@ def run_peers(data: BenchData, config: MegabyteConfig, plan: TrainPlan, peers: l
 # =============================================================================================
 
 
+def sweep_peers(data: BenchData, config: MegabyteConfig, plan: TrainPlan, lrs: list[float], peers: list[str],
+                cache_dir: Path, eval_windows: int | None) -> dict[str, Any]:
+    """``run_peers`` at each peak learning rate of ``lrs`` (the floor scaled with it); the result holds each
+    peer's record at its best rate (with ``lr`` added) and every run under ``lr_sweep``."""
+    runs = {lr: run_peers(data, config, dataclasses.replace(plan, lr=lr, min_lr=lr * plan.min_lr / plan.lr), peers,
+                          cache_dir, eval_windows) for lr in lrs}
+    best: dict[str, Any] = {}
+    for peer in peers:
+        lr, run = min(runs.items(), key=lambda item: item[1]["peers"][peer]["bits_per_byte"])
+        best[peer] = {**run["peers"][peer], "lr": lr}
+    first = runs[lrs[0]]
+    sweep = {f"{lr:g}": {peer: run["peers"][peer]["bits_per_byte"] for peer in peers} for lr, run in runs.items()}
+    return {**first, "peers": best, "lr_sweep": sweep}
+
+
+def sweep_table(results: dict[str, Any]) -> str:
+    """Bits per byte by peak learning rate (rows) and peer (columns), each data set; the best of a peer starred."""
+    tables = []
+    for name, result in results.items():
+        models = result.get("models", {})
+        sweep = models.get("lr_sweep")
+        if not sweep:
+            continue
+        peers = list(models["peers"])
+        lines = [f"{name}: bits per byte by peak learning rate (* each peer's best)",
+                 "| lr | " + " | ".join(PEER_TITLES[peer] for peer in peers) + " |",
+                 "| ---: | " + " | ".join("---:" for _ in peers) + " |"]
+        for lr, row in sweep.items():
+            cells = [f"{row[peer]:.4f}" + (" *" if float(lr) == models["peers"][peer]["lr"] else "") for peer in peers]
+            lines.append(f"| {lr} | " + " | ".join(cells) + " |")
+        tables.append("\n".join(lines))
+    return "\n\n".join(tables)
+
+
 def model_config(preset: str, data: BenchData, overrides: dict[str, Any], quick: bool = False) -> MegabyteConfig:
     """The preset (``--quick``: a very small shape), then the data set's own shape (image patches and
     windows), then the command line."""
@@ -548,7 +587,8 @@ def table_rows(results: dict[str, Any]) -> dict[str, dict[str, str]]:
             if record:
                 rows.setdefault(PEER_TITLES[peer], {})[name] = (
                     f"**{record['bits_per_byte']:.3f}** ({record['parameters'] / 1e6:.2f}M params, "
-                    f"{record['steps']} steps, {record['train_seconds']:.0f} s)")
+                    f"{record['steps']} steps, {record['train_seconds']:.0f} s"
+                    + (f", lr {record['lr']:g}" if "lr" in record else "") + ")")
     return rows
 
 
@@ -564,7 +604,11 @@ def target_lines(results: dict[str, Any]) -> list[str]:
         flat = models.get("flat", {}).get("bits_per_byte")
         if reference:
             below = 100.0 * (1.0 - ours / reference)
-            lines.append(f"{name}: bytemodels {ours:.3f} vs MEGABYTE-pytorch {reference:.3f}, "
+            rates = ""
+            if "lr_sweep" in result["models"]:
+                rates = (f" (each at its best learning rate: {models['bytemodels']['lr']:g} and "
+                         f"{models['megabyte-pytorch']['lr']:g})")
+            lines.append(f"{name}: bytemodels {ours:.3f} vs MEGABYTE-pytorch {reference:.3f}{rates}, "
                          f"{abs(below):.1f}% {'lower' if below >= 0 else 'higher'} (target: at least 15% lower) "
                          f"-> {'met' if below >= 15.0 else 'not met'}")
         if flat:
@@ -622,6 +666,17 @@ def parse_duration(text: str) -> float:
         raise argparse.ArgumentTypeError(f"--time {text!r}: give seconds or a duration such as 90s, 30m, 1.5h") from None
 
 
+def parse_rates(text: str) -> list[float]:
+    """Learning rates in ``1e-3,2e-3``: positive, distinct, in the order given."""
+    try:
+        rates = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated learning rates such as 1e-3,2e-3") from None
+    if not rates or any(not rate > 0 or math.isinf(rate) for rate in rates) or len(set(rates)) != len(rates):
+        raise argparse.ArgumentTypeError(f"{text!r}: give distinct positive learning rates such as 1e-3,2e-3")
+    return rates
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -636,6 +691,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (all peers)")
     parser.add_argument("--min-lr", type=float, default=2e-4)
+    parser.add_argument("--lrs", type=parse_rates, default=None, metavar="A,B,...",
+                        help="train every peer at each of these peak learning rates (the floor keeps the ratio "
+                             "--min-lr/--lr) and score each peer at its best one")
     parser.add_argument("--warmup-steps", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-windows", type=int, default=0,
@@ -691,14 +749,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 config = model_config(args.preset, data, overrides, args.quick)
             except ValueError as error:  # a bad preset or field value: one line, not a traceback
                 raise SystemExit(f"compare.py: {name}: {error}") from None
-            result["models"] = run_peers(data, config, plan, args.peers, args.cache_dir, eval_windows)
+            if args.lrs:
+                result["models"] = sweep_peers(data, config, plan, args.lrs, args.peers, args.cache_dir, eval_windows)
+            else:
+                result["models"] = run_peers(data, config, plan, args.peers, args.cache_dir, eval_windows)
         results[name] = result
 
     table = markdown_table(titles, table_rows(results))
+    sweeps = sweep_table(results)
+    if sweeps:
+        table += "\n\n" + sweeps
     targets = target_lines(results)
     command = "python benchmarks/compare.py " + " ".join(sys.argv[1:] if argv is None else argv)
     record = {"command": command.strip(), "date": started.isoformat(timespec="seconds"), "machine": machine(),
-              "plan": dataclasses.asdict(plan), "threads": args.threads, "preset": args.preset,
+              "plan": dataclasses.asdict(plan), "lrs": args.lrs, "threads": args.threads, "preset": args.preset,
               "overrides": overrides, "results": results, "table": table, "targets": targets}
     path = write_record(args.out, record)
     print(table)
