@@ -106,3 +106,10 @@ def test_learning_rate_sweep_flag_refuses_bad_rates(capsys: pytest.CaptureFixtur
         with pytest.raises(SystemExit):
             compare.parse_args(["--lrs", bad])
         assert "--lrs" in capsys.readouterr().err
+
+
+def test_the_thirty_minute_text_target_is_checked_only_for_such_a_budget() -> None:
+    results = {"text": {"models": {"peers": {"bytemodels": {"bits_per_byte": 1.19}}}}}
+    assert compare.target_lines(results) == [] and compare.target_lines(results, 300.0) == []
+    assert compare.target_lines(results, 1800.0) == [
+        "text: bytemodels 1.190 bits/byte (target after 30 min of CPU training: at most 1.2) -> met"]
