@@ -548,7 +548,7 @@ def sweep_table(results: dict[str, Any]) -> str:
                  "| lr | " + " | ".join(PEER_TITLES[peer] for peer in peers) + " |",
                  "| ---: | " + " | ".join("---:" for _ in peers) + " |"]
         for lr, row in sweep.items():
-            cells = [f"{row[peer]:.4f}" + (" *" if float(lr) == models["peers"][peer]["lr"] else "") for peer in peers]
+            cells = [f"{row[peer]:.4f}" + (" *" if lr == f"{models['peers'][peer]['lr']:g}" else "") for peer in peers]
             lines.append(f"| {lr} | " + " | ".join(cells) + " |")
         tables.append("\n".join(lines))
     return "\n\n".join(tables)
