@@ -13,8 +13,9 @@ from bytecodecs.base import CodecError
 __all__ = ["atomic_path", "require_file"]
 
 
-def require_file(path: str | Path) -> Path:
-    """``path`` as a ``Path`` if it is a non-empty regular file, else a ``CodecError`` saying why."""
+def require_file(path: str | Path, allow_empty: bool = False) -> Path:
+    """``path`` as a ``Path`` if it is a regular file, non-empty unless ``allow_empty`` (a format whose empty
+    file is a valid item, such as text), else a ``CodecError`` saying why."""
     path = Path(path)
     try:
         if path.is_dir():
@@ -26,7 +27,7 @@ def require_file(path: str | Path) -> Path:
         raise CodecError(f"cannot be read ({error.strerror or error})", path) from error
     if not path.is_file():
         raise CodecError("is not a regular file", path)
-    if size == 0:
+    if size == 0 and not allow_empty:
         raise CodecError("is empty", path)
     return path
 

@@ -61,8 +61,9 @@ class TextCodec(ByteCodec):
         return self._decode(bytes(data), path=None)
 
     def load(self, path: str | Path) -> str:
-        """The text of a UTF-8 file, decoded like ``decode``."""
-        path = require_file(path)
+        """The text of a UTF-8 file, decoded like ``decode``; an empty file is the empty string (what ``save``
+        writes for it)."""
+        path = require_file(path, allow_empty=True)
         try:
             data = path.read_bytes()
         except OSError as error:

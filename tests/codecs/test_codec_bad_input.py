@@ -113,7 +113,11 @@ def test_non_utf8_text_with_strict(tmp_path) -> None:
 
 @pytest.mark.parametrize("codec", CODECS, ids=lambda codec: codec.name)
 def test_empty_file(tmp_path, codec) -> None:
-    assert_codec_error(codec, write(tmp_path, "empty" + codec.extension, b""), "is empty")
+    path = write(tmp_path, "empty" + codec.extension, b"")
+    if isinstance(codec, TextCodec):  # the empty string is text, and saving it writes an empty file
+        assert codec.load(path) == "" and codec.load(codec.save("", tmp_path / "saved.txt")) == ""
+        return
+    assert_codec_error(codec, path, "is empty")
 
 
 @pytest.mark.parametrize("codec", CODECS, ids=lambda codec: codec.name)
