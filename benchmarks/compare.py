@@ -488,44 +488,55 @@ def evaluate(model: nn.Module, val_ids: np.ndarray, batch_size: int, patch_size:
             "bits_per_byte_by_patch_position": [round(float(v), 4) for v in by_position]}
 
 
-def run_peers(data: BenchData, config: MegabyteConfig, plan: TrainPlan, peers: list[str], cache_dir: Path,
-              eval_windows: int | None) -> dict[str, Any]:
-    """Train and evaluate each peer on ``data``; the same windows, batches and schedule for all."""
+@dataclass
+class PeerSetup:
+    """What every training run on one data set shares: the windows, the held-out ids and the fairness checks."""
+
+    name: str
+    config: MegabyteConfig
+    train_windows: Windows
+    val_ids: np.ndarray
+    checks: dict[str, Any]
+
+
+def prepare_peers(data: BenchData, config: MegabyteConfig, seed: int, cache_dir: Path,
+                  eval_windows: int | None) -> PeerSetup:
+    """Open ``data``'s windows and run ``check_peers`` once, for every peer and learning rate trained on it."""
     train_set, val_set = build_datasets(data, cache_dir)
     train_windows = train_set.windows(config.max_seq_len, config.patch_size, config.num_tags)
     val_windows = val_set.windows(config.max_seq_len, config.patch_size, config.num_tags)
     val_ids = val_windows.fixed(eval_windows or len(val_windows))
-    check_ids = torch.from_numpy(train_windows.batch(plan.seed, 0, 2))
-    check = check_peers(config, check_ids, plan.seed)
-    results: dict[str, Any] = {"config": config.to_dict(), "val_windows": len(val_ids), "checks": check, "peers": {}}
+    check = check_peers(config, torch.from_numpy(train_windows.batch(seed, 0, 2)), seed)
     tqdm.write(f"{data.name}: MEGABYTE-pytorch's own loss {check['package_loss']:.5f} = ours from its aligned logits "
                f"{check['loss_from_aligned_logits']:.5f}; all peers causal; untrained losses " + ", ".join(
                    f"{peer} {check['untrained_' + peer]:.3f}" for peer in PEERS) + f" (ln {config.vocab_size} = "
                f"{check['ln_vocab']:.3f})")
+    return PeerSetup(data.name, config, train_windows, val_ids, check)
+
+
+def train_peers(setup: PeerSetup, plan: TrainPlan, peers: list[str]) -> dict[str, Any]:
+    """Train and evaluate each peer by ``plan``; the same windows, batches and schedule for all."""
+    config = setup.config
+    results: dict[str, Any] = {"config": config.to_dict(), "val_windows": len(setup.val_ids), "checks": setup.checks,
+                               "peers": {}}
     for peer in peers:
         model = build_peer(peer, config, plan.seed)
         record = {"parameters": sum(p.numel() for p in model.parameters())}
         if isinstance(model, FlatTransformer):
             record["flat_config"] = dataclasses.asdict(model.config)
-        record.update(train(model, train_windows, plan, f"{data.name}: {peer}"))
-        record.update(evaluate(model, val_ids, plan.batch_size, config.patch_size))
-        tqdm.write(f"{data.name:6s} {peer:17s} {record['bits_per_byte']:.4f} bits/byte after {record['steps']} steps, "
-                   f"{record['train_seconds']:.0f} s")
+        record.update(train(model, setup.train_windows, plan, f"{setup.name}: {peer}"))
+        record.update(evaluate(model, setup.val_ids, plan.batch_size, config.patch_size))
+        tqdm.write(f"{setup.name:6s} {peer:17s} {record['bits_per_byte']:.4f} bits/byte after {record['steps']} "
+                   f"steps, {record['train_seconds']:.0f} s")
         results["peers"][peer] = record
     return results
 
 
-# =============================================================================================
-# Table, targets and the record
-# =============================================================================================
-
-
-def sweep_peers(data: BenchData, config: MegabyteConfig, plan: TrainPlan, lrs: list[float], peers: list[str],
-                cache_dir: Path, eval_windows: int | None) -> dict[str, Any]:
-    """``run_peers`` at each peak learning rate of ``lrs`` (the floor scaled with it); the result holds each
+def sweep_peers(setup: PeerSetup, plan: TrainPlan, lrs: list[float], peers: list[str]) -> dict[str, Any]:
+    """``train_peers`` at each peak learning rate of ``lrs`` (the floor scaled with it); the result holds each
     peer's record at its best rate (with ``lr`` added) and every run under ``lr_sweep``."""
-    runs = {lr: run_peers(data, config, dataclasses.replace(plan, lr=lr, min_lr=lr * plan.min_lr / plan.lr), peers,
-                          cache_dir, eval_windows) for lr in lrs}
+    runs = {lr: train_peers(setup, dataclasses.replace(plan, lr=lr, min_lr=lr * plan.min_lr / plan.lr), peers)
+            for lr in lrs}
     best: dict[str, Any] = {}
     for peer in peers:
         lr, run = min(runs.items(), key=lambda item: item[1]["peers"][peer]["bits_per_byte"])
@@ -533,6 +544,11 @@ def sweep_peers(data: BenchData, config: MegabyteConfig, plan: TrainPlan, lrs: l
     first = runs[lrs[0]]
     sweep = {f"{lr:g}": {peer: run["peers"][peer]["bits_per_byte"] for peer in peers} for lr, run in runs.items()}
     return {**first, "peers": best, "lr_sweep": sweep}
+
+
+# =============================================================================================
+# Table, targets and the record
+# =============================================================================================
 
 
 def sweep_table(results: dict[str, Any]) -> str:
@@ -750,10 +766,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 config = model_config(args.preset, data, overrides, args.quick)
             except ValueError as error:  # a bad preset or field value: one line, not a traceback
                 raise SystemExit(f"compare.py: {name}: {error}") from None
-            if args.lrs:
-                result["models"] = sweep_peers(data, config, plan, args.lrs, args.peers, args.cache_dir, eval_windows)
-            else:
-                result["models"] = run_peers(data, config, plan, args.peers, args.cache_dir, eval_windows)
+            setup = prepare_peers(data, config, plan.seed, args.cache_dir, eval_windows)
+            result["models"] = (sweep_peers(setup, plan, args.lrs, args.peers) if args.lrs
+                                else train_peers(setup, plan, args.peers))
         results[name] = result
 
     table = markdown_table(titles, table_rows(results))

@@ -416,15 +416,22 @@ def _check_options(max_new_bytes: int, temperature: float, top_k, top_p) -> None
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
 
 
+def _prepare(model, prompt, max_new_bytes: int, temperature: float, top_k, top_p, stop, seed,
+             prefix_ids: Sequence[int]) -> tuple[list[list[int]], bool, list[bytes], Sampler]:
+    """The checked options of ``generate`` and ``generate_stream``: the prompt rows, whether one ``bytes``
+    prompt was given, the stop strings and the sampler."""
+    _check_options(max_new_bytes, temperature, top_k, top_p)
+    rows, single = _prompt_rows(prompt, prefix_ids, model.config.vocab_size)
+    return rows, single, _stop_list(stop), Sampler(temperature, top_k, top_p, seed, next(model.parameters()).device)
+
+
 @torch.inference_mode()
 def generate(model, prompt, max_new_bytes: int, *, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None, stop=None, seed: int | None = None, use_cache: bool = True,
              prefix_ids: Sequence[int] = (tokens.BOS_ID,), compile: bool = False) -> bytes | list[bytes]:
     """See ``Megabyte.generate``."""
-    _check_options(max_new_bytes, temperature, top_k, top_p)
-    rows, single = _prompt_rows(prompt, prefix_ids, model.config.vocab_size)
-    stops = _stop_list(stop)
-    sampler = Sampler(temperature, top_k, top_p, seed, next(model.parameters()).device)
+    rows, single, stops, sampler = _prepare(model, prompt, max_new_bytes, temperature, top_k, top_p, stop, seed,
+                                            prefix_ids)
     results: list[bytes] = [b""] * len(rows)
     was_training = model.training
     model.eval()
@@ -446,12 +453,10 @@ def generate_stream(model, prompt, max_new_bytes: int, *, temperature: float = 1
                     top_p: float | None = None, stop=None, seed: int | None = None, use_cache: bool = True,
                     prefix_ids: Sequence[int] = (tokens.BOS_ID,), compile: bool = False) -> Iterator[bytes]:
     """See ``Megabyte.generate_stream``: one prompt, bytes yielded as soon as they are final."""
-    _check_options(max_new_bytes, temperature, top_k, top_p)
-    rows, _ = _prompt_rows(prompt, prefix_ids, model.config.vocab_size)
+    rows, _, stops, sampler = _prepare(model, prompt, max_new_bytes, temperature, top_k, top_p, stop, seed,
+                                       prefix_ids)
     if len(rows) != 1:
         raise ValueError(f"generate_stream takes one prompt, got {len(rows)}; use generate for a batch")
-    stops = _stop_list(stop)
-    sampler = Sampler(temperature, top_k, top_p, seed, next(model.parameters()).device)
     was_training = model.training
     model.eval()
     try:

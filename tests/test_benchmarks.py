@@ -79,15 +79,15 @@ def test_learning_rate_sweep_scores_each_peer_at_its_own_best_rate(monkeypatch: 
     bits = {"bytemodels": {1e-3: 1.3, 4e-3: 1.2, 1.6e-2: 1.1}, "megabyte-pytorch": {1e-3: 1.5, 4e-3: 1.4, 1.6e-2: 1.6}}
     plans = []
 
-    def fake_run_peers(data, config, plan, peers, cache_dir, eval_windows):
+    def fake_train_peers(setup, plan, peers):
         plans.append(plan)
         return {"config": {}, "val_windows": 3, "checks": {},
                 "peers": {peer: {"bits_per_byte": bits[peer][plan.lr], "steps": 5, "train_seconds": 1.0,
                                  "parameters": 10} for peer in peers}}
 
-    monkeypatch.setattr(compare, "run_peers", fake_run_peers)
+    monkeypatch.setattr(compare, "train_peers", fake_train_peers)
     plan = compare.TrainPlan(lr=2e-3, min_lr=2e-4)
-    models = compare.sweep_peers(None, None, plan, [1e-3, 4e-3, 1.6e-2], list(bits), None, None)
+    models = compare.sweep_peers(None, plan, [1e-3, 4e-3, 1.6e-2], list(bits))
     assert [(p.lr, p.min_lr) for p in plans] == [(1e-3, pytest.approx(1e-4)), (4e-3, pytest.approx(4e-4)),
                                                  (1.6e-2, pytest.approx(1.6e-3))]  # the floor keeps its ratio
     assert (models["peers"]["bytemodels"]["lr"], models["peers"]["bytemodels"]["bits_per_byte"]) == (1.6e-2, 1.1)
