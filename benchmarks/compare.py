@@ -542,7 +542,8 @@ def sweep_peers(setup: PeerSetup, plan: TrainPlan, lrs: list[float], peers: list
         lr, run = min(runs.items(), key=lambda item: item[1]["peers"][peer]["bits_per_byte"])
         best[peer] = {**run["peers"][peer], "lr": lr}
     first = runs[lrs[0]]
-    sweep = {f"{lr:g}": {peer: run["peers"][peer]["bits_per_byte"] for peer in peers} for lr, run in runs.items()}
+    # Keyed by repr, which is distinct for distinct rates (":g" would merge 1e-3 and 1.0000001e-3 and lose a run).
+    sweep = {repr(lr): {peer: run["peers"][peer]["bits_per_byte"] for peer in peers} for lr, run in runs.items()}
     return {**first, "peers": best, "lr_sweep": sweep}
 
 
@@ -564,7 +565,7 @@ def sweep_table(results: dict[str, Any]) -> str:
                  "| lr | " + " | ".join(PEER_TITLES[peer] for peer in peers) + " |",
                  "| ---: | " + " | ".join("---:" for _ in peers) + " |"]
         for lr, row in sweep.items():
-            cells = [f"{row[peer]:.4f}" + (" *" if lr == f"{models['peers'][peer]['lr']:g}" else "") for peer in peers]
+            cells = [f"{row[peer]:.4f}" + (" *" if lr == repr(models['peers'][peer]['lr']) else "") for peer in peers]
             lines.append(f"| {lr} | " + " | ".join(cells) + " |")
         tables.append("\n".join(lines))
     return "\n\n".join(tables)
