@@ -16,7 +16,10 @@ A run folder holds ``checkpoints/``::
         latest                  text file naming the newest checkpoint folder
 
 Each checkpoint is written into a temporary folder and renamed into place, so a folder named
-``step_*`` is always complete; a truncated or altered file is caught by its recorded size and hash.
+``step_*`` is always complete; a truncated or altered file is caught by its recorded size and hash. A write
+that fails (disk full, read-only) raises ``RunFolderError`` naming the file and leaves the previous checkpoint
+as it was; what a killed writer left (``.step_*.tmp-*``, ``.best.tmp-*``, ``.*.old-*``) is removed by
+``remove_partial_writes`` when the next owner of the run folder starts.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from bytemodels.runfolder import error_code, remove_leftovers, write_error, writing
+
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -49,6 +54,8 @@ LATEST_FILE = "latest"
 BEST_DIR = "best"
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+# Temporary names of writes in progress: checkpoint and best/ folders, folders being replaced, the latest pointer.
+_PARTIAL_WRITE = r"\.(step_\d+|best)\.(tmp|old)-|\.latest\."
 
 
 class CheckpointError(ValueError):
@@ -114,45 +121,66 @@ def save_checkpoint(root: str | Path, step: int, *, write_model: Callable[[Path]
 
     ``write_model(folder)`` writes ``config.json`` and ``model.safetensors`` (``model.save_pretrained``)."""
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     name = step_dir_name(step)
-    temp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.tmp-"))
+    with writing(root, f"creating checkpoint {name}"):
+        root.mkdir(parents=True, exist_ok=True)
+        temp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.tmp-"))
+    doing = f"writing {WEIGHTS_FILE}"  # named in the error if the disk fails
     try:
         write_model(temp)
-        torch.save(optimizer_state, temp / OPTIMIZER_FILE)
+        doing = f"writing {OPTIMIZER_FILE}"
+        with open(temp / OPTIMIZER_FILE, "wb") as file:  # a file object: a full disk is an OSError with errno
+            torch.save(optimizer_state, file)
+        doing = f"writing {RNG_FILE}"
         save_file({key: value.contiguous().cpu() for key, value in rng_tensors.items()}, str(temp / RNG_FILE))
+        doing = f"writing {TRAIN_CONFIG_FILE}"
         _write_json(temp / TRAIN_CONFIG_FILE, train_config)
+        doing = f"writing {METADATA_FILE}"
         _write_json(temp / METADATA_FILE, metadata)
         files = {}
         for path in sorted(temp.iterdir()):
             _fsync(path)
             files[path.name] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+        doing = f"writing {STATE_FILE}"
         _write_json(temp / STATE_FILE, {"format": FORMAT_VERSION, **state, "step": step, "files": files})
         _fsync(temp / STATE_FILE)
         _fsync(temp)
+        doing = "renaming it into place"
         _replace_dir(temp, root / name)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(temp, ignore_errors=True)
+        if isinstance(error, OSError) or (isinstance(error, SafetensorError) and error_code(error)):
+            if doing.startswith("writing") and getattr(error, "filename", None):  # the file that failed
+                doing = f"writing {Path(error.filename).name}"
+            raise write_error(root, error, f"{doing} of checkpoint {name}") from None
         raise
-    atomic_write_text(root / LATEST_FILE, name + "\n")
+    with writing(root, f"writing {LATEST_FILE}"):
+        atomic_write_text(root / LATEST_FILE, name + "\n")
     return root / name
 
 
 def update_best(root: str | Path, checkpoint: str | Path) -> Path:
     """Make ``root/best`` a copy of ``checkpoint`` (hard links where possible, so it costs no space)."""
     root, checkpoint = Path(root), Path(checkpoint)
-    temp = Path(tempfile.mkdtemp(dir=root, prefix=f".{BEST_DIR}.tmp-"))
-    try:
-        for path in checkpoint.iterdir():
-            try:
-                os.link(path, temp / path.name)
-            except OSError:
-                shutil.copy2(path, temp / path.name)
-        _replace_dir(temp, root / BEST_DIR)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
+    with writing(root, f"writing {BEST_DIR}/"):
+        temp = Path(tempfile.mkdtemp(dir=root, prefix=f".{BEST_DIR}.tmp-"))
+        try:
+            for path in checkpoint.iterdir():
+                try:
+                    os.link(path, temp / path.name)
+                except OSError:
+                    shutil.copy2(path, temp / path.name)
+            _replace_dir(temp, root / BEST_DIR)
+        except BaseException:
+            shutil.rmtree(temp, ignore_errors=True)
+            raise
     return root / BEST_DIR
+
+
+def remove_partial_writes(root: str | Path) -> list[str]:
+    """Delete the temporary folders and files a killed checkpoint write left in ``root`` (``.step_*.tmp-*``,
+    ``.best.tmp-*``, ``.*.old-*``, ``.latest.*``); returns their names. Only the run folder's owner calls it."""
+    return remove_leftovers(root, _PARTIAL_WRITE)
 
 
 def list_checkpoints(root: str | Path) -> list[tuple[int, Path]]:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -45,6 +46,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from bytemodels import tokens
+from bytemodels.runfolder import lock_folder, remove_leftovers, write_error, writing
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -130,12 +132,16 @@ def _write_cache(documents: Iterable[Document], folder: Path, manifest: dict[str
     """Stream ``documents`` into ``folder``: data, offsets, tags, then the manifest last."""
     offsets, tags = array("q", [0]), array("h")
     total, pending = 0, 0
-    with open(folder / DATA_FILE, "wb", buffering=1 << 20) as data, \
-            tqdm(desc=f"building {manifest['name']}", unit="B", unit_scale=True, unit_divisor=1024,
-                 disable=not progress, leave=False) as bar:
-        for index, item in enumerate(documents):
+    with writing(folder / DATA_FILE, "opening it"):
+        data = open(folder / DATA_FILE, "wb", buffering=1 << 20)
+    with data, tqdm(desc=f"building {manifest['name']}", unit="B", unit_scale=True, unit_divisor=1024,
+                    disable=not progress, leave=False) as bar:
+        for index, item in enumerate(documents):  # an error reading a document is the caller's, not ours
             view, tag = _as_document(item, index)
-            data.write(view)
+            try:
+                data.write(view)
+            except OSError as error:
+                raise write_error(folder / DATA_FILE, error, "building the byte cache") from None
             total += view.nbytes
             offsets.append(total)
             tags.append(tag)
@@ -144,20 +150,22 @@ def _write_cache(documents: Iterable[Document], folder: Path, manifest: dict[str
                 bar.update(pending)
                 pending = 0
         bar.update(pending)
-        data.flush()
-        os.fsync(data.fileno())
+        with writing(folder / DATA_FILE, "building the byte cache"):
+            data.flush()
+            os.fsync(data.fileno())
     if not tags:
         raise EmptyDataError(f"no documents to build dataset {manifest['name']!r} from; "
                              "the document iterable was empty")
-    np.save(folder / OFFSETS_FILE, np.frombuffer(offsets, dtype=np.int64))
-    np.save(folder / TAGS_FILE, np.frombuffer(tags, dtype=np.int16))
-    used = sorted(int(t) for t in np.unique(np.frombuffer(tags, dtype=np.int16)) if t != NO_TAG)
-    manifest = {**manifest, "documents": len(tags), "bytes": total, "tags": used,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    with open(folder / MANIFEST_FILE, "w", encoding="utf-8") as file:
-        file.write(json.dumps(manifest, indent=2) + "\n")
-        file.flush()
-        os.fsync(file.fileno())
+    with writing(folder, "writing the byte cache's index files"):
+        np.save(folder / OFFSETS_FILE, np.frombuffer(offsets, dtype=np.int64))
+        np.save(folder / TAGS_FILE, np.frombuffer(tags, dtype=np.int16))
+        used = sorted(int(t) for t in np.unique(np.frombuffer(tags, dtype=np.int16)) if t != NO_TAG)
+        manifest = {**manifest, "documents": len(tags), "bytes": total, "tags": used,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        with open(folder / MANIFEST_FILE, "w", encoding="utf-8") as file:
+            file.write(json.dumps(manifest, indent=2) + "\n")
+            file.flush()
+            os.fsync(file.fileno())
     _fsync_dir(folder)
     return manifest
 
@@ -209,8 +217,12 @@ class ByteDataset:
         folder ``<cache_dir>/<name>-<hash>``, so a new key builds a new cache and the same key reuses
         the old one without iterating ``documents``. ``layout`` is ``"packed"`` (text) or ``"records"``
         (one sample per document: images, clips). ``val_fraction`` of the documents (chosen by
-        ``split_seed``) form ``.val``, the rest ``.train``; neither is part of the key. Concurrent
-        builds of one key are safe: each writes its own temporary folder and the first rename wins.
+        ``split_seed``) form ``.val``, the rest ``.train``; neither is part of the key.
+
+        A build belongs to one process: it locks ``<cache_dir>/.<name>-<hash>.lock``, and a second builder of the
+        same key waits for it (saying once for which process) and then opens the finished cache. The new owner
+        removes what a killed build left (``.<name>-<hash>.building-*``). A cache that cannot be written (disk
+        full, read-only) is a ``RunFolderError`` naming the file and the cause.
         """
         _check_val_fraction(val_fraction)  # before the documents are read
         if layout not in LAYOUTS:
@@ -219,26 +231,36 @@ class ByteDataset:
         cache_dir = Path(cache_dir)
         final = cls.cache_path(cache_dir, key, layout, name)
         if not (final / MANIFEST_FILE).is_file():
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            temp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{final.name}.building-"))
-            try:
-                manifest = {"format": FORMAT_VERSION, "name": name, "layout": layout, "key": key, "key_hash": digest}
-                _write_cache(documents, temp, manifest, progress)
-                try:
-                    os.rename(temp, final)
-                except OSError:
-                    if not (final / MANIFEST_FILE).is_file():
-                        raise DataCacheError(f"{final}: folder exists but holds no complete cache; "
-                                             "delete it and build again") from None
-                    shutil.rmtree(temp, ignore_errors=True)  # another process finished the same build first
-                _fsync_dir(cache_dir)
-            except BaseException:
-                shutil.rmtree(temp, ignore_errors=True)
-                raise
+            with lock_folder(cache_dir, f".{final.name}.lock", wait=True, what=f"byte cache {final.name}"):
+                if not (final / MANIFEST_FILE).is_file():  # else another process built it while we waited
+                    cls._build_locked(documents, final, manifest={
+                        "format": FORMAT_VERSION, "name": name, "layout": layout, "key": key, "key_hash": digest},
+                        progress=progress)
         dataset = cls.open(final, val_fraction=val_fraction, split_seed=split_seed)
         if dataset.manifest.get("key_hash") != digest:
             raise DataCacheError(f"{final}: the cache there was built from another key; delete it and build again")
         return dataset
+
+    @staticmethod
+    def _build_locked(documents: Iterable[Document], final: Path, manifest: dict[str, Any], progress: bool) -> None:
+        """Write the cache ``final`` through a temporary folder; the caller holds the build's lock."""
+        cache_dir = final.parent
+        remove_leftovers(cache_dir, rf"\.{re.escape(final.name)}\.building-")  # of a killed build of this key
+        with writing(cache_dir, f"creating byte cache {final.name}"):
+            temp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{final.name}.building-"))
+        try:
+            _write_cache(documents, temp, manifest, progress)
+            try:
+                os.rename(temp, final)
+            except OSError:
+                if not (final / MANIFEST_FILE).is_file():
+                    raise DataCacheError(f"{final}: folder exists but holds no complete cache; "
+                                         "delete it and build again") from None
+                shutil.rmtree(temp, ignore_errors=True)  # built by a process that took no lock (an older version)
+            _fsync_dir(cache_dir)
+        except BaseException:
+            shutil.rmtree(temp, ignore_errors=True)
+            raise
 
     @staticmethod
     def cache_path(cache_dir: str | Path, key: dict[str, Any], layout: str = "packed", name: str = "dataset") -> Path:

@@ -86,6 +86,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, title: s
                                help=help_text)
             continue
         value_parser, metavar = _parser_for(annotation)
+        value_parser = field.metadata.get("flag_type", value_parser)  # a field may bound its flag (seed)
         group.add_argument(flag, dest=field.name, type=value_parser, default=argparse.SUPPRESS, metavar=metavar,
                            help=help_text)
 
@@ -140,6 +141,16 @@ def number(kind: type = int, *, at_least: float | None = None, above: float | No
     return parse
 
 
+def seed(text: str) -> int:
+    """``type`` of a ``--seed`` flag: a whole number in 0 .. 2**64 - 1, what torch's and numpy's seeding take;
+    a larger one is refused as the flag is parsed (``argument --seed: must be in 0 .. 2**64 - 1, not ...``)."""
+    value = int(text)  # not a number: argparse's own "invalid int value: 'x'"
+    if not 0 <= value < 2**64:
+        raise argparse.ArgumentTypeError(f"must be in 0 .. 2**64 - 1, not {text}")
+    return value
+
+
+seed.__name__ = "int"
 COUNT = number(int, at_least=1)
 """``type`` of a flag that counts things (documents to read, samples to write, bytes to generate): 1 or more."""
 NON_NEGATIVE = number(float, at_least=0)

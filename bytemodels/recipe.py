@@ -25,6 +25,7 @@ from bytemodels.data import ByteDataset, DataCacheError, EmptyDataError, covered
 from bytemodels.distributed import choose_device, environment_rank
 from bytemodels.options import add_config_arguments, one_line_errors, overrides_from_args
 from bytemodels.pretrained import ModelFileError
+from bytemodels.runfolder import FolderLock, RunFolderError, lock_folder
 from bytemodels.train import SampleFn, Trainer, TrainConfig, TrainingDiverged, TrainSummary
 
 DEVICE_KINDS = ("cpu", "gpu")
@@ -101,7 +102,8 @@ def run_command(parser: argparse.ArgumentParser, command: Callable[[argparse.Nam
     bounds) is one line too, exit status 2, without the usage block (dozens of lines for a recipe; ``--help``
     shows it). The errors of ``command`` are ``RecipeError`` (``HubError`` too), the core's checkpoint,
     data-cache, empty-data, model-file and divergence errors, and ``errors`` (a recipe adds its codecs'
-    ``CodecError``)."""
+    ``CodecError``), and ``RunFolderError`` (the run folder is busy, full or read-only). The run folder that
+    ``open_run`` locked is released when ``command`` returns."""
     args = one_line_errors(parser).parse_args(argv)
     is_main = environment_rank()[0] == 0
     if not is_main:  # under torchrun rank 0 alone reports; errors and warnings still show
@@ -109,7 +111,7 @@ def run_command(parser: argparse.ArgumentParser, command: Callable[[argparse.Nam
     try:
         command(args)
     except (RecipeError, ckpt.CheckpointError, DataCacheError, EmptyDataError, ModelFileError, TrainingDiverged,
-            *errors) as error:
+            RunFolderError, *errors) as error:
         sys.exit(f"{parser.prog}: error: {error}")
     except RunInterrupted as stopped:
         summary = stopped.summary
@@ -120,9 +122,27 @@ def run_command(parser: argparse.ArgumentParser, command: Callable[[argparse.Nam
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         sys.exit(128 + signal.SIGINT)
+    finally:
+        release_run_folders()
 
 
 # -- 2. the run folder, --resume, and the data a run records ------------------------------------------------
+_run_folder_locks: list[FolderLock] = []  # taken by open_run, released by run_command when the recipe ends
+
+
+def hold_run_folder(out: Path) -> None:
+    """Lock the run folder ``out`` for this process until ``release_run_folders`` (under torchrun rank 0 alone
+    takes it); another process training there is a ``RunFolderError`` naming its PID."""
+    if environment_rank()[0] == 0:
+        _run_folder_locks.append(lock_folder(out))
+
+
+def release_run_folders() -> None:
+    """Release the run folders ``hold_run_folder`` locked (``run_command`` calls it when the recipe ends)."""
+    while _run_folder_locks:
+        _run_folder_locks.pop().release()
+
+
 def resolve_device(device: str) -> Any:
     """The ``torch.device`` that ``--device`` names (``auto``: the best one here); a name that is not a device,
     or a device this machine lacks, is a ``RecipeError`` before any data is read or model loaded."""
@@ -144,9 +164,12 @@ def open_run(args: argparse.Namespace, recipe: str,
 
     The run folder is ``--out``, else ``default_out``, else ``runs/<recipe>``. A new run refuses a folder that
     already holds one. ``--resume`` takes the folder's latest checkpoint (or the checkpoint or run folder it
-    names), which must be one of ``recipe``, and goes on in the run folder that checkpoint belongs to."""
+    names), which must be one of ``recipe``, and goes on in the run folder that checkpoint belongs to.
+    Either way the run folder is locked before any data is read (``hold_run_folder``): a second run into it
+    fails at once."""
     out = Path(args.out or default_out or Path("runs") / recipe)
     if not args.resume:
+        hold_run_folder(out)
         if ckpt.latest_checkpoint(out / ckpt.CHECKPOINTS_DIR) is not None:
             raise RecipeError(f"--out {out} already holds a run; pass --resume to continue it or --out NEW_FOLDER")
         return out, None, None
@@ -156,6 +179,7 @@ def open_run(args: argparse.Namespace, recipe: str,
         raise RecipeError(f"--resume {checkpoint}: not a checkpoint of recipes.{recipe}")
     if args.out is None and checkpoint.parent.name == ckpt.CHECKPOINTS_DIR:
         out = checkpoint.parent.parent  # continue in the run folder the checkpoint belongs to
+    hold_run_folder(out)
     return out, checkpoint, recorded
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import re
 import signal
@@ -23,7 +24,7 @@ import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +35,13 @@ from tqdm.auto import tqdm
 
 from bytemodels import checkpoint as ckpt
 from bytemodels import tokens
-from bytemodels.options import config_from_dict, config_to_dict
+from bytemodels.options import config_from_dict, config_to_dict, seed as seed_flag
 from bytemodels.config import MegabyteConfig
 from bytemodels.distributed import DistributedContext, all_reduce_sum, choose_device, environment_rank, \
     setup_distributed, teardown
 from bytemodels.model import Megabyte
 from bytemodels.plot import plot_curves, read_metrics
+from bytemodels.runfolder import FolderLock, lock_folder, writing
 from bytemodels.schedule import SCHEDULES, learning_rate
 
 METRICS_FILE = "metrics.jsonl"
@@ -111,7 +113,7 @@ class TrainConfig:
     """Step checkpoints to keep (best/ is kept apart); 0 keeps them all."""
     log_every: int = 10
     """Write a metrics line and refresh the progress bar every this many steps."""
-    seed: int = 0
+    seed: int = field(default=0, metadata={"flag_type": seed_flag})
     """Seed of the initial weights, the data order and dropout."""
     device: str = "auto"
     """auto (cuda, then mps, then cpu) or a torch device such as cuda:1 or cpu."""
@@ -231,7 +233,11 @@ class _RunLog:
     of the steps since the last train line."""
 
     def __init__(self, path: Path | None, total: int | None, initial: int, show: bool) -> None:
-        self.file = open(path, "a", encoding="utf-8") if path is not None else None
+        self.path = path
+        self.file = None
+        if path is not None:
+            with writing(path, "opening the metrics log"):
+                self.file = open(path, "a", encoding="utf-8")
         self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=not show)
         self._reset()
 
@@ -264,13 +270,17 @@ class _RunLog:
 
     def _write(self, record: dict) -> None:
         if self.file is not None:
-            self.file.write(json.dumps(record) + "\n")
-            self.file.flush()
+            with writing(self.path, "writing the metrics log"):
+                self.file.write(json.dumps(record) + "\n")
+                self.file.flush()
 
     def close(self) -> None:
         self.bar.close()
         if self.file is not None:
-            self.file.close()
+            try:
+                self.file.close()
+            except OSError:  # the buffer was flushed after every line; a failed write has been reported
+                pass
 
 
 class Trainer:
@@ -281,6 +291,12 @@ class Trainer:
     rank 0 every ``sample_every`` steps and at the end. ``metadata`` (JSON-able, e.g. the codec config)
     is stored in every checkpoint. ``resume`` is a checkpoint, run or checkpoints folder to continue
     from, or ``"auto"`` to continue ``out_dir``'s latest checkpoint when there is one.
+
+    The run folder belongs to one process: rank 0 locks it from construction until ``fit()`` returns (a folder
+    another process trains in is a ``RunFolderError`` naming its PID), removes what a killed checkpoint write
+    left there, and on a new run moves aside the ``metrics.jsonl`` of an earlier run that saved no checkpoint.
+    A checkpoint or log that cannot be written (disk full, read-only) is a ``RunFolderError`` naming the file;
+    the previous checkpoint stays intact.
     """
 
     def __init__(self, model_config: MegabyteConfig, train_config: TrainConfig, train_data: Any,
@@ -331,14 +347,45 @@ class Trainer:
         self._stop_signal: int | None = None  # which signal asked for it
         self._stop_agreed = False  # the stop request as all processes agreed on it after a step
 
-        if resume == "auto":
-            resume = ckpt.latest_checkpoint(self.run_dir / ckpt.CHECKPOINTS_DIR)
-        if resume is not None:
-            self._load(resume)
+        self._folder_lock: FolderLock | None = None
+        if self.is_main:
+            self._folder_lock = lock_folder(self.run_dir)
+        try:
+            if resume == "auto":
+                resume = ckpt.latest_checkpoint(self.run_dir / ckpt.CHECKPOINTS_DIR)
+            if self.is_main:
+                self._clean_run_folder(fresh=resume is None)
+            if resume is not None:
+                self._load(resume)
+        except BaseException:
+            self._release_run_folder()
+            raise
 
         self.compiled = train_config.compile
         """Whether the training forward runs compiled (False after a failed compile)."""
         self.train_model = self._training_module()
+
+    def _clean_run_folder(self, fresh: bool) -> None:
+        """As the folder's new owner: remove a killed checkpoint write's leftovers, and on a ``fresh`` run start
+        a new metrics log when an earlier run left one but no checkpoint (its lines would mix with ours)."""
+        removed = ckpt.remove_partial_writes(self.run_dir / ckpt.CHECKPOINTS_DIR)
+        if removed:
+            tqdm.write(f"removed {len(removed)} unfinished checkpoint write(s) of an earlier process from "
+                       f"{self.run_dir / ckpt.CHECKPOINTS_DIR}")
+        metrics = self.run_dir / METRICS_FILE
+        if fresh and metrics.is_file() and ckpt.latest_checkpoint(self.run_dir / ckpt.CHECKPOINTS_DIR) is None:
+            aside = metrics.with_name(f"{METRICS_FILE}.old-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+            with writing(metrics, "moving it aside"):
+                os.replace(metrics, aside)
+            tqdm.write(f"{metrics}: left by an earlier run that saved no checkpoint; moved to {aside.name}")
+
+    def _release_run_folder(self) -> None:
+        if getattr(self, "_folder_lock", None) is not None:
+            self._folder_lock.release()
+            self._folder_lock = None
+
+    def __del__(self) -> None:
+        self._release_run_folder()
 
     def _training_module(self) -> torch.nn.Module:
         """The model as training calls it: compiled if asked, wrapped for DDP across processes."""
@@ -547,7 +594,8 @@ class Trainer:
         """Train until a budget is spent (or Ctrl-C); evaluate, checkpoint, sample and plot along the way."""
         cfg = self.config
         if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if self._folder_lock is None:  # fit() called again: the first one released the folder
+                self._folder_lock = lock_folder(self.run_dir)
             tqdm.write(f"training {self.model.num_parameters():,} parameters on {self.device} ({self.precision}, "
                        f"{self.dist.world_size} process{'es' if self.dist.world_size > 1 else ''}), "
                        f"global batch {self.rank_batch * self.dist.world_size} x {self.model_config.max_seq_len}"
@@ -563,6 +611,7 @@ class Trainer:
         previous_handlers = self._install_signal_handlers()
         session_start, elapsed_base = time.monotonic(), self.elapsed_s  # time budgets sum over resumes
         time_up, stop_reason, lr = False, None, cfg.lr
+        finished = False
         try:
             while True:
                 self._eval_and_checkpoint()
@@ -619,13 +668,19 @@ class Trainer:
             else:
                 self._eval_and_checkpoint(final=True)
                 self._sample(self.step)
+            finished = True
         finally:
             prefetch.shutdown(wait=True, cancel_futures=True)
             self._restore_signal_handlers(previous_handlers)
             self._log.close()
             teardown(self.dist)
-        if self.is_main:
-            plot_curves(self.run_dir / METRICS_FILE, self.run_dir / CURVE_FILE)
+            if not finished:  # an error: the folder is free for the next process at once
+                self._release_run_folder()
+        try:
+            if self.is_main:
+                plot_curves(self.run_dir / METRICS_FILE, self.run_dir / CURVE_FILE)
+        finally:
+            self._release_run_folder()
         return TrainSummary(self.run_dir, self.step, self.bytes_seen, self.last_val_bpb, self.best_val_bpb,
                             stop_reason, self.last_checkpoint,
                             self._stop_signal if stop_reason == "interrupted" else None)

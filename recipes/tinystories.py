@@ -26,6 +26,7 @@ with ``<|endoftext|>`` separators, JSON/JSONL or parquet) and cached once as byt
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import random
 import re
@@ -41,10 +42,11 @@ from bytemodels.config import MegabyteConfig
 from bytemodels.data import MANIFEST_FILE, ByteDataset, file_key
 from bytemodels.hub import HubError, hub_unreachable_reason
 from bytemodels.options import apply_overrides, overrides_from_args
-from bytemodels.options import COUNT, FRACTION, NON_NEGATIVE, number
+from bytemodels.options import COUNT, FRACTION, NON_NEGATIVE, number, seed as seed_flag
 from bytemodels.recipe import (RecipeError, add_model_and_training_arguments, check_resume_flags, device_kind,
                                make_trainer, open_run, preset_config, resolve_device, run_command,
                                stop_if_interrupted, training_flags)
+from bytemodels.runfolder import RunFolderError, write_error
 
 RECIPE = "tinystories"
 SEPARATOR = "<|endoftext|>"
@@ -147,6 +149,8 @@ def hub_source(instruct: bool = False, v2: bool = False, revision: str = "main")
         try:
             loaded = datasets.load_dataset(name, data_files=data_files, revision=revision)
         except Exception as error:  # any failure of the download is one line for the user
+            if full := _disk_failure(error, "the Hugging Face datasets cache"):
+                raise full from None
             raise HubError(f"could not load {name} (revision {revision}) from the hub: {error}; "
                               f"{offline_hint(instruct)}") from None
         return datasets.DatasetDict({split: stories_from_lines(loaded[split]) if line_rows
@@ -210,12 +214,26 @@ def local_source(path: str | Path, cache_dir: Path | None = None) -> StorySource
         except Exception as error:  # unreadable or malformed files: name them, no traceback
             if _caused_by(error, KeyboardInterrupt):  # datasets wraps a Ctrl-C in its own error
                 raise KeyboardInterrupt from None
+            if full := _disk_failure(error, hf_cache or "the Hugging Face datasets cache"):
+                raise full from None
             raise RecipeError(f"--data {path}: could not read the {builder} files ({error})") from None
         return datasets.DatasetDict({split: stories_from_lines(loaded[split], hf_cache) if builder == "text"
                                      else story_column(loaded[split], str(path)) for split in by_split})
 
     key = {"files": {split: [file_key(f) for f in files] for split, files in by_split.items()}}
     return StorySource(str(path), key, tuple(by_split), load)
+
+
+def _disk_failure(error: BaseException, cache: str) -> RunFolderError | None:
+    """The one-line error for a failure of the ``datasets`` loader that is its cache's disk being full or
+    read-only (it wraps the OSError in its own errors), or None when it is something else."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            return write_error(cache, error, "the datasets loader wrote its cache")
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
@@ -379,7 +397,7 @@ def make_sample_fn(codec: Any, prompts: Sequence[str], max_new_bytes: int, tempe
         for index, prompt in enumerate(prompts):
             data = codec.encode(prompt)
             story = data + model.generate(data, max_new_bytes, temperature=temperature, top_k=top_k,
-                                          seed=seed + index, prefix_ids=prefix)
+                                          seed=(seed + index) % 2**64, prefix_ids=prefix)
             path = codec.write_bytes(story, folder / f"step_{step:06d}_{index}.txt")
             tqdm.write(f"--- story {index + 1} at step {step} ({path}) ---\n{codec.decode(story)}\n")
 
@@ -624,7 +642,7 @@ def build_sample_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top-k", type=COUNT, default=50,
                         help="sample among the k likeliest bytes (default: %(default)s)")
     parser.add_argument("--top-p", type=number(float, above=0, at_most=1), help="nucleus sampling mass (default: off)")
-    parser.add_argument("--seed", type=int, help="random seed for a reproducible story")
+    parser.add_argument("--seed", type=seed_flag, help="random seed for a reproducible story")
     parser.add_argument("--device", default="auto", help="cuda, mps, cpu or auto (default: %(default)s)")
     parser.add_argument("-o", "--output", metavar="FILE", help="also save the story as a text file")
     return parser

@@ -44,7 +44,8 @@ class Codec:
 
 
 # -- the run folder and --resume ------------------------------------------------------------------------------
-def test_a_new_run_needs_a_free_folder(tmp_path):
+def test_a_new_run_needs_a_free_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # open_run creates (and locks) the default runs/<recipe> folder
     args = argparse.Namespace(out=str(tmp_path / "run"), resume=None)
     assert open_run(args, "toy") == (tmp_path / "run", None, None)
     assert open_run(argparse.Namespace(out=None, resume=None), "toy")[0] == Path("runs") / "toy"
