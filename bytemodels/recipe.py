@@ -25,7 +25,7 @@ from bytemodels.data import ByteDataset, DataCacheError, EmptyDataError, covered
 from bytemodels.distributed import choose_device, environment_rank
 from bytemodels.options import add_config_arguments, one_line_errors, overrides_from_args
 from bytemodels.pretrained import ModelFileError
-from bytemodels.runfolder import FolderLock, RunFolderError, lock_folder
+from bytemodels.runfolder import FolderLock, RunFolderError, lock_folder, writing
 from bytemodels.train import SampleFn, Trainer, TrainConfig, TrainingDiverged, TrainSummary
 
 DEVICE_KINDS = ("cpu", "gpu")
@@ -311,5 +311,6 @@ def save_comparison(out: Path, report: Mapping[str, Any], summary: TrainSummary,
     """Write ``report`` with the run's step, training time and stop reason to ``out/compression.json``."""
     record = {**report, "step": summary.step, "elapsed_s": round(elapsed_s, 1), "stop_reason": summary.stop_reason}
     path = out / COMPARISON_FILE
-    ckpt.atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    with writing(path, "saving the comparison"):
+        ckpt.atomic_write_text(path, json.dumps(record, indent=2) + "\n")
     return path

@@ -41,12 +41,13 @@ from bytemodels.distributed import DistributedContext, all_reduce_sum, choose_de
     setup_distributed, teardown
 from bytemodels.model import Megabyte
 from bytemodels.plot import plot_curves, read_metrics
-from bytemodels.runfolder import FolderLock, lock_folder, writing
+from bytemodels.runfolder import FolderLock, lock_folder, remove_leftovers, writing
 from bytemodels.schedule import SCHEDULES, learning_rate
 
 METRICS_FILE = "metrics.jsonl"
 CURVE_FILE = "curve.png"
 SAMPLES_DIR = "samples"
+_PARTIAL_RUN_FILES = rf"\.({re.escape(METRICS_FILE)}|{re.escape(CURVE_FILE)})\."  # their atomic writes' temporaries
 DTYPES = ("auto", "bf16", "fp32")
 #: Dense bf16 peak FLOP/s by GPU name, for the MFU estimate (no entry: no MFU shown).
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "GH200": 989e12, "A100": 312e12, "L40S": 362e12,
@@ -369,9 +370,10 @@ class Trainer:
         """As the folder's new owner: remove a killed checkpoint write's leftovers, and on a ``fresh`` run start
         a new metrics log when an earlier run left one but no checkpoint (its lines would mix with ours)."""
         removed = ckpt.remove_partial_writes(self.run_dir / ckpt.CHECKPOINTS_DIR)
+        removed += remove_leftovers(self.run_dir, _PARTIAL_RUN_FILES)
         if removed:
-            tqdm.write(f"removed {len(removed)} unfinished checkpoint write(s) of an earlier process from "
-                       f"{self.run_dir / ckpt.CHECKPOINTS_DIR}")
+            tqdm.write(f"removed {len(removed)} unfinished write(s) of an earlier process from {self.run_dir}: "
+                       + ", ".join(removed))
         metrics = self.run_dir / METRICS_FILE
         if fresh and metrics.is_file() and ckpt.latest_checkpoint(self.run_dir / ckpt.CHECKPOINTS_DIR) is None:
             aside = metrics.with_name(f"{METRICS_FILE}.old-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
@@ -587,7 +589,8 @@ class Trainer:
         if not path.is_file():
             return
         kept = [r for r in read_metrics(path) if r.get("step", 0) <= self.step]
-        ckpt.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+        with writing(path, "dropping the lines after the checkpoint"):
+            ckpt.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
     # -- the loop -----------------------------------------------------------------------------------------
     def fit(self) -> TrainSummary:
@@ -678,7 +681,8 @@ class Trainer:
                 self._release_run_folder()
         try:
             if self.is_main:
-                plot_curves(self.run_dir / METRICS_FILE, self.run_dir / CURVE_FILE)
+                with writing(self.run_dir / CURVE_FILE, "drawing the learning curve"):
+                    plot_curves(self.run_dir / METRICS_FILE, self.run_dir / CURVE_FILE)
         finally:
             self._release_run_folder()
         return TrainSummary(self.run_dir, self.step, self.bytes_seen, self.last_val_bpb, self.best_val_bpb,

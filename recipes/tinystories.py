@@ -217,8 +217,13 @@ def local_source(path: str | Path, cache_dir: Path | None = None) -> StorySource
             if full := _disk_failure(error, hf_cache or "the Hugging Face datasets cache"):
                 raise full from None
             raise RecipeError(f"--data {path}: could not read the {builder} files ({error})") from None
-        return datasets.DatasetDict({split: stories_from_lines(loaded[split], hf_cache) if builder == "text"
-                                     else story_column(loaded[split], str(path)) for split in by_split})
+        try:  # joining lines into stories writes to the datasets cache as well
+            return datasets.DatasetDict({split: stories_from_lines(loaded[split], hf_cache) if builder == "text"
+                                         else story_column(loaded[split], str(path)) for split in by_split})
+        except Exception as error:
+            if full := _disk_failure(error, hf_cache or "the Hugging Face datasets cache"):
+                raise full from None
+            raise
 
     key = {"files": {split: [file_key(f) for f in files] for split, files in by_split.items()}}
     return StorySource(str(path), key, tuple(by_split), load)

@@ -154,10 +154,12 @@ def test_the_next_owner_removes_what_a_killed_checkpoint_write_left(tmp_path, ca
         (folder / ckpt.WEIGHTS_FILE).write_bytes(b"half a file")
     (root / ".latest.abc123").write_text("step_0000")
     (root / "notes.txt").write_text("mine")  # not a leftover: stays
+    (run / ".metrics.jsonl.x1y2z3").write_text("{}")  # the temporary file of a metrics rewrite
 
     train_two_steps(run, data)
     assert sorted(p.name for p in root.iterdir() if p.name != "best") == ["latest", "notes.txt", "step_000002"]
-    assert "removed 4 unfinished checkpoint write(s)" in capsys.readouterr().out
+    assert not list(run.glob(".metrics.jsonl.*"))
+    assert "removed 5 unfinished write(s) of an earlier process" in capsys.readouterr().out
 
 
 def test_the_next_builder_removes_what_a_killed_cache_build_left(tmp_path):
