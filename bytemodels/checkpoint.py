@@ -40,7 +40,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from bytemodels.runfolder import error_code, remove_leftovers, write_error, writing
+from bytemodels.runfolder import disk_error, remove_leftovers, write_error, writing
 
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -147,12 +147,16 @@ def save_checkpoint(root: str | Path, step: int, *, write_model: Callable[[Path]
         _fsync(temp)
         doing = "renaming it into place"
         _replace_dir(temp, root / name)
-    except BaseException as error:
+    except Exception as error:
         shutil.rmtree(temp, ignore_errors=True)
-        if isinstance(error, OSError) or (isinstance(error, SafetensorError) and error_code(error)):
-            if doing.startswith("writing") and getattr(error, "filename", None):  # the file that failed
-                doing = f"writing {Path(error.filename).name}"
-            raise write_error(root, error, f"{doing} of checkpoint {name}") from None
+        cause = disk_error(error)
+        if cause is None:
+            raise
+        if doing.startswith("writing") and getattr(cause, "filename", None):  # the file that failed
+            doing = f"writing {Path(cause.filename).name}"
+        raise write_error(root, cause, f"{doing} of checkpoint {name}") from None
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
         raise
     with writing(root, f"writing {LATEST_FILE}"):
         atomic_write_text(root / LATEST_FILE, name + "\n")

@@ -52,6 +52,19 @@ def error_code(error: BaseException) -> int | None:
     return int(found.group(1)) if found else None
 
 
+def disk_error(error: BaseException) -> BaseException | None:
+    """The OS error behind ``error``, or None: ``error`` itself, or one it was raised from or while handling
+    (torch.save meeting a full disk raises a RuntimeError while handling the OSError), or a library's error
+    whose message names an OS error number (safetensors)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if error_code(error):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def write_error(where: str | Path, error: BaseException, doing: str = "") -> RunFolderError:
     """A ``RunFolderError`` for an OS error met while writing: ``<where>: no space left on device while writing
     model.safetensors; free some space and try again``."""

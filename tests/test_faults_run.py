@@ -198,35 +198,6 @@ def safetensors_no_space(*args, **kwargs):
     raise SafetensorError("Error while serializing: IoError(No space left on device (os error 28))")
 
 
-@pytest.mark.parametrize("target, writer, file", [
-    ("bytemodels.pretrained.save_file", safetensors_no_space, ckpt.WEIGHTS_FILE),  # what safetensors raises
-    ("torch.save", no_space, ckpt.OPTIMIZER_FILE),
-    ("bytemodels.checkpoint.save_file", no_space, ckpt.RNG_FILE),
-])
-def test_disk_full_during_a_checkpoint_is_one_line_and_the_previous_one_stays_intact(tmp_path, monkeypatch, target,
-                                                                                      writer, file):
-    data, run = text_dataset(tmp_path / "cache"), tmp_path / "run"
-    root = run / ckpt.CHECKPOINTS_DIR
-    train_two_steps(run, data)
-    monkeypatch.setattr(target, writer)
-    trainer = Trainer.resume(run, data.train, data.val, max_steps=4)
-    with pytest.raises(RunFolderError) as failed:
-        trainer.fit()
-    message = str(failed.value)
-    assert message.startswith(f"{root}: no space left on device while writing {file} of checkpoint step_000004")
-    assert "\n" not in message and failed.value.errno == errno.ENOSPC
-    ckpt.verify_checkpoint(root / "step_000002")  # the previous checkpoint: intact, and still the latest
-    assert ckpt.latest_checkpoint(run).name == "step_000002"
-    assert sorted(p.name for p in root.iterdir() if p.name != "best") == ["latest", "step_000002"]  # no temporary
-
-
-def test_disk_full_in_a_recipe_is_one_line(tmp_path, monkeypatch):
-    stories, run = story_file(tmp_path), tmp_path / "run"
-    monkeypatch.setattr("bytemodels.pretrained.save_file", safetensors_no_space)
-    message = recipe_error("--data", stories, "--out", run, "--max-steps", 2, *TINY_FLAGS)
-    assert f"{run / 'checkpoints'}: no space left on device while writing model.safetensors" in message
-
-
 class FullDisk:
     """A file whose writes fail as on a full disk."""
 
@@ -244,6 +215,51 @@ class FullDisk:
 
     def __exit__(self, *exc) -> None:
         self.file.close()
+
+
+def full_disk_open(path, mode="r", *args, **kwargs):
+    """``open`` where files opened for writing fail as on a full disk (torch.save then raises a RuntimeError
+    while handling the OSError, as it does on a real full disk)."""
+    file = open(path, mode, *args, **kwargs)
+    return FullDisk(file) if "w" in mode else file
+
+
+def torch_save_on_full_disk(*args, **kwargs):
+    """What torch.save raised on a real full tmpfs: a RuntimeError while handling the OSError."""
+    try:
+        no_space()
+    except OSError:
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 237824 vs 237716")
+
+
+@pytest.mark.parametrize("target, writer, file", [
+    ("bytemodels.pretrained.save_file", safetensors_no_space, ckpt.WEIGHTS_FILE),  # what safetensors raises
+    ("bytemodels.checkpoint.open", full_disk_open, ckpt.OPTIMIZER_FILE),
+    ("torch.save", torch_save_on_full_disk, ckpt.OPTIMIZER_FILE),
+    ("bytemodels.checkpoint.save_file", no_space, ckpt.RNG_FILE),
+])
+def test_disk_full_during_a_checkpoint_is_one_line_and_the_previous_one_stays_intact(tmp_path, monkeypatch, target,
+                                                                                      writer, file):
+    data, run = text_dataset(tmp_path / "cache"), tmp_path / "run"
+    root = run / ckpt.CHECKPOINTS_DIR
+    train_two_steps(run, data)
+    monkeypatch.setattr(target, writer, raising=False)
+    trainer = Trainer.resume(run, data.train, data.val, max_steps=4)
+    with pytest.raises(RunFolderError) as failed:
+        trainer.fit()
+    message = str(failed.value)
+    assert message.startswith(f"{root}: no space left on device while writing {file} of checkpoint step_000004")
+    assert "\n" not in message and failed.value.errno == errno.ENOSPC
+    ckpt.verify_checkpoint(root / "step_000002")  # the previous checkpoint: intact, and still the latest
+    assert ckpt.latest_checkpoint(run).name == "step_000002"
+    assert sorted(p.name for p in root.iterdir() if p.name != "best") == ["latest", "step_000002"]  # no temporary
+
+
+def test_disk_full_in_a_recipe_is_one_line(tmp_path, monkeypatch):
+    stories, run = story_file(tmp_path), tmp_path / "run"
+    monkeypatch.setattr("bytemodels.pretrained.save_file", safetensors_no_space)
+    message = recipe_error("--data", stories, "--out", run, "--max-steps", 2, *TINY_FLAGS)
+    assert f"{run / 'checkpoints'}: no space left on device while writing model.safetensors" in message
 
 
 def test_disk_full_while_building_the_byte_cache_names_the_cache_file(tmp_path, monkeypatch):
