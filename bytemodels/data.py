@@ -128,35 +128,43 @@ def _fsync_dir(path: Path) -> None:
         os.close(handle)
 
 
-def _write_cache(documents: Iterable[Document], folder: Path, manifest: dict[str, Any], progress: bool) -> dict:
-    """Stream ``documents`` into ``folder``: data, offsets, tags, then the manifest last."""
+def _write_cache(documents: Iterable[Document], folder: Path, manifest: dict[str, Any], progress: bool,
+                 shown: Path) -> dict:
+    """Stream ``documents`` into ``folder``: data, offsets, tags, then the manifest last. A write that fails (disk
+    full) is a ``RunFolderError`` naming the file as it will be in the cache folder ``shown``."""
     offsets, tags = array("q", [0]), array("h")
     total, pending = 0, 0
-    with writing(folder / DATA_FILE, "opening it"):
+    with writing(shown / DATA_FILE, "building the byte cache"):
         data = open(folder / DATA_FILE, "wb", buffering=1 << 20)
-    with data, tqdm(desc=f"building {manifest['name']}", unit="B", unit_scale=True, unit_divisor=1024,
-                    disable=not progress, leave=False) as bar:
-        for index, item in enumerate(documents):  # an error reading a document is the caller's, not ours
-            view, tag = _as_document(item, index)
-            try:
-                data.write(view)
-            except OSError as error:
-                raise write_error(folder / DATA_FILE, error, "building the byte cache") from None
-            total += view.nbytes
-            offsets.append(total)
-            tags.append(tag)
-            pending += view.nbytes
-            if pending >= 1 << 20:  # a bar update per document is too slow for millions of short ones
-                bar.update(pending)
-                pending = 0
-        bar.update(pending)
-        with writing(folder / DATA_FILE, "building the byte cache"):
-            data.flush()
-            os.fsync(data.fileno())
+    try:
+        with tqdm(desc=f"building {manifest['name']}", unit="B", unit_scale=True, unit_divisor=1024,
+                  disable=not progress, leave=False) as bar:
+            for index, item in enumerate(documents):  # an error reading a document is the caller's, not ours
+                view, tag = _as_document(item, index)
+                try:
+                    data.write(view)
+                except OSError as error:
+                    raise write_error(shown / DATA_FILE, error, "building the byte cache") from None
+                total += view.nbytes
+                offsets.append(total)
+                tags.append(tag)
+                pending += view.nbytes
+                if pending >= 1 << 20:  # a bar update per document is too slow for millions of short ones
+                    bar.update(pending)
+                    pending = 0
+            bar.update(pending)
+            with writing(shown / DATA_FILE, "building the byte cache"):
+                data.flush()
+                os.fsync(data.fileno())
+    finally:
+        try:
+            data.close()
+        except OSError:  # only after an error (the data was flushed otherwise), which is the one to report
+            pass
     if not tags:
         raise EmptyDataError(f"no documents to build dataset {manifest['name']!r} from; "
                              "the document iterable was empty")
-    with writing(folder, "writing the byte cache's index files"):
+    with writing(shown, "writing the byte cache's index files"):
         np.save(folder / OFFSETS_FILE, np.frombuffer(offsets, dtype=np.int64))
         np.save(folder / TAGS_FILE, np.frombuffer(tags, dtype=np.int16))
         used = sorted(int(t) for t in np.unique(np.frombuffer(tags, dtype=np.int16)) if t != NO_TAG)
@@ -249,7 +257,7 @@ class ByteDataset:
         with writing(cache_dir, f"creating byte cache {final.name}"):
             temp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{final.name}.building-"))
         try:
-            _write_cache(documents, temp, manifest, progress)
+            _write_cache(documents, temp, manifest, progress, shown=final)
             try:
                 os.rename(temp, final)
             except OSError:

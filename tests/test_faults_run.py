@@ -199,13 +199,24 @@ def safetensors_no_space(*args, **kwargs):
 
 
 class FullDisk:
-    """A file whose writes fail as on a full disk."""
+    """A file on a full disk: its writes fail, or (``buffered``) are taken into the buffer and fail when it is
+    flushed, closing included."""
 
-    def __init__(self, file) -> None:
-        self.file = file
+    def __init__(self, file, buffered: bool = False) -> None:
+        self.file, self.buffered = file, buffered
 
     def write(self, data) -> int:
+        if self.buffered:
+            return len(data)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def flush(self) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def close(self) -> None:
+        self.file.close()
+        if self.buffered:
+            self.flush()
 
     def __getattr__(self, name):
         return getattr(self.file, name)
@@ -214,7 +225,7 @@ class FullDisk:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.file.close()
+        self.close()
 
 
 def full_disk_open(path, mode="r", *args, **kwargs):
@@ -262,13 +273,17 @@ def test_disk_full_in_a_recipe_is_one_line(tmp_path, monkeypatch):
     assert f"{run / 'checkpoints'}: no space left on device while writing model.safetensors" in message
 
 
-def test_disk_full_while_building_the_byte_cache_names_the_cache_file(tmp_path, monkeypatch):
+@pytest.mark.parametrize("buffered", [False, True])
+def test_disk_full_while_building_the_byte_cache_names_the_cache_file(tmp_path, monkeypatch, buffered):
     import bytemodels.data
 
-    monkeypatch.setattr(bytemodels.data, "open", lambda path, *a, **k: FullDisk(open(path, *a, **k)), raising=False)
+    monkeypatch.setattr(bytemodels.data, "open", lambda path, mode="r", *a, **k: FullDisk(open(path, mode, *a, **k),
+                                                                                           buffered), raising=False)
     cache = tmp_path / "cache"
-    with pytest.raises(RunFolderError, match=r"/data\.bin: no space left on device while building the byte cache"):
+    final = ByteDataset.cache_path(cache, {"k": 1})
+    with pytest.raises(RunFolderError) as failed:
         ByteDataset.build([b"one", b"two"], cache, key={"k": 1}, progress=False)
+    assert str(failed.value).startswith(f"{final / 'data.bin'}: no space left on device while building the byte cache")
     assert list(cache.iterdir()) == []  # no half-built cache, no lock file
 
 
