@@ -386,8 +386,11 @@ class Trainer:
             self._folder_lock.release()
             self._folder_lock = None
 
-    def __del__(self) -> None:
-        self._release_run_folder()
+    def __del__(self) -> None:  # a Trainer dropped without fit() lets its folder go
+        try:
+            self._release_run_folder()
+        except Exception:  # at interpreter exit the kernel releases it anyway
+            pass
 
     def _training_module(self) -> torch.nn.Module:
         """The model as training calls it: compiled if asked, wrapped for DDP across processes."""
