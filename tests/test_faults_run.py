@@ -133,7 +133,10 @@ def test_a_second_builder_of_one_cache_waits_and_opens_it_instead_of_building_tw
         child = subprocess.Popen([sys.executable, "-c", BUILD_IN_CHILD, str(cache), str(marker)], cwd=REPO, text=True,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
-            said = child.stderr.readline()  # the child is now waiting for us (or, unlocked, built and exited)
+            said = ""
+            for said in child.stderr:  # the child is now waiting for us (or, unlocked, built and exited)
+                if "waiting" in said:
+                    break
             assert f"waiting for process {os.getpid()}" in said and final.name in said
             built = ByteDataset.build([b"one", b"two", b"three"], cache, key={"k": 1}, progress=False)
         except BaseException:
