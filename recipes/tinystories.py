@@ -295,8 +295,14 @@ def file_stories(files: list[str], cache_dir: str | None, fingerprint: str) -> A
     ``fingerprint`` names the content of the files: datasets reuses its copy only for the same content."""
     import datasets
 
-    return datasets.Dataset.from_generator(_stories_of_files, gen_kwargs={"files": files}, cache_dir=cache_dir,
-                                           fingerprint=fingerprint)
+    try:
+        return datasets.Dataset.from_generator(_stories_of_files, gen_kwargs={"files": files}, cache_dir=cache_dir,
+                                               fingerprint=fingerprint)
+    except Exception:
+        if next(_stories_of_files(files), None) is None:  # datasets cannot generate zero rows: no story is empty
+            return datasets.Dataset.from_dict({"text": []},
+                                              features=datasets.Features({"text": datasets.Value("string")}))
+        raise
 
 
 def stories_from_lines(lines: Any, cache_dir: str | None = None) -> Any:
