@@ -162,8 +162,8 @@ def test_a_validation_file_without_a_story_is_an_error_naming_the_split(tmp_path
 
 
 # -- a checkpoint naming a huge image codec ---------------------------------------------------------------------
-def test_sampling_a_checkpoint_with_a_huge_image_codec_fails_at_the_codec(tmp_path, capsys):
-    from bytemodels import ByteDataset, MegabyteConfig, TrainConfig, Trainer
+def test_sampling_a_checkpoint_with_a_huge_image_codec_fails_at_the_codec(tmp_path, capsys, monkeypatch):
+    from bytemodels import ByteDataset, MegabyteConfig, TrainConfig, Trainer, cli
     from bytemodels.cli import main
 
     dataset = ByteDataset.build([bytes(range(40))] * 4, tmp_path / "cache", key={"bytes": 1}, layout="records",
@@ -175,6 +175,11 @@ def test_sampling_a_checkpoint_with_a_huge_image_codec_fails_at_the_codec(tmp_pa
             "fill": 0}  # a 12.9 GB record: sample's default length
     Trainer(model_config, train_config, dataset, None, metadata={"codec": huge, "layout": "records"}).fit()
     capsys.readouterr()
+
+    def no_model(*args, **kwargs):  # without the codec's limit, sampling went on to generate 12.9 GB
+        raise AssertionError("the model was loaded: the codec was not refused first")
+
+    monkeypatch.setattr(cli, "load_model", no_model)
     assert main(["sample", str(tmp_path / "run"), "-o", str(tmp_path / "out.png")]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("bytemodels: error: image codec: width=65535 x height=65535 x 3 channel(s) (RGB)")
