@@ -144,7 +144,8 @@ def test_a_held_out_split_without_a_story_warns_and_training_goes_on(tmp_path, c
 def test_a_val_fraction_given_that_holds_out_nothing_is_an_error(tmp_path, capsys):
     data = write_stories(tmp_path / "one.txt", stories(1))
     with pytest.raises(SystemExit) as stopped:
-        tinystories.main(["--data", str(data), "--out", str(tmp_path / "run"), "--val-fraction", "0.1", *TINY_FLAGS])
+        tinystories.main(["--data", str(data), "--out", str(tmp_path / "run"), "--val-fraction", "0.1",
+                          "--max-steps", "1", *TINY_FLAGS])
     assert str(stopped.value.code).startswith("python -m recipes.tinystories: error: --val-fraction 0.1 holds out "
                                               f"none of the 1 stories of {data}")
     assert not (tmp_path / "run" / "checkpoints").exists()
@@ -156,7 +157,7 @@ def test_a_validation_file_without_a_story_is_an_error_naming_the_split(tmp_path
     write_stories(data / "train.txt", stories(4))
     (data / "valid.txt").write_text("\n<|endoftext|>\n\n", encoding="utf-8")
     with pytest.raises(SystemExit) as stopped:
-        tinystories.main(["--data", str(data), "--out", str(tmp_path / "run"), *TINY_FLAGS])
+        tinystories.main(["--data", str(data), "--out", str(tmp_path / "run"), "--max-steps", "1", *TINY_FLAGS])
     assert str(stopped.value.code) == (f"python -m recipes.tinystories: error: --data {data}: the validation split "
                                        "holds no stories (only blank text and <|endoftext|> lines)")
 
