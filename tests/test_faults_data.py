@@ -185,3 +185,24 @@ def test_sampling_a_checkpoint_with_a_huge_image_codec_fails_at_the_codec(tmp_pa
     error = capsys.readouterr().err.strip()
     assert error.startswith("bytemodels: error: image codec: width=65535 x height=65535 x 3 channel(s) (RGB)")
     assert len(error.splitlines()) == 1 and not (tmp_path / "out.png").exists()
+
+
+@pytest.mark.parametrize("options, message", [
+    (["-O", "width=65535", "-O", "height=65535"], "image codec: width=65535 x height=65535"),
+    (["-O", "sample_rate=1000000000"], "wav codec: sample_rate=1000000000 must be an integer in 100..768000 (Hz)"),
+])
+def test_decode_with_a_huge_codec_option_is_one_line_before_decoding(tmp_path, capsys, monkeypatch, options, message):
+    from bytecodecs.image import ImageCodec
+    from bytecodecs.wav import WavCodec
+    from bytemodels.cli import main
+
+    def no_decoding(*args, **kwargs):  # without the limits, decoding allocated 12.9 GB (a MemoryError at best)
+        raise AssertionError("decoding started: the codec option was not refused first")
+
+    monkeypatch.setattr(ImageCodec, "decode", no_decoding)
+    monkeypatch.setattr(WavCodec, "decode", no_decoding)
+    (tmp_path / "in.bin").write_bytes(bytes(10))
+    codec = "image" if "width" in options[1] else "wav"
+    assert main(["decode", "--codec", codec, *options, str(tmp_path / "in.bin"), str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"bytemodels: error: {message}") and len(error.splitlines()) == 1
