@@ -413,7 +413,8 @@ def byte_datasets(source: StorySource, codec: Any, cache_dir: Path, *, instruct_
             return ByteDataset.build(documents, cache_dir, key=split_key, layout="packed", name=split_name,
                                      val_fraction=fraction, split_seed=split_seed)
         except EmptyDataError:
-            raise RecipeError(f"--data {source.description}: the {split} split holds no stories "
+            where = f"--data {source.description}" if "files" in source.key else source.description
+            raise RecipeError(f"{where}: the {split} split holds no stories "
                               f"(only blank text and {SEPARATOR} lines)") from None
 
     if "validation" in source.splits:
@@ -570,7 +571,6 @@ def train(args: argparse.Namespace) -> None:
     defaults = recipe_defaults(device_kind(getattr(args, "device", "auto")), instruct)
     cache_dir = Path(args.cache_dir) if args.cache_dir else out.parent / "cache"
     seed = getattr(args, "seed", 0)
-    asked_val_fraction = args.val_fraction  # None: not given
     val_fraction = recorded_data.get("val_fraction", DEFAULT_VAL_FRACTION if args.val_fraction is None
                                      else args.val_fraction)
     split_seed = recorded_data.get("split_seed", seed)
@@ -586,7 +586,7 @@ def train(args: argparse.Namespace) -> None:
     print(f"train: {len(train_data):,} {'entries' if instruct else 'stories'}, {train_data.num_bytes:,} bytes; "
           f"validation: {len(val_data):,}, {val_data.num_bytes:,} bytes")
     check_held_out(train_data, val_data, source, val_fraction,
-                   asked=asked_val_fraction is not None and not recorded_data)
+                   asked=args.val_fraction is not None and not recorded_data)
 
     prompts = (INSTRUCT_PROMPT, PLAIN_PROMPTS[0]) if instruct else PLAIN_PROMPTS
     sample_fn = make_sample_fn(codec, prompts, args.sample_bytes or defaults["sample_bytes"], seed=seed)

@@ -73,6 +73,26 @@ def test_cache_keys_see_an_edit_that_keeps_size_and_time(tmp_path):
     assert folder_key(folder, files) != before[1]
 
 
+def test_a_file_that_cannot_be_read_is_keyed_as_such_not_a_crash(tmp_path, monkeypatch):
+    import builtins
+
+    from bytemodels import data as data_module
+
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    files = [write_stories(folder / f"{index}.txt", stories(1)) for index in range(2)]
+    readable = folder_key(folder, files)
+
+    def refuse(path, *args, **kwargs):  # we run as root, so chmod would not stop the read: patch open instead
+        if Path(path) == files[1]:
+            raise PermissionError(13, "Permission denied", str(path))
+        return builtins.open(path, *args, **kwargs)
+
+    monkeypatch.setattr(data_module, "open", refuse, raising=False)
+    assert file_key(files[1]) == {"sha256": "unreadable: Permission denied"}  # the folder loader skips it later
+    assert folder_key(folder, files) != readable
+
+
 @pytest.mark.parametrize("writer", [write_stories, write_jsonl], ids=["txt", "jsonl"])
 def test_a_story_edited_in_place_is_trained_on_not_the_stale_cache(tmp_path, writer):
     data = tmp_path / "data"
