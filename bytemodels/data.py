@@ -79,19 +79,39 @@ def key_digest(key: dict[str, Any], layout: str) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+HASH_BLOCK = 1 << 20
+"""Bytes read at a time when a source file is hashed for a cache key."""
+
+
+def content_digest(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (SHA-256 runs at over 1 GB/s on CPUs with SHA
+    instructions, faster than BLAKE2b there); ``"unreadable: <reason>"`` for a file that cannot be read, which
+    the reader of the data then reports or skips."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as file:
+            while block := file.read(HASH_BLOCK):
+                digest.update(block)
+    except OSError as error:
+        return f"unreadable: {error.strerror or error}"
+    return digest.hexdigest()
+
+
 def file_key(path: Path) -> dict[str, Any]:
-    """Identifies one source file in a cache key: its absolute path, size and modification time."""
-    stat = path.stat()
-    return {"path": str(path.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    """Identifies one source file in a cache key by its content: the SHA-256 of its bytes.
+
+    Not by path, size or modification time: a file edited in place (same size, same time) gets a new key, so a
+    stale cache is never reused, and data moved or copied elsewhere keeps its cache."""
+    return {"sha256": content_digest(path)}
 
 
 def folder_key(root: Path, paths: list[Path]) -> dict[str, Any]:
-    """Identifies a folder's source files in a cache key: one hash of their names, sizes and modification times."""
+    """Identifies a folder's source files in a cache key: one hash of their names under ``root`` (their order
+    is the documents' order) and of each file's content; the folder's own path is left out, as in ``file_key``."""
     digest = hashlib.sha256()
     for path in paths:
-        stat = path.stat()
-        digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return {"folder": str(root.resolve()), "files": len(paths), "sha256": digest.hexdigest()}
+        digest.update(f"{path.relative_to(root)}\0{content_digest(path)}\n".encode())
+    return {"files": len(paths), "sha256": digest.hexdigest()}
 
 
 def _as_document(item: Any, index: int) -> tuple[memoryview, int]:

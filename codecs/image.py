@@ -20,12 +20,16 @@ from bytecodecs.base import ByteCodec, CodecError, Framing, check_bool
 from bytecodecs.files import atomic_path, require_file
 from bytecodecs.registry import _register_builtin
 
-__all__ = ["ARRAY_SUFFIXES", "HEADER", "ImageCodec", "array_codec_options", "load_array"]
+__all__ = ["ARRAY_SUFFIXES", "HEADER", "MAX_RECORD_PIXEL_BYTES", "ImageCodec", "array_codec_options", "load_array"]
 
 #: Header layout when ``header=True``: width, height (uint16 little-endian), channels (uint8).
 HEADER = struct.Struct("<HHB")
 #: Suffixes of the numpy files ``load_array`` reads.
 ARRAY_SUFFIXES = (".npz", ".npy")
+#: Most pixel bytes (width x height x channels) of one record: 2**26, 64 MiB, e.g. 4096 x 4096 RGB. A record is a
+#: training document and a sample's default length, so it must fit in memory many times over; this also keeps every
+#: record below Pillow's decompression-bomb limit (89,478,485 pixels), so what the codec writes Pillow reads back.
+MAX_RECORD_PIXEL_BYTES = 2**26
 
 _CHANNELS = {"L": 1, "RGB": 3}
 _FITS = ("crop", "pad", "keep")
@@ -58,7 +62,7 @@ class ImageCodec(ByteCodec):
                   ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico")
 
     def __post_init__(self) -> None:
-        if self.mode not in _CHANNELS:
+        if self.mode not in _CHANNELS:  # first: the size limit needs the channel count
             raise CodecError(f"image codec: mode={self.mode!r} must be one of {tuple(_CHANNELS)}")
         if self.fit not in _FITS:
             raise CodecError(f"image codec: fit={self.fit!r} must be one of {_FITS}")
@@ -67,6 +71,10 @@ class ImageCodec(ByteCodec):
             value = getattr(self, option)
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 0xFFFF:
                 raise CodecError(f"image codec: {option}={value!r} must be an integer in 1..65535")
+        if self.width * self.height * self.channels > MAX_RECORD_PIXEL_BYTES:
+            raise CodecError(f"image codec: width={self.width} x height={self.height} x {self.channels} channel(s) "
+                             f"({self.mode}) is {self.width * self.height * self.channels:,} bytes per image, over "
+                             f"the limit of {MAX_RECORD_PIXEL_BYTES:,}; lower width or height")
         if self.fit == "keep" and not self.header:
             raise CodecError("image codec: fit='keep' stores each image at its own size, so it needs header=True")
         if not isinstance(self.fill, int) or isinstance(self.fill, bool) or not 0 <= self.fill <= 255:
@@ -142,19 +150,26 @@ class ImageCodec(ByteCodec):
             return np.ascontiguousarray(array).tobytes()
         return self.encode(Image.fromarray(array))
 
+    @property
+    def max_record_size(self) -> int:
+        """Most bytes one encoded image takes: the header (when ``header``) and width x height x channels."""
+        return HEADER.size * self.header + self.width * self.height * self.channels
+
     def decode(self, data: bytes) -> Image.Image:
-        """The image for ``data``; a short payload is completed with ``fill``, never an error."""
-        width, height, pixels = self._layout(bytes(data))
+        """The image for ``data``; a short payload is completed with ``fill``, never an error. Bytes past
+        ``max_record_size`` are ignored, so decoding never allocates more than one record."""
+        width, height, pixels = self._layout(data)
         return Image.frombytes(self.mode, (width, height), pixels)
 
     def decode_array(self, data: bytes) -> np.ndarray:
         """Like ``decode`` but a uint8 array, ``(height, width)`` for L, ``(height, width, 3)`` for RGB."""
-        width, height, pixels = self._layout(bytes(data))
+        width, height, pixels = self._layout(data)
         shape = (height, width) if self.channels == 1 else (height, width, self.channels)
         return np.frombuffer(pixels, dtype=np.uint8).reshape(shape).copy()
 
     def _layout(self, data: bytes) -> tuple[int, int, bytes]:
         """Width, height and exactly width*height*channels pixel bytes for any payload."""
+        data = bytes(data[:self.max_record_size])  # slice first: a long payload is never copied whole
         width, height = self.size
         if self.header:
             if len(data) >= HEADER.size:

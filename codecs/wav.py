@@ -22,10 +22,18 @@ from bytecodecs.files import atomic_path, require_file
 from bytecodecs.mulaw import linear8_decode, linear8_encode, mulaw_decode, mulaw_encode
 from bytecodecs.registry import _register_builtin
 
-__all__ = ["Audio", "WavCodec", "SAMPLE_FORMATS"]
+__all__ = ["Audio", "WavCodec", "SAMPLE_FORMATS", "MIN_SAMPLE_RATE", "MAX_SAMPLE_RATE", "MAX_RESAMPLED_SAMPLES"]
 
 #: Sample format -> bytes per sample.
 SAMPLE_FORMATS = {"mulaw": 1, "linear8": 1, "pcm16": 2}
+#: Lowest and highest sample rate (Hz) of the codec and of any audio it encodes. Real audio lies far inside (8 kHz
+#: telephone speech to 384 kHz studio files); a rate outside is a broken header or a typo, and resampling from 1 Hz
+#: to 8 kHz would grow the data 8,000-fold.
+MIN_SAMPLE_RATE = 100
+MAX_SAMPLE_RATE = 768_000
+#: Most samples (frames x channels) one resampled clip may have: 2**28, 1 GiB as float32 (93 minutes of 48 kHz
+#: mono). Checked from frames x ratio before resampling, so memory stays bounded whatever rates a file claims.
+MAX_RESAMPLED_SAMPLES = 2**28
 
 
 class Audio(NamedTuple):
@@ -41,7 +49,7 @@ class WavCodec(ByteCodec):
     """Audio <-> raw samples. Variable-length records aligned to one sample frame; claims tag 1."""
 
     sample_rate: int = 8000
-    """Samples per second of the bytes (8000 suits speech, e.g. the Free Spoken Digit Dataset)."""
+    """Samples per second of the bytes, 100..768000 (8000 suits speech, e.g. the Free Spoken Digit Dataset)."""
     channels: int = 1
     """1: mix every channel down to mono; 2: interleaved stereo (mono is duplicated)."""
     sample_format: str = "mulaw"
@@ -58,8 +66,10 @@ class WavCodec(ByteCodec):
             raise CodecError(f"wav codec: sample_format={self.sample_format!r} must be one of {tuple(SAMPLE_FORMATS)}")
         if type(self.channels) is not int or self.channels not in (1, 2):  # not True, not 1.0
             raise CodecError(f"wav codec: channels={self.channels!r} must be 1 (mono) or 2 (stereo)")
-        if not isinstance(self.sample_rate, int) or isinstance(self.sample_rate, bool) or self.sample_rate < 1:
-            raise CodecError(f"wav codec: sample_rate={self.sample_rate!r} must be a positive integer")
+        if (not isinstance(self.sample_rate, int) or isinstance(self.sample_rate, bool)
+                or not MIN_SAMPLE_RATE <= self.sample_rate <= MAX_SAMPLE_RATE):
+            raise CodecError(f"wav codec: sample_rate={self.sample_rate!r} must be an integer in "
+                             f"{MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} (Hz)")
 
     @property
     def bytes_per_frame(self) -> int:
@@ -78,6 +88,9 @@ class WavCodec(ByteCodec):
         rate. Integer samples are scaled as WAV stores them (int16 / 32768, uint8 around 128).
         """
         samples, rate = _split(audio, self.sample_rate)
+        if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+            raise CodecError(f"audio sample rate {rate} Hz is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz "
+                             "(a broken header?)")
         samples = _as_float(samples)
         if samples.shape[0] == 0:
             raise CodecError("audio has zero frames")
@@ -90,6 +103,11 @@ class WavCodec(ByteCodec):
                 samples = samples[:, :2]
         if rate != self.sample_rate:
             frames = samples.shape[0]
+            resampled = -(-frames * self.sample_rate // rate) * self.channels  # soxr's output length, rounded up
+            if resampled > MAX_RESAMPLED_SAMPLES:
+                raise CodecError(f"audio of {frames:,} frames at {rate} Hz becomes {resampled:,} samples at the "
+                                 f"codec's {self.sample_rate} Hz, over the limit of {MAX_RESAMPLED_SAMPLES:,} "
+                                 "(split the file, or encode at a lower rate)")
             samples = soxr.resample(samples, rate, self.sample_rate)
             if samples.shape[0] == 0:
                 raise CodecError(f"audio has zero frames after resampling: {frames} frame(s) at {rate} Hz are "

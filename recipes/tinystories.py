@@ -32,14 +32,14 @@ import random
 import re
 import sys
 import textwrap
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from encodings.utf_8 import IncrementalDecoder
 from pathlib import Path
 from typing import Any
 
 from bytemodels.config import MegabyteConfig
-from bytemodels.data import MANIFEST_FILE, ByteDataset, file_key
+from bytemodels.data import MANIFEST_FILE, ByteDataset, EmptyDataError, file_key, key_digest
 from bytemodels.hub import HubError, hub_unreachable_reason
 from bytemodels.options import apply_overrides, overrides_from_args
 from bytemodels.options import COUNT, FRACTION, NON_NEGATIVE, number, seed as seed_flag
@@ -61,6 +61,8 @@ LOCAL_BUILDERS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "j
 """File suffix -> the ``datasets`` loader that reads it."""
 TEXT_COLUMNS = ("text", "story")
 """Column holding the story in JSON and parquet files, first match wins."""
+DEFAULT_VAL_FRACTION = 0.05
+"""Stories held out for validation when the data has no validation split and --val-fraction is not given."""
 
 # Instruct entries: header lines, then "Story: " and the story.
 INSTRUCT_FIELDS = ("Features", "Words", "Summary", "Sentence", "Random sentence")
@@ -112,7 +114,7 @@ class StorySource:
     description: str
     """For messages: a hub name or a local path."""
     key: dict[str, Any]
-    """Identifies the data for the byte cache (hub name and revision, or each file's path, size and time)."""
+    """Identifies the data for the byte cache: hub name and revision, or ``{"files": {split: [file_key, ...]}}``."""
     splits: tuple[str, ...]
     """``("train", "validation")``, or ``("train",)`` when validation is held out of train."""
     loader: Callable[[], Any] = field(repr=False)
@@ -122,6 +124,12 @@ class StorySource:
         if self._loaded is None:
             self._loaded = self.loader()
         return self._loaded
+
+    def split_key(self, split: str) -> dict[str, Any]:
+        """What identifies one split's data: local files are keyed split by split, so editing the training
+        files leaves the validation cache, and the fingerprint a resume checks, as they were."""
+        files = self.key.get("files")
+        return self.key if files is None else {"files": files[split]}
 
 
 def offline_hint(instruct: bool = False) -> str:
@@ -204,28 +212,35 @@ def local_source(path: str | Path, cache_dir: Path | None = None) -> StorySource
         more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
         raise RecipeError(f"--data {path}: {empty[0]} is empty{more}")
 
+    key = {"files": {split: [file_key(f) for f in files] for split, files in by_split.items()}}
+
     def load() -> Any:
         import datasets
 
         data_files = {split: [str(f) for f in files] for split, files in by_split.items()}
         hf_cache = str(cache_dir / "hf-datasets") if cache_dir is not None else None
         try:
-            loaded = datasets.load_dataset(builder, data_files=data_files, cache_dir=hf_cache)
+            if builder == "text":  # read here, not as lines by datasets: a file ends a story
+                return datasets.DatasetDict({
+                    split: file_stories(files, hf_cache, key_digest({"files": key["files"][split]}, "text"))
+                    for split, files in data_files.items()})
+            # datasets keys its own cache of local files by modification time: read them again (this runs only
+            # when the byte cache, keyed by content, has to be built), so an edit that keeps the time is seen.
+            loaded = datasets.load_dataset(builder, data_files=data_files, cache_dir=hf_cache,
+                                           download_mode="force_redownload")
         except Exception as error:  # unreadable or malformed files: name them, no traceback
             if _caused_by(error, KeyboardInterrupt):  # datasets wraps a Ctrl-C in its own error
                 raise KeyboardInterrupt from None
             if full := _disk_failure(error, hf_cache or "the Hugging Face datasets cache"):
                 raise full from None
-            raise RecipeError(f"--data {path}: could not read the {builder} files ({error})") from None
-        try:  # joining lines into stories writes to the datasets cache as well
-            return datasets.DatasetDict({split: stories_from_lines(loaded[split], hf_cache) if builder == "text"
-                                         else story_column(loaded[split], str(path)) for split in by_split})
+            raise RecipeError(f"--data {path}: could not read the {builder} files ({_innermost(error)})") from None
+        try:  # reading the column writes to the datasets cache as well
+            return datasets.DatasetDict({split: story_column(loaded[split], str(path)) for split in by_split})
         except Exception as error:
             if full := _disk_failure(error, hf_cache or "the Hugging Face datasets cache"):
                 raise full from None
             raise
 
-    key = {"files": {split: [file_key(f) for f in files] for split, files in by_split.items()}}
     return StorySource(str(path), key, tuple(by_split), load)
 
 
@@ -252,21 +267,65 @@ def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
     return False
 
 
-def _join_stories(lines: Any) -> Iterator[dict[str, str]]:
-    """Rows of ``{"text": story}`` from rows of lines; a story ends where a line holds ``<|endoftext|>``."""
+def _innermost(error: BaseException) -> BaseException:
+    """The exception ``error`` was raised from, followed to the first one (datasets wraps the reader's own)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
+def split_stories(lines: Iterable[str]) -> Iterator[str]:
+    """The stories in ``lines`` (without line ends): a story ends where a line holds ``<|endoftext|>``, and at the
+    end of the lines; blank stories are left out."""
     pending: list[str] = []
-    for batch in lines.iter(batch_size=10_000):
-        for line in batch["text"]:
-            parts = line.split(SEPARATOR)
-            pending.append(parts[0])
-            for part in parts[1:]:
-                story = "\n".join(pending).strip()
-                if story:
-                    yield {"text": story}
-                pending = [part]
+    for line in lines:
+        parts = line.split(SEPARATOR)
+        pending.append(parts[0])
+        for part in parts[1:]:
+            story = "\n".join(pending).strip()
+            if story:
+                yield story
+            pending = [part]
     story = "\n".join(pending).strip()
     if story:
+        yield story
+
+
+def _join_stories(lines: Any) -> Iterator[dict[str, str]]:
+    """Rows of ``{"text": story}`` from a ``Dataset`` of one row per line."""
+    rows = (line for batch in lines.iter(batch_size=10_000) for line in batch["text"])
+    for story in split_stories(rows):
         yield {"text": story}
+
+
+def _stories_of_files(files: list[str]) -> Iterator[dict[str, str]]:
+    """Rows of ``{"text": story}`` from UTF-8 text files: each file ends a story, so a folder of one story per
+    file gives one story per file, and ``<|endoftext|>`` lines separate stories within a file."""
+    for file in files:
+        try:
+            with open(file, encoding="utf-8") as handle:
+                for story in split_stories(line.rstrip("\n") for line in handle):
+                    yield {"text": story}
+        except UnicodeDecodeError as error:
+            raise RecipeError(f"{file} is not UTF-8 text ({error.reason})") from None
+        except OSError as error:
+            raise RecipeError(f"{file} cannot be read ({error.strerror or error})") from None
+
+
+def file_stories(files: list[str], cache_dir: str | None, fingerprint: str) -> Any:
+    """One row per story of the text ``files`` (see ``_stories_of_files``) as a ``Dataset``.
+
+    ``fingerprint`` names the content of the files: datasets reuses its copy only for the same content."""
+    import datasets
+
+    try:
+        return datasets.Dataset.from_generator(_stories_of_files, gen_kwargs={"files": files}, cache_dir=cache_dir,
+                                               fingerprint=fingerprint)
+    except Exception:
+        if next(_stories_of_files(files), None) is None:  # datasets cannot generate zero rows: no story is empty
+            return datasets.Dataset.from_dict({"text": []},
+                                              features=datasets.Features({"text": datasets.Value("string")}))
+        raise
 
 
 def stories_from_lines(lines: Any, cache_dir: str | None = None) -> Any:
@@ -360,18 +419,26 @@ def story_documents(stories: Callable[[], Any], codec: Any, instruct_seed: int |
 
 def byte_datasets(source: StorySource, codec: Any, cache_dir: Path, *, instruct_seed: int | None,
                   val_fraction: float, split_seed: int) -> tuple[Any, Any]:
-    """(train, validation) ``ByteDataset`` views of the source's stories, built once under ``cache_dir``."""
-    key = {"recipe": RECIPE, "source": source.key, "codec": codec.config(),
+    """(train, validation) ``ByteDataset`` views of the source's stories, built once under ``cache_dir``.
+
+    Each split is cached under its own key (``StorySource.split_key``); a split without a story is a
+    ``RecipeError`` naming it."""
+    key = {"recipe": RECIPE, "codec": codec.config(),
            "instruct": None if instruct_seed is None else {"built_from_plain_stories_seed": instruct_seed}}
     name = RECIPE + ("-instruct" if instruct_seed is not None else "")
 
     def build(split: str, fraction: float) -> Any:
-        split_key, split_name = {**key, "split": split}, f"{name}-{split}"
+        split_key, split_name = {**key, "source": source.split_key(split), "split": split}, f"{name}-{split}"
         if not (ByteDataset.cache_path(cache_dir, split_key, "packed", split_name) / MANIFEST_FILE).is_file():
             source.load()  # read (or download) now: a failure is reported before any progress bar starts
         documents = story_documents(lambda: source.load()[split], codec, instruct_seed)
-        return ByteDataset.build(documents, cache_dir, key=split_key, layout="packed", name=split_name,
-                                 val_fraction=fraction, split_seed=split_seed)
+        try:
+            return ByteDataset.build(documents, cache_dir, key=split_key, layout="packed", name=split_name,
+                                     val_fraction=fraction, split_seed=split_seed)
+        except EmptyDataError:
+            where = f"--data {source.description}" if "files" in source.key else source.description
+            raise RecipeError(f"{where}: the {split} split holds no stories "
+                              f"(only blank text and {SEPARATOR} lines)") from None
 
     if "validation" in source.splits:
         return build("train", 0.0).train, build("validation", 0.0).train
@@ -484,12 +551,28 @@ def model_config_from_args(args: argparse.Namespace, defaults: dict[str, Any], i
     return preset_config(defaults["preset"], **{**defaults["model"], **overrides})
 
 
+def check_held_out(train_data: Any, val_data: Any, source: StorySource, val_fraction: float, asked: bool) -> None:
+    """Say so when ``val_fraction`` held out no story (one story in all): a ``RecipeError`` when ``--val-fraction``
+    was given, else a warning on stderr; the run then trains without validation."""
+    if len(val_data) or val_fraction == 0:
+        return
+    problem = (f"--val-fraction {val_fraction:g} holds out none of the {len(train_data):,} stories of "
+               f"{source.description} (each file is one story or more, split at {SEPARATOR} lines)")
+    remedy = "give two stories or more, or a valid.txt beside train.txt in a --data folder"
+    if asked:
+        raise RecipeError(f"{problem}; {remedy}")
+    print(f"warning: {problem}, so the run has no validation; {remedy} (--val-fraction 0 trains without one quietly)",
+          file=sys.stderr)
+
+
 def print_summary(summary: Any, out: Path) -> None:
     """The numbers a run ends with, where its files are, and how to write more stories."""
-    final = "n/a" if summary.val_bpb is None else f"{summary.val_bpb:.4f}"
-    best = "n/a" if summary.best_val_bpb is None else f"{summary.best_val_bpb:.4f}"
     print(f"done: {summary.step:,} steps, {summary.bytes_seen:,} bytes seen, stopped by {summary.stop_reason}")
-    print(f"final validation: {final} bits/byte (best {best})")
+    if summary.val_bpb is None:
+        print("final validation: none (no validation stories)")
+    else:
+        best = "" if summary.best_val_bpb is None else f" (best {summary.best_val_bpb:.4f})"
+        print(f"final validation: {summary.val_bpb:.4f} bits/byte{best}")
     print(f"checkpoint: {summary.checkpoint}; curve: {out / 'curve.png'}; samples: {out / 'samples'}")
     print(f"write more stories: python -m recipes.tinystories sample --checkpoint {out} --prompt \"Once upon a time\"")
 
@@ -511,7 +594,8 @@ def train(args: argparse.Namespace) -> None:
     defaults = recipe_defaults(device_kind(getattr(args, "device", "auto")), instruct)
     cache_dir = Path(args.cache_dir) if args.cache_dir else out.parent / "cache"
     seed = getattr(args, "seed", 0)
-    val_fraction = recorded_data.get("val_fraction", args.val_fraction)
+    val_fraction = recorded_data.get("val_fraction", DEFAULT_VAL_FRACTION if args.val_fraction is None
+                                     else args.val_fraction)
     split_seed = recorded_data.get("split_seed", seed)
     instruct_seed = recorded_data.get("instruct_seed", seed) if instruct else None
 
@@ -524,6 +608,8 @@ def train(args: argparse.Namespace) -> None:
                                          val_fraction=val_fraction, split_seed=split_seed)
     print(f"train: {len(train_data):,} {'entries' if instruct else 'stories'}, {train_data.num_bytes:,} bytes; "
           f"validation: {len(val_data):,}, {val_data.num_bytes:,} bytes")
+    check_held_out(train_data, val_data, source, val_fraction,
+                   asked=args.val_fraction is not None and not recorded_data)
 
     prompts = (INSTRUCT_PROMPT, PLAIN_PROMPTS[0]) if instruct else PLAIN_PROMPTS
     sample_fn = make_sample_fn(codec, prompts, args.sample_bytes or defaults["sample_bytes"], seed=seed)
@@ -621,9 +707,9 @@ def build_train_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--v2", action="store_true",
                         help="from the hub, train on the GPT-4-only TinyStoriesV2 files instead of the default set")
     recipe.add_argument("--revision", default="main", help="hub revision of the data set (default: main)")
-    recipe.add_argument("--val-fraction", type=FRACTION, default=0.05,
+    recipe.add_argument("--val-fraction", type=FRACTION,
                         help="share of the stories held out for validation when the data has no validation "
-                             "split (default: 0.05)")
+                             f"split (default: {DEFAULT_VAL_FRACTION})")
     recipe.add_argument("--cache-dir", metavar="DIR",
                         help="where the stories are cached as bytes (default: the cache folder beside --out)")
     recipe.add_argument("--sample-bytes", type=COUNT, metavar="N",

@@ -108,10 +108,13 @@ def test_ctrl_c_while_the_loader_reads_is_an_interrupt_not_a_data_error(tmp_path
         except KeyboardInterrupt as stop:  # what datasets does: its own error, raised from the interrupt
             raise datasets.exceptions.DatasetGenerationError("An error occurred while generating the dataset") from stop
 
-    write_txt(tmp_path / "a.txt", make_stories(2))
+    write_txt(tmp_path / "a.txt", make_stories(2))  # text files are read by a generator, JSON by load_dataset
+    (tmp_path / "b.jsonl").write_text('{"text": "x"}\n', encoding="utf-8")
     monkeypatch.setattr(datasets, "load_dataset", interrupted_load)
-    with pytest.raises(KeyboardInterrupt):
-        tinystories.local_source(tmp_path / "a.txt", tmp_path / "cache").load()
+    monkeypatch.setattr(datasets.Dataset, "from_generator", interrupted_load)
+    for name in ("a.txt", "b.jsonl"):
+        with pytest.raises(KeyboardInterrupt):
+            tinystories.local_source(tmp_path / name, tmp_path / "cache").load()
 
 
 def test_shared_tinystories_load_as_real_stories(shared_data, tmp_path):
