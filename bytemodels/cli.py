@@ -27,30 +27,54 @@ class CommandError(Exception):
 
 
 # -- checkpoints -----------------------------------------------------------------------------------
+#: The files of a checkpoint that sampling, evaluating and inspecting read: verified against their checksums.
+MODEL_FILES = ("config.json", "model.safetensors", "metadata.json")
+
+
 def open_checkpoint(path: str) -> tuple[Path, dict[str, Any], dict[str, Any]]:
-    """(checkpoint folder, metadata, trainer state) for a checkpoint or run folder, or a model folder."""
+    """(checkpoint folder, metadata, trainer state) for a checkpoint or run folder, or a model folder.
+
+    A checkpoint's model files are checked against the sizes and SHA-256 its trainer state recorded."""
     from bytemodels.checkpoint import METADATA_FILE, STATE_FILE, resolve_checkpoint
 
     folder = Path(path)
     if not folder.exists():
         raise CommandError(f"{path}: no such checkpoint folder")
-    if not (folder / "model.safetensors").is_file():
-        folder = resolve_checkpoint(folder)
-    metadata = _read_json(folder / METADATA_FILE)
+    if (folder / STATE_FILE).is_file() or not (folder / "model.safetensors").is_file():
+        folder = resolve_checkpoint(folder, only=MODEL_FILES)
+    metadata = _read_json(folder / METADATA_FILE, allow_null=True)
+    _check_metadata(metadata, folder / METADATA_FILE)
     state = _read_json(folder / STATE_FILE)
     return folder, metadata, state
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_json(path: Path, allow_null: bool = False) -> dict[str, Any]:
+    """A JSON object file, {} where the file is absent (or holds null, where allowed)."""
+    from bytemodels.jsonfile import read_json
+
     if not path.is_file():
         return {}
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CommandError(f"{path}: not valid JSON ({error})") from None
+    value = read_json(path, CommandError)
+    if value is None and allow_null:  # a checkpoint saved without metadata records null
+        return {}
     if not isinstance(value, dict):
         raise CommandError(f"{path}: not a JSON object (found a {type(value).__name__})")
     return value
+
+
+def _check_metadata(metadata: dict[str, Any], path: Path) -> None:
+    """Refuse a metadata.json whose codec entries or layout have the wrong type, naming the file."""
+    codec, several, layout = metadata.get("codec"), metadata.get("codecs"), metadata.get("layout", "packed")
+    configs = [codec] if codec is not None else []
+    if several is not None:
+        if not isinstance(several, dict):
+            raise CommandError(f"{path}: 'codecs' must map modality names to codec configs, not {several!r}")
+        configs += list(several.values())
+    for config in configs:
+        if not isinstance(config, dict) or not isinstance(config.get("name"), str):
+            raise CommandError(f"{path}: a codec config must be an object with a 'name' string, not {config!r}")
+    if layout not in ("packed", "records"):
+        raise CommandError(f"{path}: layout must be 'packed' or 'records', not {layout!r}")
 
 
 def checkpoint_codec(metadata: dict[str, Any], modality: str | None = None) -> bytecodecs.ByteCodec | None:
@@ -63,11 +87,18 @@ def checkpoint_codec(metadata: dict[str, Any], modality: str | None = None) -> b
         if modality not in several:
             raise CommandError(f"this checkpoint was trained on several modalities: pass --modality "
                                f"{' or '.join(sorted(several))}")
-        return bytecodecs.codec_from_config(several[modality])
+        return _codec_from_config(several[modality])
     if modality is not None:
         raise CommandError("--modality is for checkpoints trained on several modalities; this one has one codec")
     config = metadata.get("codec")
-    return bytecodecs.codec_from_config(config) if config else None
+    return _codec_from_config(config) if config else None
+
+
+def _codec_from_config(config: dict[str, Any]) -> bytecodecs.ByteCodec:
+    try:
+        return bytecodecs.codec_from_config(config)
+    except (TypeError, AttributeError, KeyError) as error:  # an option of the wrong type reaches the codec
+        raise CommandError(f"metadata.json: codec config {config!r} cannot be rebuilt ({error})") from None
 
 
 def checkpoint_layout(metadata: dict[str, Any], codec: bytecodecs.ByteCodec | None) -> str:
@@ -77,10 +108,12 @@ def checkpoint_layout(metadata: dict[str, Any], codec: bytecodecs.ByteCodec | No
 
 
 def load_model(folder: Path, device: str):
+    """The model of a folder from ``open_checkpoint`` (which verified its checksums), in eval mode."""
     from bytemodels.model import Megabyte
+    from bytemodels.pretrained import load_pretrained
 
-    # from_pretrained checks the device (auto included) and returns the model in eval mode.
-    return Megabyte.from_pretrained(folder, map_location=device)
+    # As from_pretrained: checks the device (auto included) and the config against the weights first.
+    return load_pretrained(Megabyte, folder, map_location=device, verify=False)
 
 
 # -- sample ----------------------------------------------------------------------------------------
@@ -280,19 +313,14 @@ def command_decode(args: argparse.Namespace) -> int:
 
 # -- info / codecs ---------------------------------------------------------------------------------
 def command_info(args: argparse.Namespace) -> int:
-    from bytemodels.config import MegabyteConfig
     from bytemodels.model import Megabyte
+    from bytemodels.pretrained import CONFIG_FILE, WEIGHTS_FILE, check_weights, read_config
 
     folder, metadata, state = open_checkpoint(args.checkpoint)
-    config_path = folder / "config.json"
-    try:
-        config = MegabyteConfig.load(config_path)
-    except (OSError, ValueError, TypeError) as error:
-        raise CommandError(f"{config_path}: not a readable model config ({error})") from None
-    import torch
-
-    with torch.device("meta"):  # count parameters without allocating them
-        params = Megabyte(config).num_parameters()
+    # The parameters are counted from the weights' header, once it matches the config: nothing is allocated.
+    config = read_config(folder / CONFIG_FILE)
+    shapes = check_weights(Megabyte, config, folder / CONFIG_FILE, folder / WEIGHTS_FILE)
+    params = sum(math.prod(shape) for shape in shapes.values())
     info = {"checkpoint": str(folder), "parameters": params, "config": config.to_dict(),
             "codec": metadata.get("codec") or metadata.get("codecs"), "step": state.get("step"), "bytes_seen": state.get("bytes_seen"),
             "best_val_bpb": state.get("best_val_bpb"), "last_val_bpb": state.get("last_val_bpb")}
