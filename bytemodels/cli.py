@@ -99,7 +99,7 @@ def checkpoint_codec(metadata: dict[str, Any], modality: str | None = None) -> b
 def _codec_from_config(config: dict[str, Any]) -> bytecodecs.ByteCodec:
     try:
         return bytecodecs.codec_from_config(config)
-    except (TypeError, AttributeError, KeyError) as error:  # an option of the wrong type reaches the codec
+    except (bytecodecs.CodecError, TypeError, AttributeError, KeyError) as error:  # e.g. an option of a wrong type
         raise CommandError(f"metadata.json: codec config {config!r} cannot be rebuilt ({error})") from None
 
 
