@@ -399,7 +399,8 @@ def command_info(args: argparse.Namespace) -> int:
     for label, key in (("step", "step"), ("bytes seen", "bytes_seen"), ("best val bpb", "best_val_bpb"),
                        ("last val bpb", "last_val_bpb")):
         value = info[key]
-        shown = "—" if value is None else (f"{value:,}" if isinstance(value, int) else f"{value:.4f}")
+        shown = ("—" if value is None else f"{value:,}" if isinstance(value, int) and not isinstance(value, bool)
+                 else f"{value:.4f}" if isinstance(value, float) else str(value))
         print(f"{label:<15}{shown}")
     return 0
 

@@ -10,7 +10,8 @@ next position would lie beyond it, the context is cut to its last whole patches,
 (:func:`kept_length`), and decoding continues from a fresh parallel pass over them (nanoGPT's
 ``idx[:, -block_size:]``, paid once per half window rather than once per byte). Caches and slots are so
 bounded by the window, whatever the output's length; the uncached path cuts the same way, so greedy output
-is the same with and without the cache however long it is.
+is the same with and without the cache however long it is. In a batch, the rows that decode together (those
+sharing a patch alignment, left-padded to the longest) are cut together, when the longest reaches the window.
 """
 
 from __future__ import annotations
@@ -357,10 +358,6 @@ class WindowedDecoder:
             ids = ids[:, -keep:].clone(memory_format=torch.contiguous_format)
             pad_units = (pad_units - dropped).clamp(min=0)
         return IncrementalDecoder(self.model, ids, pad_units, self.compile, max_length)
-
-    @property
-    def ids(self) -> Tensor:
-        return self.decoder.ids
 
     def _within_window(self) -> IncrementalDecoder:
         decoder = self.decoder
