@@ -143,7 +143,8 @@ class MegabyteConfig:
                 )
         if min(self.dims) < 1:
             raise ValueError(f"dims={self.dims}: every width must be at least 1")
-        for name, value, limit in (("dims", max(self.dims), LIMITS["dim"]), ("layers", sum(self.layers), LIMITS["layers"]),
+        for name, value, limit in (("dims", max(self.dims), LIMITS["dim"]),
+                                   ("layers", sum(self.layers), LIMITS["layers"]),
                                    ("max_seq_len", self.max_seq_len, LIMITS["max_seq_len"]),
                                    ("num_tags", self.num_tags, LIMITS["num_tags"]),
                                    ("embed_dim", self.embed_dim or 0, LIMITS["dim"]),

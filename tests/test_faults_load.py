@@ -73,7 +73,7 @@ def run_limited(script: str, timeout: float = 60) -> subprocess.CompletedProcess
                           timeout=timeout, cwd=REPO)
 
 
-# -- 1. recorded checksums are never skipped ----------------------------------------------------------------------
+# -- 1. recorded checksums are never skipped ---------------------------------------------------------------------------
 def flip_byte(path: Path, offset_from_end: int = 100) -> None:
     data = bytearray(path.read_bytes())
     data[-offset_from_end] ^= 0xFF  # inside the tensor data, past the header: the file still parses
@@ -97,7 +97,7 @@ def test_a_plain_model_folder_loads_without_checksums(model_folder):
     assert Megabyte.from_pretrained(model_folder).config.max_seq_len == CONFIG["max_seq_len"]
 
 
-# -- 2. eval that computes nan or inf is an error -------------------------------------------------------------------
+# -- 2. eval that computes nan or inf is an error ----------------------------------------------------------------------
 def test_eval_of_non_finite_weights_is_an_error(tmp_path, capsys):
     model = tiny_model()
     with torch.no_grad():
@@ -108,7 +108,7 @@ def test_eval_of_non_finite_weights_is_an_error(tmp_path, capsys):
     one_line_error(capsys, "file.bin", "not finite")
 
 
-# -- 3. config checked before allocating -----------------------------------------------------------------------------
+# -- 3. config checked before allocating -------------------------------------------------------------------------------
 @pytest.mark.parametrize("field, value", [("layers", [10_000_000, 1]), ("dims", [10**9, 16]),
                                           ("num_tags", 10**12), ("max_seq_len", 10**12)])
 def test_a_bogus_config_fails_fast_without_allocating(model_folder, tmp_path, field, value):
@@ -156,7 +156,8 @@ def test_bad_json_is_one_line_naming_the_file(model_folder, tmp_path, capsys, na
     (tmp_path / "file.txt").write_text("some text to score")
     modality = ["--modality", "text"] if "codecs" in content(config) else []
     commands = [["eval", str(model_folder), str(tmp_path / "file.txt"), *modality],
-                ["sample", str(model_folder), "--max-bytes", "4", "--quiet", "-o", str(tmp_path / "out.txt"), *modality]]
+                ["sample", str(model_folder), "--max-bytes", "4", "--quiet", "-o", str(tmp_path / "out.txt"),
+                 *modality]]
     if not modality:  # info shows a codec's options without building it
         commands.append(["info", str(model_folder)])
     for argv in commands:
@@ -167,7 +168,7 @@ def test_bad_json_is_one_line_naming_the_file(model_folder, tmp_path, capsys, na
             Megabyte.from_pretrained(model_folder)
 
 
-# -- 5. generation in bounded memory ---------------------------------------------------------------------------------------
+# -- 5. generation in bounded memory -----------------------------------------------------------------------------------
 def test_generation_past_three_windows_keeps_the_context_within_the_window(monkeypatch):
     from bytemodels import sampling, stage_step
 
@@ -178,7 +179,8 @@ def test_generation_past_three_windows_keeps_the_context_within_the_window(monke
     slots, contexts = [], []
     original_slots, original_forward = stage_step.StageSlots.__init__, Megabyte.forward
     monkeypatch.setattr(stage_step.StageSlots, "__init__",
-                        lambda self, caches, size, *rest: slots.append(size) or original_slots(self, caches, size, *rest))
+                        lambda self, caches, size, *rest: slots.append(size)
+                        or original_slots(self, caches, size, *rest))
     monkeypatch.setattr(Megabyte, "forward", lambda self, ids, *rest: contexts.append(ids.shape[1])
                         or original_forward(self, ids, *rest))
     cached = model.generate(b"hi", 100, temperature=0)  # prompt and output span over three windows of 32
@@ -223,7 +225,7 @@ def test_a_media_codec_caps_max_bytes_in_one_line(tmp_path):
     assert done.stderr.count("\n") == 1 and "--max-bytes" in done.stderr and "67,108,864" in done.stderr
 
 
-# -- 6. eval in bounded memory, the same numbers ----------------------------------------------------------------------------
+# -- 6. eval in bounded memory, the same numbers -----------------------------------------------------------------------
 def reference_bits(model: Megabyte, data: bytes) -> float:
     """Bits of a raw file under the model as eval computed them before: BOS, the bytes, EOS, PAD-filled windows."""
     window = model.config.max_seq_len
