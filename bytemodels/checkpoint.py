@@ -31,7 +31,7 @@ import pickle
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from bytemodels.jsonfile import read_json
 from bytemodels.runfolder import disk_error, remove_leftovers, write_error, writing
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -225,29 +226,29 @@ def latest_checkpoint(path: str | Path) -> Path | None:
     return found[-1][1] if found else None
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
+def resolve_checkpoint(path: str | Path, only: Collection[str] | None = None) -> Path:
     """A checkpoint folder from a checkpoint folder, a run folder or a checkpoints folder.
 
-    The checkpoint is verified; if it is damaged the error names the file and the newest intact
-    earlier checkpoint to resume from instead."""
+    The checkpoint is verified (the files named in ``only``, or all); if it is damaged the error names the
+    file and the newest intact earlier checkpoint to resume from instead."""
     path = Path(path)
     checkpoint = path if (path / STATE_FILE).is_file() else latest_checkpoint(path)
     if checkpoint is None:
         raise CheckpointError(f"{path}: no complete checkpoint found "
                               f"(looked for {CHECKPOINTS_DIR}/step_*/{STATE_FILE})")
     try:
-        verify_checkpoint(checkpoint)
+        verify_checkpoint(checkpoint, only)
     except CheckpointError as error:
         intact = next((p for _, p in reversed(list_checkpoints(checkpoint.parent))
-                       if p != checkpoint and _intact(p)), None)
+                       if p != checkpoint and _intact(p, only)), None)
         hint = f"; checkpoint {intact} is intact: resume from it" if intact else ""
         raise CheckpointError(f"{error}{hint}") from None
     return checkpoint
 
 
-def _intact(path: Path) -> bool:
+def _intact(path: Path, only: Collection[str] | None = None) -> bool:
     try:
-        verify_checkpoint(path)
+        verify_checkpoint(path, only)
     except CheckpointError:
         return False
     return True
@@ -256,24 +257,37 @@ def _intact(path: Path) -> bool:
 def read_state(path: str | Path) -> dict[str, Any]:
     """The ``trainer_state.json`` of a checkpoint folder."""
     state_path = Path(path) / STATE_FILE
-    try:
-        state = json.loads(state_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{state_path}: file is missing; this folder is not a complete checkpoint") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{state_path}: unreadable ({error}); the checkpoint is corrupted") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION or "files" not in state:
+    if not state_path.is_file():
+        raise CheckpointError(f"{state_path}: file is missing; this folder is not a complete checkpoint")
+    state = read_json(state_path, CheckpointError)
+    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION or not _valid_files(state.get("files")):
         raise CheckpointError(f"{state_path}: not a format-{FORMAT_VERSION} trainer state; the checkpoint is corrupted")
     return state
 
 
-def verify_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Check every file of a checkpoint against the size and SHA-256 recorded when it was written.
+def _valid_files(files: Any) -> bool:
+    """Whether a trainer state's ``files`` is {plain file name: {"bytes": int, "sha256": str}}."""
+    return isinstance(files, dict) and all(
+        isinstance(entry, dict) and Path(name).name == name and name not in ("", ".", "..")
+        and type(entry.get("bytes")) is int and isinstance(entry.get("sha256"), str)
+        for name, entry in files.items())
 
-    Returns the trainer state; raises ``CheckpointError`` naming the first missing or damaged file."""
+
+def verify_checkpoint(path: str | Path, only: Collection[str] | None = None) -> dict[str, Any]:
+    """Check every file of a checkpoint (or those named in ``only``) against the size and SHA-256 recorded when
+    it was written.
+
+    Returns the trainer state; raises ``CheckpointError`` naming the first missing or damaged file. A file in
+    ``only`` that the state records nothing for is refused too: its contents could not be trusted."""
     path = Path(path)
     state = read_state(path)
-    for name, expected in state["files"].items():
+    recorded = state["files"]
+    for name in only or ():
+        if name not in recorded:
+            raise CheckpointError(f"{path / STATE_FILE}: records no checksum for {name}; the checkpoint is corrupted")
+    for name, expected in recorded.items():
+        if only is not None and name not in only:
+            continue
         file = path / name
         if not file.is_file():
             raise CheckpointError(f"{file}: file is missing from the checkpoint")
@@ -328,8 +342,5 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     state = read_state(path)
     parts = []
     for name in (MODEL_CONFIG_FILE, TRAIN_CONFIG_FILE, METADATA_FILE):
-        try:
-            parts.append(json.loads((path / name).read_text(encoding="utf-8")))
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise CheckpointError(f"{path / name}: unreadable ({error})") from None
+        parts.append(read_json(path / name, CheckpointError))
     return Checkpoint(path, state, *parts)

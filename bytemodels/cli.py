@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import contextlib
+import itertools
 import json
 import math
 import sys
@@ -27,30 +29,54 @@ class CommandError(Exception):
 
 
 # -- checkpoints -----------------------------------------------------------------------------------
+#: The files of a checkpoint that sampling, evaluating and inspecting read: verified against their checksums.
+MODEL_FILES = ("config.json", "model.safetensors", "metadata.json")
+
+
 def open_checkpoint(path: str) -> tuple[Path, dict[str, Any], dict[str, Any]]:
-    """(checkpoint folder, metadata, trainer state) for a checkpoint or run folder, or a model folder."""
+    """(checkpoint folder, metadata, trainer state) for a checkpoint or run folder, or a model folder.
+
+    A checkpoint's model files are checked against the sizes and SHA-256 its trainer state recorded."""
     from bytemodels.checkpoint import METADATA_FILE, STATE_FILE, resolve_checkpoint
 
     folder = Path(path)
     if not folder.exists():
         raise CommandError(f"{path}: no such checkpoint folder")
-    if not (folder / "model.safetensors").is_file():
-        folder = resolve_checkpoint(folder)
-    metadata = _read_json(folder / METADATA_FILE)
+    if (folder / STATE_FILE).is_file() or not (folder / "model.safetensors").is_file():
+        folder = resolve_checkpoint(folder, only=MODEL_FILES)
+    metadata = _read_json(folder / METADATA_FILE, allow_null=True)
+    _check_metadata(metadata, folder / METADATA_FILE)
     state = _read_json(folder / STATE_FILE)
     return folder, metadata, state
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_json(path: Path, allow_null: bool = False) -> dict[str, Any]:
+    """A JSON object file, {} where the file is absent (or holds null, where allowed)."""
+    from bytemodels.jsonfile import read_json
+
     if not path.is_file():
         return {}
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CommandError(f"{path}: not valid JSON ({error})") from None
+    value = read_json(path, CommandError)
+    if value is None and allow_null:  # a checkpoint saved without metadata records null
+        return {}
     if not isinstance(value, dict):
         raise CommandError(f"{path}: not a JSON object (found a {type(value).__name__})")
     return value
+
+
+def _check_metadata(metadata: dict[str, Any], path: Path) -> None:
+    """Refuse a metadata.json whose codec entries or layout have the wrong type, naming the file."""
+    codec, several, layout = metadata.get("codec"), metadata.get("codecs"), metadata.get("layout", "packed")
+    configs = [codec] if codec is not None else []
+    if several is not None:
+        if not isinstance(several, dict):
+            raise CommandError(f"{path}: 'codecs' must map modality names to codec configs, not {several!r}")
+        configs += list(several.values())
+    for config in configs:
+        if not isinstance(config, dict) or not isinstance(config.get("name"), str):
+            raise CommandError(f"{path}: a codec config must be an object with a 'name' string, not {config!r}")
+    if layout not in ("packed", "records"):
+        raise CommandError(f"{path}: layout must be 'packed' or 'records', not {layout!r}")
 
 
 def checkpoint_codec(metadata: dict[str, Any], modality: str | None = None) -> bytecodecs.ByteCodec | None:
@@ -63,11 +89,18 @@ def checkpoint_codec(metadata: dict[str, Any], modality: str | None = None) -> b
         if modality not in several:
             raise CommandError(f"this checkpoint was trained on several modalities: pass --modality "
                                f"{' or '.join(sorted(several))}")
-        return bytecodecs.codec_from_config(several[modality])
+        return _codec_from_config(several[modality])
     if modality is not None:
         raise CommandError("--modality is for checkpoints trained on several modalities; this one has one codec")
     config = metadata.get("codec")
-    return bytecodecs.codec_from_config(config) if config else None
+    return _codec_from_config(config) if config else None
+
+
+def _codec_from_config(config: dict[str, Any]) -> bytecodecs.ByteCodec:
+    try:
+        return bytecodecs.codec_from_config(config)
+    except (bytecodecs.CodecError, TypeError, AttributeError, KeyError) as error:  # e.g. an option of a wrong type
+        raise CommandError(f"metadata.json: codec config {config!r} cannot be rebuilt ({error})") from None
 
 
 def checkpoint_layout(metadata: dict[str, Any], codec: bytecodecs.ByteCodec | None) -> str:
@@ -77,10 +110,12 @@ def checkpoint_layout(metadata: dict[str, Any], codec: bytecodecs.ByteCodec | No
 
 
 def load_model(folder: Path, device: str):
+    """The model of a folder from ``open_checkpoint`` (which verified its checksums), in eval mode."""
     from bytemodels.model import Megabyte
+    from bytemodels.pretrained import load_pretrained
 
-    # from_pretrained checks the device (auto included) and returns the model in eval mode.
-    return Megabyte.from_pretrained(folder, map_location=device)
+    # As from_pretrained: checks the device (auto included) and the config against the weights first.
+    return load_pretrained(Megabyte, folder, map_location=device, verify=False)
 
 
 # -- sample ----------------------------------------------------------------------------------------
@@ -123,32 +158,71 @@ def command_sample(args: argparse.Namespace) -> int:
         max_bytes = record_size - len(data)
     else:
         max_bytes = 1000
+    is_text = codec is None or codec.modality == "text"
+    if not is_text and max_bytes > MEDIA_MAX_BYTES:
+        raise CommandError(f"--max-bytes {max_bytes:,} is more than {MEDIA_MAX_BYTES:,}: a {codec.name!r} file is "
+                           f"written whole at the end, so its bytes are held in memory until then")
     model = load_model(folder, args.device)
     config = model.config
     ids = torch.tensor([prompt_ids(codec, layout, config.patch_size, data, config.num_tags)],
                        device=next(model.parameters()).device)
     options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                    compile=args.compile)
-    is_text = codec is None or codec.modality == "text"
-    generated = bytearray()
-    if is_text and not args.quiet:
-        # Stream: show each piece as soon as it is final; UTF-8 cut mid-character waits for the rest.
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        sys.stdout.write(decoder.decode(data))
-        for piece in model.generate_stream(ids, max_bytes, **options):
-            generated += piece
-            sys.stdout.write(decoder.decode(piece))
-            sys.stdout.flush()
-        sys.stdout.write(decoder.decode(b"", final=True) + "\n")
-    else:
-        generated += model.generate(ids, max_bytes, **options)[0]
     output = Path(args.output) if args.output else Path("sample" + (codec.extension if codec else ".bin"))
-    if codec is None:
-        output.write_bytes(data + bytes(generated))
+    pieces = model.generate_stream(ids, max_bytes, **options)
+    if is_text:
+        count, output = _stream_sample(data, pieces, output, codec, show=not args.quiet, total=max_bytes)
     else:
-        output = codec.write_bytes(data + bytes(generated), output)
-    print(f"wrote {len(generated)} generated bytes to {output}", file=sys.stderr)
+        generated = bytearray()
+        with _byte_progress(max_bytes) as bar:
+            for piece in pieces:
+                generated += piece
+                bar.update(len(piece))
+        count, output = len(generated), codec.write_bytes(data + bytes(generated), output)
+    print(f"wrote {count} generated bytes to {output}", file=sys.stderr)
     return 0
+
+
+#: The most bytes ``sample`` generates for a codec that writes its file whole (audio, images): they are held in
+#: memory until the end. 64 MiB is over half an hour of 16 kHz 16-bit audio.
+MEDIA_MAX_BYTES = 1 << 26
+
+
+def _byte_progress(total: int):
+    """A progress bar over generated bytes on stderr, shown once generating takes more than two seconds."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="generating", unit="B", unit_scale=True, unit_divisor=1024, delay=2, leave=False)
+
+
+def _stream_sample(data: bytes, pieces, output: Path, codec, show: bool, total: int) -> tuple[int, Path]:
+    """Write the prompt and each generated piece to ``output`` as it comes (raw bytes, or text as the text
+    codec writes it: UTF-8 with U+FFFD for what is not), and to the terminal when ``show``; (bytes, path)."""
+    if codec is not None and not output.suffix:
+        output = output.with_name(output.name + codec.extension)
+    # Text is re-encoded as codec.write_bytes does; a cut mid-character waits for the rest of it.
+    text = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    terminal = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    try:
+        file = open(output, "wb", buffering=0)  # unbuffered: what is generated is on disk, however long the run
+    except OSError as error:
+        raise CommandError(f"{output}: cannot write ({error.strerror or error})") from None
+    count = 0
+    with file, (contextlib.nullcontext() if show else _byte_progress(total)) as bar:
+        for index, piece in enumerate(itertools.chain([data], pieces)):
+            file.write(text.decode(piece).encode() if codec is not None else piece)
+            if show:
+                sys.stdout.write(terminal.decode(piece))
+                sys.stdout.flush()
+            if index:
+                count += len(piece)
+                if bar is not None:
+                    bar.update(len(piece))
+        if codec is not None:
+            file.write(text.decode(b"", final=True).encode())
+    if show:
+        sys.stdout.write(terminal.decode(b"", final=True) + "\n")
+    return count, output
 
 
 def _read_bytes(path: str) -> bytes:
@@ -174,30 +248,48 @@ def collect_files(paths: Sequence[str], codec) -> list[Path]:
     return files
 
 
-def bits_per_byte(model, document: bytes, tag: int | None, layout: str, batch_size: int) -> tuple[float, int]:
-    """(total bits, data bytes) for one document framed as in training; only byte targets count."""
+def bits_per_byte(model, document, tag: int | None, layout: str, batch_size: int,
+                  progress: str | None = None) -> tuple[float, int]:
+    """(total bits, data bytes) for one document framed as in training; only byte targets count.
+
+    ``document`` is bytes or a uint8 array (a ``np.memmap`` of a raw file is never read into memory whole): it
+    goes to an on-disk cache, and its windows are scored ``batch_size`` at a time, so memory is bounded by the
+    batch. ``progress``: a label for a progress bar over the windows' bytes (shown after two seconds)."""
+    import numpy as np
     import torch
     import torch.nn.functional as F
+    from tqdm import tqdm
 
     from bytemodels import tokens
     from bytemodels.data import ByteDataset
 
     config = model.config
     device = next(model.parameters()).device
+    total_nats = 0.0
     with tempfile.TemporaryDirectory() as folder:
         dataset = ByteDataset.build([(document, tag)], folder, key={"eval": len(document)}, layout=layout,
                                     progress=False)
         windows = dataset.windows(config.max_seq_len, config.patch_size, config.num_tags)
-        ids = torch.from_numpy(windows.fixed(len(windows)))
-    total_nats = 0.0
-    for batch in ids.split(batch_size):
-        batch = batch.to(device)
-        with torch.no_grad():
-            logits = model(batch).logits.float()
-        targets = batch.masked_fill(batch >= tokens.NUM_BYTES, tokens.PAD_ID)
-        total_nats += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                      ignore_index=tokens.PAD_ID, reduction="sum").item()
+        with tqdm(total=len(windows) * config.max_seq_len, desc=progress, unit="B", unit_scale=True,
+                  unit_divisor=1024, delay=2, leave=False, disable=progress is None) as bar:
+            for first in range(0, len(windows), batch_size):
+                indices = range(first, min(first + batch_size, len(windows)))
+                batch = torch.from_numpy(np.stack([windows.window(i) for i in indices])).to(device)
+                with torch.no_grad():
+                    logits = model(batch).logits.float()
+                targets = batch.masked_fill(batch >= tokens.NUM_BYTES, tokens.PAD_ID)
+                total_nats += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                              ignore_index=tokens.PAD_ID, reduction="sum").item()
+                bar.update(batch.numel())
+        del windows, dataset  # close the cache's memory maps before its folder goes
     return total_nats / math.log(2), len(document)
+
+
+def _raw_document(path: Path):
+    """A raw file's bytes as a read-only memory map (empty bytes for an empty file, which cannot be mapped)."""
+    import numpy as np
+
+    return np.memmap(path, dtype=np.uint8, mode="r") if path.stat().st_size else b""
 
 
 def command_eval(args: argparse.Namespace) -> int:
@@ -208,16 +300,21 @@ def command_eval(args: argparse.Namespace) -> int:
     layout = checkpoint_layout(metadata, codec)
     model = load_model(folder, args.device)
     rows, skipped = [], []
-    for path in tqdm(collect_files(args.files, codec), desc="evaluating", unit="file", disable=args.json):
+    for path in tqdm(collect_files(args.files, codec), desc="evaluating", unit="file", delay=2,
+                     disable=args.json):
         try:
-            document = codec.encode_file(path) if codec else path.read_bytes()
+            document = codec.encode_file(path) if codec else _raw_document(path)
         except (bytecodecs.CodecError, OSError) as error:
             skipped.append(str(error))
             continue
-        if not document:
+        if not len(document):
             skipped.append(f"{path}: no bytes after encoding")
             continue
-        bits, size = bits_per_byte(model, document, codec.tag if codec else None, layout, args.batch_size)
+        bits, size = bits_per_byte(model, document, codec.tag if codec else None, layout, args.batch_size,
+                                   progress=path.name)
+        if not math.isfinite(bits):  # damaged or diverged weights: a number here would be a wrong result
+            raise CommandError(f"{path}: the model's loss is {bits} (not finite): the weights in {folder} "
+                               f"are damaged or diverged; no result")
         rows.append({"file": str(path), "bytes": size, "bits_per_byte": bits / size})
     if not rows:
         raise CommandError(f"no file could be evaluated ({len(skipped)} skipped: {skipped[0] if skipped else ''})")
@@ -280,19 +377,14 @@ def command_decode(args: argparse.Namespace) -> int:
 
 # -- info / codecs ---------------------------------------------------------------------------------
 def command_info(args: argparse.Namespace) -> int:
-    from bytemodels.config import MegabyteConfig
     from bytemodels.model import Megabyte
+    from bytemodels.pretrained import CONFIG_FILE, WEIGHTS_FILE, check_weights, read_config
 
     folder, metadata, state = open_checkpoint(args.checkpoint)
-    config_path = folder / "config.json"
-    try:
-        config = MegabyteConfig.load(config_path)
-    except (OSError, ValueError, TypeError) as error:
-        raise CommandError(f"{config_path}: not a readable model config ({error})") from None
-    import torch
-
-    with torch.device("meta"):  # count parameters without allocating them
-        params = Megabyte(config).num_parameters()
+    # The parameters are counted from the weights' header, once it matches the config: nothing is allocated.
+    config = read_config(folder / CONFIG_FILE)
+    shapes = check_weights(Megabyte, config, folder / CONFIG_FILE, folder / WEIGHTS_FILE)
+    params = sum(math.prod(shape) for shape in shapes.values())
     info = {"checkpoint": str(folder), "parameters": params, "config": config.to_dict(),
             "codec": metadata.get("codec") or metadata.get("codecs"), "step": state.get("step"), "bytes_seen": state.get("bytes_seen"),
             "best_val_bpb": state.get("best_val_bpb"), "last_val_bpb": state.get("last_val_bpb")}
@@ -307,7 +399,8 @@ def command_info(args: argparse.Namespace) -> int:
     for label, key in (("step", "step"), ("bytes seen", "bytes_seen"), ("best val bpb", "best_val_bpb"),
                        ("last val bpb", "last_val_bpb")):
         value = info[key]
-        shown = "—" if value is None else (f"{value:,}" if isinstance(value, int) else f"{value:.4f}")
+        shown = ("—" if value is None else f"{value:,}" if isinstance(value, int) and not isinstance(value, bool)
+                 else f"{value:.4f}" if isinstance(value, float) else str(value))
         print(f"{label:<15}{shown}")
     return 0
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bytemodels import tokens
+from bytemodels.jsonfile import read_json_object
 from bytemodels.layers import ACTIVATIONS
 from bytemodels.options import config_from_dict, config_to_dict
 
@@ -122,8 +123,11 @@ class MegabyteConfig:
         return tokens.vocab_size(self.num_tags)
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the field to change when the shape is inconsistent."""
+        """Raise ``ValueError`` naming the field to change when the shape is inconsistent or beyond ``LIMITS``
+        (far above any real model: a bogus config fails here, before anything is allocated for it)."""
         stages = len(self.patch_sizes) + 1
+        if stages > LIMITS["stages"]:
+            raise ValueError(f"patch_sizes={self.patch_sizes} makes {stages} stages; at most {LIMITS['stages']}")
         for name in ("dims", "layers", "heads"):
             if len(getattr(self, name)) != stages:
                 raise ValueError(
@@ -139,6 +143,15 @@ class MegabyteConfig:
                 )
         if min(self.dims) < 1:
             raise ValueError(f"dims={self.dims}: every width must be at least 1")
+        for name, value, limit in (("dims", max(self.dims), LIMITS["dim"]),
+                                   ("layers", sum(self.layers), LIMITS["layers"]),
+                                   ("max_seq_len", self.max_seq_len, LIMITS["max_seq_len"]),
+                                   ("num_tags", self.num_tags, LIMITS["num_tags"]),
+                                   ("embed_dim", self.embed_dim or 0, LIMITS["dim"]),
+                                   ("mlp_ratio", self.mlp_ratio, LIMITS["mlp_ratio"])):
+            if not value <= limit:  # also refuses nan
+                raise ValueError(f"{name}={getattr(self, name)} is beyond the limit of {limit:,}"
+                                 f"{' blocks in all' if name == 'layers' else ''}: this is no real model's config")
         for dim, head_count in zip(self.dims, self.heads):
             if head_count < 1 or dim % head_count or (dim // head_count) % 2:
                 raise ValueError(
@@ -223,13 +236,23 @@ class MegabyteConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "MegabyteConfig":
-        return cls.from_json(Path(path).read_text(encoding="utf-8"))
+        """Read a ``config.json``; any problem with the file or its values is a ``ValueError`` naming it."""
+        values = read_json_object(path)
+        try:
+            return cls.from_dict(values)
+        except (ValueError, TypeError, OverflowError) as error:  # a wrong type reaches int() or a comparison
+            raise ValueError(f"{path}: not a valid model config ({error})") from None
 
 
 #: Fields that came after the first saved models: absent from a saved config means the behaviour before them.
 LEGACY_SWITCHES: dict[str, Any] = {"token_shift": False, "previous_byte": False, "cross_patch": False,
                                    "activation": "gelu", "qk_norm": False, "input_skip": False,
                                    "value_embeds": False, "embed_gain": 1.0, "head_gain": 1.0}
+
+#: Upper bounds that ``validate`` checks, far above any real model (the largest preset has 15 blocks, width 1,024,
+#: 8,192 bytes of context); the data cache stores tags as int16.
+LIMITS: dict[str, float] = {"stages": 16, "dim": 1 << 16, "layers": 1 << 12, "max_seq_len": 1 << 26,
+                            "num_tags": (1 << 15) - 1, "mlp_ratio": 64}
 
 #: Names accepted by ``activation``: those of the functions in bytemodels.layers.
 ACTIVATION_NAMES = tuple(ACTIVATIONS)

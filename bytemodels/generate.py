@@ -4,6 +4,14 @@
 sequence for the global stage, the current patch for the stage below). Asking it for the logits of
 the next position runs each stage only on the units it has not seen yet: a prompt is processed in
 parallel, and afterwards a stage runs once per unit it completes.
+
+The context never outgrows the model's window (``max_seq_len``, the length it was trained on): when the
+next position would lie beyond it, the context is cut to its last whole patches, about half a window
+(:func:`kept_length`), and decoding continues from a fresh parallel pass over them (nanoGPT's
+``idx[:, -block_size:]``, paid once per half window rather than once per byte). Caches and slots are so
+bounded by the window, whatever the output's length; the uncached path cuts the same way, so greedy output
+is the same with and without the cache however long it is. In a batch, the rows that decode together (those
+sharing a patch alignment, left-padded to the longest) are cut together, when the longest reaches the window.
 """
 
 from __future__ import annotations
@@ -279,16 +287,45 @@ class IncrementalDecoder:
         return StageSlots(state.caches, size, 0, readable.expand(batch, -1))
 
 
+def kept_length(length: int, window: int, patch: int) -> int:
+    """How many of a context's last ``length`` ids decoding keeps when the next position (``length``) lies
+    outside the ``window``: whole patches are dropped from the front, so the patch grid stays where it was, until
+    about half a window is left (``length`` itself while the context fits)."""
+    if length < window:
+        return length
+    half = window // 2 // patch * patch
+    if half == 0:
+        raise ValueError(f"max_seq_len={window} holds one patch of {patch} bytes: generating past it needs a "
+                         "window of at least two patches")
+    return length - (length - half) // patch * patch
+
+
 class FullRecompute:
-    """The reference: recomputes the whole prefix of every row for every new id (no cache)."""
+    """The reference: recomputes the whole prefix of every row for every new id (no cache).
+
+    Its contexts are cut to the window as the cached decoder's are: rows that share a patch alignment (which
+    the cached path decodes together, left-padded to the longest) are cut when the longest reaches the window,
+    each to its last ``kept_length`` ids."""
 
     def __init__(self, model, rows: list[list[int]]) -> None:
         self.model = model
         self.rows = [list(row) for row in rows]
         self.device = next(model.parameters()).device
+        self.window, self.patch = model.config.max_seq_len, model.config.patch_size
 
     def sample(self, sampler: Sampler) -> Tensor:
         return sampler(self.logits())
+
+    def _crop(self) -> None:
+        longest: dict[int, int] = {}
+        for row in self.rows:
+            alignment = len(row) % self.patch
+            longest[alignment] = max(longest.get(alignment, 0), len(row))
+        for row in self.rows:
+            longest_here = longest[len(row) % self.patch]
+            keep = kept_length(longest_here, self.window, self.patch)
+            if len(row) > keep:
+                del row[:len(row) - keep]
 
     def append(self, next_ids: Tensor) -> None:
         for row, token in zip(self.rows, next_ids.tolist()):
@@ -296,12 +333,49 @@ class FullRecompute:
 
     @torch.inference_mode()
     def logits(self) -> Tensor:
+        self._crop()
         out = []
         for row in self.rows:
             # logits[t] depends on ids before t only, so a PAD placeholder at t is never read.
             ids = torch.tensor([row + [tokens.PAD_ID]], device=self.device)
             out.append(self.model(ids).logits[0, -1].float())
         return torch.stack(out)
+
+
+class WindowedDecoder:
+    """An :class:`IncrementalDecoder` whose context is cut to the model's window (see :func:`kept_length`):
+    when the next position would lie beyond it, a fresh decoder runs over the kept ids in parallel."""
+
+    def __init__(self, model, ids: Tensor, pad_units: Tensor, compile: bool, max_length: int) -> None:
+        self.model, self.compile = model, compile
+        self.window, self.patch = model.config.max_seq_len, model.config.patch_size
+        self.decoder = self._fresh(ids, pad_units, min(max_length, self.window))
+
+    def _fresh(self, ids: Tensor, pad_units: Tensor, max_length: int) -> IncrementalDecoder:
+        keep = kept_length(ids.shape[1], self.window, self.patch)
+        if keep < ids.shape[1]:
+            dropped = (ids.shape[1] - keep) // self.patch  # whole patches, padding first
+            ids = ids[:, -keep:].clone(memory_format=torch.contiguous_format)
+            pad_units = (pad_units - dropped).clamp(min=0)
+        return IncrementalDecoder(self.model, ids, pad_units, self.compile, max_length)
+
+    def _within_window(self) -> IncrementalDecoder:
+        decoder = self.decoder
+        if decoder.ids.shape[1] >= self.window:
+            pad_units = decoder.pad_units if decoder.pad_units is not None else \
+                torch.zeros(decoder.ids.shape[0], dtype=torch.long, device=decoder.ids.device)
+            # The same slot count as before the cut: a compiled step keeps its shapes.
+            self.decoder = decoder = self._fresh(decoder.ids, pad_units, self.window)
+        return decoder
+
+    def sample(self, sampler: Sampler) -> Tensor:
+        return self._within_window().sample(sampler)
+
+    def logits(self) -> Tensor:
+        return self._within_window().logits()
+
+    def append(self, next_ids: Tensor) -> None:
+        self.decoder.append(next_ids)
 
 
 def _prompt_rows(prompt, prefix_ids: Sequence[int], vocab_size: int) -> tuple[list[list[int]], bool]:
@@ -352,8 +426,8 @@ def _sources(model, rows: list[list[int]], use_cache: bool, compile: bool = Fals
         padded = [[tokens.PAD_ID] * (longest - len(rows[i])) + rows[i] for i in indices]
         pad_units = torch.tensor([(longest - len(rows[i])) // patch for i in indices], device=device)
         ids = torch.tensor(padded, dtype=torch.long, device=device).view(len(indices), longest)
-        max_length = None if max_new_bytes is None else longest + max_new_bytes
-        yield indices, IncrementalDecoder(model, ids, pad_units, compile, max_length)
+        max_length = longest + 1 if max_new_bytes is None else longest + max_new_bytes
+        yield indices, WindowedDecoder(model, ids, pad_units, compile, max_length)
 
 
 def _held_back(buffer: bytes, stops: list[bytes]) -> int:
@@ -368,32 +442,36 @@ def _held_back(buffer: bytes, stops: list[bytes]) -> int:
 
 
 def _decode(source, batch: int, max_new_bytes: int, sampler: Sampler, stops: list[bytes]) -> Iterator[list[bytes]]:
-    """Drive a logit source; yield, after every step, the newly final bytes of each row."""
-    buffers = [bytearray() for _ in range(batch)]
-    shown = [0] * batch
+    """Drive a logit source; yield, after every step, the newly final bytes of each row.
+
+    Only the bytes not yet yielded are kept (those that could still begin a stop string), so memory does not
+    grow with the output."""
+    pending = [bytearray() for _ in range(batch)]
     done = [False] * batch
     for _ in range(max_new_bytes):
         next_ids = source.sample(sampler)
         chunks = []
         for row, token in enumerate(next_ids.tolist()):
+            buffer = pending[row]
             if not done[row]:
                 if token == tokens.EOS_ID:
                     done[row] = True
                 else:
-                    buffers[row].append(token)
+                    buffer.append(token)
+                    # A stop string ends with this byte: the rest of it was held back, so it is all pending.
                     for stop in stops:
-                        if buffers[row].endswith(stop):
-                            del buffers[row][len(buffers[row]) - len(stop):]
+                        if buffer.endswith(stop):
+                            del buffer[len(buffer) - len(stop):]
                             done[row] = True
                             break
-            final = len(buffers[row]) if done[row] else len(buffers[row]) - _held_back(bytes(buffers[row]), stops)
-            chunks.append(bytes(buffers[row][shown[row]:final]))
-            shown[row] = max(shown[row], final)
+            final = len(buffer) if done[row] else len(buffer) - _held_back(bytes(buffer), stops)
+            chunks.append(bytes(buffer[:final]))
+            del buffer[:final]
         yield chunks
         if all(done):
             return
         source.append(next_ids)
-    yield [bytes(buffer[position:]) for buffer, position in zip(buffers, shown)]
+    yield [bytes(buffer) for buffer in pending]
 
 
 def _stop_list(stop) -> list[bytes]:

@@ -205,8 +205,9 @@ class Megabyte(nn.Module):
         ``use_cache=False`` recomputes the whole prefix for every byte (the reference for tests): greedy output is
         the same either way; with sampling and a ``seed``, a batch whose prompts differ in length modulo the patch
         size is decoded in groups one after another, so its rows draw other random numbers than without the cache.
-        Nothing stops at ``max_seq_len``: beyond it the model runs on positions it was not trained on (no
-        sliding window), and quality may degrade.
+        The context stays within ``max_seq_len`` (the window the model was trained on): when the next byte would
+        lie beyond it, generation continues from the context's last whole patches, about half a window, after a
+        fresh pass over them, so memory is bounded by the window however long the output.
         ``compile=True`` compiles the global and local stages' one-position decoding steps with ``torch.compile``
         on first use (tens of seconds, kept for later calls); worth it for long outputs such as audio."""
         from bytemodels.generate import generate
