@@ -6,6 +6,7 @@ from bytemodels.config import PRESETS, MegabyteConfig
 from bytemodels.data import ByteDataset, DataCacheError, record_prompt
 from bytemodels.model import Megabyte, MegabyteOutput
 from bytemodels.pretrained import ModelFileError
+from bytemodels.runfolder import RunFolderError
 from bytemodels.train import TrainConfig, Trainer, TrainingDiverged, TrainSummary
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "MegabyteOutput",
     "ModelFileError",
     "PRESETS",
+    "RunFolderError",
     "TrainConfig",
     "TrainSummary",
     "Trainer",

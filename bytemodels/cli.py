@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import bytecodecs
-from bytemodels.options import COUNT, NON_NEGATIVE, number, one_line_errors
+from bytemodels.options import COUNT, NON_NEGATIVE, number, one_line_errors, seed as seed_flag
 
 LAYOUT_BY_MODALITY = {"audio": "records", "image": "records"}
 
@@ -428,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--temperature", type=NON_NEGATIVE, default=0.8, help="0 is greedy (default 0.8)")
     sample.add_argument("--top-k", type=COUNT, help="sample among the k most likely bytes")
     sample.add_argument("--top-p", type=number(float, above=0, at_most=1), help="nucleus sampling mass")
-    sample.add_argument("--seed", type=int, help="random seed for a reproducible sample")
+    sample.add_argument("--seed", type=seed_flag, help="random seed for a reproducible sample")
     sample.add_argument("-o", "--output", help="output file (default: sample.<codec extension> here)")
     sample.add_argument("--device", default="auto", help="cuda, mps, cpu or auto")
     sample.add_argument("--quiet", action="store_true", help="do not stream text to the terminal")

@@ -203,7 +203,9 @@ def test_sampling_a_checkpoint_with_a_huge_image_codec_fails_at_the_codec(tmp_pa
     monkeypatch.setattr(cli, "load_model", no_model)
     assert main(["sample", str(tmp_path / "run"), "-o", str(tmp_path / "out.png")]) == 2
     error = capsys.readouterr().err.strip()
-    assert error.startswith("bytemodels: error: image codec: width=65535 x height=65535 x 3 channel(s) (RGB)")
+    # The line names the checkpoint's metadata file and the codec's own reason.
+    assert error.startswith("bytemodels: error: ") and "metadata.json" in error
+    assert "image codec: width=65535 x height=65535 x 3 channel(s) (RGB)" in error
     assert len(error.splitlines()) == 1 and not (tmp_path / "out.png").exists()
 
 

@@ -299,7 +299,9 @@ def test_disk_full_in_the_datasets_cache_is_not_blamed_on_the_text_files(tmp_pat
         except OSError as error:  # the datasets library wraps the OSError in its own error
             raise RuntimeError("An error occurred while generating the dataset") from error
 
+    # Text files are read through Dataset.from_generator, JSON and parquet through load_dataset: both write the cache.
     monkeypatch.setattr(datasets, "load_dataset", full_cache)
+    monkeypatch.setattr(datasets.Dataset, "from_generator", full_cache)
     message = recipe_error("--data", story_file(tmp_path), "--out", tmp_path / "run", "--max-steps", 2, *TINY_FLAGS)
     assert "no space left on device" in message and "could not read" not in message
     assert str(tmp_path / "cache" / "hf-datasets") in message
@@ -342,6 +344,16 @@ def test_a_read_only_run_folder_is_a_run_folder_error_for_library_users(tmp_path
 def test_a_seed_too_large_is_one_line_naming_the_flag(tmp_path, capsys, command):
     with pytest.raises(SystemExit):
         tinystories.main([arg.format(run=tmp_path / "run") for arg in command] + ["--seed", str(2**70)])
+    message = capsys.readouterr().err.strip()
+    assert "--seed" in message and str(2**70) in message and "\n" not in message
+
+
+def test_bytemodels_sample_refuses_a_seed_too_large_in_one_line(tmp_path, capsys):
+    from bytemodels.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["sample", str(tmp_path), "--seed", str(2**70)])
+    assert stopped.value.code == 2
     message = capsys.readouterr().err.strip()
     assert "--seed" in message and str(2**70) in message and "\n" not in message
 
