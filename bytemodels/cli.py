@@ -292,6 +292,16 @@ def _raw_document(path: Path):
     return np.memmap(path, dtype=np.uint8, mode="r") if path.stat().st_size else b""
 
 
+def _encoded_document(codec, path: Path, folder: Path):
+    """The bytes ``codec`` makes of the file at ``path``, written a piece at a time to a file in ``folder`` and
+    mapped from there: a large text file is never held in memory whole."""
+    encoded = folder / "encoded.bin"
+    with open(encoded, "wb") as out:
+        for piece in codec.encode_file_chunks(path):
+            out.write(piece)
+    return _raw_document(encoded)
+
+
 def command_eval(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -302,16 +312,18 @@ def command_eval(args: argparse.Namespace) -> int:
     rows, skipped = [], []
     for path in tqdm(collect_files(args.files, codec), desc="evaluating", unit="file", delay=2,
                      disable=args.json):
-        try:
-            document = codec.encode_file(path) if codec else _raw_document(path)
-        except (bytecodecs.CodecError, OSError) as error:
-            skipped.append(str(error))
-            continue
-        if not len(document):
-            skipped.append(f"{path}: no bytes after encoding")
-            continue
-        bits, size = bits_per_byte(model, document, codec.tag if codec else None, layout, args.batch_size,
-                                   progress=path.name)
+        with tempfile.TemporaryDirectory() as scratch:
+            try:
+                document = _encoded_document(codec, path, Path(scratch)) if codec else _raw_document(path)
+            except (bytecodecs.CodecError, OSError) as error:
+                skipped.append(str(error))
+                continue
+            if not len(document):
+                skipped.append(f"{path}: no bytes after encoding")
+                continue
+            bits, size = bits_per_byte(model, document, codec.tag if codec else None, layout, args.batch_size,
+                                       progress=path.name)
+            del document  # unmap before the scratch folder goes
         if not math.isfinite(bits):  # damaged or diverged weights: a number here would be a wrong result
             raise CommandError(f"{path}: the model's loss is {bits} (not finite): the weights in {folder} "
                                f"are damaged or diverged; no result")

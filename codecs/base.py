@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
@@ -109,6 +110,13 @@ class ByteCodec(ABC):
             if error.path is not None:
                 raise
             raise CodecError(error.reason, path) from error
+
+    def encode_file_chunks(self, path: str | Path) -> Iterator[bytes]:
+        """The bytes of ``encode_file(path)`` in pieces, for files too large to hold in memory whole.
+
+        The pieces joined are exactly ``encode_file(path)``. This default yields that in one piece; a codec
+        whose bytes can be made a piece at a time (text) overrides it so that memory stays bounded."""
+        yield self.encode_file(path)
 
     def write_bytes(self, data: bytes, path: str | Path) -> Path:
         """Decode model output and save it; ``self.extension`` is added when ``path`` has none.

@@ -7,7 +7,9 @@ byte-order mark come through unchanged.
 
 from __future__ import annotations
 
+import codecs
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,10 @@ from bytecodecs.registry import _register_builtin
 __all__ = ["TextCodec"]
 
 _NORMAL_FORMS = ("NFC", "NFD", "NFKC", "NFKD")
+#: Bytes read at a time by ``encode_file_chunks``.
+CHUNK_BYTES = 1 << 20
+#: Characters held back at most while waiting for a line end to normalize up to (a file without line ends).
+_MAX_PENDING_CHARS = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,37 @@ class TextCodec(ByteCodec):
         with atomic_path(path) as temporary:
             temporary.write_bytes(data)
         return path
+
+    def encode_file_chunks(self, path: str | Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
+        """``encode_file(path)`` in pieces of about ``chunk_bytes``, reading the file a block at a time, so a file
+        of any size is encoded in bounded memory. The pieces joined equal ``encode_file(path)``: UTF-8 cut between
+        blocks is decoded whole, and with ``normalize`` each piece ends at a line end (normal forms never join
+        characters across one; a line of over 16M characters is cut there)."""
+        path = require_file(path, allow_empty=True)
+        decoder = codecs.getincrementaldecoder("utf-8")("strict" if self.strict else "replace")
+        pending, read = "", 0
+        try:
+            with open(path, "rb") as file:
+                while True:
+                    block = file.read(chunk_bytes)
+                    held = len(decoder.getstate()[0])  # bytes of a character cut at the last block's end
+                    try:
+                        text = pending + decoder.decode(block, final=not block)
+                    except UnicodeDecodeError as error:
+                        raise CodecError(f"is not valid UTF-8 at byte {read - held + error.start} ({error.reason})",
+                                         path) from None
+                    read += len(block)
+                    if self.normalize is None:
+                        pending, ready = "", text
+                    else:
+                        cut = text.rfind("\n") + 1 if block and len(text) < _MAX_PENDING_CHARS else len(text)
+                        pending, ready = text[cut:], unicodedata.normalize(self.normalize, text[:cut])
+                    if ready:
+                        yield ready.encode("utf-8")
+                    if not block:
+                        return
+        except OSError as error:
+            raise CodecError(f"cannot be read ({error.strerror or error})", path) from error
 
     def _decode(self, data: bytes, path: Path | None) -> str:
         if not self.strict:

@@ -257,3 +257,34 @@ def test_eval_reads_windows_in_batches_from_a_memory_map_and_gives_the_same_numb
     result = json.loads(capsys.readouterr().out)
     assert result["files"][0]["bytes"] == len(data)
     assert result["files"][0]["bits_per_byte"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_eval_of_a_text_checkpoint_encodes_the_file_a_piece_at_a_time(checkpoint, tmp_path, capsys, monkeypatch):
+    """A text file is encoded in pieces into a scratch file, never loaded whole; the score is the same."""
+    from bytecodecs import TextCodec
+
+    folder = tmp_path / "text-checkpoint"
+    write_checkpoint(folder, metadata={"codec": TextCodec().config()})
+    text = "Once upon a time, a cat sat.\n" * 12
+    (tmp_path / "story.txt").write_text(text, encoding="utf-8")
+    tag = tokens.tag_id(TextCodec.tag, MegabyteConfig.preset("tiny").num_tags)
+    model = tiny_model()
+    window = model.config.max_seq_len
+    stream = [tokens.BOS_ID, tag, *text.encode(), tokens.EOS_ID]
+    ids = torch.tensor(stream + [tokens.PAD_ID] * (-len(stream) % window)).view(-1, window)
+    with torch.no_grad():
+        logits = model(ids).logits.float()
+    targets = ids.masked_fill(ids >= tokens.NUM_BYTES, tokens.PAD_ID)
+    expected = float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                     ignore_index=tokens.PAD_ID, reduction="sum")) / math.log(2) / len(text)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the file was read whole")
+
+    monkeypatch.setattr(TextCodec, "encode_file", refuse)
+    monkeypatch.setattr(TextCodec, "load", refuse)
+    monkeypatch.setattr("bytecodecs.text.CHUNK_BYTES", 64)  # many pieces, a character cut between some
+    assert main(["eval", str(folder), str(tmp_path / "story.txt"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["files"][0]["bytes"] == len(text.encode())
+    assert result["files"][0]["bits_per_byte"] == pytest.approx(expected, rel=1e-5)

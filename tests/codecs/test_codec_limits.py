@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 import soundfile
 
 import bytecodecs
@@ -126,3 +128,48 @@ def test_decoding_a_long_payload_allocates_one_record_not_the_payload(options):
     assert image.size == (4, 4) or options.get("fit") == "keep"
     assert array.size <= 16
     assert peak < 1 << 20, f"decoding allocated {peak:,} bytes"
+
+
+# -- text files of any size are encoded a piece at a time ---------------------------------------------------------
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.one_of(st.binary(max_size=300), st.text(max_size=120).map(str.encode)),
+       chunk=st.integers(1, 17), normalize=st.sampled_from([None, "NFC", "NFD", "NFKC", "NFKD"]))
+def test_text_chunks_join_to_the_whole_encoding(tmp_path, data, chunk, normalize):
+    from bytecodecs import TextCodec
+
+    path = tmp_path / "any.txt"
+    path.write_bytes(data)
+    codec = TextCodec(normalize=normalize)
+    assert b"".join(codec.encode_file_chunks(path, chunk)) == codec.encode_file(path)
+
+
+def test_a_strict_text_codec_names_the_bad_byte_across_pieces(tmp_path):
+    from bytecodecs import CodecError, TextCodec
+
+    path = tmp_path / "bad.txt"
+    path.write_bytes("é".encode() * 10 + b"\xff" + b"abc")
+    with pytest.raises(CodecError, match="at byte 20") as whole:
+        TextCodec(strict=True).encode_file(path)
+    with pytest.raises(CodecError, match="at byte 20") as pieces:
+        list(TextCodec(strict=True).encode_file_chunks(path, 3))
+    assert str(pieces.value) == str(whole.value)
+
+
+def test_a_large_text_file_is_encoded_in_bounded_memory(tmp_path):
+    import tracemalloc
+
+    from bytecodecs import TextCodec
+
+    path = tmp_path / "large.txt"
+    line = "Once upon a time, there was a little girl named Lily. ".encode() * 4 + b"\n"
+    with open(path, "wb") as file:
+        for _ in range(32 << 20 // len(line)):  # 32 MiB
+            file.write(line)
+    tracemalloc.start()
+    try:
+        total = sum(len(piece) for piece in TextCodec(normalize="NFC").encode_file_chunks(path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert total == path.stat().st_size
+    assert peak < 16 << 20, f"peak {peak:,} bytes for a {total:,}-byte file"
