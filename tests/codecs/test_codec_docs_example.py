@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "codecs.md"
 tomllib = pytest.importorskip("tomllib", reason="tomllib (Python 3.11+) reads the example's pyproject.toml")
@@ -96,3 +98,25 @@ def test_example_package_installs_with_pip_and_runs(tmp_path) -> None:
                             env={**os.environ, "PYTHONPATH": str(target)}, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "skipped 2 unusable files" in result.stdout
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.one_of(st.binary(max_size=200),
+                      st.lists(st.sampled_from([b"a", b",", b'"', b"\r", b"\n", b"\r\n", b"\0", b"\xff", b" "]),
+                               max_size=60).map(b"".join)))
+def test_the_walk_through_codec_decodes_any_bytes(installed_example, data) -> None:
+    """docs/codecs.md promises that decode never raises on cut or garbled model output: model output is any bytes."""
+    import bytecodecs
+
+    codec = bytecodecs.get_codec("csv-rows")
+    rows = codec.decode(data)
+    assert isinstance(rows, list) and all(isinstance(row, list) for row in rows)
+
+
+def test_the_walk_through_codec_decodes_a_field_over_the_csv_size_limit(installed_example) -> None:
+    import csv
+
+    import bytecodecs
+
+    rows = bytecodecs.get_codec("csv-rows").decode(b'"' + b"x" * (csv.field_size_limit() + 10))
+    assert len(rows) == 1
