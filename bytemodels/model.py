@@ -230,10 +230,23 @@ class Megabyte(nn.Module):
         save_pretrained(self, directory)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "Megabyte":
-        """Load a model written by ``save_pretrained`` (or a training checkpoint folder), in eval mode (no dropout;
-        call ``.train()`` to fine-tune it). ``map_location``: a device name (``"auto"`` picks the best one here) or
-        a ``torch.device``; a name that is no device, or one this machine lacks, raises ``ValueError``."""
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu", *,
+                        revision: str | None = None) -> "Megabyte":
+        """Load a model in eval mode (no dropout; call ``.train()`` to fine-tune it) from a folder written by
+        ``save_pretrained``, a training checkpoint, a run folder (its newest checkpoint), or a Hugging Face hub repo
+        id such as ``"org/name"`` at ``revision`` (downloaded once into the hub cache; ``HF_HUB_OFFLINE=1`` reads the
+        cache). ``map_location``: a device name (``"auto"`` picks the best one here) or a ``torch.device``; a name that
+        is no device, or one this machine lacks, raises ``ValueError``."""
         from bytemodels.pretrained import load_pretrained
 
-        return load_pretrained(cls, directory, map_location)
+        return load_pretrained(cls, directory, map_location, revision=revision)
+
+    def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None,
+                    revision: str | None = None, commit_message: str = "Upload bytemodels model") -> str:
+        """Upload ``config.json``, ``model.safetensors`` and a model card to the Hugging Face hub repo ``repo_id``
+        (created if needed; log in first with ``hf auth login`` or pass ``token``); returns the commit's URL. To
+        share a training run with its codec, validation score and samples, use ``bytemodels push RUN org/name``."""
+        from bytemodels.hub_models import push_model
+
+        return push_model(self, repo_id, private=private, token=token, revision=revision,
+                          commit_message=commit_message)

@@ -98,10 +98,15 @@ def check_weights(cls: type["Megabyte"], config: MegabyteConfig, config_path: Pa
     return shapes
 
 
-def load_pretrained(cls: type["Megabyte"], directory: str | Path, map_location, *, verify: bool = True) -> "Megabyte":
+def load_pretrained(cls: type["Megabyte"], directory: str | Path, map_location, *, verify: bool = True,
+                    revision: str | None = None) -> "Megabyte":
     """See ``Megabyte.from_pretrained``. A training checkpoint's files are first checked against the sizes and
     SHA-256 its ``trainer_state.json`` recorded (``verify=False``: the caller has just done so)."""
-    directory = Path(directory)
+    from bytemodels.hub_models import model_folder
+
+    folder = model_folder(directory, revision)
+    verify = verify and folder == Path(directory)  # a run folder's checkpoint was checked as it was found
+    directory = folder
     # A device that is no device, or that this machine lacks, is said so here: inside safetensors' loader it
     # would read as a damaged weights file.
     map_location = choose_device(map_location) if isinstance(map_location, str) else map_location
