@@ -13,7 +13,6 @@ so the comparison is exact, and the approximation's own error is bounded separat
 
 from __future__ import annotations
 
-import pytest
 import torch
 from MEGABYTE_pytorch import megabyte as reference
 
