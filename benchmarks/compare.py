@@ -74,6 +74,7 @@ from tqdm.auto import tqdm  # noqa: E402
 from benchmarks import compressors  # noqa: E402
 from benchmarks.baselines import FlatTransformer, MegabytePytorch, flat_config_matching  # noqa: E402
 from bytemodels import tokens  # noqa: E402
+from bytemodels.budget import parse_duration  # noqa: E402
 from bytemodels.config import MegabyteConfig  # noqa: E402
 from bytemodels.data import ByteDataset, Windows  # noqa: E402
 from bytemodels.model import Megabyte  # noqa: E402
@@ -386,10 +387,8 @@ class TrainPlan:
 
 def adamw(model: nn.Module, plan: TrainPlan) -> torch.optim.AdamW:
     """AdamW with weight decay on Linear weights only (not on norms, embeddings or start vectors)."""
-    decay = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
-    decay_ids = {id(p) for p in decay}
-    rest = [p for p in model.parameters() if id(p) not in decay_ids]
-    groups = [{"params": decay, "weight_decay": plan.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    # Every peer gets our model's groups: the rule reads only modules() and parameters(), so it applies to any.
+    groups = Megabyte.param_groups(model, plan.weight_decay)
     return torch.optim.AdamW(groups, lr=plan.lr, betas=plan.betas)
 
 
@@ -672,16 +671,13 @@ def write_record(out_dir: Path, record: dict[str, Any]) -> Path:
 # =============================================================================================
 
 
-def parse_duration(text: str) -> float:
-    """Seconds in ``90``, ``90s``, ``10m`` or ``1.5h``."""
-    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
-    text = text.strip().lower()
+def parse_time_flag(text: str) -> float:
+    """``--time``: seconds in ``90``, ``90s``, ``10m``, ``1.5h`` or ``1h30m`` (the Trainer's own parser)."""
     try:
-        if text and text[-1] in units:
-            return float(text[:-1]) * units[text[-1]]
-        return float(text)
+        return parse_duration(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--time {text!r}: give seconds or a duration such as 90s, 30m, 1.5h") from None
+        raise argparse.ArgumentTypeError(
+            f"--time {text!r}: give seconds or a duration such as 90s, 30m, 1.5h or 1h30m") from None
 
 
 def parse_rates(text: str) -> list[float]:
@@ -703,7 +699,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "image (mnist and cifar) or all")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="the shared data folder")
     parser.add_argument("--budget-steps", type=int, default=300, help="optimizer steps per model")
-    parser.add_argument("--time", type=parse_duration, default=None,
+    parser.add_argument("--time", type=parse_time_flag, default=None,
                         help="wall-clock training budget per model instead of steps, e.g. 30m")
     parser.add_argument("--preset", default="tiny", help="model preset (tiny, small, base, large)")
     parser.add_argument("--batch-size", type=int, default=16)

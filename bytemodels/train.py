@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import re
 import signal
 import threading
@@ -28,19 +27,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from bytemodels import checkpoint as ckpt
-from bytemodels import tokens
+from bytemodels import rng_state, tokens
+from bytemodels.budget import TimeBudget, parse_duration, step_limit
 from bytemodels.options import config_from_dict, config_to_dict, seed as seed_flag
 from bytemodels.config import MegabyteConfig
 from bytemodels.distributed import DistributedContext, all_reduce_sum, choose_device, environment_rank, \
     setup_distributed, teardown
 from bytemodels.model import Megabyte
 from bytemodels.plot import plot_curves, read_metrics
+from bytemodels.resume import check_model_config, warn_if_batch_changed, warn_if_data_changed
 from bytemodels.runfolder import FolderLock, lock_folder, remove_leftovers, writing
 from bytemodels.schedule import SCHEDULES, learning_rate
 
@@ -58,15 +58,6 @@ SampleFn = Callable[[Megabyte, int, Path], None]
 
 class TrainingDiverged(RuntimeError):
     """The loss or gradient became NaN or infinite; nothing was saved from the bad state."""
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in a duration such as ``90s``, ``10m``, ``1.5h`` or ``1h30m`` (a bare number is seconds)."""
-    units = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-    cleaned = str(text).strip().lower()
-    if not re.fullmatch(r"(\d+(\.\d+)?\s*[smhd]?\s*)+", cleaned):
-        raise ValueError(f"time={text!r} is not a duration; write it like 90s, 10m, 1.5h or 1h30m")
-    return sum(float(number) * units[unit] for number, _, unit in re.findall(r"(\d+(\.\d+)?)\s*([smhd]?)", cleaned))
 
 
 @dataclass
@@ -197,30 +188,6 @@ class TrainSummary:
     """The signal that interrupted the run (SIGINT for Ctrl-C, SIGTERM), when ``stop_reason`` is interrupted."""
 
 
-def _numpy_rng_to_json(state: tuple) -> dict:
-    kind, keys, position, has_gauss, gauss = state
-    return {"kind": kind, "keys": keys.tolist(), "position": int(position), "has_gauss": int(has_gauss),
-            "gauss": float(gauss)}
-
-
-def _numpy_rng_from_json(state: dict) -> tuple:
-    return (state["kind"], np.array(state["keys"], dtype=np.uint32), state["position"], state["has_gauss"],
-            state["gauss"])
-
-
-def _python_rng_to_json() -> list:
-    version, internal, gauss = random.getstate()
-    return [version, list(internal), gauss]
-
-
-def _python_rng_from_json(state: list) -> tuple:
-    return state[0], tuple(state[1]), state[2]
-
-
-def _step_seed(seed: int, step: int, rank: int) -> int:
-    return int(np.random.SeedSequence([seed, step, rank, 0xD80]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
 def _format_rate(bytes_per_s: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if bytes_per_s < 1000 or unit == "GB":
@@ -339,7 +306,8 @@ class Trainer:
         self.best_val_bpb: float | None = None
         self.best_step: int | None = None
         self.last_val_bpb: float | None = None
-        self.horizon = self._budget_horizon()
+        self.horizon = self._step_limit()
+        """The schedule's last step: from the step and byte budgets, or estimated from a time budget's pace."""
         self.last_checkpoint: Path | None = None
         self._evaluated_step: int | None = None
         self._sampled_step: int | None = None
@@ -347,6 +315,7 @@ class Trainer:
         self._stop_requested = False  # set by the Ctrl-C handler on this process
         self._stop_signal: int | None = None  # which signal asked for it
         self._stop_agreed = False  # the stop request as all processes agreed on it after a step
+        self._time_up = False  # the time budget is spent (decided after a step, on every process alike)
 
         self._folder_lock: FolderLock | None = None
         if self.is_main:
@@ -434,33 +403,26 @@ class Trainer:
         return nullcontext()
 
     # -- budgets ----------------------------------------------------------------------------------
-    def _budget_horizon(self) -> int | None:
+    def _step_limit(self) -> int | None:
         """Steps the step and byte budgets allow (None when only a time budget is set)."""
-        limits = []
-        if self.config.max_steps:
-            limits.append(self.config.max_steps)
-        if self.config.max_bytes:
-            limits.append(-(-self.config.max_bytes // self.bytes_per_step))
-        return min(limits) if limits else None
+        return step_limit(self.config.max_steps, self.config.max_bytes, self.bytes_per_step)
 
-    def _stop_reason(self, time_up: bool) -> str | None:
+    def _stop_reason(self) -> str | None:
+        """Why the run stops before the next step (interrupted, max_steps, max_bytes, time), or None."""
         if self._stop_agreed or (self._stop_requested and not self.dist.enabled):
             return "interrupted"
         if self.config.max_steps and self.step >= self.config.max_steps:
             return "max_steps"
         if self.config.max_bytes and self.bytes_seen >= self.config.max_bytes:
             return "max_bytes"
-        if time_up:
+        if self._time_up:
             return "time"
         return None
 
-    def _estimate_horizon(self, steps_timed: int, seconds: float, budget: float) -> None:
-        """With a time budget, set the schedule's horizon to the step the budget will end at, at the
-        pace so far (evaluations included); re-estimated every step, so it converges as the run goes."""
-        per_step = max(seconds / max(steps_timed, 1), 1e-9)
-        estimate = self.step + max(int((budget - self.elapsed_s) / per_step), 1)
-        limit = self._budget_horizon()
-        self.horizon = min(limit, estimate) if limit else estimate
+    def _learning_rate(self) -> float:
+        cfg = self.config
+        return learning_rate(self.step, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps,
+                             total_steps=self.horizon, schedule=cfg.schedule, decay_fraction=cfg.decay_fraction)
 
     # -- data ----------------------------------------------------------------------------------------
     def _batch(self, step: int) -> torch.Tensor:
@@ -506,7 +468,7 @@ class Trainer:
             self.model.train()
 
     # -- checkpoints ----------------------------------------------------------------------------------
-    def _state(self) -> dict[str, Any]:
+    def _state(self, rng_json: dict[str, Any]) -> dict[str, Any]:
         def describe(data: Any) -> Any:
             return getattr(data, "fingerprint", None)
 
@@ -516,19 +478,18 @@ class Trainer:
                 "global_batch": self.rank_batch * self.dist.world_size,
                 "data": {"seed": self.config.seed, "next_step": self.step, "train": describe(self.train_data),
                          "val": describe(self.val_data)},
-                "rng": {"numpy": _numpy_rng_to_json(np.random.get_state()), "python": _python_rng_to_json()},
+                "rng": rng_json,
                 "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
     def save_checkpoint(self, best: bool = False) -> Path | None:
         """Write a checkpoint of the current step (rank 0 only); ``best`` also makes it ``best/``."""
         if not self.is_main:
             return None
-        rng = {"torch_cpu": torch.get_rng_state()}
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            rng.update({f"torch_cuda_{i}": state for i, state in enumerate(torch.cuda.get_rng_state_all())})
+        rng_tensors, rng_json = rng_state.capture()
         root = self.run_dir / ckpt.CHECKPOINTS_DIR
         path = ckpt.save_checkpoint(root, self.step, write_model=self.model.save_pretrained,
-                                    optimizer_state=self.optimizer.state_dict(), rng_tensors=rng, state=self._state(),
+                                    optimizer_state=self.optimizer.state_dict(), rng_tensors=rng_tensors,
+                                    state=self._state(rng_json),
                                     train_config=self.config.to_dict(), metadata=self.metadata)
         if best:
             ckpt.update_best(root, path)
@@ -538,11 +499,7 @@ class Trainer:
 
     def _load(self, path: str | Path) -> None:
         loaded = ckpt.load_checkpoint(path)
-        if loaded.model_config != self.model_config.to_dict():
-            changed = sorted(k for k in set(loaded.model_config) | set(self.model_config.to_dict())
-                             if loaded.model_config.get(k) != self.model_config.to_dict().get(k))
-            raise ValueError(f"{loaded.path}: checkpoint has a different model config ({', '.join(changed)}); "
-                             "resume with the config it was trained with (Trainer.resume reads it)")
+        check_model_config(loaded.path, loaded.model_config, self.model_config.to_dict())
         self.model.load_state_dict(loaded.model_state(self.device))
         self.optimizer.load_state_dict(loaded.optimizer_state(self.device))
         state = loaded.state
@@ -551,35 +508,13 @@ class Trainer:
         self.last_val_bpb = state.get("last_val_bpb")
         # Step and byte budgets come from the (possibly changed) config; a horizon estimated from a time
         # budget carries on until the clock re-estimates it.
-        self.horizon = self._budget_horizon()
+        self.horizon = self._step_limit()
         if self.config.time and state.get("horizon"):
             self.horizon = min(self.horizon or state["horizon"], state["horizon"])
-        for name, data in (("train", self.train_data), ("val", self.val_data)):
-            recorded, current = state["data"].get(name), getattr(data, "fingerprint", None)
-            if recorded and current and recorded != current:
-                warnings.warn(f"{loaded.path}: the {name} data differs from the checkpoint's "
-                              f"({recorded} vs {current}); the resumed run will not match the original",
-                              RuntimeWarning, stacklevel=3)
-        recorded_batch, processes = state.get("global_batch"), self.dist.world_size
-        if recorded_batch != self.rank_batch * processes:
-            # Say how to get the recorded batch back: with another number of processes (a torchrun run resumed
-            # in one process) the per-process batch must change.
-            keep = ""
-            per_process = self.config.batch_size * processes
-            if recorded_batch and recorded_batch % per_process == 0:
-                keep = (f"; to keep it with {processes} process(es), set grad_accum="
-                        f"{recorded_batch // per_process} (batch_size {self.config.batch_size})")
-            warnings.warn(f"{loaded.path}: global batch changed from {recorded_batch} to "
-                          f"{self.rank_batch * processes} (batch_size x grad_accum x processes){keep}; "
-                          "the resumed run will not match the original",
-                          RuntimeWarning, stacklevel=3)
-        rng = loaded.rng_tensors()
-        torch.set_rng_state(rng["torch_cpu"])
-        cuda_states = [rng[k] for k in sorted(rng) if k.startswith("torch_cuda_")]
-        if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda_states)
-        np.random.set_state(_numpy_rng_from_json(state["rng"]["numpy"]))
-        random.setstate(_python_rng_from_json(state["rng"]["python"]))
+        warn_if_data_changed(loaded.path, state["data"], {"train": self.train_data, "val": self.val_data})
+        warn_if_batch_changed(loaded.path, state.get("global_batch"), self.config.batch_size, self.config.grad_accum,
+                              self.dist.world_size)
+        rng_state.restore(loaded.rng_tensors(), state["rng"])
         self._evaluated_step = self._saved_step = self.step
         self.last_checkpoint = loaded.path
         if self.is_main:
@@ -599,81 +534,49 @@ class Trainer:
     def fit(self) -> TrainSummary:
         """Train until a budget is spent (or Ctrl-C); evaluate, checkpoint, sample and plot along the way."""
         cfg = self.config
-        if self.is_main:
-            if self._folder_lock is None:  # fit() called again: the first one released the folder
-                self._folder_lock = lock_folder(self.run_dir)
-            tqdm.write(f"training {self.model.num_parameters():,} parameters on {self.device} ({self.precision}, "
-                       f"{self.dist.world_size} process{'es' if self.dist.world_size > 1 else ''}), "
-                       f"global batch {self.rank_batch * self.dist.world_size} x {self.model_config.max_seq_len}"
-                       + (", compiled (the first step waits for it: about a minute the first time, seconds once "
-                          "PyTorch has cached it)" if self.compiled else ""))
-        self._log = _RunLog(self.run_dir / METRICS_FILE if self.is_main else None, self.horizon, self.step,
-                            show=self.is_main and cfg.progress)
-        budget = cfg.time_budget
-        first_step = self.step
-        timing = None  # (step, session seconds) where timing the steps for the schedule's horizon began
+        self._begin_fit()
+        time_budget = TimeBudget(cfg.time_budget, self._step_limit(), self.step) if cfg.time else None
         prefetch = ThreadPoolExecutor(max_workers=1)  # reads the next batch while this one trains
         next_batch = prefetch.submit(self._batch, self.step)
         previous_handlers = self._install_signal_handlers()
         session_start, elapsed_base = time.monotonic(), self.elapsed_s  # time budgets sum over resumes
-        time_up, stop_reason, lr = False, None, cfg.lr
-        finished = False
+        stop_reason, lr, finished = None, cfg.lr, False
         try:
             while True:
                 self._eval_and_checkpoint()
-                stop_reason = self._stop_reason(time_up)
+                stop_reason = self._stop_reason()
                 if stop_reason:
                     break
-                lr = learning_rate(self.step, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps,
-                                   total_steps=self.horizon, schedule=cfg.schedule, decay_fraction=cfg.decay_fraction)
+                lr = self._learning_rate()
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 batch = next_batch.result()
                 next_batch = prefetch.submit(self._batch, self.step + 1)
-                nats, targets, grad_norm = self._forward_backward(batch)
+                nats, targets, grad_norm = self._forward_backward(batch)  # micro-steps, backward, clip
                 # One small all-reduce: the step's loss and norm, whether a process wants to stop, and the
                 # clock (averaged, so every process takes the same time-budget decisions).
                 nats, grad_norm, stop_votes, session_s = all_reduce_sum(
                     [nats, grad_norm, float(self._stop_requested), time.monotonic() - session_start],
                     self.device, self.dist)
-                session_s /= self.dist.world_size
-                if not (math.isfinite(nats) and math.isfinite(grad_norm)):
-                    what = "loss" if not math.isfinite(nats) else "gradient norm"
-                    raise TrainingDiverged(
-                        f"training diverged: the {what} is not finite at step {self.step} (lr {lr:.3g}); nothing "
-                        f"was saved from this state. Last good checkpoint: {self.last_checkpoint or 'none'}; "
-                        "resume from it with a lower lr or more warmup_steps")
+                self._check_finite(nats, grad_norm, lr)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
+
                 self.step += 1
                 self.bytes_seen += self.bytes_per_step
-                self.elapsed_s = elapsed_base + session_s
+                self.elapsed_s = elapsed_base + session_s / self.dist.world_size
                 self._stop_agreed = stop_votes > 0
-                time_up = budget is not None and self.elapsed_s >= budget
-
-                if budget is not None:  # time the steps after the first two (compilation, warm caches)
-                    if timing is None and self.step >= first_step + 2:
-                        timing = (self.step, session_s)
-                    elif timing is not None:
-                        self._estimate_horizon(self.step - timing[0], session_s - timing[1], budget)
-                        self._log.bar.total = self.horizon
+                if time_budget is not None:
+                    self._time_up = time_budget.spent(self.elapsed_s)
+                    self.horizon = time_budget.record(self.step, self.elapsed_s) or self.horizon
+                    self._log.bar.total = self.horizon
                 self._log.add(nats, targets, self.bytes_per_step)
                 if self.step % cfg.log_every == 0:
                     self._log.write_train(self.step, self.bytes_seen, self.elapsed_s, lr, self._mfu_factor())
                 if cfg.sample_every and self.step % cfg.sample_every == 0:
                     self._sample(self.step)
                 self._log.bar.update(1)
-
-            if self._log.pending():
-                self._log.write_train(self.step, self.bytes_seen, self.elapsed_s, lr, self._mfu_factor())
-            if stop_reason == "interrupted":
-                if self.step > 0 and self.step != self._saved_step:
-                    self.save_checkpoint()
-                if self.is_main:
-                    tqdm.write(f"interrupted at step {self.step}; checkpoint {self.last_checkpoint}")
-            else:
-                self._eval_and_checkpoint(final=True)
-                self._sample(self.step)
+            self._end_fit(stop_reason, lr)
             finished = True
         finally:
             prefetch.shutdown(wait=True, cancel_futures=True)
@@ -692,6 +595,43 @@ class Trainer:
                             stop_reason, self.last_checkpoint,
                             self._stop_signal if stop_reason == "interrupted" else None)
 
+    def _begin_fit(self) -> None:
+        """Own the run folder (again, for a second ``fit``), say what trains where, and open the run's log."""
+        if self.is_main:
+            if self._folder_lock is None:  # fit() called again: the first one released the folder
+                self._folder_lock = lock_folder(self.run_dir)
+            tqdm.write(f"training {self.model.num_parameters():,} parameters on {self.device} ({self.precision}, "
+                       f"{self.dist.world_size} process{'es' if self.dist.world_size > 1 else ''}), "
+                       f"global batch {self.rank_batch * self.dist.world_size} x {self.model_config.max_seq_len}"
+                       + (", compiled (the first step waits for it: about a minute the first time, seconds once "
+                          "PyTorch has cached it)" if self.compiled else ""))
+        self._log = _RunLog(self.run_dir / METRICS_FILE if self.is_main else None, self.horizon, self.step,
+                            show=self.is_main and self.config.progress)
+        self._time_up = False  # decided after each step of this fit()
+
+    def _check_finite(self, nats: float, grad_norm: float, lr: float) -> None:
+        """Raise ``TrainingDiverged`` before a step that a NaN or infinite loss or gradient would poison."""
+        if math.isfinite(nats) and math.isfinite(grad_norm):
+            return
+        what = "loss" if not math.isfinite(nats) else "gradient norm"
+        raise TrainingDiverged(
+            f"training diverged: the {what} is not finite at step {self.step} (lr {lr:.3g}); nothing "
+            f"was saved from this state. Last good checkpoint: {self.last_checkpoint or 'none'}; "
+            "resume from it with a lower lr or more warmup_steps")
+
+    def _end_fit(self, stop_reason: str, lr: float) -> None:
+        """Log the last steps; interrupted, save them; otherwise evaluate, checkpoint and sample the end."""
+        if self._log.pending():
+            self._log.write_train(self.step, self.bytes_seen, self.elapsed_s, lr, self._mfu_factor())
+        if stop_reason == "interrupted":
+            if self.step > 0 and self.step != self._saved_step:
+                self.save_checkpoint()
+            if self.is_main:
+                tqdm.write(f"interrupted at step {self.step}; checkpoint {self.last_checkpoint}")
+        else:
+            self._eval_and_checkpoint(final=True)
+            self._sample(self.step)
+
     def _forward_backward(self, batch: torch.Tensor) -> tuple[float, float, float]:
         """Accumulate the gradients of one step's micro-batches.
 
@@ -700,7 +640,7 @@ class Trainer:
         The loss is token-weighted: every non-PAD target of the global batch counts the same, however the
         windows are split into micro-batches and processes (DDP averages gradients over processes)."""
         cfg = self.config
-        torch.manual_seed(_step_seed(cfg.seed, self.step, self.dist.rank))  # dropout: a function of the step
+        torch.manual_seed(rng_state.step_seed(cfg.seed, self.step, self.dist.rank))  # dropout: a function of the step
         local_targets = float((batch != tokens.PAD_ID).sum())
         global_targets = all_reduce_sum([local_targets], self.device, self.dist)[0]
         nats = torch.zeros((), device=self.device)

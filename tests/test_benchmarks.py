@@ -108,8 +108,47 @@ def test_learning_rate_sweep_flag_refuses_bad_rates(capsys: pytest.CaptureFixtur
         assert "--lrs" in capsys.readouterr().err
 
 
-def test_the_thirty_minute_text_target_is_checked_only_for_such_a_budget() -> None:
-    results = {"text": {"models": {"peers": {"bytemodels": {"bits_per_byte": 1.19}}}}}
+def verdict(line: str) -> bool:
+    """Whether a target line says the target is met (its last words: "-> met" or "-> not met")."""
+    assert line.endswith(("-> met", "-> not met")), line
+    return line.endswith("-> met")
+
+
+@pytest.mark.parametrize("ours", [1.1, 1.2, 1.21, 1.5])
+def test_the_thirty_minute_text_target_is_checked_only_for_such_a_budget(ours) -> None:
+    results = {"text": {"models": {"peers": {"bytemodels": {"bits_per_byte": ours}}}}}
     assert compare.target_lines(results) == [] and compare.target_lines(results, 300.0) == []
-    assert compare.target_lines(results, 1800.0) == [
-        "text: bytemodels 1.190 bits/byte (target after 30 min of CPU training: at most 1.2) -> met"]
+    [line] = compare.target_lines(results, 1800.0)
+    assert f"bytemodels {ours:.3f} bits/byte" in line and verdict(line) == (ours <= 1.2)
+
+
+@pytest.mark.parametrize("ours, reference, flat, png", [(1.0, 1.3, 1.1, 1.2), (1.0, 1.1, 0.9, 0.95),
+                                                        (0.85, 1.0, 2.0, 0.8), (2.0, 1.0, 1.9, 3.0)])
+def test_each_target_verdict_follows_from_the_numbers(ours, reference, flat, png) -> None:
+    results = {"mnist": {"compressors": {"PNG (per image)": png, "gzip": 0.1},
+                         "models": {"peers": {"bytemodels": {"bits_per_byte": ours},
+                                              "megabyte-pytorch": {"bits_per_byte": reference},
+                                              "flat": {"bits_per_byte": flat}}}}}
+    against_reference, against_flat, against_png = compare.target_lines(results)
+    assert verdict(against_reference) == (ours <= 0.85 * reference)  # at least 15% lower
+    assert f"{abs(100 * (1 - ours / reference)):.1f}% {'lower' if ours <= reference else 'higher'}" \
+        in against_reference
+    assert verdict(against_flat) == (ours < flat)
+    assert "PNG (per image)" in against_png and verdict(against_png) == (ours < png)  # gzip is no target
+
+
+def test_compare_time_flag_reads_the_trainers_durations(capsys: pytest.CaptureFixture[str]) -> None:
+    assert compare.parse_args(["--time", "1h30m"]).time == 5400
+    assert compare.parse_args(["--time", "90"]).time == 90 and compare.parse_args(["--time", "1.5h"]).time == 5400
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--time", "soon"])
+    assert "--time 'soon': give seconds or a duration" in capsys.readouterr().err
+
+
+def test_every_peer_decays_exactly_its_linear_weights() -> None:
+    config = MegabyteConfig.preset("tiny", dims=(32, 16), layers=(1, 1), heads=(2, 1), max_seq_len=32)
+    flat = compare.build_peer("flat", config, seed=0)
+    decay, rest = compare.adamw(flat, compare.TrainPlan()).param_groups
+    linear = {id(m.weight) for m in flat.modules() if isinstance(m, torch.nn.Linear)}
+    assert {id(p) for p in decay["params"]} == linear and decay["weight_decay"] == 0.1
+    assert len(decay["params"]) + len(rest["params"]) == len(list(flat.parameters())) and rest["weight_decay"] == 0

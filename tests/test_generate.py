@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 
@@ -76,11 +78,10 @@ class ScriptedHead(torch.nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = torch.zeros(*hidden.shape[:-1], self.vocab)
-        positions = hidden.shape[-2] if hidden.dim() == 3 else 1
         token = self.script[min(self.calls, len(self.script) - 1)]
         self.calls += 1
         logits[..., token] = 50.0
-        return logits if positions else logits
+        return logits
 
 
 def test_eos_and_stop_strings_end_generation_early():
@@ -145,6 +146,43 @@ def test_compiled_steps_match_the_uncompiled_ones():
         for decoder in decoders:
             decoder.append(logits[0].argmax(-1))
     assert counters["stats"]["unique_graphs"] == 4  # two more for the new batch size, none per step
+
+
+def test_generation_under_bf16_autocast(model):
+    # As the Trainer samples on GPU: inside its bf16 autocast. Greedy decoding with and without the cache agrees
+    # there too (the untrained model's margins between the top two bytes are far above bf16's rounding).
+    prompt = prompt_of(PATCH + 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cached = model.generate(prompt, 3 * PATCH, temperature=0, prefix_ids=())
+        uncached = model.generate(prompt, 3 * PATCH, temperature=0, prefix_ids=(), use_cache=False)
+        sampled = model.generate([b"x", prompt], 3 * PATCH, seed=0, top_k=50)
+    assert isinstance(cached, bytes) and len(cached) > 0
+    assert cached == uncached
+    assert all(isinstance(out, bytes) and len(out) <= 3 * PATCH for out in sampled)
+
+
+@pytest.mark.parametrize("options", [dict(top_k=5), dict(top_p=0.8), dict(top_k=20, top_p=0.9)],
+                         ids=["top_k", "top_p", "both"])
+def test_compiled_sampling_with_top_k_and_top_p_matches_the_uncompiled(options):
+    torch.manual_seed(0)
+    model = use_input_skip(Megabyte(MegabyteConfig.preset("tiny", **SHAPES["2-stage"])).eval())
+    prompts = [b"ab", prompt_of(PATCH + 2)]
+    eager = model.generate(prompts, 2 * PATCH + 1, temperature=0.9, seed=7, **options)
+    assert model.generate(prompts, 2 * PATCH + 1, temperature=0.9, seed=7, compile=True, **options) == eager
+    assert any(eager) and eager != model.generate(prompts, 2 * PATCH + 1, temperature=0.9, seed=8, **options)
+
+
+def test_compiled_three_stage_decoding_matches_the_uncompiled():
+    torch.manual_seed(0)
+    model = use_input_skip(Megabyte(MegabyteConfig.preset("tiny", **SHAPES["3-stage"])).eval())
+    prompt = prompt_of(PATCH + 1)
+    length = 2 * model.config.patch_size + 3  # crosses a global patch and several middle units
+    greedy = model.generate(prompt, length, temperature=0)
+    sampled = model.generate(prompt, length, seed=3, top_k=30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # compiled for real: no fallback to the uncompiled steps
+        assert len(greedy) > 0 and model.generate(prompt, length, temperature=0, compile=True) == greedy
+        assert model.generate(prompt, length, seed=3, top_k=30, compile=True) == sampled
 
 
 def test_compiled_steps_are_not_shared_by_models_that_differ_only_in_constants():

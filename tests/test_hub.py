@@ -67,17 +67,29 @@ def local_server():
         thread.join(timeout=2)
 
 
-@pytest.mark.parametrize("variable", hub.OFFLINE_VARIABLES)
-def test_offline_mode_is_a_reason_without_a_connection(no_hub_settings, variable):
-    no_hub_settings.setenv(variable, "1")
-    assert hub.hub_unreachable_reason(timeout=0.01) == f"{variable} is set"
+def refuse_connections(address, timeout=None):
+    raise OSError(101, "Network is unreachable")
 
 
-def test_behind_a_proxy_the_proxy_is_what_must_answer(no_hub_settings):
-    no_hub_settings.setenv("HTTPS_PROXY", "127.0.0.1:9")  # the discard port: nothing listens there
+# (variables set, whether connecting is refused, the reason expected): every way the probe decides without an answer.
+PROBE_CASES = [
+    *[({variable: "1"}, True, f"{variable} is set") for variable in hub.OFFLINE_VARIABLES],  # before any connection
+    ({}, True, "cannot connect to huggingface.co:443 (Network is unreachable)"),
+    ({"HF_ENDPOINT": "http://127.0.0.1:9"}, False, "cannot connect to 127.0.0.1:9 ("),  # the discard port: nothing
+    ({"HTTPS_PROXY": "127.0.0.1:9"}, False, "cannot connect to 127.0.0.1:9 ("),  # listens; behind a proxy, the proxy
+]
+
+
+@pytest.mark.parametrize("variables, refused, reason", PROBE_CASES,
+                         ids=[" ".join(case[0]) or "no network" for case in PROBE_CASES])
+def test_the_probe_gives_the_reason_within_seconds(no_hub_settings, variables, refused, reason):
+    for variable, value in variables.items():
+        no_hub_settings.setenv(variable, value)
+    if refused:
+        no_hub_settings.setattr(socket, "create_connection", refuse_connections)
     start = time.monotonic()
-    reason = hub.hub_unreachable_reason(timeout=2)
-    assert reason is not None and "127.0.0.1:9" in reason and time.monotonic() - start < 5
+    assert hub.hub_unreachable_reason(timeout=2).startswith(reason)
+    assert time.monotonic() - start < 5
 
 
 @pytest.mark.parametrize(("variable", "named"), [("HTTPS_PROXY", "the proxy 127.0.0.1"),
@@ -126,12 +138,14 @@ def test_loading_fails_fast_with_one_line_when_the_hub_is_unreachable(no_hub_set
     assert issubclass(hub.HubError, RecipeError)  # a recipe prints it as one line
 
 
-def test_hub_flags_default_to_the_train_split():
+def test_hub_flags_fill_the_attributes_the_recipes_read():
     parser = argparse.ArgumentParser()
     hub.add_hub_arguments(parser.add_argument_group("recipe"), "Image", "an image data set")
-    args = parser.parse_args(["--hub-dataset", "ylecun/mnist"])
-    assert (args.hub_dataset, args.hub_split, args.hub_config, args.hub_column) == ("ylecun/mnist", "train", None, None)
-    assert set(hub.HUB_DATA_FLAGS.values()) == {"hub_dataset", "hub_split", "hub_config", "hub_column"}
+    args = parser.parse_args(["--hub-dataset", "a/b", "--hub-split", "test", "--hub-config", "c", "--hub-column", "d"])
+    assert {key: getattr(args, name) for key, name in hub.HUB_DATA_FLAGS.items()} == {
+        "hub": "a/b", "hub_split": "test", "hub_config": "c", "hub_column": "d"}
+    # Left out, the split is the one the recipes' DataFlags fill in when comparing a resumed run's flags.
+    assert parser.parse_args(["--hub-dataset", "a/b"]).hub_split == hub.DEFAULT_SPLIT
 
 
 # -- media columns ------------------------------------------------------------------------------------------------
