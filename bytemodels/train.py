@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from bytemodels import checkpoint as ckpt
 from bytemodels import tokens
-from bytemodels.options import config_from_dict, config_to_dict, seed as seed_flag
+from bytemodels.fields import config_from_dict, config_to_dict, seed as seed_flag
 from bytemodels.config import MegabyteConfig
 from bytemodels.distributed import DistributedContext, all_reduce_sum, choose_device, environment_rank, \
     setup_distributed, teardown

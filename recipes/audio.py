@@ -40,9 +40,9 @@ from typing import Any
 import numpy as np
 
 from bytemodels.data import folder_key, whole_document_windows
-from bytemodels.hub import DEFAULT_SPLIT, HUB_DATA_FLAGS, add_hub_arguments, media_documents
-from bytemodels.options import COUNT, FRACTION, NON_NEGATIVE, POSITIVE
-from bytemodels.recipe import (DataFlags, RecipeError, add_model_and_training_arguments, add_run_arguments,
+from bytemodels.app.hub import DEFAULT_SPLIT, HUB_DATA_FLAGS, add_hub_arguments, media_documents
+from bytemodels.app.flags import COUNT, FRACTION, NON_NEGATIVE, POSITIVE
+from bytemodels.app.recipe import (DataFlags, RecipeError, add_model_and_training_arguments, add_run_arguments,
                                check_resume_flags, compared_documents, defaults_epilog, device_kind, make_trainer,
                                open_run, preset_config, records_dataset, run_command, save_comparison,
                                stop_if_interrupted, training_flags)
@@ -277,7 +277,7 @@ def sample_writer(codec: Any, patch_size: int, held_out: list[bytes], *, count: 
 def model_config_from_args(args: argparse.Namespace, codec: Any, defaults: dict[str, Any]) -> Any:
     """The preset with the device's defaults and the model flags; a patch holds whole sample frames."""
     from bytemodels.config import MegabyteConfig
-    from bytemodels.options import overrides_from_args
+    from bytemodels.app.flags import overrides_from_args
 
     overrides = {"max_seq_len": defaults["max_seq_len"], **overrides_from_args(MegabyteConfig, args)}
     config = preset_config(args.preset or defaults["preset"], **overrides)
@@ -293,7 +293,7 @@ def train(args: argparse.Namespace) -> None:
     import bytecodecs
     from bytecodecs import WavCodec
     from bytemodels.config import MegabyteConfig
-    from bytemodels.options import overrides_from_args
+    from bytemodels.app.flags import overrides_from_args
 
     flags = training_flags(args)  # checked before anything is read
     out, resume_from, recorded = open_run(args, RECIPE)
@@ -348,7 +348,7 @@ def train(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """Recipe flags, then one flag per field of the wav codec, the model config and the training config."""
     from bytecodecs import WavCodec
-    from bytemodels.options import add_config_arguments
+    from bytemodels.app.flags import add_config_arguments
 
     epilog = defaults_epilog(DEVICE_DEFAULTS, [
         "  sample_every follows eval_every; eval_windows covers whole held-out clips (about "

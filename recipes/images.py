@@ -42,9 +42,9 @@ from typing import Any
 import numpy as np
 
 from bytemodels.data import file_key, folder_key, record_ids, whole_document_windows
-from bytemodels.hub import DEFAULT_SPLIT, HUB_DATA_FLAGS, add_hub_arguments, media_documents
-from bytemodels.options import COUNT, FRACTION, NON_NEGATIVE
-from bytemodels.recipe import (DataFlags, RecipeError, add_model_and_training_arguments, add_run_arguments,
+from bytemodels.app.hub import DEFAULT_SPLIT, HUB_DATA_FLAGS, add_hub_arguments, media_documents
+from bytemodels.app.flags import COUNT, FRACTION, NON_NEGATIVE
+from bytemodels.app.recipe import (DataFlags, RecipeError, add_model_and_training_arguments, add_run_arguments,
                                check_resume_flags, compared_documents, defaults_epilog, device_kind, make_trainer,
                                open_run, preset_config, records_dataset, run_command, save_comparison,
                                stop_if_interrupted, training_flags)
@@ -291,7 +291,7 @@ def sample_writer(codec: Any, patch_size: int, held_out: list[bytes], *, count: 
 def model_config_from_args(args: argparse.Namespace, codec: Any, defaults: dict[str, Any]) -> Any:
     """The preset with the model flags; by default one row per patch and one whole image per window."""
     from bytemodels.config import MegabyteConfig
-    from bytemodels.options import overrides_from_args
+    from bytemodels.app.flags import overrides_from_args
 
     row, record = codec.framing.align, codec.framing.record_size
     overrides = overrides_from_args(MegabyteConfig, args)
@@ -305,7 +305,7 @@ def model_config_from_args(args: argparse.Namespace, codec: Any, defaults: dict[
 def codec_options_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The image codec flags given on the command line; sizes must be fixed (no ``fit=keep``)."""
     from bytecodecs import ImageCodec
-    from bytemodels.options import overrides_from_args
+    from bytemodels.app.flags import overrides_from_args
 
     options = overrides_from_args(ImageCodec, args)
     if options.get("fit") == "keep":
@@ -370,7 +370,7 @@ def train(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """Recipe flags, then one flag per field of the image codec, the model config and the training config."""
     from bytecodecs import ImageCodec
-    from bytemodels.options import add_config_arguments
+    from bytemodels.app.flags import add_config_arguments
 
     epilog = defaults_epilog(DEVICE_DEFAULTS, [
         "  patch_sizes: one image row (width x channels bytes, e.g. 28 for 28x28 L, 96 for 32x32 RGB); a "

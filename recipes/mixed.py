@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 
 from bytemodels.data import file_key, folder_key, record_ids, whole_document_windows
-from bytemodels.options import COUNT, FRACTION, NON_NEGATIVE, POSITIVE
-from bytemodels.recipe import (DataFlags, RecipeError, add_model_and_training_arguments, add_run_arguments,
+from bytemodels.app.flags import COUNT, FRACTION, NON_NEGATIVE, POSITIVE
+from bytemodels.app.recipe import (DataFlags, RecipeError, add_model_and_training_arguments, add_run_arguments,
                                check_resume_flags, defaults_epilog, device_kind, make_trainer, open_run,
                                preset_config, run_command, stop_if_interrupted, training_flags)
 
@@ -264,7 +264,7 @@ def image_row(images: Sequence[Any], cell_pixels: int = 84) -> Any:
 def model_config_from_args(args: argparse.Namespace, codecs: dict[str, Any], defaults: dict[str, Any]) -> Any:
     """The preset with the model flags; patches aligned to image rows, windows holding a whole image."""
     from bytemodels.config import MegabyteConfig
-    from bytemodels.options import overrides_from_args
+    from bytemodels.app.flags import overrides_from_args
 
     overrides = overrides_from_args(MegabyteConfig, args)
     preset = MegabyteConfig.preset(args.preset or defaults["preset"])
@@ -284,7 +284,7 @@ def model_config_from_args(args: argparse.Namespace, codecs: dict[str, Any], def
 def codec_options_from_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """The audio and image codec flags given on the command line, by modality."""
     from bytecodecs import ImageCodec, WavCodec
-    from bytemodels.options import overrides_from_args
+    from bytemodels.app.flags import overrides_from_args
 
     image = overrides_from_args(ImageCodec, args)
     if image.get("fit") == "keep":
@@ -353,7 +353,7 @@ def train(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """Recipe flags, then one flag per field of the wav and image codecs, the model config and the training config."""
     from bytecodecs import ImageCodec, WavCodec
-    from bytemodels.options import add_config_arguments
+    from bytemodels.app.flags import add_config_arguments
 
     epilog = defaults_epilog(DEVICE_DEFAULTS, [
         "  patch_sizes: one image row with --images (e.g. 28 for 28x28 L; a --patch-sizes value must be whole "

@@ -40,10 +40,10 @@ from typing import Any
 
 from bytemodels.config import MegabyteConfig
 from bytemodels.data import MANIFEST_FILE, ByteDataset, EmptyDataError, file_key, key_digest
-from bytemodels.hub import HubError, hub_unreachable_reason
-from bytemodels.options import apply_overrides, overrides_from_args
-from bytemodels.options import COUNT, FRACTION, NON_NEGATIVE, number, seed as seed_flag
-from bytemodels.recipe import (RecipeError, add_model_and_training_arguments, check_resume_flags, device_kind,
+from bytemodels.app.hub import HubError, hub_unreachable_reason
+from bytemodels.app.flags import apply_overrides, overrides_from_args
+from bytemodels.app.flags import COUNT, FRACTION, NON_NEGATIVE, number, seed as seed_flag
+from bytemodels.app.recipe import (RecipeError, add_model_and_training_arguments, check_resume_flags, device_kind,
                                make_trainer, open_run, preset_config, resolve_device, run_command,
                                stop_if_interrupted, training_flags)
 from bytemodels.runfolder import RunFolderError, write_error
@@ -507,7 +507,7 @@ def data_record(source: StorySource, instruct_seed: int | None, val_fraction: fl
 
 def init_weights(trainer: Any, checkpoint: str) -> None:
     """Start ``trainer``'s model from the weights of a checkpoint (fine-tuning), not from random ones."""
-    from bytemodels.cli import open_checkpoint
+    from bytemodels.checkpoint import open_checkpoint
     from bytemodels.model import Megabyte
 
     folder, _, _ = open_checkpoint(checkpoint)
@@ -521,7 +521,7 @@ def init_weights(trainer: Any, checkpoint: str) -> None:
 
 def checkpoint_model_config(checkpoint: str) -> Any:
     """The model config of a checkpoint or run folder (a fine-tuning run keeps the shape it starts from)."""
-    from bytemodels.cli import open_checkpoint
+    from bytemodels.checkpoint import open_checkpoint
 
     folder, _, _ = open_checkpoint(checkpoint)
     return MegabyteConfig.load(folder / "config.json")
@@ -636,7 +636,9 @@ def sample(args: argparse.Namespace) -> None:
     """Stream one story from a checkpoint to stdout (and save it with ``--output``)."""
     import bytecodecs
     import torch
-    from bytemodels.cli import checkpoint_codec, open_checkpoint, prompt_ids
+    from bytemodels.app.checkpoint_codecs import checkpoint_codec
+    from bytemodels.checkpoint import open_checkpoint
+    from bytemodels.data import prompt_ids
     from bytemodels.model import Megabyte
 
     device = resolve_device(args.device)  # before loading: a device this machine lacks is one line
@@ -645,7 +647,7 @@ def sample(args: argparse.Namespace) -> None:
     model = Megabyte.from_pretrained(folder, map_location=device)
     config = model.config
     data = codec.encode(story_prompt(args.prompt))
-    ids = torch.tensor([prompt_ids(codec, "packed", config.patch_size, data, config.num_tags)],
+    ids = torch.tensor([prompt_ids(codec.tag, "packed", config.patch_size, data, config.num_tags)],
                        device=next(model.parameters()).device)
     # Text as the codec reads it: bytes that are not UTF-8 (an undertrained model writes some) show as U+FFFD,
     # and a character split across two pieces is shown once it is whole.
@@ -742,7 +744,7 @@ def build_sample_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m recipes.tinystories [sample] ...``; errors a user can fix are one line, no traceback."""
     from bytecodecs import CodecError
-    from bytemodels.cli import CommandError
+    from bytemodels.app import CommandError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in ("train", "sample") else "train"

@@ -18,7 +18,7 @@ if str(REPO) not in sys.path:  # recipes/ runs from the checkout; it is never in
     sys.path.insert(0, str(REPO))
 
 import bytecodecs  # noqa: E402
-from bytemodels import hub  # noqa: E402
+from bytemodels.app import hub  # noqa: E402
 from recipes import images  # noqa: E402
 
 # A model small enough that a few steps take a second or two on two CPU cores.

@@ -282,8 +282,8 @@ def test_instruct_fine_tunes_a_checkpoint_on_built_entries(story_data, tmp_path,
 
 # -- flags and defaults -------------------------------------------------------------------------------------
 def test_recipe_defaults_fill_in_what_the_flags_leave_out(tmp_path):
-    from bytemodels.options import overrides_from_args
-    from bytemodels.recipe import new_train_config
+    from bytemodels.app.flags import overrides_from_args
+    from bytemodels.app.recipe import new_train_config
     from bytemodels.train import TrainConfig
 
     assert overrides_from_args(TrainConfig, tinystories.build_train_parser().parse_args([])) == {}

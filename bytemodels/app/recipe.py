@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from bytemodels import checkpoint as ckpt
+from bytemodels.app.flags import add_config_arguments, one_line_errors, overrides_from_args
 from bytemodels.config import PRESETS, MegabyteConfig
 from bytemodels.data import ByteDataset, DataCacheError, EmptyDataError, covered_documents
 from bytemodels.distributed import choose_device, environment_rank
-from bytemodels.options import add_config_arguments, one_line_errors, overrides_from_args
 from bytemodels.pretrained import ModelFileError
-from bytemodels.runfolder import FolderLock, RunFolderError, lock_folder, writing
+from bytemodels.runfolder import FolderLock, RunFolderError, atomic_write, lock_folder, writing
 from bytemodels.train import SampleFn, Trainer, TrainConfig, TrainingDiverged, TrainSummary
 
 DEVICE_KINDS = ("cpu", "gpu")
@@ -312,5 +312,5 @@ def save_comparison(out: Path, report: Mapping[str, Any], summary: TrainSummary,
     record = {**report, "step": summary.step, "elapsed_s": round(elapsed_s, 1), "stop_reason": summary.stop_reason}
     path = out / COMPARISON_FILE
     with writing(path, "saving the comparison"):
-        ckpt.atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+        atomic_write(path, json.dumps(record, indent=2) + "\n")
     return path
