@@ -78,7 +78,7 @@ from bytemodels.budget import parse_duration  # noqa: E402
 from bytemodels.config import MegabyteConfig  # noqa: E402
 from bytemodels.data import ByteDataset, Windows  # noqa: E402
 from bytemodels.model import Megabyte  # noqa: E402
-from bytemodels.options import add_config_arguments, overrides_from_args  # noqa: E402
+from bytemodels.app.flags import add_config_arguments, overrides_from_args  # noqa: E402
 from bytemodels.schedule import learning_rate  # noqa: E402
 
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"

@@ -31,9 +31,9 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from benchmarks.compare import byte_nats  # noqa: E402
-from bytemodels.checkpoint import atomic_write_text  # noqa: E402
-from bytemodels.cli import CommandError, load_model, open_checkpoint  # noqa: E402
+from bytemodels.checkpoint import CheckpointError, load_model, open_checkpoint  # noqa: E402
 from bytemodels.data import ByteDataset, DataCacheError  # noqa: E402
+from bytemodels.runfolder import atomic_write  # noqa: E402
 
 SAMPLE = 64
 """Windows in the trainer's default sample (``TrainConfig.eval_windows``)."""
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         folder, _, _ = open_checkpoint(args.checkpoint)
         model = load_model(folder, "cpu").eval()
         dataset = ByteDataset.open(Path(args.cache))
-    except (CommandError, DataCacheError, OSError, ValueError) as error:
+    except (CheckpointError, DataCacheError, OSError, ValueError) as error:
         sys.exit(f"validation_windows: error: {error}")
     config = model.config
     windows = dataset.windows(config.max_seq_len, config.patch_size, config.num_tags)
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"first {SAMPLE}": float(bits[:SAMPLE].sum() / counts[:SAMPLE].sum())}}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"validation-windows-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+    atomic_write(path, json.dumps(result, indent=2) + "\n")
     print(f"{folder}: {total} windows of {config.max_seq_len} ids, {result['bytes']:,} bytes scored\n")
     print("| windows | bits/byte |\n| --- | ---: |")
     for name, value in result["bits_per_byte"].items():

@@ -2,6 +2,6 @@
 
 import sys
 
-from bytemodels.cli import main
+from bytemodels.app.cli import main
 
 sys.exit(main())

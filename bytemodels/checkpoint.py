@@ -41,7 +41,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from bytemodels.jsonfile import read_json
-from bytemodels.runfolder import disk_error, remove_leftovers, write_error, writing
+from bytemodels.runfolder import atomic_write, disk_error, remove_leftovers, write_error, writing
+
 
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -87,20 +88,6 @@ def _fsync(path: Path) -> None:
 
 def _write_json(path: Path, value: Any) -> None:
     path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: readers see old or new, never half."""
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def _replace_dir(temp: Path, final: Path) -> None:
@@ -160,7 +147,7 @@ def save_checkpoint(root: str | Path, step: int, *, write_model: Callable[[Path]
         shutil.rmtree(temp, ignore_errors=True)
         raise
     with writing(root, f"writing {LATEST_FILE}"):
-        atomic_write_text(root / LATEST_FILE, name + "\n")
+        atomic_write(root / LATEST_FILE, name + "\n")
     return root / name
 
 
@@ -344,3 +331,62 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     for name in (MODEL_CONFIG_FILE, TRAIN_CONFIG_FILE, METADATA_FILE):
         parts.append(read_json(path / name, CheckpointError))
     return Checkpoint(path, state, *parts)
+
+
+# -- opening a checkpoint to use its model (sampling, evaluating, inspecting) ------------------------------------
+MODEL_FILES = ("config.json", "model.safetensors", "metadata.json")
+"""The files of a checkpoint that sampling, evaluating and inspecting read: verified against their checksums."""
+
+
+def open_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """(checkpoint folder, metadata, trainer state) for a checkpoint or run folder, or a model folder.
+
+    A checkpoint's model files are checked against the sizes and SHA-256 its trainer state recorded; a
+    metadata.json whose codec entries or layout have the wrong type is refused. Every problem is a
+    ``CheckpointError`` naming the folder or file. A model folder (``save_pretrained``) has no metadata or
+    state: both are ``{}``."""
+    folder = Path(path)
+    if not folder.exists():
+        raise CheckpointError(f"{path}: no such checkpoint folder")
+    if (folder / STATE_FILE).is_file() or not (folder / "model.safetensors").is_file():
+        folder = resolve_checkpoint(folder, only=MODEL_FILES)
+    metadata = _read_json_object(folder / METADATA_FILE, allow_null=True)
+    _check_metadata(metadata, folder / METADATA_FILE)
+    state = _read_json_object(folder / STATE_FILE)
+    return folder, metadata, state
+
+
+def _read_json_object(path: Path, allow_null: bool = False) -> dict[str, Any]:
+    """A JSON object file, {} where the file is absent (or holds null, where allowed)."""
+    if not path.is_file():
+        return {}
+    value = read_json(path, CheckpointError)
+    if value is None and allow_null:  # a checkpoint saved without metadata records null
+        return {}
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: not a JSON object (found a {type(value).__name__})")
+    return value
+
+
+def _check_metadata(metadata: dict[str, Any], path: Path) -> None:
+    """Refuse a metadata.json whose codec entries or layout have the wrong type, naming the file."""
+    codec, several, layout = metadata.get("codec"), metadata.get("codecs"), metadata.get("layout", "packed")
+    configs = [codec] if codec is not None else []
+    if several is not None:
+        if not isinstance(several, dict):
+            raise CheckpointError(f"{path}: 'codecs' must map modality names to codec configs, not {several!r}")
+        configs += list(several.values())
+    for config in configs:
+        if not isinstance(config, dict) or not isinstance(config.get("name"), str):
+            raise CheckpointError(f"{path}: a codec config must be an object with a 'name' string, not {config!r}")
+    if layout not in ("packed", "records"):
+        raise CheckpointError(f"{path}: layout must be 'packed' or 'records', not {layout!r}")
+
+
+def load_model(folder: Path, device: str) -> Any:
+    """The model of a folder from ``open_checkpoint`` (which verified its checksums), in eval mode."""
+    from bytemodels.model import Megabyte
+    from bytemodels.pretrained import load_pretrained
+
+    # As from_pretrained: checks the device (auto included) and the config against the weights first.
+    return load_pretrained(Megabyte, folder, map_location=device, verify=False)

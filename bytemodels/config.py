@@ -10,7 +10,7 @@ from typing import Any
 from bytemodels import tokens
 from bytemodels.jsonfile import read_json_object
 from bytemodels.layers import ACTIVATIONS
-from bytemodels.options import config_from_dict, config_to_dict
+from bytemodels.fields import config_from_dict, config_to_dict
 
 
 @dataclass

@@ -401,6 +401,16 @@ def record_prompt(patch_size: int, tag: int | None = None, num_tags: int = token
     return [tokens.BOS_ID, tag_token] + [tokens.PAD_ID] * (patch_size - 2)
 
 
+def prompt_ids(tag: int | None, layout: str, patch_size: int, data: bytes,
+               num_tags: int = tokens.DEFAULT_NUM_TAGS) -> list[int]:
+    """The ids a generation starts from: the framing a training document of ``layout`` begins with (with the
+    codec's ``tag``, None for raw bytes), then ``data``."""
+    if layout == "records":
+        return record_prompt(patch_size, tag, num_tags) + list(data)
+    header = [tokens.BOS_ID] + ([tokens.tag_id(tag, num_tags)] if tag is not None else [])
+    return header + list(data)
+
+
 def record_ids(length: int | np.ndarray, patch_size: int) -> int | np.ndarray:
     """Ids a document of ``length`` bytes takes in the ``records`` layout: its header patch, its bytes and EOS,
     padded to whole patches. ``length`` may be an array of lengths (int64)."""

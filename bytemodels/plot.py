@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
+
+from bytemodels.runfolder import atomic_file
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -53,14 +53,9 @@ def plot_curves(metrics_path: str | Path, png_path: str | Path, title: str | Non
     axes.legend()
     figure.tight_layout()
     png_path = Path(png_path)
-    handle, temp = tempfile.mkstemp(dir=png_path.parent, prefix=f".{png_path.name}.", suffix=".png")
-    os.close(handle)
     try:
-        figure.savefig(temp, format="png")
-        os.replace(temp, png_path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+        with atomic_file(png_path, suffix=".png") as temp:
+            figure.savefig(temp, format="png")
     finally:
         plt.close(figure)
     return png_path

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,6 +11,7 @@ from safetensors.torch import load_file, save_file
 from bytemodels.config import MegabyteConfig
 from bytemodels.distributed import choose_device
 from bytemodels.jsonfile import read_json_object
+from bytemodels.runfolder import atomic_file, atomic_write
 
 if TYPE_CHECKING:
     from bytemodels.model import Megabyte
@@ -25,31 +24,13 @@ class ModelFileError(ValueError):
     """A model folder is missing a file, or a file is truncated or does not match its config."""
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename, so readers never see half a file."""
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
 def save_pretrained(model: "Megabyte", directory: str | Path) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
-    handle, temp = tempfile.mkstemp(dir=directory, prefix=f".{WEIGHTS_FILE}.")
-    os.close(handle)
-    try:
+    with atomic_file(directory / WEIGHTS_FILE) as temp:
         save_file(state, temp, metadata={"format": "pt"})
-        os.replace(temp, directory / WEIGHTS_FILE)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    atomic_write_bytes(directory / CONFIG_FILE, (model.config.to_json() + "\n").encode())
+    atomic_write(directory / CONFIG_FILE, model.config.to_json() + "\n")
 
 
 def read_config(path: Path) -> MegabyteConfig:

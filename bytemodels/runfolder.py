@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -85,6 +86,30 @@ def writing(where: str | Path, doing: str = "") -> Iterator[None]:
         raise
     except OSError as error:
         raise write_error(where, error, doing) from None
+
+
+@contextmanager
+def atomic_file(path: str | Path, suffix: str = "") -> Iterator[Path]:
+    """A temporary path beside ``path`` for a writer that takes a file name (``save_file``, ``savefig``): when the
+    block ends without an error it is renamed over ``path``, so readers see the old file or the new one, never
+    half; on an error it is deleted. ``suffix`` ends the temporary name (a writer that picks a format by it)."""
+    path = Path(path)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(handle)
+    try:
+        yield Path(temp)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write(path: str | Path, data: str | bytes) -> None:
+    """Write ``data`` (text as UTF-8) to ``path`` through ``atomic_file``, on disk before the rename."""
+    with atomic_file(path) as temp, open(temp, "wb") as file:
+        file.write(data.encode("utf-8") if isinstance(data, str) else data)
+        file.flush()
+        os.fsync(file.fileno())
 
 
 class FolderLock:

@@ -34,14 +34,14 @@ from tqdm.auto import tqdm
 from bytemodels import checkpoint as ckpt
 from bytemodels import rng_state, tokens
 from bytemodels.budget import TimeBudget, parse_duration, step_limit
-from bytemodels.options import config_from_dict, config_to_dict, seed as seed_flag
+from bytemodels.fields import config_from_dict, config_to_dict, seed as seed_flag
 from bytemodels.config import MegabyteConfig
 from bytemodels.distributed import DistributedContext, all_reduce_sum, choose_device, environment_rank, \
     setup_distributed, teardown
 from bytemodels.model import Megabyte
 from bytemodels.plot import plot_curves, read_metrics
 from bytemodels.resume import check_model_config, warn_if_batch_changed, warn_if_data_changed
-from bytemodels.runfolder import FolderLock, lock_folder, remove_leftovers, writing
+from bytemodels.runfolder import FolderLock, atomic_write, lock_folder, remove_leftovers, writing
 from bytemodels.schedule import SCHEDULES, learning_rate
 
 METRICS_FILE = "metrics.jsonl"
@@ -528,7 +528,7 @@ class Trainer:
             return
         kept = [r for r in read_metrics(path) if r.get("step", 0) <= self.step]
         with writing(path, "dropping the lines after the checkpoint"):
-            ckpt.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+            atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept))
 
     # -- the loop -----------------------------------------------------------------------------------------
     def fit(self) -> TrainSummary:

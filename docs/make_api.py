@@ -14,11 +14,12 @@ import dataclasses
 
 import bytecodecs
 import bytemodels
-from bytemodels.options import field_docs
+from bytemodels.app.flags import field_docs
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 # Extra public modules whose functions users call directly.
-MODULES = ["bytemodels.tokens", "bytemodels.generate", "bytemodels.sampling", "bytemodels.stage_step", "bytemodels.options"]
+MODULES = ["bytemodels.tokens", "bytemodels.generate", "bytemodels.sampling", "bytemodels.stage_step",
+           "bytemodels.fields", "bytemodels.app.flags"]
 
 
 def first_paragraph(obj) -> str:

@@ -32,20 +32,22 @@ import io
 import json
 import os
 import struct
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bytemodels.data import folder_key, whole_document_windows
-from bytemodels.hub import DEFAULT_SPLIT, HUB_DATA_FLAGS, add_hub_arguments, media_documents
-from bytemodels.options import COUNT, FRACTION, NON_NEGATIVE, POSITIVE
-from bytemodels.recipe import (DataFlags, RecipeError, add_model_and_training_arguments, add_run_arguments,
-                               check_resume_flags, compared_documents, defaults_epilog, device_kind, make_trainer,
-                               open_run, preset_config, records_dataset, run_command, save_comparison,
-                               stop_if_interrupted, training_flags)
+from bytemodels.app.flags import COUNT, FRACTION, NON_NEGATIVE, POSITIVE
+from bytemodels.app.hub import DEFAULT_SPLIT, HUB_DATA_FLAGS, add_hub_arguments
+from bytemodels.app.media import (Reader, check_one_source, check_patch_fits, comparison, folder_source,
+                                  generate_records, hub_source, print_comparison, save_png, shared_data_hint,
+                                  write_records)
+from bytemodels.app.recipe import (DataFlags, RecipeError, add_model_and_training_arguments, add_run_arguments,
+                                   defaults_epilog, finish_with_comparison, make_trainer, model_config_from_args,
+                                   records_dataset, run_command, start_run)
+from bytemodels.data import whole_document_windows
 
 RECIPE = "audio"
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "audio" / "fsdd" / "recordings"
@@ -66,64 +68,34 @@ DATA_FLAGS = DataFlags(names={"path": "data", **HUB_DATA_FLAGS, "limit": "limit"
 
 
 # -- 1. clips: a folder of audio files or a Hugging Face data set ---------------------------------------------
-def folder_clips(root: Path, codec: Any, limit: int | None) -> tuple[dict[str, Any], Callable[[], Iterator[bytes]]]:
-    """(cache key, reader) for the audio files under ``root``; the reader skips and counts bad files."""
-    from bytecodecs import CodecError, iter_folder
-    from tqdm.auto import tqdm
-
-    try:
-        files = iter_folder(root, codec, limit=limit)
-    except CodecError as error:
-        raise RecipeError(f"--data {error}") from None
-    if not files.paths:
-        raise RecipeError(f"--data {root}: no audio files ({', '.join(codec.extensions)}) in the folder or below it")
-    progress = partial(tqdm, desc=f"encoding {root}", unit="file")
-    return folder_key(root, files.paths), partial(files.encoded, progress)
-
-
 def offline_hint() -> str:
     """What to pass instead of the hub: the offline copy beside the checkout when there is one."""
-    if SHARED_DATA.is_dir():
-        return f"pass --data {os.path.relpath(SHARED_DATA)} (spoken digits beside this checkout)"
-    return "pass --data DIR (a folder of .wav, .flac or other audio files)"
+    return shared_data_hint(SHARED_DATA, "(spoken digits beside this checkout)",
+                            "pass --data DIR (a folder of .wav, .flac or other audio files)")
 
 
-def encode_hub_audio(value: dict[str, Any], codec: Any) -> bytes:
-    """Codec bytes of one undecoded hub audio value ``{"bytes": ..., "path": ...}``.
-
-    The raw file bytes are read with soundfile: ``datasets``' own decoding needs extra system libraries."""
+def read_audio(data: bytes) -> Any:
+    """The ``bytecodecs.Audio`` of an audio file's bytes, read with soundfile (first channel squeezed when mono)."""
     import soundfile
-    from bytecodecs import Audio, CodecError
+    from bytecodecs import Audio
 
-    if value.get("bytes"):
-        try:
-            samples, rate = soundfile.read(io.BytesIO(value["bytes"]), dtype="float32", always_2d=True)
-        except Exception as error:  # libsndfile raises several types for unreadable bytes
-            raise CodecError(f"is not a readable audio file ({error})", value.get("path") or "hub row") from None
-        return codec.encode(Audio(samples[:, 0] if samples.shape[1] == 1 else samples, int(rate)))
-    if value.get("path"):
-        return codec.encode_file(value["path"])
-    raise CodecError("holds neither audio bytes nor a file path", "hub row")
+    samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    return Audio(samples[:, 0] if samples.shape[1] == 1 else samples, int(rate))
 
 
 def hub_clips(name: str, split: str, config: str | None, column: str | None, codec: Any,
-              limit: int | None) -> tuple[dict[str, Any], Callable[[], Iterator[bytes]]]:
+              limit: int | None) -> tuple[dict[str, Any], Reader]:
     """(cache key, reader) for a hub data set's audio; the hub is only contacted when the cache is built."""
-    from bytecodecs import CodecError
-
-    return media_documents(name, split, config, column, "Audio", partial(encode_hub_audio, codec=codec), limit=limit,
-                           skip=(CodecError,), unit="clip", offline_hint=offline_hint())
+    return hub_source(name, split, config, column, codec, limit, feature="Audio", read=read_audio,
+                      readable="audio file", unit="clip", offline_hint=offline_hint())
 
 
-def clip_source(args: argparse.Namespace, codec: Any) -> tuple[dict[str, Any], Callable[[], Iterator[bytes]]]:
+def clip_source(args: argparse.Namespace, codec: Any) -> tuple[dict[str, Any], Reader]:
     """(cache key, reader) for --data or --hub-dataset."""
-    if args.data and args.hub_dataset:
-        raise RecipeError("give --data DIR or --hub-dataset NAME, not both")
+    check_one_source(args, metavar="DIR", what="clips", hint=offline_hint())
     if args.hub_dataset:
         return hub_clips(args.hub_dataset, args.hub_split, args.hub_config, args.hub_column, codec, args.limit)
-    if not args.data:
-        raise RecipeError(f"no clips to train on; {offline_hint()} or --hub-dataset NAME")
-    return folder_clips(Path(args.data).expanduser(), codec, args.limit)
+    return folder_source(Path(args.data).expanduser(), codec, args.limit, what="audio")
 
 
 # -- 2. the comparison: FLAC of exactly the codec's bytes ------------------------------------------------------
@@ -178,24 +150,17 @@ def flac_size(clips: Iterable[bytes], codec: Any) -> dict[str, int]:
 def compression_report(val_bpb: float | None, clips: list[bytes], codec: Any) -> dict[str, Any]:
     """Model bits/byte beside FLAC's bits per codec byte on the same held-out clips."""
     sizes = flac_size(clips, codec)
-    raw = max(sizes["codec_bytes"], 1)
-    return {"clips": len(clips), "seconds": round(raw / codec.bytes_per_frame / codec.sample_rate, 2),
-            "codec": codec.config(), **sizes, "model_bits_per_byte": val_bpb,
-            "flac_file_bits_per_byte": 8 * sizes["flac_file_bytes"] / raw,
-            "flac_frame_bits_per_byte": 8 * sizes["flac_frame_bytes"] / raw}
+    seconds = round(max(sizes["codec_bytes"], 1) / codec.bytes_per_frame / codec.sample_rate, 2)
+    return comparison(val_bpb, sizes, "codec_bytes", clips=len(clips), seconds=seconds, codec=codec.config())
 
 
 def print_report(report: dict[str, Any]) -> None:
     """The comparison as a small table."""
     codec = report["codec"]
-    model = report["model_bits_per_byte"]
-    print(f"\nheld-out clips: {report['clips']} ({report['seconds']} s, {report['codec_bytes']:,} bytes of "
-          f"{codec['sample_format']} at {codec['sample_rate']} Hz)")
-    print(f"{'':<34}{'bits/byte':>10}")
-    print(f"{'model (validation)':<34}{'—' if model is None else f'{model:.3f}':>10}")
-    print(f"{'FLAC -8, whole files':<34}{report['flac_file_bits_per_byte']:>10.3f}")
-    print(f"{'FLAC -8, audio frames only':<34}{report['flac_frame_bits_per_byte']:>10.3f}")
-    print(f"{'raw samples':<34}{8.0:>10.3f}")
+    print_comparison(f"held-out clips: {report['clips']} ({report['seconds']} s, {report['codec_bytes']:,} bytes of "
+                     f"{codec['sample_format']} at {codec['sample_rate']} Hz)", report["model_bits_per_byte"],
+                     [("FLAC -8, whole files", report["flac_file_bits_per_byte"]),
+                      ("FLAC -8, audio frames only", report["flac_frame_bits_per_byte"])], "raw samples")
 
 
 # -- 3. samples: new clips and continuations of held-out clips, as .wav (and a picture of them) ----------------
@@ -208,7 +173,6 @@ def spectrograms(rows: list[tuple[str, list[np.ndarray]]], sample_rate: int, pat
 
     matplotlib.use("Agg")  # no display on training machines
     import matplotlib.pyplot as plt
-    from bytecodecs import atomic_path
 
     columns = max(len(clips) for _, clips in rows)
     longest = max((len(clip) for _, clips in rows for clip in clips), default=1) / sample_rate
@@ -228,8 +192,7 @@ def spectrograms(rows: list[tuple[str, list[np.ndarray]]], sample_rate: int, pat
     for axis in axes[-1]:
         axis.set_xlabel("seconds")
     figure.tight_layout()
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png")
+    save_png(figure, path)
     plt.close(figure)
     return path
 
@@ -237,14 +200,12 @@ def spectrograms(rows: list[tuple[str, list[np.ndarray]]], sample_rate: int, pat
 def sample_writer(codec: Any, patch_size: int, held_out: list[bytes], *, count: int, seconds: float,
                   prompt_seconds: float, temperature: float, seed: int) -> Callable[[Any, int, Path], None]:
     """The ``sample_fn`` the trainer calls: ``count`` new clips, ``count`` continuations and their spectrograms."""
-    from bytemodels.data import record_prompt
-
     frame = codec.bytes_per_frame
     new_bytes = max(1, round(seconds * codec.sample_rate)) * frame
     prompt_bytes = round(prompt_seconds * codec.sample_rate) * frame
     # A prompt never takes more than half of its clip, so there is something left to continue.
     prompts = [clip[:min(prompt_bytes, len(clip) // 2 // frame * frame)] for clip in held_out[:count]]
-    header = record_prompt(patch_size, codec.tag)
+    options = dict(temperature=temperature, seed=seed)
 
     def mono(data: bytes) -> np.ndarray:
         samples = codec.decode(data).samples
@@ -256,14 +217,10 @@ def sample_writer(codec: Any, patch_size: int, held_out: list[bytes], *, count: 
             original = samples_dir / f"held_out_{index:02d}.wav"
             if not original.exists():
                 codec.write_bytes(clip, original)
-        options = dict(temperature=temperature, seed=seed, prefix_ids=header)
-        new = model.generate([b""] * count, new_bytes, **options)
-        for index, data in enumerate(new):
-            codec.write_bytes(data, folder / f"sample_{index:02d}.wav")
-        continued = [prompt + data for prompt, data in zip(prompts, model.generate(prompts, new_bytes, **options))
-                     ] if prompts else []
-        for index, data in enumerate(continued):
-            codec.write_bytes(data, folder / f"continuation_{index:02d}.wav")
+        new = generate_records(model, codec, patch_size, [b""] * count, new_bytes, **options)
+        write_records(codec, new, folder, "sample")
+        continued = generate_records(model, codec, patch_size, prompts, new_bytes, **options)
+        write_records(codec, continued, folder, "continuation")
         rows = ([("held out", [mono(clip) for clip in held_out[:count]]),
                  ("continued", [mono(data) for data in continued])] if continued else [])
         rows.append(("new", [mono(data) for data in new]))
@@ -274,43 +231,25 @@ def sample_writer(codec: Any, patch_size: int, held_out: list[bytes], *, count: 
 
 
 # -- 4. training ---------------------------------------------------------------------------------------------
-def model_config_from_args(args: argparse.Namespace, codec: Any, defaults: dict[str, Any]) -> Any:
-    """The preset with the device's defaults and the model flags; a patch holds whole sample frames."""
-    from bytemodels.config import MegabyteConfig
-    from bytemodels.options import overrides_from_args
-
-    overrides = {"max_seq_len": defaults["max_seq_len"], **overrides_from_args(MegabyteConfig, args)}
-    config = preset_config(args.preset or defaults["preset"], **overrides)
-    align = codec.framing.align
-    if config.patch_size % align:
-        raise RecipeError(f"--patch-sizes {config.patch_size} would split {align}-byte sample frames; "
-                          f"use a multiple of {align}")
-    return config
-
-
 def train(args: argparse.Namespace) -> None:
     """Read the clips, build the configs and the trainer, train, and print the comparison with FLAC."""
     import bytecodecs
     from bytecodecs import WavCodec
+    from bytemodels.app.flags import overrides_from_args
     from bytemodels.config import MegabyteConfig
-    from bytemodels.options import overrides_from_args
 
-    flags = training_flags(args)  # checked before anything is read
-    out, resume_from, recorded = open_run(args, RECIPE)
-    if recorded is not None:
-        check_resume_flags(args, [WavCodec])
-        DATA_FLAGS.restore(args, recorded.metadata.get("data", {}))
-    defaults = DEVICE_DEFAULTS[device_kind(getattr(args, "device", "auto"))]
-    cache_dir = Path(args.cache_dir) if args.cache_dir else out.parent / "cache"
+    run = start_run(args, RECIPE, DEVICE_DEFAULTS, codec_classes=[WavCodec], data_flags=DATA_FLAGS)
+    recorded, defaults = run.recorded, run.defaults
     if recorded is not None:
         codec = bytecodecs.codec_from_config(recorded.metadata["codec"])
         model_config = MegabyteConfig.from_dict(recorded.model_config)
     else:
         codec = bytecodecs.get_codec("wav", **overrides_from_args(WavCodec, args))
-        model_config = model_config_from_args(args, codec, defaults)
+        model_config = model_config_from_args(args, defaults, fields={"max_seq_len": defaults["max_seq_len"]},
+                                              check_patch=partial(check_patch_fits, frame=codec.framing.align))
     key, read = clip_source(args, codec)
-    print(f"clips: {args.hub_dataset or args.data}; codec {json.dumps(codec.config())}; byte cache: {cache_dir}")
-    dataset = records_dataset(read, codec, cache_dir, recipe=RECIPE, source=key, val_fraction=args.val_fraction)
+    print(f"clips: {args.hub_dataset or args.data}; codec {json.dumps(codec.config())}; byte cache: {run.cache_dir}")
+    dataset = records_dataset(read, codec, run.cache_dir, recipe=RECIPE, source=key, val_fraction=args.val_fraction)
     train_data, val_data = dataset.train, dataset.val
     if not len(val_data):
         raise RecipeError(f"--val-fraction {args.val_fraction} holds out none of the {len(dataset)} clips; raise it")
@@ -319,36 +258,30 @@ def train(args: argparse.Namespace) -> None:
           f"held out: {len(val_data):,} clips, {val_data.num_bytes * seconds / 60:.1f} min")
 
     patch, seq_len = model_config.patch_size, model_config.max_seq_len
-    seed = recorded.train_config["seed"] if recorded is not None else flags.get("seed", 0)
     prompts = [val_data.document(i)[0] for i in range(min(len(val_data), args.num_samples))]
     sample_fn = sample_writer(codec, patch, prompts, count=args.num_samples,
                               seconds=args.sample_seconds or defaults["sample_seconds"],
-                              prompt_seconds=args.prompt_seconds, temperature=args.temperature, seed=seed)
+                              prompt_seconds=args.prompt_seconds, temperature=args.temperature, seed=run.seed)
     metadata = {"recipe": RECIPE, "codec": codec.config(), "layout": "records", "data": DATA_FLAGS.record(args)}
     # Validate on whole held-out clips, so the comparison with FLAC covers exactly the same audio.
-    trainer = make_trainer(model_config, train_data, val_data, out=out, resume_from=resume_from, flags=flags,
-                           defaults=defaults, sample_fn=sample_fn, metadata=metadata,
+    trainer = make_trainer(model_config, train_data, val_data, out=run.out, resume_from=run.resume_from,
+                           flags=run.flags, defaults=defaults, sample_fn=sample_fn, metadata=metadata,
                            eval_windows=whole_document_windows(val_data.lengths, patch, seq_len, EVAL_WINDOW_CAP))
 
-    print(f"run folder: {out} (checkpoints/, metrics.jsonl, curve.png, samples/, compression.json)")
+    print(f"run folder: {run.out} (checkpoints/, metrics.jsonl, curve.png, samples/, compression.json)")
     summary = trainer.fit()
-    stop_if_interrupted(summary, out)
-    if not trainer.is_main:
-        return
-    print(f"done: {summary.step:,} steps, {summary.bytes_seen:,} bytes seen, stopped by {summary.stop_reason}")
-    compared = compared_documents(val_data, patch, seq_len, trainer.config.eval_windows)
-    report = compression_report(summary.val_bpb, compared, codec)
-    table = save_comparison(out, report, summary, trainer.elapsed_s)
-    print_report(report)
-    print(f"\ncheckpoint: {summary.checkpoint}; curve: {out / 'curve.png'}; samples: {out / 'samples'}; "
-          f"table: {table}")
+    table = finish_with_comparison(trainer, summary, run.out, val_data, partial(compression_report, codec=codec),
+                                   print_report)
+    if table is not None:
+        print(f"\ncheckpoint: {summary.checkpoint}; curve: {run.out / 'curve.png'}; samples: {run.out / 'samples'}; "
+              f"table: {table}")
 
 
 # -- 5. command line ---------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """Recipe flags, then one flag per field of the wav codec, the model config and the training config."""
     from bytecodecs import WavCodec
-    from bytemodels.options import add_config_arguments
+    from bytemodels.app.flags import add_config_arguments
 
     epilog = defaults_epilog(DEVICE_DEFAULTS, [
         "  sample_every follows eval_every; eval_windows covers whole held-out clips (about "

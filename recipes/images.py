@@ -34,28 +34,26 @@ import io
 import json
 import os
 import struct
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from bytemodels.data import file_key, folder_key, record_ids, whole_document_windows
-from bytemodels.hub import DEFAULT_SPLIT, HUB_DATA_FLAGS, add_hub_arguments, media_documents
-from bytemodels.options import COUNT, FRACTION, NON_NEGATIVE
-from bytemodels.recipe import (DataFlags, RecipeError, add_model_and_training_arguments, add_run_arguments,
-                               check_resume_flags, compared_documents, defaults_epilog, device_kind, make_trainer,
-                               open_run, preset_config, records_dataset, run_command, save_comparison,
-                               stop_if_interrupted, training_flags)
+from bytemodels.app.flags import COUNT, FRACTION, NON_NEGATIVE
+from bytemodels.app.hub import DEFAULT_SPLIT, HUB_DATA_FLAGS, add_hub_arguments
+from bytemodels.app.media import (Reader, array_reader, check_one_source, check_patch_fits, comparison,
+                                  folder_source, generate_records, hub_source, image_array, image_grid,
+                                  print_comparison, save_png, shared_data_hint, write_records)
+from bytemodels.app.recipe import (DataFlags, RecipeError, add_model_and_training_arguments, add_run_arguments,
+                                   defaults_epilog, finish_with_comparison, make_trainer, model_config_from_args,
+                                   records_dataset, run_command, start_run)
+from bytemodels.data import file_key, record_ids, whole_document_windows
 
 RECIPE = "images"
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "images"
 """MNIST and CIFAR-10 arrays beside the checkout (when there are some)."""
 EVAL_WINDOW_CAP = 256
 """Validation windows: whole held-out images, up to about this many windows."""
-CELL_PIXELS = 84
-"""Grids scale each image up (nearest neighbour) to about this many pixels on its longer side."""
 
 #: What the recipe sets where it differs from the preset and TrainConfig defaults, by device kind.
 DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -70,110 +68,53 @@ DATA_FLAGS = DataFlags(names={"path": "data", "array_key": "array_key", **HUB_DA
 
 
 # -- 1. images: a numpy array file, a folder of image files or a Hugging Face data set ---------------------
-def array_images(path: Path, array: np.ndarray, key: str | None, codec: Any,
-                 limit: int | None) -> tuple[dict[str, Any], Callable[[], Iterator[bytes]]]:
-    """(cache key, reader) for the images of an array file."""
-    from tqdm.auto import tqdm
-
-    count = len(array) if limit is None else min(limit, len(array))
-
-    def read() -> Iterator[bytes]:
-        for index in tqdm(range(count), desc=f"encoding {path.name}", unit="image"):
-            yield codec.encode_array(array[index])
-
-    return {"array": file_key(path), "key": key, "limit": limit}, read
-
-
-def folder_images(root: Path, codec: Any, limit: int | None) -> tuple[dict[str, Any], Callable[[], Iterator[bytes]]]:
-    """(cache key, reader) for the image files under ``root``; the reader skips and counts bad files."""
-    from bytecodecs import CodecError, iter_folder
-    from tqdm.auto import tqdm
-
-    try:
-        files = iter_folder(root, codec, limit=limit)
-    except CodecError as error:
-        raise RecipeError(f"--data {error}") from None
-    if not files.paths:
-        raise RecipeError(f"--data {root}: no image files ({', '.join(codec.extensions)}) in the folder or below it")
-    progress = partial(tqdm, desc=f"encoding {root}", unit="file")
-    return folder_key(root, files.paths), partial(files.encoded, progress)
-
-
 def offline_hint() -> str:
     """What to pass instead of the hub: the offline arrays beside the checkout when there are some."""
-    mnist = SHARED_DATA / "mnist_test.npz"
-    if mnist.is_file():
-        return f"pass --data {os.path.relpath(mnist)} (MNIST beside this checkout) or another .npz or image folder"
-    return "pass --data PATH (a folder of image files, or images as a .npz or .npy array)"
+    return shared_data_hint(SHARED_DATA / "mnist_test.npz", "(MNIST beside this checkout) or another .npz or image "
+                            "folder", "pass --data PATH (a folder of image files, or images as a .npz or .npy array)")
 
 
-def encode_hub_image(value: dict[str, Any], codec: Any) -> bytes:
-    """Codec bytes of one undecoded hub image value ``{"bytes": ..., "path": ...}``."""
-    from bytecodecs import CodecError
+def read_image(data: bytes) -> Any:
+    """The Pillow image of an image file's bytes, loaded."""
     from PIL import Image
 
-    if value.get("bytes"):
-        try:
-            with Image.open(io.BytesIO(value["bytes"])) as image:
-                image.load()
-                return codec.encode(image)
-        except CodecError:
-            raise
-        except Exception as error:  # Pillow raises several types for unreadable bytes
-            raise CodecError(f"is not a readable image ({error})", value.get("path") or "hub row") from None
-    if value.get("path"):
-        return codec.encode_file(value["path"])
-    raise CodecError("holds neither image bytes nor a file path", "hub row")
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
 
 
 def hub_images(name: str, split: str, config: str | None, column: str | None, codec: Any,
-               limit: int | None) -> tuple[dict[str, Any], Callable[[], Iterator[bytes]]]:
+               limit: int | None) -> tuple[dict[str, Any], Reader]:
     """(cache key, reader) for a hub data set's images; the hub is only contacted when the cache is built."""
-    from bytecodecs import CodecError
-
-    return media_documents(name, split, config, column, "Image", partial(encode_hub_image, codec=codec), limit=limit,
-                           skip=(CodecError,), unit="image", offline_hint=offline_hint())
+    return hub_source(name, split, config, column, codec, limit, feature="Image", read=read_image, readable="image",
+                      unit="image", offline_hint=offline_hint())
 
 
-def image_source(args: argparse.Namespace, codec_options: dict[str, Any]) -> tuple[Any, dict, Callable]:
+def image_source(args: argparse.Namespace, codec_options: dict[str, Any]) -> tuple[Any, dict, Reader]:
     """(codec, cache key, reader) for --data or --hub-dataset; an array's own size is the default size."""
     import bytecodecs
-    from bytecodecs.image import ARRAY_SUFFIXES, array_codec_options, load_array
+    from bytecodecs.image import ARRAY_SUFFIXES
 
-    if args.data and args.hub_dataset:
-        raise RecipeError("give --data PATH or --hub-dataset NAME, not both")
+    check_one_source(args, metavar="PATH", what="images", hint=offline_hint())
     if args.hub_dataset:
         codec = bytecodecs.get_codec("image", **codec_options)
         return codec, *hub_images(args.hub_dataset, args.hub_split, args.hub_config, args.hub_column, codec,
                                   args.limit)
-    if not args.data:
-        raise RecipeError(f"no images to train on; {offline_hint()} or --hub-dataset NAME")
     path = Path(args.data).expanduser()
     if path.is_file() and path.suffix.lower() in ARRAY_SUFFIXES:
-        try:
-            array = load_array(path, args.array_key)
-        except bytecodecs.CodecError as error:
-            raise RecipeError(f"--data {error}") from None
-        codec = bytecodecs.get_codec("image", **{**array_codec_options(array), **codec_options})
-        return codec, *array_images(path, array, args.array_key, codec, args.limit)
+        codec, array = image_array(path, args.array_key, codec_options, flag="--data")
+        key = {"array": file_key(path), "key": args.array_key, "limit": args.limit}
+        return codec, key, array_reader(array, codec, args.limit, progress=f"encoding {path.name}")
     if path.is_file():
         raise RecipeError(f"--data {path}: give a folder of images or a {' or '.join(ARRAY_SUFFIXES)} array file")
     codec = bytecodecs.get_codec("image", **codec_options)
-    return codec, *folder_images(path, codec, args.limit)
+    return codec, *folder_source(path, codec, args.limit, what="image")
 
 
 # -- 2. patches aligned to rows ----------------------------------------------------------------------------------
 def row_patch_size(row_bytes: int) -> int:
     """The default patch: one image row (two when a row is a single byte, since a patch holds BOS and a tag)."""
     return row_bytes if row_bytes >= 2 else 2
-
-
-def check_row_alignment(patch_size: int, row_bytes: int) -> None:
-    """A patch must be whole rows, or a whole fraction of a row, so that patches never straddle rows."""
-    if patch_size % row_bytes and row_bytes % patch_size:
-        divisors = [d for d in range(2, row_bytes + 1) if row_bytes % d == 0]
-        raise RecipeError(f"--patch-sizes {patch_size} does not line up with image rows of {row_bytes} bytes; use a "
-                          f"multiple of {row_bytes} or one of its divisors ({', '.join(map(str, divisors[-6:]))})")
 
 
 # -- 3. the comparison: PNG of the same images ------------------------------------------------------------------
@@ -208,104 +149,55 @@ def png_size(images: Iterable[bytes], codec: Any) -> dict[str, int]:
 
 def compression_report(val_bpb: float | None, images: list[bytes], codec: Any) -> dict[str, Any]:
     """Model bits/byte beside PNG's bits per raw pixel byte on the same held-out images."""
-    sizes = png_size(images, codec)
-    raw = max(sizes["pixel_bytes"], 1)
-    return {"images": len(images), "codec": codec.config(), **sizes, "model_bits_per_byte": val_bpb,
-            "png_file_bits_per_byte": 8 * sizes["png_file_bytes"] / raw,
-            "png_idat_bits_per_byte": 8 * sizes["png_idat_bytes"] / raw}
+    return comparison(val_bpb, png_size(images, codec), "pixel_bytes", images=len(images), codec=codec.config())
 
 
 def print_report(report: dict[str, Any]) -> None:
     """The comparison as a small table."""
     codec = report["codec"]
-    model = report["model_bits_per_byte"]
-    print(f"\nheld-out images: {report['images']} ({codec['width']}x{codec['height']} {codec['mode']}, "
-          f"{report['pixel_bytes']:,} pixel bytes)")
-    print(f"{'':<34}{'bits/byte':>10}")
-    print(f"{'model (validation)':<34}{'—' if model is None else f'{model:.3f}':>10}")
-    print(f"{'PNG (optimize), whole files':<34}{report['png_file_bits_per_byte']:>10.3f}")
-    print(f"{'PNG (optimize), pixel data only':<34}{report['png_idat_bits_per_byte']:>10.3f}")
-    print(f"{'raw pixels':<34}{8.0:>10.3f}")
+    print_comparison(f"held-out images: {report['images']} ({codec['width']}x{codec['height']} {codec['mode']}, "
+                     f"{report['pixel_bytes']:,} pixel bytes)", report["model_bits_per_byte"],
+                     [("PNG (optimize), whole files", report["png_file_bits_per_byte"]),
+                      ("PNG (optimize), pixel data only", report["png_idat_bits_per_byte"])], "raw pixels")
 
 
 # -- 4. samples: new images and completions of held-out images, as PNG ----------------------------------------
-def image_grid(rows: Sequence[tuple[str, Sequence[Any]]], split_row: int | None = None) -> Any:
-    """One picture of labelled rows of images, scaled up without blurring.
-
-    ``split_row`` (in image rows) marks, with red ticks beside each image of the last row, where the
-    given part of a completion ends and the generated part begins."""
-    from PIL import Image, ImageDraw
-
-    width, height = rows[0][1][0].size
-    scale = max(1, round(CELL_PIXELS / max(width, height)))
-    cell_w, cell_h, gap, label_w = width * scale, height * scale, 6, 80
-    columns = max(len(images) for _, images in rows)
-    canvas = Image.new("RGB", (label_w + columns * (cell_w + gap) + gap, len(rows) * (cell_h + gap) + gap), "white")
-    draw = ImageDraw.Draw(canvas)
-    for row, (label, images) in enumerate(rows):
-        y = gap + row * (cell_h + gap)
-        draw.text((6, y + cell_h // 2 - 6), label, fill="black")
-        for column, image in enumerate(images):
-            x = label_w + gap + column * (cell_w + gap)
-            canvas.paste(image.convert("RGB").resize((cell_w, cell_h), Image.Resampling.NEAREST), (x, y))
-            if split_row is not None and row == len(rows) - 1:
-                tick = y + split_row * scale
-                draw.line([(x - gap + 1, tick), (x - 2, tick)], fill="red", width=2)
-                draw.line([(x + cell_w + 1, tick), (x + cell_w + gap - 2, tick)], fill="red", width=2)
-    return canvas
-
-
 def sample_writer(codec: Any, patch_size: int, held_out: list[bytes], *, count: int, temperature: float,
                   seed: int) -> Callable[[Any, int, Path], None]:
     """The ``sample_fn`` the trainer calls: ``count`` new images, ``count`` completions and their grid."""
-    from bytecodecs import atomic_path
-    from bytemodels.data import record_prompt
-
     record = codec.framing.record_size
-    row = codec.framing.align
     given_rows = codec.height // 2
-    tops = [image[:given_rows * row] for image in held_out[:count]]
-    header = record_prompt(patch_size, codec.tag)
+    tops = [image[:given_rows * codec.framing.align] for image in held_out[:count]]
+    options = dict(temperature=temperature, seed=seed)
 
     def write_samples(model: Any, step: int, samples_dir: Path) -> None:
         folder = samples_dir / f"step_{step:06d}"
-        options = dict(temperature=temperature, seed=seed, prefix_ids=header)
-        samples = model.generate([b""] * count, record, **options)
-        completions = [top + rest for top, rest in zip(tops, model.generate(tops, record - len(tops[0]), **options))
-                       ] if tops else []
-        for index, data in enumerate(samples):
-            codec.write_bytes(data, folder / f"sample_{index:02d}.png")
-        for index, data in enumerate(completions):
-            codec.write_bytes(data, folder / f"completion_{index:02d}.png")
+        samples = generate_records(model, codec, patch_size, [b""] * count, record, **options)
+        completions = generate_records(model, codec, patch_size, tops, record - len(tops[0]), **options) if tops else []
+        write_records(codec, samples, folder, "sample")
+        write_records(codec, completions, folder, "completion")
         rows = [("samples", [codec.decode(data) for data in samples])]
         if completions:
             rows += [("held out", [codec.decode(data) for data in held_out[:count]]),
                      ("completed", [codec.decode(data) for data in completions])]
-        with atomic_path(folder / "grid.png") as temporary:
-            image_grid(rows, split_row=given_rows if completions else None).save(temporary, format="PNG")
+        save_png(image_grid(rows, split_row=given_rows if completions else None), folder / "grid.png")
 
     return write_samples
 
 
 # -- 5. training -------------------------------------------------------------------------------------------------
-def model_config_from_args(args: argparse.Namespace, codec: Any, defaults: dict[str, Any]) -> Any:
+def image_model_config(args: argparse.Namespace, codec: Any, defaults: dict[str, Any]) -> Any:
     """The preset with the model flags; by default one row per patch and one whole image per window."""
-    from bytemodels.config import MegabyteConfig
-    from bytemodels.options import overrides_from_args
-
     row, record = codec.framing.align, codec.framing.record_size
-    overrides = overrides_from_args(MegabyteConfig, args)
-    patch = overrides["patch_sizes"][0] if overrides.get("patch_sizes") else row_patch_size(row)
-    check_row_alignment(patch, row)
-    overrides.setdefault("patch_sizes", (patch,))
-    overrides.setdefault("max_seq_len", record_ids(record, patch))
-    return preset_config(args.preset or defaults["preset"], **overrides)
+    return model_config_from_args(args, defaults, patch_size=row_patch_size(row),
+                                  check_patch=partial(check_patch_fits, row=row),
+                                  max_seq_len=lambda patch: record_ids(record, patch))
 
 
 def codec_options_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The image codec flags given on the command line; sizes must be fixed (no ``fit=keep``)."""
     from bytecodecs import ImageCodec
-    from bytemodels.options import overrides_from_args
+    from bytemodels.app.flags import overrides_from_args
 
     options = overrides_from_args(ImageCodec, args)
     if options.get("fit") == "keep":
@@ -318,22 +210,17 @@ def train(args: argparse.Namespace) -> None:
     from bytecodecs import ImageCodec
     from bytemodels.config import MegabyteConfig
 
-    flags = training_flags(args)  # checked before anything is read
-    out, resume_from, recorded = open_run(args, RECIPE)
-    if recorded is not None:
-        check_resume_flags(args, [ImageCodec])
-        DATA_FLAGS.restore(args, recorded.metadata.get("data", {}))
-    defaults = DEVICE_DEFAULTS[device_kind(getattr(args, "device", "auto"))]
-    cache_dir = Path(args.cache_dir) if args.cache_dir else out.parent / "cache"
+    run = start_run(args, RECIPE, DEVICE_DEFAULTS, codec_classes=[ImageCodec], data_flags=DATA_FLAGS)
+    recorded = run.recorded
     codec_options = ({k: v for k, v in recorded.metadata["codec"].items() if k != "name"} if recorded is not None
                      else codec_options_from_args(args))
     codec, key, read = image_source(args, codec_options)
     if recorded is not None:
         model_config = MegabyteConfig.from_dict(recorded.model_config)
     else:
-        model_config = model_config_from_args(args, codec, defaults)
-    print(f"images: {args.hub_dataset or args.data}; codec {json.dumps(codec.config())}; byte cache: {cache_dir}")
-    dataset = records_dataset(read, codec, cache_dir, recipe=RECIPE, source=key, val_fraction=args.val_fraction)
+        model_config = image_model_config(args, codec, run.defaults)
+    print(f"images: {args.hub_dataset or args.data}; codec {json.dumps(codec.config())}; byte cache: {run.cache_dir}")
+    dataset = records_dataset(read, codec, run.cache_dir, recipe=RECIPE, source=key, val_fraction=args.val_fraction)
     train_data, val_data = dataset.train, dataset.val
     if not len(val_data):
         raise RecipeError(f"--val-fraction {args.val_fraction} holds out none of the {len(dataset)} images; raise it")
@@ -342,35 +229,29 @@ def train(args: argparse.Namespace) -> None:
     print(f"train: {len(train_data):,} images; held out: {len(val_data):,}; patch {patch} bytes "
           f"({rows:g} image row{'' if rows == 1 else 's'}), window {seq_len} ids")
 
-    seed = recorded.train_config["seed"] if recorded is not None else flags.get("seed", 0)
     held_out = [val_data.document(i)[0] for i in range(min(len(val_data), args.num_samples))]
     sample_fn = sample_writer(codec, patch, held_out, count=args.num_samples, temperature=args.temperature,
-                              seed=seed)
+                              seed=run.seed)
     metadata = {"recipe": RECIPE, "codec": codec.config(), "layout": "records", "data": DATA_FLAGS.record(args)}
     # Validate on whole held-out images, so the comparison with PNG covers exactly the same pixels.
-    trainer = make_trainer(model_config, train_data, val_data, out=out, resume_from=resume_from, flags=flags,
-                           defaults=defaults, sample_fn=sample_fn, metadata=metadata,
+    trainer = make_trainer(model_config, train_data, val_data, out=run.out, resume_from=run.resume_from,
+                           flags=run.flags, defaults=run.defaults, sample_fn=sample_fn, metadata=metadata,
                            eval_windows=whole_document_windows(val_data.lengths, patch, seq_len, EVAL_WINDOW_CAP))
 
-    print(f"run folder: {out} (checkpoints/, metrics.jsonl, curve.png, samples/, compression.json)")
+    print(f"run folder: {run.out} (checkpoints/, metrics.jsonl, curve.png, samples/, compression.json)")
     summary = trainer.fit()
-    stop_if_interrupted(summary, out)
-    if not trainer.is_main:
-        return
-    print(f"done: {summary.step:,} steps, {summary.bytes_seen:,} bytes seen, stopped by {summary.stop_reason}")
-    compared = compared_documents(val_data, patch, seq_len, trainer.config.eval_windows)
-    report = compression_report(summary.val_bpb, compared, codec)
-    table = save_comparison(out, report, summary, trainer.elapsed_s)
-    print_report(report)
-    print(f"\ncheckpoint: {summary.checkpoint}; curve: {out / 'curve.png'}; "
-          f"samples: {out / 'samples'} (grid.png in each step folder); table: {table}")
+    table = finish_with_comparison(trainer, summary, run.out, val_data, partial(compression_report, codec=codec),
+                                   print_report)
+    if table is not None:
+        print(f"\ncheckpoint: {summary.checkpoint}; curve: {run.out / 'curve.png'}; "
+              f"samples: {run.out / 'samples'} (grid.png in each step folder); table: {table}")
 
 
 # -- 6. command line ---------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """Recipe flags, then one flag per field of the image codec, the model config and the training config."""
     from bytecodecs import ImageCodec
-    from bytemodels.options import add_config_arguments
+    from bytemodels.app.flags import add_config_arguments
 
     epilog = defaults_epilog(DEVICE_DEFAULTS, [
         "  patch_sizes: one image row (width x channels bytes, e.g. 28 for 28x28 L, 96 for 32x32 RGB); a "

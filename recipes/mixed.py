@@ -35,11 +35,13 @@ from typing import Any
 
 import numpy as np
 
-from bytemodels.data import file_key, folder_key, record_ids, whole_document_windows
-from bytemodels.options import COUNT, FRACTION, NON_NEGATIVE, POSITIVE
-from bytemodels.recipe import (DataFlags, RecipeError, add_model_and_training_arguments, add_run_arguments,
-                               check_resume_flags, defaults_epilog, device_kind, make_trainer, open_run,
-                               preset_config, run_command, stop_if_interrupted, training_flags)
+from bytemodels.app.flags import COUNT, FRACTION, NON_NEGATIVE, POSITIVE
+from bytemodels.app.media import (Reader, array_reader, check_patch_fits, folder_files, image_array, image_grid,
+                                  save_png, write_records)
+from bytemodels.app.recipe import (DataFlags, RecipeError, add_model_and_training_arguments, add_run_arguments,
+                                   defaults_epilog, make_trainer, model_config_from_args, run_command,
+                                   start_run, stop_if_interrupted)
+from bytemodels.data import file_key, folder_key, record_ids, record_prompt, whole_document_windows
 
 RECIPE = "mixed"
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -64,20 +66,14 @@ DATA_FLAGS = DataFlags(names={name: name for name in ("text", "audio", "images",
 
 
 # -- 1. documents: one reader per modality, interleaved ------------------------------------------------------
-def files_under(path: Path, codec: Any, flag: str, limit: int | None = None) -> Any:
+def files_under(path: Path, codec: Any, flag: str, what: str, limit: int | None = None) -> Any:
     """The files ``codec`` reads as a ``bytecodecs.FolderFiles``: ``path`` itself when it is a file, else the
     first ``limit`` files under it (recursively)."""
     import bytecodecs
 
     if path.is_file():
         return bytecodecs.FolderFiles(root=path.parent, codec=codec, paths=[path])
-    try:
-        files = bytecodecs.iter_folder(path, codec, limit=limit)
-    except bytecodecs.CodecError as error:
-        raise RecipeError(f"{flag} {error}") from None
-    if not files.paths:
-        raise RecipeError(f"{flag} {path}: no {', '.join(codec.extensions)} files in the folder or below it")
-    return files
+    return folder_files(path, codec, limit, flag=flag, what=what)
 
 
 def source_key(path: Path, files: Any) -> dict[str, Any]:
@@ -85,9 +81,9 @@ def source_key(path: Path, files: Any) -> dict[str, Any]:
     return file_key(path) if path.is_file() else folder_key(path, files.paths)
 
 
-def text_documents(path: Path, codec: Any, limit: int | None) -> tuple[dict[str, Any], Callable[[], Iterator[bytes]]]:
+def text_documents(path: Path, codec: Any, limit: int | None) -> tuple[dict[str, Any], Reader]:
     """(cache key, reader) for text: each file, split into stories where it holds ``<|endoftext|>``."""
-    files = files_under(path, codec, "--text")
+    files = files_under(path, codec, "--text", "text")
     key = source_key(path, files)
 
     def read() -> Iterator[bytes]:
@@ -104,43 +100,34 @@ def text_documents(path: Path, codec: Any, limit: int | None) -> tuple[dict[str,
     return {"text": key, "limit": limit}, read
 
 
-def audio_documents(path: Path, codec: Any, limit: int | None) -> tuple[dict[str, Any], Callable[[], Iterator[bytes]]]:
+def audio_documents(path: Path, codec: Any, limit: int | None) -> tuple[dict[str, Any], Reader]:
     """(cache key, reader) for the audio files under ``path``; unusable files are skipped and counted."""
-    files = files_under(path, codec, "--audio", limit)
+    files = files_under(path, codec, "--audio", "audio", limit)
     return {"audio": source_key(path, files), "limit": limit}, files.encoded
 
 
 def image_documents(path: Path, codec_options: dict[str, Any], array_key: str | None,
-                    limit: int | None) -> tuple[Any, dict[str, Any], Callable[[], Iterator[bytes]]]:
+                    limit: int | None) -> tuple[Any, dict[str, Any], Reader]:
     """(codec, cache key, reader) for images: a .npz/.npy array (its images' size is the default) or a folder."""
     import bytecodecs
-    from bytecodecs.image import ARRAY_SUFFIXES, array_codec_options, load_array
+    from bytecodecs.image import ARRAY_SUFFIXES
 
     if path.is_file() and path.suffix.lower() in ARRAY_SUFFIXES:
-        try:
-            array = load_array(path, array_key)
-        except bytecodecs.CodecError as error:
-            raise RecipeError(f"--images {error}") from None
-        codec = bytecodecs.get_codec("image", **{**array_codec_options(array), **codec_options})
-        count = len(array) if limit is None else min(limit, len(array))
-
-        def read_array() -> Iterator[bytes]:
-            for index in range(count):
-                yield codec.encode_array(array[index])
-
-        return codec, {"images": file_key(path), "array_key": array_key, "limit": limit}, read_array
+        codec, array = image_array(path, array_key, codec_options, flag="--images")
+        key = {"images": file_key(path), "array_key": array_key, "limit": limit}
+        return codec, key, array_reader(array, codec, limit)
     codec = bytecodecs.get_codec("image", **codec_options)
-    files = files_under(path, codec, "--images", limit)
+    files = files_under(path, codec, "--images", "image", limit)
     return codec, {"images": folder_key(path, files.paths), "limit": limit}, files.encoded
 
 
-def interleave(readers: dict[str, Callable[[], Iterator[bytes]]],
+def interleave(readers: dict[str, Reader],
                codecs: dict[str, Any]) -> Iterator[tuple[bytes, int]]:
     """``(bytes, tag)`` documents taking one of each modality in turn, so every stretch of the data (and of
     the validation windows) holds all of them."""
     from tqdm.auto import tqdm
 
-    def tagged(reader: Callable[[], Iterator[bytes]], tag: int) -> Iterator[tuple[bytes, int]]:
+    def tagged(reader: Reader, tag: int) -> Iterator[tuple[bytes, int]]:
         for data in reader():
             yield data, tag
 
@@ -153,7 +140,7 @@ def interleave(readers: dict[str, Callable[[], Iterator[bytes]]],
                     yield document
 
 
-def byte_dataset(keys: dict[str, Any], readers: dict[str, Callable[[], Iterator[bytes]]], codecs: dict[str, Any],
+def byte_dataset(keys: dict[str, Any], readers: dict[str, Reader], codecs: dict[str, Any],
                  cache_dir: Path, val_fraction: float) -> Any:
     """Every modality's documents in one records-layout ``ByteDataset``, built once under ``cache_dir``."""
     from bytemodels.data import ByteDataset
@@ -203,23 +190,14 @@ def aligned_patch_size(codecs: dict[str, Any], default: int) -> int:
 
 def check_alignment(patch_size: int, codecs: dict[str, Any]) -> None:
     """A patch holds whole audio frames and whole image rows (or a whole fraction of a row)."""
-    if "audio" in codecs and patch_size % codecs["audio"].framing.align:
-        align = codecs["audio"].framing.align
-        raise RecipeError(f"--patch-sizes {patch_size} would split {align}-byte audio frames; "
-                          f"use a multiple of {align}")
-    if "image" in codecs:
-        row = codecs["image"].framing.align
-        if patch_size % row and row % patch_size:
-            raise RecipeError(f"--patch-sizes {patch_size} does not line up with image rows of {row} bytes; "
-                              f"use a multiple of {row} or a divisor of it")
+    check_patch_fits(patch_size, frame=codecs["audio"].framing.align if "audio" in codecs else None,
+                     frames="audio frames", row=codecs["image"].framing.align if "image" in codecs else None)
 
 
 # -- 3. samples: one set per modality tag, each in its own format ---------------------------------------------
 def sample_writer(codecs: dict[str, Any], patch_size: int, *, count: int, text_bytes: int, audio_seconds: float,
                   temperature: float, seed: int) -> Callable[[Any, int, Path], None]:
     """The ``sample_fn`` the trainer calls: ``count`` samples started from each modality's tag."""
-    from bytecodecs import atomic_path
-    from bytemodels.data import record_prompt
     from tqdm.auto import tqdm
 
     lengths = {"text": text_bytes}
@@ -232,59 +210,39 @@ def sample_writer(codecs: dict[str, Any], patch_size: int, *, count: int, text_b
     def write_samples(model: Any, step: int, samples_dir: Path) -> None:
         folder = samples_dir / f"step_{step:06d}"
         for name, codec in codecs.items():
-            header = record_prompt(patch_size, codec.tag)
             generated = model.generate([b""] * count, lengths[name], temperature=temperature, seed=seed,
-                                       prefix_ids=header)
-            for index, data in enumerate(generated):
-                path = codec.write_bytes(data, folder / f"{name}_{index:02d}{codec.extension}")
-                if name == "text":
+                                       prefix_ids=record_prompt(patch_size, codec.tag))
+            paths = write_records(codec, generated, folder, name)
+            if name == "text":
+                for index, (path, data) in enumerate(zip(paths, generated)):
                     tqdm.write(f"--- text sample {index + 1} at step {step} ({path}) ---\n{codec.decode(data)}\n")
-            if name == "image":
-                with atomic_path(folder / "images.png") as temporary:
-                    image_row([codec.decode(data) for data in generated]).save(temporary, format="PNG")
+            if name == "image":  # the images side by side, for a glance
+                save_png(image_grid([("", [codec.decode(data) for data in generated])], label_width=0),
+                         folder / "images.png")
 
     return write_samples
 
 
-def image_row(images: Sequence[Any], cell_pixels: int = 84) -> Any:
-    """The image samples side by side, scaled up without blurring, for a glance."""
-    from PIL import Image
-
-    width, height = images[0].size
-    scale = max(1, round(cell_pixels / max(width, height)))
-    gap = 6
-    canvas = Image.new("RGB", (gap + len(images) * (width * scale + gap), height * scale + 2 * gap), "white")
-    for index, image in enumerate(images):
-        scaled = image.convert("RGB").resize((width * scale, height * scale), Image.Resampling.NEAREST)
-        canvas.paste(scaled, (gap + index * (width * scale + gap), gap))
-    return canvas
-
-
 # -- 4. training ---------------------------------------------------------------------------------------------
-def model_config_from_args(args: argparse.Namespace, codecs: dict[str, Any], defaults: dict[str, Any]) -> Any:
+def mixed_model_config(args: argparse.Namespace, codecs: dict[str, Any], defaults: dict[str, Any]) -> Any:
     """The preset with the model flags; patches aligned to image rows, windows holding a whole image."""
     from bytemodels.config import MegabyteConfig
-    from bytemodels.options import overrides_from_args
 
-    overrides = overrides_from_args(MegabyteConfig, args)
-    preset = MegabyteConfig.preset(args.preset or defaults["preset"])
-    patch = overrides["patch_sizes"][0] if overrides.get("patch_sizes") else aligned_patch_size(
-        codecs, preset.patch_size)
-    check_alignment(patch, codecs)
-    overrides.setdefault("patch_sizes", (patch,) + preset.patch_sizes[1:] if patch != preset.patch_size
-                         else preset.patch_sizes)
-    if "max_seq_len" not in overrides:
+    def window(patch: int) -> int:
         seq_len = math.ceil(defaults["max_seq_len"] / patch) * patch
         if "image" in codecs:  # one whole image per window
             seq_len = max(seq_len, record_ids(codecs["image"].framing.record_size, patch))
-        overrides["max_seq_len"] = seq_len
-    return preset_config(args.preset or defaults["preset"], **overrides)
+        return seq_len
+
+    preset = MegabyteConfig.preset(args.preset or defaults["preset"])
+    return model_config_from_args(args, defaults, patch_size=aligned_patch_size(codecs, preset.patch_size),
+                                  check_patch=lambda patch: check_alignment(patch, codecs), max_seq_len=window)
 
 
 def codec_options_from_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """The audio and image codec flags given on the command line, by modality."""
     from bytecodecs import ImageCodec, WavCodec
-    from bytemodels.options import overrides_from_args
+    from bytemodels.app.flags import overrides_from_args
 
     image = overrides_from_args(ImageCodec, args)
     if image.get("fit") == "keep":
@@ -297,13 +255,8 @@ def train(args: argparse.Namespace) -> None:
     from bytecodecs import ImageCodec, WavCodec
     from bytemodels.config import MegabyteConfig
 
-    flags = training_flags(args)  # checked before anything is read
-    out, resume_from, recorded = open_run(args, RECIPE)
-    if recorded is not None:
-        check_resume_flags(args, [WavCodec, ImageCodec])
-        DATA_FLAGS.restore(args, recorded.metadata.get("data", {}))
-    defaults = DEVICE_DEFAULTS[device_kind(getattr(args, "device", "auto"))]
-    cache_dir = Path(args.cache_dir) if args.cache_dir else out.parent / "cache"
+    run = start_run(args, RECIPE, DEVICE_DEFAULTS, codec_classes=[WavCodec, ImageCodec], data_flags=DATA_FLAGS)
+    recorded, defaults, out, cache_dir = run.recorded, run.defaults, run.out, run.cache_dir
     codec_options = ({name: {k: v for k, v in config.items() if k != "name"}
                       for name, config in recorded.metadata["codecs"].items()} if recorded is not None
                      else codec_options_from_args(args))
@@ -311,7 +264,7 @@ def train(args: argparse.Namespace) -> None:
     if recorded is not None:
         model_config = MegabyteConfig.from_dict(recorded.model_config)
     else:
-        model_config = model_config_from_args(args, codecs, defaults)
+        model_config = mixed_model_config(args, codecs, defaults)
     for name, codec in codecs.items():
         print(f"{name}: {getattr(args, 'images' if name == 'image' else name)} "
               f"(tag {codec.tag}, codec {json.dumps(codec.config())})")
@@ -327,13 +280,12 @@ def train(args: argparse.Namespace) -> None:
     print(f"train: {counts} documents ({train_data.num_bytes:,} bytes); held out: {len(val_data):,}; "
           f"patch {patch} bytes, window {seq_len} ids")
 
-    seed = recorded.train_config["seed"] if recorded is not None else flags.get("seed", 0)
     sample_fn = sample_writer(codecs, patch, count=args.num_samples, text_bytes=args.text_bytes,
                               audio_seconds=args.sample_seconds or defaults["sample_seconds"],
-                              temperature=args.temperature, seed=seed)
+                              temperature=args.temperature, seed=run.seed)
     metadata = {"recipe": RECIPE, "layout": "records", "data": DATA_FLAGS.record(args),
                 "codecs": {name: codec.config() for name, codec in codecs.items()}}
-    trainer = make_trainer(model_config, train_data, val_data, out=out, resume_from=resume_from, flags=flags,
+    trainer = make_trainer(model_config, train_data, val_data, out=out, resume_from=run.resume_from, flags=run.flags,
                            defaults=defaults, sample_fn=sample_fn, metadata=metadata,
                            eval_windows=whole_document_windows(val_data.lengths, patch, seq_len, EVAL_WINDOW_CAP))
 
@@ -353,7 +305,7 @@ def train(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """Recipe flags, then one flag per field of the wav and image codecs, the model config and the training config."""
     from bytecodecs import ImageCodec, WavCodec
-    from bytemodels.options import add_config_arguments
+    from bytemodels.app.flags import add_config_arguments
 
     epilog = defaults_epilog(DEVICE_DEFAULTS, [
         "  patch_sizes: one image row with --images (e.g. 28 for 28x28 L; a --patch-sizes value must be whole "

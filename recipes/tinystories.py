@@ -28,25 +28,23 @@ from __future__ import annotations
 import argparse
 import errno
 import os
-import random
 import re
 import sys
-import textwrap
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from encodings.utf_8 import IncrementalDecoder
 from pathlib import Path
 from typing import Any
 
+from bytemodels.app.flags import COUNT, FRACTION, NON_NEGATIVE, apply_overrides, number, seed as seed_flag
+from bytemodels.app.hub import HubError, hub_unreachable_reason
+from bytemodels.app.recipe import (RecipeError, add_model_and_training_arguments, add_run_arguments,
+                                   check_resume_flags, defaults_epilog, device_kind, make_trainer,
+                                   model_config_from_args, open_run, print_done, resolve_device, run_command,
+                                   stop_if_interrupted, training_flags)
 from bytemodels.config import MegabyteConfig
-from bytemodels.data import MANIFEST_FILE, ByteDataset, EmptyDataError, file_key, key_digest
-from bytemodels.hub import HubError, hub_unreachable_reason
-from bytemodels.options import apply_overrides, overrides_from_args
-from bytemodels.options import COUNT, FRACTION, NON_NEGATIVE, number, seed as seed_flag
-from bytemodels.recipe import (RecipeError, add_model_and_training_arguments, check_resume_flags, device_kind,
-                               make_trainer, open_run, preset_config, resolve_device, run_command,
-                               stop_if_interrupted, training_flags)
+from bytemodels.data import MANIFEST_FILE, ByteDataset, EmptyDataError, file_key, key_digest, prompt_ids
 from bytemodels.runfolder import RunFolderError, write_error
+from recipes.tinystories_instruct import is_instruct_entry, make_instruct_entry, story_prompt
 
 RECIPE = "tinystories"
 SEPARATOR = "<|endoftext|>"
@@ -63,22 +61,6 @@ TEXT_COLUMNS = ("text", "story")
 """Column holding the story in JSON and parquet files, first match wins."""
 DEFAULT_VAL_FRACTION = 0.05
 """Stories held out for validation when the data has no validation split and --val-fraction is not given."""
-
-# Instruct entries: header lines, then "Story: " and the story.
-INSTRUCT_FIELDS = ("Features", "Words", "Summary", "Sentence", "Random sentence")
-STORY_FIELD = "Story: "
-_FIELD_LINE = re.compile(r"^(%s):" % "|".join(re.escape(name) for name in INSTRUCT_FIELDS), re.MULTILINE)
-_STORY_LINE = re.compile(r"^Story:", re.MULTILINE)
-_WORD = re.compile(r"[A-Za-z]+")
-_QUOTED = re.compile(r'"[^"\n]+"|“[^”\n]+”')
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-_STOPWORDS = frozenset("""
-a about after again all also am an and any are as at away back be because been before being big but by came can
-could day did do does down each even every for from get go going got had has have he her here him his how i if in
-into is it its just know let like little lot made make many me more much my new no not now of off oh on once one
-only or other our out over said saw say see she so some than that the their them then there they this time to too
-two up upon us very was way we went were what when where which while who why will with would yes you your
-""".split())
 
 PLAIN_PROMPTS = ("Once upon a time", "One day, a little")
 INSTRUCT_PROMPT = "Features: Dialogue\nWords: cat, ball, happy\nStory: "
@@ -348,58 +330,7 @@ def story_column(dataset: Any, where: str) -> Any:
     return dataset.rename_column(column, "text") if column != "text" else dataset
 
 
-# -- 2. TinyStories-Instruct entries ------------------------------------------------------------------
-def is_instruct_entry(text: str) -> bool:
-    """Whether ``text`` is already an instruct entry (it has a ``Story:`` line)."""
-    return bool(_STORY_LINE.search(text))
-
-
-def story_words(story: str) -> list[str]:
-    """Content words of ``story`` in order of first use: lower-case in the text (so no names), not stopwords."""
-    seen: dict[str, None] = {}
-    for word in _WORD.findall(story):
-        if word.islower() and len(word) >= 3 and word not in _STOPWORDS:
-            seen.setdefault(word, None)
-    return list(seen)
-
-
-def story_sentences(story: str) -> list[str]:
-    """Sentences of ``story`` with four words or more."""
-    parts = _SENTENCE_END.split(" ".join(story.split()))
-    return [part for part in parts if len(part.split()) >= 4]
-
-
-def make_instruct_entry(story: str, seed: int) -> str:
-    """An entry in the TinyStories-Instruct format built from a plain story (an approximation of the real set).
-
-    ``Words:`` three words drawn from the story, ``Sentence:`` one of its sentences (in about half of the
-    entries), ``Features: Dialogue`` when it has quoted speech; the header lines in a random order, then
-    ``Story: `` and the story. The same story and seed always give the same entry."""
-    rng = random.Random(seed)
-    story = story.strip()
-    header = []
-    if _QUOTED.search(story):
-        header.append("Features: Dialogue")
-    words = story_words(story)
-    if words:
-        header.append("Words: " + ", ".join(rng.sample(words, min(3, len(words)))))
-    sentences = story_sentences(story)
-    if sentences and rng.random() < 0.5:
-        header.append("Sentence: " + rng.choice(sentences))
-    rng.shuffle(header)
-    return "".join(line + "\n" for line in header) + STORY_FIELD + story
-
-
-def story_prompt(prompt: str) -> str:
-    """The text a generation starts from: ``\\n`` typed in a shell becomes a newline, and an instruct-style
-    prompt (``Words: ...``) without a ``Story:`` line gets one, so the model writes the story next."""
-    prompt = prompt.replace("\\n", "\n")
-    if _FIELD_LINE.search(prompt) and not is_instruct_entry(prompt):
-        prompt = prompt.rstrip("\n") + "\n" + STORY_FIELD
-    return prompt
-
-
-# -- 3. bytes on disk: the codec's bytes of each story, cached once ------------------------------------------
+# -- 2. bytes on disk: the codec's bytes of each story, cached once ------------------------------------------
 def story_documents(stories: Callable[[], Any], codec: Any, instruct_seed: int | None) -> Iterator[tuple[bytes, int]]:
     """``(bytes, tag)`` per story; with ``instruct_seed`` plain stories become instruct entries.
 
@@ -446,14 +377,7 @@ def byte_datasets(source: StorySource, codec: Any, cache_dir: Path, *, instruct_
     return everything.train, everything.val
 
 
-# -- 4. stories during training: printed, and written through the text codec ---------------------------------
-def text_prefix(codec: Any, num_tags: int) -> tuple[int, ...]:
-    """The ids every training document starts with (BOS, then the text tag): what a generation starts from."""
-    from bytemodels import tokens
-
-    return (tokens.BOS_ID,) if codec.tag is None else (tokens.BOS_ID, tokens.tag_id(codec.tag, num_tags))
-
-
+# -- 3. stories during training: printed, and written through the text codec ---------------------------------
 def make_sample_fn(codec: Any, prompts: Sequence[str], max_new_bytes: int, temperature: float = 0.8,
                    top_k: int | None = 50, seed: int = 0) -> Callable[[Any, int, Path], None]:
     """The trainer's ``sample_fn``: one story per prompt, printed and saved as ``samples/step_NNNNNN_I.txt``."""
@@ -465,7 +389,7 @@ def make_sample_fn(codec: Any, prompts: Sequence[str], max_new_bytes: int, tempe
         if step in done:  # the trainer samples at the end too, which may be a step it just sampled
             return
         done.add(step)
-        prefix = text_prefix(codec, model.config.num_tags)
+        prefix = prompt_ids(codec.tag, "packed", model.config.patch_size, b"", model.config.num_tags)
         for index, prompt in enumerate(prompts):
             data = codec.encode(prompt)
             story = data + model.generate(data, max_new_bytes, temperature=temperature, top_k=top_k,
@@ -476,7 +400,7 @@ def make_sample_fn(codec: Any, prompts: Sequence[str], max_new_bytes: int, tempe
     return sample_stories
 
 
-# -- 5. training ------------------------------------------------------------------------------------------
+# -- 4. training ------------------------------------------------------------------------------------------
 def recipe_defaults(kind: str, instruct: bool) -> dict[str, Any]:
     """The recipe's defaults for this device kind (and for fine-tuning on instruct entries)."""
     return {**DEVICE_DEFAULTS[kind], **(INSTRUCT_DEFAULTS[kind] if instruct else {})}
@@ -507,7 +431,7 @@ def data_record(source: StorySource, instruct_seed: int | None, val_fraction: fl
 
 def init_weights(trainer: Any, checkpoint: str) -> None:
     """Start ``trainer``'s model from the weights of a checkpoint (fine-tuning), not from random ones."""
-    from bytemodels.cli import open_checkpoint
+    from bytemodels.checkpoint import open_checkpoint
     from bytemodels.model import Megabyte
 
     folder, _, _ = open_checkpoint(checkpoint)
@@ -521,7 +445,7 @@ def init_weights(trainer: Any, checkpoint: str) -> None:
 
 def checkpoint_model_config(checkpoint: str) -> Any:
     """The model config of a checkpoint or run folder (a fine-tuning run keeps the shape it starts from)."""
-    from bytemodels.cli import open_checkpoint
+    from bytemodels.checkpoint import open_checkpoint
 
     folder, _, _ = open_checkpoint(checkpoint)
     return MegabyteConfig.load(folder / "config.json")
@@ -537,18 +461,15 @@ def default_init() -> str:
     return str(Path("runs") / RECIPE)
 
 
-def model_config_from_args(args: argparse.Namespace, defaults: dict[str, Any], init: str | None) -> MegabyteConfig:
+def story_model_config(args: argparse.Namespace, defaults: dict[str, Any], init: str | None) -> MegabyteConfig:
     """The model of a new run: the preset (or the ``--init`` checkpoint's shape) with the model flags applied."""
     if init:
         try:
             return apply_overrides(checkpoint_model_config(init), args)
         except ValueError as error:  # config validation names the field; the flag has the same name
             raise RecipeError(str(error)) from None
-    overrides = overrides_from_args(MegabyteConfig, args)
-    if args.preset:
-        return preset_config(args.preset, **overrides)
-    # the recipe's model for this device: a preset with a few fields changed
-    return preset_config(defaults["preset"], **{**defaults["model"], **overrides})
+    # the recipe's model for this device (a preset with a few fields changed), unless --preset names one
+    return model_config_from_args(args, defaults, fields=None if args.preset else defaults["model"])
 
 
 def check_held_out(train_data: Any, val_data: Any, source: StorySource, val_fraction: float, asked: bool) -> None:
@@ -567,7 +488,7 @@ def check_held_out(train_data: Any, val_data: Any, source: StorySource, val_frac
 
 def print_summary(summary: Any, out: Path) -> None:
     """The numbers a run ends with, where its files are, and how to write more stories."""
-    print(f"done: {summary.step:,} steps, {summary.bytes_seen:,} bytes seen, stopped by {summary.stop_reason}")
+    print_done(summary)
     if summary.val_bpb is None:
         print("final validation: none (no validation stories)")
     else:
@@ -616,7 +537,7 @@ def train(args: argparse.Namespace) -> None:
     if checkpoint is not None:
         model_config = MegabyteConfig.from_dict(checkpoint.model_config)
     else:
-        model_config = model_config_from_args(args, defaults, init)
+        model_config = story_model_config(args, defaults, init)
     metadata = {"recipe": RECIPE, "codec": codec.config(), "layout": "packed", "instruct": instruct,
                 "init": init, "data": data_record(source, instruct_seed, val_fraction, split_seed)}
     trainer = make_trainer(model_config, train_data, val_data, out=out, resume_from=resume_from,
@@ -631,12 +552,14 @@ def train(args: argparse.Namespace) -> None:
     print_summary(summary, out)
 
 
-# -- 6. sampling from a checkpoint ---------------------------------------------------------------------------
+# -- 5. sampling from a checkpoint ---------------------------------------------------------------------------
 def sample(args: argparse.Namespace) -> None:
     """Stream one story from a checkpoint to stdout (and save it with ``--output``)."""
     import bytecodecs
     import torch
-    from bytemodels.cli import checkpoint_codec, open_checkpoint, prompt_ids
+    from bytemodels.app.checkpoint_codecs import checkpoint_codec
+    from bytemodels.app.cli import stream_sample
+    from bytemodels.checkpoint import open_checkpoint
     from bytemodels.model import Megabyte
 
     device = resolve_device(args.device)  # before loading: a device this machine lacks is one line
@@ -645,60 +568,42 @@ def sample(args: argparse.Namespace) -> None:
     model = Megabyte.from_pretrained(folder, map_location=device)
     config = model.config
     data = codec.encode(story_prompt(args.prompt))
-    ids = torch.tensor([prompt_ids(codec, "packed", config.patch_size, data, config.num_tags)],
+    ids = torch.tensor([prompt_ids(codec.tag, "packed", config.patch_size, data, config.num_tags)],
                        device=next(model.parameters()).device)
-    # Text as the codec reads it: bytes that are not UTF-8 (an undertrained model writes some) show as U+FFFD,
-    # and a character split across two pieces is shown once it is whole.
-    text = IncrementalDecoder(errors="replace")
-    print(text.decode(data), end="", flush=True)
-    generated = bytearray()
-    for piece in model.generate_stream(ids, args.max_bytes, temperature=args.temperature, top_k=args.top_k,
-                                       top_p=args.top_p, seed=args.seed):
-        generated += piece
-        print(text.decode(piece), end="", flush=True)
-    print(text.decode(b"", final=True))
-    if args.output:
-        path = codec.write_bytes(data + bytes(generated), args.output)
+    pieces = model.generate_stream(ids, args.max_bytes, temperature=args.temperature, top_k=args.top_k,
+                                   top_p=args.top_p, seed=args.seed)
+    # Streamed as `bytemodels sample` does: bytes that are not UTF-8 show as U+FFFD, a split character once whole.
+    _, path = stream_sample(data, pieces, Path(args.output) if args.output else None, codec, show=True,
+                            total=args.max_bytes)
+    if path is not None:
         print(f"wrote the story to {path}", file=sys.stderr)
 
 
-# -- 7. command line ---------------------------------------------------------------------------------------
-def defaults_epilog() -> str:
-    """The recipe defaults by device, for the end of ``--help``."""
-    lines = ["recipe defaults (a flag given on the command line wins):"]
-    for kind in ("cpu", "gpu"):
-        for label, values in ((kind, DEVICE_DEFAULTS[kind]), (f"{kind} with --instruct", INSTRUCT_DEFAULTS[kind])):
-            values = {**values.get("model", {}), **{k: v for k, v in values.items() if k != "model"}}
-            text = f"{label}: " + ", ".join(f"{name}={value}" for name, value in values.items())
-            lines += textwrap.wrap(text, width=100, initial_indent="  ", subsequent_indent="      ")
-    lines.append("  sample_every follows eval_every: stories are printed at each evaluation and at the end.")
-    lines.append("sample from a checkpoint: python -m recipes.tinystories sample --help")
-    return "\n".join(lines)
+# -- 6. command line ---------------------------------------------------------------------------------------
+def epilog() -> str:
+    """The recipe defaults by device, plain and fine-tuning, for the end of ``--help``."""
+    columns = {label: values for kind in ("cpu", "gpu") for label, values in (
+        (kind, DEVICE_DEFAULTS[kind]), (f"{kind} with --instruct", INSTRUCT_DEFAULTS[kind]))}
+    return defaults_epilog(columns, [
+        "  sample_every follows eval_every: stories are printed at each evaluation and at the end.",
+        "sample from a checkpoint: python -m recipes.tinystories sample --help"])
 
 
 def build_train_parser() -> argparse.ArgumentParser:
-    from bytemodels.config import PRESETS
-
     parser = argparse.ArgumentParser(
         prog="python -m recipes.tinystories",
         description="Train a byte-level MEGABYTE model on TinyStories and print stories as it learns. "
                     "Subcommand: `sample` writes a story from a checkpoint.",
-        epilog=defaults_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     recipe = parser.add_argument_group("recipe")
     recipe.add_argument("--data", metavar="PATH",
                         help="local stories instead of the hub: a .txt file with <|endoftext|> separators, "
                              ".json/.jsonl or .parquet with a text (or story) column, or a folder of them "
                              "(train.* and valid.* become the two splits)")
-    recipe.add_argument("--preset", choices=list(PRESETS),
-                        help="model size (default: tiny with max_seq_len 1024 and dims 128,128 on CPU, base on GPU)")
-    recipe.add_argument("--time", metavar="DURATION", default=argparse.SUPPRESS,  # TrainConfig.time when given
-                        help="training time budget, e.g. 90s, 10m, 1.5h (default: 10m on CPU, 1h on GPU; "
-                             "3m and 20m with --instruct)")
-    recipe.add_argument("--out", metavar="DIR",
-                        help="run folder (default: runs/tinystories, or runs/tinystories-instruct with --instruct)")
-    recipe.add_argument("--resume", nargs="?", const="auto", metavar="CHECKPOINT",
-                        help="continue a run: its latest checkpoint in --out, or the given checkpoint or run "
-                             "folder (raise --time or --max-steps to train longer)")
+    add_run_arguments(recipe, RECIPE, DEVICE_DEFAULTS, documents="stories", recorded="data",
+                      notes={"--preset": "with max_seq_len 1024 and dims 128,128 on CPU",
+                             "--time": "3m and 20m with --instruct",
+                             "--out": "runs/tinystories-instruct with --instruct"})
     recipe.add_argument("--instruct", action="store_true",
                         help="fine-tune on TinyStories-Instruct entries (from the hub, from --data, or built "
                              "from plain stories: an approximation of the real set)")
@@ -710,8 +615,6 @@ def build_train_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--val-fraction", type=FRACTION,
                         help="share of the stories held out for validation when the data has no validation "
                              f"split (default: {DEFAULT_VAL_FRACTION})")
-    recipe.add_argument("--cache-dir", metavar="DIR",
-                        help="where the stories are cached as bytes (default: the cache folder beside --out)")
     recipe.add_argument("--sample-bytes", type=COUNT, metavar="N",
                         help="longest story printed at each evaluation (default: 600 on CPU, 1500 on GPU)")
     add_model_and_training_arguments(parser)
@@ -742,7 +645,7 @@ def build_sample_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m recipes.tinystories [sample] ...``; errors a user can fix are one line, no traceback."""
     from bytecodecs import CodecError
-    from bytemodels.cli import CommandError
+    from bytemodels.app import CommandError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in ("train", "sample") else "train"

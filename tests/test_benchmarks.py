@@ -11,7 +11,7 @@ import torch
 from benchmarks import compare, compressors
 from benchmarks.baselines import flat_config_matching
 from bytemodels import MegabyteConfig, Megabyte
-from bytemodels.options import overrides_from_args
+from bytemodels.app.flags import overrides_from_args
 
 
 def test_compare_model_flags_are_the_config_fields() -> None:

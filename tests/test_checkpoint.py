@@ -122,3 +122,27 @@ def test_nothing_but_json_and_tensors_in_the_folder(tmp_path):
                             ckpt.TRAIN_CONFIG_FILE, ckpt.METADATA_FILE, ckpt.STATE_FILE])
     state = json.loads((path / ckpt.STATE_FILE).read_text())
     assert set(state["files"]) == set(names) - {ckpt.STATE_FILE}
+
+
+# -- the one atomic-write helper (checkpoints, model folders, plots) -------------------------------------------
+@pytest.mark.parametrize("data", ["new text\n", b"\x00new bytes"])
+def test_atomic_write_replaces_whole_or_keeps_the_old_file(tmp_path, monkeypatch, data):
+    import errno
+    import os
+
+    from bytemodels.runfolder import atomic_write
+
+    path = tmp_path / "file"
+    path.write_text("old\n")
+    atomic_write(path, data)
+    assert path.read_bytes() == (data.encode() if isinstance(data, str) else data)
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]
+
+    def full_disk(fd):  # the data reached the page cache; the disk refuses it
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError):
+        atomic_write(path, "never seen")
+    assert path.read_bytes() == (data.encode() if isinstance(data, str) else data)
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]  # no temporary file left behind

@@ -1,4 +1,4 @@
-"""The Hugging Face hub helpers (``bytemodels.hub``): a probe that decides within seconds, loading that fails
+"""The Hugging Face hub helpers (``bytemodels.app.hub``): a probe that decides within seconds, loading that fails
 with one line, and a media column read as undecoded file bytes, row by row. No test touches the network."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from bytemodels import hub
-from bytemodels.recipe import RecipeError
+from bytemodels.app import hub
+from bytemodels.app.recipe import RecipeError
 
 
 PROXY_VARIABLES = tuple(f"{scheme}_{case}" for scheme in ("https", "http", "all", "no")

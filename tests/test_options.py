@@ -4,7 +4,7 @@ from dataclasses import dataclass
 import pytest
 
 from bytemodels import MegabyteConfig
-from bytemodels.options import add_config_arguments, apply_overrides, field_docs
+from bytemodels.app.flags import add_config_arguments, apply_overrides, field_docs
 
 
 @dataclass

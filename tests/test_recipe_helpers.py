@@ -1,4 +1,4 @@
-"""Recipe plumbing in the core (``bytemodels.recipe``) and the data-layer helpers recipes share: the run folder
+"""Recipe plumbing in the app layer (``bytemodels.app.recipe``) and the data-layer helpers recipes share: the run folder
 and ``--resume``, recorded data flags, configs from flags, the records cache of one codec, one-line errors."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import pytest
 
 from bytemodels import checkpoint as ckpt
 from bytemodels.data import covered_documents, file_key, folder_key, record_ids, whole_document_windows
-from bytemodels.options import COUNT, FRACTION, number
-from bytemodels.recipe import (DataFlags, RecipeError, check_resume_flags, compared_documents, defaults_epilog,
+from bytemodels.app.flags import COUNT, FRACTION, number
+from bytemodels.app.recipe import (DataFlags, RecipeError, check_resume_flags, compared_documents, defaults_epilog,
                                device_kind, new_train_config, open_run, preset_config, records_dataset,
                                resolve_device, run_command, save_comparison, training_flags)
 from bytemodels.train import TrainSummary
@@ -182,7 +182,7 @@ def test_errors_a_user_can_fix_are_one_line(capsys):
 def test_an_interrupted_run_says_how_to_continue_and_exits_with_the_signal(tmp_path, capsys):
     import signal
 
-    from bytemodels.recipe import stop_if_interrupted
+    from bytemodels.app.recipe import stop_if_interrupted
     from bytemodels.train import TrainSummary
 
     parser = argparse.ArgumentParser(prog="python -m recipes.toy")

@@ -18,7 +18,7 @@ if str(REPO) not in sys.path:  # recipes/ runs from the checkout; it is never in
     sys.path.insert(0, str(REPO))
 
 import bytecodecs  # noqa: E402
-from bytemodels import hub  # noqa: E402
+from bytemodels.app import hub  # noqa: E402
 from bytemodels.data import covered_documents, whole_document_windows  # noqa: E402
 from recipes import audio  # noqa: E402
 

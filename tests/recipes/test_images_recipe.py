@@ -18,7 +18,7 @@ if str(REPO) not in sys.path:  # recipes/ runs from the checkout; it is never in
     sys.path.insert(0, str(REPO))
 
 import bytecodecs  # noqa: E402
-from bytemodels import hub  # noqa: E402
+from bytemodels.app import hub  # noqa: E402
 from recipes import images  # noqa: E402
 
 # A model small enough that a few steps take a second or two on two CPU cores.
@@ -116,7 +116,7 @@ def test_shared_arrays_give_row_patches_and_png_figures(shared_data, tmp_path):
         args = parser.parse_args(["--data", str(shared_data / "images" / name), "--limit", "20"])
         codec, key, read = images.image_source(args, {})
         assert (codec.width, codec.height, codec.mode) == (size, size, mode)
-        config = images.model_config_from_args(args, codec, images.DEVICE_DEFAULTS["cpu"])
+        config = images.image_model_config(args, codec, images.DEVICE_DEFAULTS["cpu"])
         assert config.patch_size == patch and config.max_seq_len == window
         report = images.compression_report(None, list(read()), codec)
         assert report["images"] == 20 and 0.5 < report["png_idat_bits_per_byte"] < 8.0

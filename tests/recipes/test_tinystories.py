@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # recipes/ runs from the checkout; it is never installed into site-packages
     sys.path.insert(0, str(REPO))
 
-from recipes import tinystories  # noqa: E402
+from recipes import tinystories, tinystories_instruct  # noqa: E402
 
 SHARED_STORIES = REPO.parent / "shared" / "data" / "tinystories"
 # A model small enough that a few steps take a second or two on two CPU cores.
@@ -168,14 +168,14 @@ def test_hub_sources_ask_datasets_for_the_right_files(monkeypatch, tmp_path):
 
 # -- instruct entries ---------------------------------------------------------------------------------------
 def header_fields(entry: str) -> dict[str, str]:
-    header, _, _ = entry.partition(tinystories.STORY_FIELD)
+    header, _, _ = entry.partition(tinystories_instruct.STORY_FIELD)
     return dict(line.split(": ", 1) for line in header.splitlines())
 
 
 def test_instruct_entry_is_built_from_the_story():
     for seed in range(20):
-        entry = tinystories.make_instruct_entry(DIALOGUE_STORY, seed)
-        assert entry.endswith(tinystories.STORY_FIELD + DIALOGUE_STORY)
+        entry = tinystories_instruct.make_instruct_entry(DIALOGUE_STORY, seed)
+        assert entry.endswith(tinystories_instruct.STORY_FIELD + DIALOGUE_STORY)
         fields = header_fields(entry)
         assert fields["Features"] == "Dialogue"
         words = fields["Words"].split(", ")
@@ -186,19 +186,20 @@ def test_instruct_entry_is_built_from_the_story():
 
 
 def test_instruct_entry_has_no_dialogue_feature_without_quotes_and_is_deterministic():
-    entries = {tinystories.make_instruct_entry(QUIET_STORY, seed) for seed in range(10)}
+    entries = {tinystories_instruct.make_instruct_entry(QUIET_STORY, seed) for seed in range(10)}
     assert all("Features:" not in entry for entry in entries)
     assert len(entries) > 1  # the seed picks the words and the sentence
-    assert tinystories.make_instruct_entry(QUIET_STORY, 7) == tinystories.make_instruct_entry(QUIET_STORY, 7)
+    entry = tinystories_instruct.make_instruct_entry
+    assert entry(QUIET_STORY, 7) == entry(QUIET_STORY, 7)
     assert any("Sentence: " in entry for entry in entries) and any("Sentence: " not in entry for entry in entries)
-    assert tinystories.is_instruct_entry(tinystories.make_instruct_entry(QUIET_STORY, 0))
-    assert not tinystories.is_instruct_entry(QUIET_STORY)
+    assert tinystories_instruct.is_instruct_entry(tinystories_instruct.make_instruct_entry(QUIET_STORY, 0))
+    assert not tinystories_instruct.is_instruct_entry(QUIET_STORY)
 
 
 def test_prompts_plain_and_instruct():
-    assert tinystories.story_prompt("Once upon a time") == "Once upon a time"
-    assert tinystories.story_prompt("Words: cat, ball, happy") == "Words: cat, ball, happy\nStory: "
-    assert (tinystories.story_prompt(r"Features: Dialogue\nWords: cat, ball, happy\nStory: ")
+    assert tinystories_instruct.story_prompt("Once upon a time") == "Once upon a time"
+    assert tinystories_instruct.story_prompt("Words: cat, ball, happy") == "Words: cat, ball, happy\nStory: "
+    assert (tinystories_instruct.story_prompt(r"Features: Dialogue\nWords: cat, ball, happy\nStory: ")
             == "Features: Dialogue\nWords: cat, ball, happy\nStory: ")
 
 
@@ -270,8 +271,8 @@ def test_instruct_fine_tunes_a_checkpoint_on_built_entries(story_data, tmp_path,
 
 # -- flags and defaults -------------------------------------------------------------------------------------
 def test_recipe_defaults_fill_in_what_the_flags_leave_out(tmp_path):
-    from bytemodels.options import overrides_from_args
-    from bytemodels.recipe import new_train_config
+    from bytemodels.app.flags import overrides_from_args
+    from bytemodels.app.recipe import new_train_config
     from bytemodels.train import TrainConfig
 
     assert overrides_from_args(TrainConfig, tinystories.build_train_parser().parse_args([])) == {}

@@ -1,4 +1,5 @@
-"""Command-line flags from config dataclasses: one ``--flag`` per field, its docstring as help.
+"""Command-line flags from config dataclasses: one ``--flag`` per field, its docstring as help; flag types with
+bounds; one-line flag errors.
 
 A recipe starts from a preset (a named config) and lets flags override fields by name, so every
 recipe has the same command-line shape and ``--help`` lists every field with its meaning.
@@ -16,9 +17,12 @@ import textwrap
 import types
 import typing
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
-Config = TypeVar("Config")
+from bytemodels.fields import Config, seed
+
+__all__ = ["COUNT", "FRACTION", "NON_NEGATIVE", "POSITIVE", "add_config_arguments", "apply_overrides",
+           "field_docs", "number", "one_line_errors", "overrides_from_args", "seed"]
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -91,21 +95,6 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, title: s
                            help=help_text)
 
 
-def config_to_dict(config: Any) -> dict[str, Any]:
-    """A config dataclass as a JSON-able dict (tuples become lists)."""
-    return {f.name: (list(v) if isinstance(v := getattr(config, f.name), tuple) else v)
-            for f in dataclasses.fields(config)}
-
-
-def config_from_dict(cls: type[Config], values: dict[str, Any]) -> Config:
-    """Build config dataclass ``cls`` from a dict; an unknown key is an error that names it and lists the fields."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; fields are: {', '.join(sorted(names))}")
-    return cls(**values)
-
-
 def overrides_from_args(cls: type, args: argparse.Namespace) -> dict[str, Any]:
     """The fields of ``cls`` that were given on the command line, by name."""
     names = {field.name for field in dataclasses.fields(cls)}
@@ -141,16 +130,6 @@ def number(kind: type = int, *, at_least: float | None = None, above: float | No
     return parse
 
 
-def seed(text: str) -> int:
-    """``type`` of a ``--seed`` flag: a whole number in 0 .. 2**64 - 1, what torch's and numpy's seeding take;
-    a larger one is refused as the flag is parsed (``argument --seed: must be in 0 .. 2**64 - 1, not ...``)."""
-    value = int(text)  # not a number: argparse's own "invalid int value: 'x'"
-    if not 0 <= value < 2**64:
-        raise argparse.ArgumentTypeError(f"must be in 0 .. 2**64 - 1, not {text}")
-    return value
-
-
-seed.__name__ = "int"
 COUNT = number(int, at_least=1)
 """``type`` of a flag that counts things (documents to read, samples to write, bytes to generate): 1 or more."""
 NON_NEGATIVE = number(float, at_least=0)

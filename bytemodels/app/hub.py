@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import ParseResult, urlparse
 
-from bytemodels.recipe import RecipeError
+from bytemodels.app.recipe import RecipeError
 
 PROBE_TIMEOUT_S = 3.0
 """How long the reachability probe waits for the hub (or the proxy) to accept a connection, and then to answer."""

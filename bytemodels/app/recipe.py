@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from bytemodels import checkpoint as ckpt
+from bytemodels.app.flags import add_config_arguments, one_line_errors, overrides_from_args
 from bytemodels.config import PRESETS, MegabyteConfig
 from bytemodels.data import ByteDataset, DataCacheError, EmptyDataError, covered_documents
 from bytemodels.distributed import choose_device, environment_rank
-from bytemodels.options import add_config_arguments, one_line_errors, overrides_from_args
 from bytemodels.pretrained import ModelFileError
-from bytemodels.runfolder import FolderLock, RunFolderError, lock_folder, writing
+from bytemodels.runfolder import FolderLock, RunFolderError, atomic_write, lock_folder, writing
 from bytemodels.train import SampleFn, Trainer, TrainConfig, TrainingDiverged, TrainSummary
 
 DEVICE_KINDS = ("cpu", "gpu")
@@ -58,17 +58,25 @@ def stop_if_interrupted(summary: TrainSummary, out: Path) -> None:
 
 # -- 1. the command line ------------------------------------------------------------------------------------
 def add_run_arguments(group: argparse._ArgumentGroup, recipe: str, device_defaults: Mapping[str, Mapping[str, Any]],
-                      *, documents: str, recorded: str) -> None:
+                      *, documents: str, recorded: str, notes: Mapping[str, str] | None = None) -> None:
     """``--preset``, ``--time``, ``--out``, ``--resume`` and ``--cache-dir``, the flags of every training recipe.
 
     ``documents`` names what the recipe reads (``"clips"``) and ``recorded`` what a resumed run keeps
-    (``"codec and clips"``); the defaults shown are the recipe's ``DEVICE_DEFAULTS``."""
+    (``"codec and clips"``); the defaults shown are the recipe's ``DEVICE_DEFAULTS``. ``notes`` add to the
+    defaults a flag's help shows, by flag (``{"--out": "runs/tinystories-instruct with --instruct"}``)."""
+    notes = notes or {}
+
+    def default(flag: str, text: str) -> str:
+        return f"(default: {text}{'; ' + notes[flag] if flag in notes else ''})"
+
     cpu, gpu = (device_defaults[kind] for kind in DEVICE_KINDS)
     group.add_argument("--preset", choices=list(PRESETS),
-                       help=f"model size (default: {cpu['preset']} on CPU, {gpu['preset']} on GPU)")
-    group.add_argument("--time", metavar="DURATION", help="training time budget, e.g. 90s, 10m, 1.5h "
-                       f"(default: {cpu['time']} on CPU, {gpu['time']} on GPU)")
-    group.add_argument("--out", metavar="DIR", help=f"run folder (default: runs/{recipe})")
+                       help="model size " + default("--preset", f"{cpu['preset']} on CPU, {gpu['preset']} on GPU"))
+    # TrainConfig.time when given; left out, like the config flags, the recipe's default (or the resumed run's) holds
+    group.add_argument("--time", metavar="DURATION", default=argparse.SUPPRESS,
+                       help="training time budget, e.g. 90s, 10m, 1.5h "
+                       + default("--time", f"{cpu['time']} on CPU, {gpu['time']} on GPU"))
+    group.add_argument("--out", metavar="DIR", help="run folder " + default("--out", f"runs/{recipe}"))
     group.add_argument("--resume", nargs="?", const="auto", metavar="CHECKPOINT",
                        help="continue a run: its latest checkpoint in --out, or the given checkpoint or run folder, "
                             f"with the {recorded} it recorded (raise --time or --max-steps)")
@@ -85,11 +93,14 @@ def add_model_and_training_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def defaults_epilog(device_defaults: Mapping[str, Mapping[str, Any]], notes: Sequence[str]) -> str:
-    """The end of ``--help``: the recipe's defaults by device kind, then ``notes`` on how the shape follows the
-    data, wrapped to 110 columns."""
+    """The end of ``--help``: the recipe's defaults by device kind (or any label: ``"cpu with --instruct"``; a
+    nested mapping, such as model fields, is shown inline), then ``notes``, wrapped to 110 columns."""
     lines = ["recipe defaults (a flag given on the command line wins):"]
-    for kind in DEVICE_KINDS:
-        lines.append(f"  {kind}: " + ", ".join(f"{k}={v}" for k, v in device_defaults[kind].items()))
+    for label, values in device_defaults.items():
+        shown = {}
+        for name, value in values.items():
+            shown.update(value if isinstance(value, Mapping) else {name: value})
+        lines.append(f"  {label}: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
     lines += notes
     return "\n".join(textwrap.fill(line, width=110, subsequent_indent="      ") for line in lines)
 
@@ -227,6 +238,45 @@ class DataFlags:
         args.val_fraction = recorded.get("val_fraction", args.val_fraction)
 
 
+@dataclass(frozen=True)
+class RunStart:
+    """What every training recipe knows once the run folder is open: see ``start_run``."""
+
+    flags: dict[str, Any]
+    """The training fields given on the command line (``training_flags``)."""
+    out: Path
+    """The run folder."""
+    resume_from: Path | None
+    """The checkpoint ``--resume`` continues, or None."""
+    recorded: ckpt.Checkpoint | None
+    """That checkpoint read (its configs and metadata), or None."""
+    defaults: Mapping[str, Any]
+    """The recipe's defaults for this device kind."""
+    cache_dir: Path
+    """``--cache-dir``, else the ``cache`` folder beside the run folder."""
+
+    @property
+    def seed(self) -> int:
+        """The run's seed: the resumed run's, else ``--seed``, else 0."""
+        return self.recorded.train_config["seed"] if self.recorded is not None else self.flags.get("seed", 0)
+
+
+def start_run(args: argparse.Namespace, recipe: str, device_defaults: Mapping[str, Mapping[str, Any]], *,
+              codec_classes: Sequence[type] = (), data_flags: DataFlags | None = None) -> RunStart:
+    """The first steps of a training recipe, in order: check the training flags, open (and lock) the run folder,
+    and on ``--resume`` refuse the model and codec flags and restore the recorded data flags; then the device's
+    defaults and the cache folder."""
+    flags = training_flags(args)  # checked before anything is read
+    out, resume_from, recorded = open_run(args, recipe)
+    if recorded is not None:
+        check_resume_flags(args, codec_classes)
+        if data_flags is not None:
+            data_flags.restore(args, recorded.metadata.get("data", {}))
+    defaults = device_defaults[device_kind(getattr(args, "device", "auto"))]
+    cache_dir = Path(args.cache_dir) if args.cache_dir else out.parent / "cache"
+    return RunStart(flags, out, resume_from, recorded, defaults, cache_dir)
+
+
 # -- 3. data, model and training ------------------------------------------------------------------------------
 def records_dataset(read: Callable[[], Iterable[bytes]], codec: Any, cache_dir: Path, *, recipe: str,
                     source: Mapping[str, Any], val_fraction: float) -> ByteDataset:
@@ -253,6 +303,30 @@ def preset_config(preset: str, **overrides: Any) -> MegabyteConfig:
         return MegabyteConfig.preset(preset, **overrides)
     except ValueError as error:
         raise RecipeError(str(error)) from None
+
+
+def model_config_from_args(args: argparse.Namespace, defaults: Mapping[str, Any], *,
+                           fields: Mapping[str, Any] | None = None, patch_size: int | None = None,
+                           check_patch: Callable[[int], None] | None = None,
+                           max_seq_len: Callable[[int], int] | None = None) -> MegabyteConfig:
+    """The model of a new run: ``--preset`` (else the device's ``defaults["preset"]``) with ``fields`` (what the
+    recipe sets over the preset), then the model flags given.
+
+    Where ``--patch-sizes`` is not given, ``patch_size`` (the data's own, such as one image row) replaces the
+    preset's; ``check_patch`` refuses a patch size that would split the data's frames or rows, and
+    ``max_seq_len(patch)`` is the window where ``--max-seq-len`` is not given. A validation error names the field
+    (the flag has the same name) as a ``RecipeError``."""
+    name = args.preset or defaults["preset"]
+    overrides = {**(fields or {}), **overrides_from_args(MegabyteConfig, args)}
+    preset = MegabyteConfig.preset(name)
+    patch = overrides["patch_sizes"][0] if overrides.get("patch_sizes") else patch_size or preset.patch_size
+    if check_patch is not None:
+        check_patch(patch)
+    if patch != preset.patch_size:
+        overrides.setdefault("patch_sizes", (patch,) + preset.patch_sizes[1:])
+    if max_seq_len is not None and "max_seq_len" not in overrides:
+        overrides["max_seq_len"] = max_seq_len(patch)
+    return preset_config(name, **overrides)
 
 
 def training_flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -312,5 +386,28 @@ def save_comparison(out: Path, report: Mapping[str, Any], summary: TrainSummary,
     record = {**report, "step": summary.step, "elapsed_s": round(elapsed_s, 1), "stop_reason": summary.stop_reason}
     path = out / COMPARISON_FILE
     with writing(path, "saving the comparison"):
-        ckpt.atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+        atomic_write(path, json.dumps(record, indent=2) + "\n")
     return path
+
+
+def print_done(summary: TrainSummary) -> None:
+    """The line every recipe ends a run with: steps, bytes seen and why it stopped."""
+    print(f"done: {summary.step:,} steps, {summary.bytes_seen:,} bytes seen, stopped by {summary.stop_reason}")
+
+
+def finish_with_comparison(trainer: Trainer, summary: TrainSummary, out: Path, val_data: ByteDataset,
+                           compare: Callable[[float | None, list[bytes]], dict[str, Any]],
+                           show: Callable[[dict[str, Any]], None]) -> Path | None:
+    """The end of a media recipe's ``train()``: an interrupted run stops here (``stop_if_interrupted``); on the
+    main process, print the summary line, ``compare`` the held-out documents validation covered with a classic
+    codec, save the report (``save_comparison``) and ``show`` it. Returns the report's path (None off rank 0)."""
+    stop_if_interrupted(summary, out)
+    if not trainer.is_main:
+        return None
+    print_done(summary)
+    config = trainer.model_config
+    compared = compared_documents(val_data, config.patch_size, config.max_seq_len, trainer.config.eval_windows)
+    report = compare(summary.val_bpb, compared)
+    table = save_comparison(out, report, summary, trainer.elapsed_s)
+    show(report)
+    return table

@@ -1,7 +1,8 @@
 """The ``bytemodels`` command: sample, evaluate, inspect checkpoints; encode and decode with codecs.
 
-This is the one core module that imports ``bytecodecs``: a checkpoint records its codec's
-configuration as opaque JSON, and only here does it become a codec again.
+A face over the core, not a library: what recipes and benchmarks also need lives in the core (``open_checkpoint``
+and ``load_model`` in ``bytemodels.checkpoint``, ``prompt_ids`` in ``bytemodels.data``) or beside this module
+(``checkpoint_codec`` in ``bytemodels.app.checkpoint_codecs``).
 """
 
 from __future__ import annotations
@@ -14,123 +15,19 @@ import json
 import math
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import bytecodecs
-from bytemodels.options import COUNT, NON_NEGATIVE, number, one_line_errors, seed as seed_flag
-
-LAYOUT_BY_MODALITY = {"audio": "records", "image": "records"}
-
-
-class CommandError(Exception):
-    """A problem the user can fix; printed as one line, exit status 2."""
-
-
-# -- checkpoints -----------------------------------------------------------------------------------
-#: The files of a checkpoint that sampling, evaluating and inspecting read: verified against their checksums.
-MODEL_FILES = ("config.json", "model.safetensors", "metadata.json")
-
-
-def open_checkpoint(path: str) -> tuple[Path, dict[str, Any], dict[str, Any]]:
-    """(checkpoint folder, metadata, trainer state) for a checkpoint or run folder, or a model folder.
-
-    A checkpoint's model files are checked against the sizes and SHA-256 its trainer state recorded."""
-    from bytemodels.checkpoint import METADATA_FILE, STATE_FILE, resolve_checkpoint
-
-    folder = Path(path)
-    if not folder.exists():
-        raise CommandError(f"{path}: no such checkpoint folder")
-    if (folder / STATE_FILE).is_file() or not (folder / "model.safetensors").is_file():
-        folder = resolve_checkpoint(folder, only=MODEL_FILES)
-    metadata = _read_json(folder / METADATA_FILE, allow_null=True)
-    _check_metadata(metadata, folder / METADATA_FILE)
-    state = _read_json(folder / STATE_FILE)
-    return folder, metadata, state
-
-
-def _read_json(path: Path, allow_null: bool = False) -> dict[str, Any]:
-    """A JSON object file, {} where the file is absent (or holds null, where allowed)."""
-    from bytemodels.jsonfile import read_json
-
-    if not path.is_file():
-        return {}
-    value = read_json(path, CommandError)
-    if value is None and allow_null:  # a checkpoint saved without metadata records null
-        return {}
-    if not isinstance(value, dict):
-        raise CommandError(f"{path}: not a JSON object (found a {type(value).__name__})")
-    return value
-
-
-def _check_metadata(metadata: dict[str, Any], path: Path) -> None:
-    """Refuse a metadata.json whose codec entries or layout have the wrong type, naming the file."""
-    codec, several, layout = metadata.get("codec"), metadata.get("codecs"), metadata.get("layout", "packed")
-    configs = [codec] if codec is not None else []
-    if several is not None:
-        if not isinstance(several, dict):
-            raise CommandError(f"{path}: 'codecs' must map modality names to codec configs, not {several!r}")
-        configs += list(several.values())
-    for config in configs:
-        if not isinstance(config, dict) or not isinstance(config.get("name"), str):
-            raise CommandError(f"{path}: a codec config must be an object with a 'name' string, not {config!r}")
-    if layout not in ("packed", "records"):
-        raise CommandError(f"{path}: layout must be 'packed' or 'records', not {layout!r}")
-
-
-def checkpoint_codec(metadata: dict[str, Any], modality: str | None = None) -> bytecodecs.ByteCodec | None:
-    """The codec a checkpoint was trained with, or None when it recorded none (raw bytes).
-
-    A checkpoint trained on several modalities records one codec per modality (``"codecs"``);
-    ``modality`` picks one, and its tag makes the model produce that modality."""
-    several = metadata.get("codecs")
-    if several:
-        if modality not in several:
-            raise CommandError(f"this checkpoint was trained on several modalities: pass --modality "
-                               f"{' or '.join(sorted(several))}")
-        return _codec_from_config(several[modality])
-    if modality is not None:
-        raise CommandError("--modality is for checkpoints trained on several modalities; this one has one codec")
-    config = metadata.get("codec")
-    return _codec_from_config(config) if config else None
-
-
-def _codec_from_config(config: dict[str, Any]) -> bytecodecs.ByteCodec:
-    try:
-        return bytecodecs.codec_from_config(config)
-    except (bytecodecs.CodecError, TypeError, AttributeError, KeyError) as error:  # e.g. an option of a wrong type
-        raise CommandError(f"metadata.json: codec config {config!r} cannot be rebuilt ({error})") from None
-
-
-def checkpoint_layout(metadata: dict[str, Any], codec: bytecodecs.ByteCodec | None) -> str:
-    if "layout" in metadata:
-        return metadata["layout"]
-    return LAYOUT_BY_MODALITY.get(codec.modality if codec else "", "packed")
-
-
-def load_model(folder: Path, device: str):
-    """The model of a folder from ``open_checkpoint`` (which verified its checksums), in eval mode."""
-    from bytemodels.model import Megabyte
-    from bytemodels.pretrained import load_pretrained
-
-    # As from_pretrained: checks the device (auto included) and the config against the weights first.
-    return load_pretrained(Megabyte, folder, map_location=device, verify=False)
+from bytemodels.app import CommandError
+from bytemodels.app.checkpoint_codecs import checkpoint_codec, checkpoint_layout
+from bytemodels.app.flags import COUNT, NON_NEGATIVE, number, one_line_errors, seed as seed_flag
+from bytemodels.checkpoint import load_model, open_checkpoint
+from bytemodels.data import prompt_ids
 
 
 # -- sample ----------------------------------------------------------------------------------------
-def prompt_ids(codec, layout: str, patch_size: int, data: bytes, num_tags: int) -> list[int]:
-    """The ids a generation starts from: the framing a training document begins with, then ``data``."""
-    from bytemodels import tokens
-    from bytemodels.data import record_prompt
-
-    tag = codec.tag if codec is not None else None
-    if layout == "records":
-        return record_prompt(patch_size, tag, num_tags) + list(data)
-    header = [tokens.BOS_ID] + ([tokens.tag_id(tag, num_tags)] if tag is not None else [])
-    return header + list(data)
-
-
 def command_sample(args: argparse.Namespace) -> int:
     import torch
 
@@ -164,14 +61,15 @@ def command_sample(args: argparse.Namespace) -> int:
                            f"written whole at the end, so its bytes are held in memory until then")
     model = load_model(folder, args.device)
     config = model.config
-    ids = torch.tensor([prompt_ids(codec, layout, config.patch_size, data, config.num_tags)],
+    tag = codec.tag if codec is not None else None
+    ids = torch.tensor([prompt_ids(tag, layout, config.patch_size, data, config.num_tags)],
                        device=next(model.parameters()).device)
     options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                    compile=args.compile)
     output = Path(args.output) if args.output else Path("sample" + (codec.extension if codec else ".bin"))
     pieces = model.generate_stream(ids, max_bytes, **options)
     if is_text:
-        count, output = _stream_sample(data, pieces, output, codec, show=not args.quiet, total=max_bytes)
+        count, output = stream_sample(data, pieces, output, codec, show=not args.quiet, total=max_bytes)
     else:
         generated = bytearray()
         with _byte_progress(max_bytes) as bar:
@@ -195,22 +93,28 @@ def _byte_progress(total: int):
     return tqdm(total=total, desc="generating", unit="B", unit_scale=True, unit_divisor=1024, delay=2, leave=False)
 
 
-def _stream_sample(data: bytes, pieces, output: Path, codec, show: bool, total: int) -> tuple[int, Path]:
-    """Write the prompt and each generated piece to ``output`` as it comes (raw bytes, or text as the text
-    codec writes it: UTF-8 with U+FFFD for what is not), and to the terminal when ``show``; (bytes, path)."""
-    if codec is not None and not output.suffix:
+def stream_sample(data: bytes, pieces: Iterable[bytes], output: Path | None, codec: Any, show: bool,
+                  total: int) -> tuple[int, Path | None]:
+    """Write the prompt ``data`` and each generated piece to ``output`` (None: no file) as it comes (raw bytes, or
+    text as the text codec writes it: UTF-8 with U+FFFD for what is not), and to the terminal when ``show``;
+    (generated bytes, path). ``total`` sizes the progress bar shown instead of the text when not ``show``."""
+    if output is not None and codec is not None and not output.suffix:
         output = output.with_name(output.name + codec.extension)
     # Text is re-encoded as codec.write_bytes does; a cut mid-character waits for the rest of it.
     text = codecs.getincrementaldecoder("utf-8")(errors="replace")
     terminal = codecs.getincrementaldecoder("utf-8")(errors="replace")
     try:
-        file = open(output, "wb", buffering=0)  # unbuffered: what is generated is on disk, however long the run
+        if output is not None:
+            output.parent.mkdir(parents=True, exist_ok=True)
+        # unbuffered: what is generated is on disk, however long the run
+        file = open(output, "wb", buffering=0) if output is not None else contextlib.nullcontext()
     except OSError as error:
         raise CommandError(f"{output}: cannot write ({error.strerror or error})") from None
     count = 0
     with file, (contextlib.nullcontext() if show else _byte_progress(total)) as bar:
         for index, piece in enumerate(itertools.chain([data], pieces)):
-            file.write(text.decode(piece).encode() if codec is not None else piece)
+            if output is not None:
+                file.write(text.decode(piece).encode() if codec is not None else piece)
             if show:
                 sys.stdout.write(terminal.decode(piece))
                 sys.stdout.flush()
@@ -218,7 +122,7 @@ def _stream_sample(data: bytes, pieces, output: Path, codec, show: bool, total: 
                 count += len(piece)
                 if bar is not None:
                     bar.update(len(piece))
-        if codec is not None:
+        if output is not None and codec is not None:
             file.write(text.decode(b"", final=True).encode())
     if show:
         sys.stdout.write(terminal.decode(b"", final=True) + "\n")
