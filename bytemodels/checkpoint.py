@@ -338,16 +338,23 @@ MODEL_FILES = ("config.json", "model.safetensors", "metadata.json")
 """The files of a checkpoint that sampling, evaluating and inspecting read: verified against their checksums."""
 
 
-def open_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
-    """(checkpoint folder, metadata, trainer state) for a checkpoint or run folder, or a model folder.
+def open_checkpoint(path: str | Path, revision: str | None = None) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """(checkpoint folder, metadata, trainer state) for a checkpoint or run folder, a model folder, or a model on
+    the Hugging Face hub (``org/name`` at ``revision``, downloaded into the hub cache).
 
     A checkpoint's model files are checked against the sizes and SHA-256 its trainer state recorded; a
     metadata.json whose codec entries or layout have the wrong type is refused. Every problem is a
     ``CheckpointError`` naming the folder or file. A model folder (``save_pretrained``) has no metadata or
     state: both are ``{}``."""
+    from bytemodels.hub_models import download, is_repo_id
+
     folder = Path(path)
     if not folder.exists():
-        raise CheckpointError(f"{path}: no such checkpoint folder")
+        if not is_repo_id(str(path)):
+            raise CheckpointError(f"{path}: no such checkpoint folder (nor a hub model id such as org/name)")
+        folder = download(str(path), revision)
+    elif revision is not None:
+        raise CheckpointError(f"{path}: --revision is for models on the hub; this is a local folder")
     if (folder / STATE_FILE).is_file() or not (folder / "model.safetensors").is_file():
         folder = resolve_checkpoint(folder, only=MODEL_FILES)
     metadata = _read_json_object(folder / METADATA_FILE, allow_null=True)

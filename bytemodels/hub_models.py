@@ -204,9 +204,15 @@ def push_run(run: str | Path, repo_id: str, **options: Any) -> str:
     """Upload a training run (a run folder or one of its checkpoints): the best checkpoint's model files and codec
     metadata (else the newest), and a card with its validation bits/byte, data, command, text samples, training
     curve and the recipe's sample pictures; returns the commit's URL."""
-    from bytemodels.checkpoint import BEST_DIR, checkpoints_root, load_checkpoint
+    from bytemodels.checkpoint import BEST_DIR, STATE_FILE, checkpoints_root, load_checkpoint
 
+    if not is_repo_id(repo_id):
+        raise HubModelError(f"{repo_id!r} is not a hub repo id; write it as org/name (or user/name)")
     run = Path(run)
+    if (run / WEIGHTS_FILE).is_file() and not (run / STATE_FILE).is_file():  # a save_pretrained folder
+        from bytemodels.model import Megabyte
+
+        return push_model(Megabyte.from_pretrained(run), repo_id, **options)
     root = checkpoints_root(run)
     best = root / BEST_DIR
     checkpoint = load_checkpoint(best if best.is_dir() and not (run / "trainer_state.json").is_file() else run)

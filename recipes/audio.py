@@ -45,8 +45,8 @@ from bytemodels.app.media import (Reader, check_one_source, check_patch_fits, co
                                   generate_records, hub_source, print_comparison, save_png, shared_data_hint,
                                   write_records)
 from bytemodels.app.recipe import (DataFlags, RecipeError, add_model_and_training_arguments, add_run_arguments,
-                                   defaults_epilog, finish_with_comparison, make_trainer, model_config_from_args,
-                                   records_dataset, run_command, start_run)
+                                    defaults_epilog, finish_with_comparison, make_trainer, model_config_from_args,
+                                    recipe_prog, records_dataset, run_command, start_run)
 from bytemodels.data import whole_document_windows
 
 RECIPE = "audio"
@@ -289,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  --patch-sizes must keep sample frames whole: a multiple of 1 byte for mulaw and linear8, "
         "2 for pcm16, twice that in stereo."])
     parser = argparse.ArgumentParser(
-        prog="python -m recipes.audio",
+        prog=recipe_prog("audio"),
         description="Train a byte-level MEGABYTE model on audio clips (one clip per record), write new clips and "
                     "continuations of held-out clips as .wav, and compare validation bits/byte with FLAC.",
         epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)

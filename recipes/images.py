@@ -45,8 +45,8 @@ from bytemodels.app.media import (Reader, array_reader, check_one_source, check_
                                   folder_source, generate_records, hub_source, image_array, image_grid,
                                   print_comparison, save_png, shared_data_hint, write_records)
 from bytemodels.app.recipe import (DataFlags, RecipeError, add_model_and_training_arguments, add_run_arguments,
-                                   defaults_epilog, finish_with_comparison, make_trainer, model_config_from_args,
-                                   records_dataset, run_command, start_run)
+                                    defaults_epilog, finish_with_comparison, make_trainer, model_config_from_args,
+                                    recipe_prog, records_dataset, run_command, start_run)
 from bytemodels.data import file_key, record_ids, whole_document_windows
 
 RECIPE = "images"
@@ -262,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  sample_every follows eval_every; eval_windows covers whole held-out images (about "
         f"{EVAL_WINDOW_CAP}), the images the PNG comparison uses."])
     parser = argparse.ArgumentParser(
-        prog="python -m recipes.images",
+        prog=recipe_prog("images"),
         description="Train a byte-level MEGABYTE model on fixed-size images (one image per record, one row per "
                     "patch), draw samples and completions as PNG grids, and compare validation bits/byte with PNG.",
         epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -39,8 +39,8 @@ from bytemodels.app.flags import COUNT, FRACTION, NON_NEGATIVE, POSITIVE
 from bytemodels.app.media import (Reader, array_reader, check_patch_fits, folder_files, image_array, image_grid,
                                   save_png, write_records)
 from bytemodels.app.recipe import (DataFlags, RecipeError, add_model_and_training_arguments, add_run_arguments,
-                                   defaults_epilog, make_trainer, model_config_from_args, run_command,
-                                   start_run, stop_if_interrupted)
+                                    defaults_epilog, make_trainer, model_config_from_args, recipe_prog, run_command,
+                                    start_run, stop_if_interrupted)
 from bytemodels.data import file_key, folder_key, record_ids, record_prompt, whole_document_windows
 
 RECIPE = "mixed"
@@ -315,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  sample_every follows eval_every; eval_windows covers whole held-out documents (about "
         f"{EVAL_WINDOW_CAP} windows)."])
     parser = argparse.ArgumentParser(
-        prog="python -m recipes.mixed",
+        prog=recipe_prog("mixed"),
         description="Train one byte-level MEGABYTE model on text, audio and images, each document led by its "
                     "modality tag; samples of each modality are written as .txt, .wav and .png.",
         epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -38,9 +38,9 @@ from typing import Any
 from bytemodels.app.flags import COUNT, FRACTION, NON_NEGATIVE, apply_overrides, number, seed as seed_flag
 from bytemodels.app.hub import HubError, hub_unreachable_reason
 from bytemodels.app.recipe import (RecipeError, add_model_and_training_arguments, add_run_arguments,
-                                   check_resume_flags, defaults_epilog, device_kind, make_trainer,
-                                   model_config_from_args, open_run, print_done, resolve_device, run_command,
-                                   stop_if_interrupted, training_flags)
+                                    check_resume_flags, defaults_epilog, device_kind, make_trainer,
+                                    model_config_from_args, open_run, print_done, recipe_prog, resolve_device,
+                                    run_command, stop_if_interrupted, training_flags)
 from bytemodels.config import MegabyteConfig
 from bytemodels.data import MANIFEST_FILE, ByteDataset, EmptyDataError, file_key, key_digest, prompt_ids
 from bytemodels.runfolder import RunFolderError, write_error
@@ -457,7 +457,7 @@ def default_init() -> str:
 
     if latest_checkpoint(Path("runs") / RECIPE) is None:
         raise RecipeError("--instruct fine-tunes a trained model: pass --init CHECKPOINT (e.g. the run folder of "
-                          "python -m recipes.tinystories)")
+                          f"{recipe_prog(RECIPE)})")
     return str(Path("runs") / RECIPE)
 
 
@@ -495,7 +495,7 @@ def print_summary(summary: Any, out: Path) -> None:
         best = "" if summary.best_val_bpb is None else f" (best {summary.best_val_bpb:.4f})"
         print(f"final validation: {summary.val_bpb:.4f} bits/byte{best}")
     print(f"checkpoint: {summary.checkpoint}; curve: {out / 'curve.png'}; samples: {out / 'samples'}")
-    print(f"write more stories: python -m recipes.tinystories sample --checkpoint {out} --prompt \"Once upon a time\"")
+    print(f"write more stories: {recipe_prog(RECIPE, 'sample')} --checkpoint {out} --prompt \"Once upon a time\"")
 
 
 def train(args: argparse.Namespace) -> None:
@@ -586,12 +586,12 @@ def epilog() -> str:
         (kind, DEVICE_DEFAULTS[kind]), (f"{kind} with --instruct", INSTRUCT_DEFAULTS[kind]))}
     return defaults_epilog(columns, [
         "  sample_every follows eval_every: stories are printed at each evaluation and at the end.",
-        "sample from a checkpoint: python -m recipes.tinystories sample --help"])
+        f"sample from a checkpoint: {recipe_prog(RECIPE, 'sample')} --help"])
 
 
 def build_train_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m recipes.tinystories",
+        prog=recipe_prog("tinystories"),
         description="Train a byte-level MEGABYTE model on TinyStories and print stories as it learns. "
                     "Subcommand: `sample` writes a story from a checkpoint.",
         epilog=epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -623,7 +623,7 @@ def build_train_parser() -> argparse.ArgumentParser:
 
 def build_sample_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m recipes.tinystories sample",
+        prog=recipe_prog("tinystories", "sample"),
         description="Write a story from a checkpoint, streamed to stdout. The prompt is a plain opening "
                     "(\"Once upon a time\") or an instruct-style prompt (\"Features: Dialogue\\nWords: cat, "
                     "ball, happy\\nStory: \"); a typed \\n is a newline, and Story: is added when missing.")

@@ -141,3 +141,46 @@ def test_a_run_card_says_what_the_run_measured():
     assert "| steps | 11,207 |" in card and "| training time | 30m 00s |" in card
     assert "python -m recipes.tinystories --time 30m" in card and "![curve](curve.png)" in card
     assert "Once upon a time, there was a cat." in card and 'bytemodels sample org/stories --prompt' in card
+
+
+def test_bytemodels_push_uploads_a_run_with_its_card_and_sample_reads_it_back(tmp_path):
+    """``bytemodels push RUN org/name`` and ``bytemodels sample org/name`` through the stand-in hub."""
+    from bytemodels import ByteDataset, TrainConfig, Trainer
+
+    codec = {"name": "text", "strict": False, "normalize": None}
+    data = ByteDataset.build([(b"Once upon a time there was a cat. " * 8, 0)] * 6, tmp_path / "cache", key={"t": 2},
+                             val_fraction=0.3, progress=False)
+
+    def write_story(model, step, folder):
+        (folder / f"step_{step:06d}_0.txt").write_text("Once upon a time, a story.", encoding="utf-8")
+
+    Trainer(MegabyteConfig.preset("tiny", **TINY),
+            TrainConfig(out_dir=str(tmp_path / "run"), batch_size=2, max_steps=2, warmup_steps=1, eval_every=1,
+                        eval_windows=2, progress=False), data.train, data.val, sample_fn=write_story,
+            metadata={"recipe": "tinystories", "codec": codec, "layout": "packed"}).fit()
+    with stand_in_hub() as hub:
+        done = run(f"""
+            from bytemodels.app.cli import main
+            codes = [main(["push", {str(tmp_path / "run")!r}, "org/stories"]),
+                     main(["sample", "org/stories", "--prompt", "Once", "--max-bytes", "5", "--seed", "1", "--quiet",
+                           "-o", {str(tmp_path / "story.txt")!r}])]
+            print(codes)
+        """, tmp_path / "hf", hub.endpoint)
+        assert done.returncode == 0 and done.stdout.strip().endswith("[0, 0]"), done.stdout + done.stderr[-3000:]
+        files = hub.files("org/stories")
+    assert set(files) == {"config.json", "model.safetensors", "metadata.json", "README.md", "curve.png"}
+    assert json.loads(files["metadata.json"])["codec"] == codec
+    card = files["README.md"].decode()
+    assert "| validation bits per byte (best) |" in card and "Once upon a time, a story." in card
+    assert "![curve](curve.png)" in card and "- codec-text" in card
+    assert (tmp_path / "story.txt").read_bytes().startswith(b"Once")
+
+
+def test_pushing_somewhere_that_is_no_repo_id_is_one_line(tmp_path, capsys):
+    from bytemodels.app.cli import main
+
+    model = Megabyte(MegabyteConfig.preset("tiny", **TINY))
+    model.save_pretrained(tmp_path / "model")
+    assert main(["push", str(tmp_path / "model"), "not a repo"]) == 2
+    assert capsys.readouterr().err.strip() == ("bytemodels: error: 'not a repo' is not a hub repo id; write it as "
+                                               "org/name (or user/name)")

@@ -31,7 +31,7 @@ from bytemodels.data import prompt_ids
 def command_sample(args: argparse.Namespace) -> int:
     import torch
 
-    folder, metadata, _ = open_checkpoint(args.checkpoint)
+    folder, metadata, _ = open_checkpoint(args.checkpoint, args.revision)
     codec = checkpoint_codec(metadata, args.modality)
     layout = checkpoint_layout(metadata, codec)
     if args.prompt is not None and args.prompt_file is not None:
@@ -209,7 +209,7 @@ def _encoded_document(codec, path: Path, folder: Path):
 def command_eval(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    folder, metadata, _ = open_checkpoint(args.checkpoint)
+    folder, metadata, _ = open_checkpoint(args.checkpoint, args.revision)
     codec = checkpoint_codec(metadata, args.modality)
     layout = checkpoint_layout(metadata, codec)
     model = load_model(folder, args.device)
@@ -296,7 +296,7 @@ def command_info(args: argparse.Namespace) -> int:
     from bytemodels.model import Megabyte
     from bytemodels.pretrained import CONFIG_FILE, WEIGHTS_FILE, check_weights, read_config
 
-    folder, metadata, state = open_checkpoint(args.checkpoint)
+    folder, metadata, state = open_checkpoint(args.checkpoint, args.revision)
     # The parameters are counted from the weights' header, once it matches the config: nothing is allocated.
     config = read_config(folder / CONFIG_FILE)
     shapes = check_weights(Megabyte, config, folder / CONFIG_FILE, folder / WEIGHTS_FILE)
@@ -321,6 +321,33 @@ def command_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_push(args: argparse.Namespace) -> int:
+    from bytemodels.hub_models import push_run
+
+    url = push_run(args.run_folder, args.repo_id, private=args.private, revision=args.revision, token=args.token)
+    print(f"pushed {args.run_folder} to {args.repo_id}: {url}")
+    return 0
+
+
+#: The recipes ``bytemodels train`` runs: modules of the ``recipes`` package installed with bytemodels.
+RECIPES = ("tinystories", "audio", "images", "mixed")
+
+
+def command_train(args: argparse.Namespace) -> int:
+    """``bytemodels train NAME [flags]``: the recipe's own command line, from any folder."""
+    import importlib
+
+    from bytemodels.app import recipe as recipe_layer
+
+    module = importlib.import_module(f"recipes.{args.recipe}")
+    recipe_layer.PROG_FORMAT = "bytemodels train {name}"
+    try:
+        module.main(args.recipe_args)
+    finally:
+        recipe_layer.PROG_FORMAT = recipe_layer.MODULE_PROG_FORMAT
+    return 0
+
+
 def command_codecs(args: argparse.Namespace) -> int:
     for name in bytecodecs.available_codecs():
         cls = bytecodecs.codec_class(name)
@@ -330,13 +357,24 @@ def command_codecs(args: argparse.Namespace) -> int:
 
 # -- parser ----------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
+    from bytemodels import __version__
+
     parser = argparse.ArgumentParser(
         prog="bytemodels",
-        description="Sample, evaluate and inspect bytemodels checkpoints; encode and decode files with codecs.")
+        description="Train byte-level models, sample, evaluate, inspect and share checkpoints; encode and decode "
+                    "files with codecs.")
+    parser.add_argument("--version", action="version", version=f"bytemodels {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    train = commands.add_parser("train", help="train with a recipe: tinystories, audio, images or mixed",
+                                add_help=False, description="bytemodels train NAME --help lists a recipe's flags")
+    train.add_argument("recipe", choices=RECIPES, help="the recipe")
+    train.add_argument("recipe_args", nargs=argparse.REMAINDER, help="the recipe's flags (see --help)")
+    train.set_defaults(run=command_train)
+
     sample = commands.add_parser("sample", help="generate from a checkpoint, written in the codec's format")
-    sample.add_argument("checkpoint", help="checkpoint folder, run folder or model folder")
+    sample.add_argument("checkpoint", help="checkpoint folder, run folder, model folder or hub model id (org/name)")
+    sample.add_argument("--revision", help="for a hub model id: the branch, tag or commit (default: main)")
     sample.add_argument("--prompt", help="text to continue (text codecs)")
     sample.add_argument("--prompt-file", help="a file to continue, read through the checkpoint's codec")
     sample.add_argument("--max-bytes", type=number(int, at_least=0),
@@ -355,7 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.set_defaults(run=command_sample)
 
     evaluate = commands.add_parser("eval", help="bits per byte of files under a checkpoint's model")
-    evaluate.add_argument("checkpoint")
+    evaluate.add_argument("checkpoint", help="checkpoint folder, run folder, model folder or hub model id")
+    evaluate.add_argument("--revision", help="for a hub model id: the branch, tag or commit (default: main)")
     evaluate.add_argument("files", nargs="+", metavar="FILES_OR_DIR")
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
     evaluate.add_argument("--batch-size", type=COUNT, default=8)
@@ -374,9 +413,18 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(run=run)
 
     info = commands.add_parser("info", help="configuration, size, codec and progress of a checkpoint")
-    info.add_argument("checkpoint")
+    info.add_argument("checkpoint", help="checkpoint folder, run folder, model folder or hub model id")
+    info.add_argument("--revision", help="for a hub model id: the branch, tag or commit (default: main)")
     info.add_argument("--json", action="store_true")
     info.set_defaults(run=command_info)
+
+    push = commands.add_parser("push", help="upload a run's best checkpoint, codec and a model card to the hub")
+    push.add_argument("run_folder", metavar="RUN", help="run folder or checkpoint folder")
+    push.add_argument("repo_id", metavar="ORG/NAME", help="the model repo on the Hugging Face hub (created if needed)")
+    push.add_argument("--private", action="store_true", help="create the repo private")
+    push.add_argument("--revision", help="branch to push to (default: main)")
+    push.add_argument("--token", help="a hub token (default: the one `hf auth login` saved, or HF_TOKEN)")
+    push.set_defaults(run=command_push)
 
     codecs_command = commands.add_parser("codecs", help="the registered codecs, third-party ones included")
     codecs_command.set_defaults(run=command_codecs)

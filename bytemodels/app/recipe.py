@@ -34,6 +34,16 @@ BUDGET_FIELDS = ("max_steps", "max_bytes")
 """Training budgets that, given without ``--time``, replace the recipe's default time budget."""
 COMPARISON_FILE = "compression.json"
 """Where a recipe saves its comparison with a classic codec (FLAC, PNG) in the run folder."""
+MODULE_PROG_FORMAT = "python -m recipes.{name}"
+"""How a recipe is run from a checkout; ``bytemodels train NAME`` sets ``PROG_FORMAT`` to its own spelling."""
+PROG_FORMAT = MODULE_PROG_FORMAT
+"""The command a recipe's messages name (``--help``, errors, how to continue): see ``recipe_prog``."""
+
+
+def recipe_prog(name: str, subcommand: str = "") -> str:
+    """The command that runs recipe ``name`` as the user typed it: ``python -m recipes.NAME`` or
+    ``bytemodels train NAME``, then ``subcommand``."""
+    return PROG_FORMAT.format(name=name) + (f" {subcommand}" if subcommand else "")
 
 
 class RecipeError(Exception):
