@@ -16,7 +16,9 @@ import json
 import math
 import os
 import re
+import shlex
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -478,7 +480,7 @@ class Trainer:
                 "global_batch": self.rank_batch * self.dist.world_size,
                 "data": {"seed": self.config.seed, "next_step": self.step, "train": describe(self.train_data),
                          "val": describe(self.val_data)},
-                "rng": rng_json,
+                "rng": rng_json, "command": shlex.join(getattr(sys, "orig_argv", sys.argv)),
                 "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
     def save_checkpoint(self, best: bool = False) -> Path | None:

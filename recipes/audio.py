@@ -310,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="held-out audio a continuation starts from, at most half the clip (default: 0.25)")
     recipe.add_argument("--temperature", type=NON_NEGATIVE, default=1.0, help="sampling temperature (default: 1.0)")
     add_config_arguments(parser, WavCodec, title="wav codec (how clips become bytes)")
-    add_model_and_training_arguments(parser)
+    add_model_and_training_arguments(parser, DEVICE_DEFAULTS)
     return parser
 
 

@@ -283,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="new images and completions drawn at each sampling (default: 8)")
     recipe.add_argument("--temperature", type=NON_NEGATIVE, default=1.0, help="sampling temperature (default: 1.0)")
     add_config_arguments(parser, ImageCodec, title="image codec (how images become bytes)", exclude=("header",))
-    add_model_and_training_arguments(parser)
+    add_model_and_training_arguments(parser, DEVICE_DEFAULTS)
     return parser
 
 

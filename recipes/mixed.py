@@ -340,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--temperature", type=NON_NEGATIVE, default=1.0, help="sampling temperature (default: 1.0)")
     add_config_arguments(parser, WavCodec, title="wav codec (how --audio clips become bytes)")
     add_config_arguments(parser, ImageCodec, title="image codec (how --images become bytes)", exclude=("header",))
-    add_model_and_training_arguments(parser)
+    add_model_and_training_arguments(parser, DEVICE_DEFAULTS)
     return parser
 
 

@@ -617,7 +617,7 @@ def build_train_parser() -> argparse.ArgumentParser:
                              f"split (default: {DEFAULT_VAL_FRACTION})")
     recipe.add_argument("--sample-bytes", type=COUNT, metavar="N",
                         help="longest story printed at each evaluation (default: 600 on CPU, 1500 on GPU)")
-    add_model_and_training_arguments(parser)
+    add_model_and_training_arguments(parser, DEVICE_DEFAULTS)
     return parser
 
 

@@ -44,3 +44,28 @@ def test_train_refuses_an_unknown_recipe(capsys):
     with pytest.raises(SystemExit):
         main(["train", "poetry"])
     assert "invalid choice: 'poetry'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("recipe", ["tinystories", "audio", "images", "mixed"])
+def test_help_shows_the_values_a_run_takes_on_this_machine(recipe, capsys):
+    """A flag's help shows the recipe's default for this kind of device (and its preset's fields), not the
+    dataclass default: what a run without the flag will use."""
+    import importlib
+
+    from bytemodels import MegabyteConfig, TrainConfig
+    from bytemodels.distributed import choose_device
+
+    module = importlib.import_module(f"recipes.{recipe}")
+    chosen = module.DEVICE_DEFAULTS["gpu" if choose_device("auto").type == "cuda" else "cpu"]
+    with pytest.raises(SystemExit):
+        module.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name in ("lr", "batch_size", "warmup_steps"):
+        value = chosen.get(name, getattr(TrainConfig(), name))
+        assert f"--{name.replace('_', '-')} {name.upper()} " in text
+        assert f"(default: {value})" in text.split(f"--{name.replace('_', '-')} {name.upper()} ")[1][:300], name
+    preset = MegabyteConfig.preset(chosen["preset"], **chosen.get("model", {}),
+                                   **{k: v for k, v in chosen.items() if k in MegabyteConfig.__dataclass_fields__})
+    dims = ",".join(str(d) for d in preset.dims)
+    assert f"(default: {dims})" in text.split("--dims A,B,... ")[1][:200]
+    assert f"(default: {preset.max_seq_len})" in text.split("--max-seq-len MAX_SEQ_LEN ")[1][:200]

@@ -16,7 +16,7 @@ import operator
 import textwrap
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from bytemodels.fields import Config, seed
@@ -71,8 +71,11 @@ def _parser_for(annotation: Any) -> tuple[Any, str | None]:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, title: str | None = None,
-                         exclude: tuple[str, ...] = ()) -> None:
-    """Add one ``--field-name`` flag per field of dataclass ``cls``; unset flags stay out of the namespace."""
+                         exclude: tuple[str, ...] = (), defaults: Mapping[str, Any] | None = None) -> None:
+    """Add one ``--field-name`` flag per field of dataclass ``cls``; unset flags stay out of the namespace.
+
+    ``defaults`` are the values a recipe actually uses when a flag is not given (its preset and device defaults):
+    the help shows them instead of the dataclass's own."""
     group = parser.add_argument_group(title or cls.__name__)
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
@@ -81,6 +84,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, title: s
             continue
         flag = "--" + field.name.replace("_", "-")
         default = field.default if field.default is not dataclasses.MISSING else None
+        if defaults is not None and field.name in defaults:
+            default = defaults[field.name]
+        if isinstance(default, (tuple, list)):
+            default = ",".join(str(item) for item in default)  # as the flag is written
         help_text = f"{docs.get(field.name, '')} (default: {default})".strip()
         help_text = help_text.replace("%", "%%")
         annotation = hints[field.name]

@@ -94,12 +94,26 @@ def add_run_arguments(group: argparse._ArgumentGroup, recipe: str, device_defaul
                        help=f"where the {documents} are cached as bytes (default: the cache folder beside --out)")
 
 
-def add_model_and_training_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_and_training_arguments(parser: argparse.ArgumentParser,
+                                     device_defaults: Mapping[str, Mapping[str, Any]] | None = None) -> None:
     """One flag per field of the model config and of the training config (``--out`` and ``--time`` are the
-    recipe's own)."""
-    add_config_arguments(parser, MegabyteConfig, title="model (override the preset's fields)")
-    add_config_arguments(parser, TrainConfig, title="training (override the recipe defaults below)",
-                         exclude=("out_dir", "time"))
+    recipe's own). With the recipe's ``device_defaults``, each flag's help shows the value the run takes on this
+    machine when the flag is not given (its preset's field, or the recipe's default for this kind of device)."""
+    model_defaults = train_defaults = None
+    kind = ""
+    if device_defaults is not None:
+        kind = "gpu" if choose_device("auto").type == "cuda" else "cpu"
+        chosen = device_defaults[kind]
+        model_fields = {**{k: v for k, v in chosen.items() if k in MegabyteConfig.__dataclass_fields__},
+                        **chosen.get("model", {})}
+        model_defaults = MegabyteConfig.preset(chosen["preset"], **model_fields).to_dict()
+        train_defaults = {**TrainConfig().to_dict(), **{k: v for k, v in chosen.items()
+                                                        if k in TrainConfig.__dataclass_fields__}}
+    here = f"; defaults shown are this machine's ({kind})" if kind else ""
+    add_config_arguments(parser, MegabyteConfig, title=f"model (override the preset's fields{here})",
+                         defaults=model_defaults)
+    add_config_arguments(parser, TrainConfig, title=f"training (override the recipe defaults below{here})",
+                         exclude=("out_dir", "time"), defaults=train_defaults)
 
 
 def defaults_epilog(device_defaults: Mapping[str, Mapping[str, Any]], notes: Sequence[str]) -> str:
