@@ -4,6 +4,10 @@ compressor rows. (Running the peers needs the ``bench`` extra; the scripts' ``--
 from __future__ import annotations
 
 import bz2
+import os
+import re
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -152,3 +156,37 @@ def test_every_peer_decays_exactly_its_linear_weights() -> None:
     linear = {id(m.weight) for m in flat.modules() if isinstance(m, torch.nn.Linear)}
     assert {id(p) for p in decay["params"]} == linear and decay["weight_decay"] == 0.1
     assert len(decay["params"]) + len(rest["params"]) == len(list(flat.parameters())) and rest["weight_decay"] == 0
+
+
+GPU_CHECK = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+
+
+def test_gpu_check_smoke_mode_prints_the_table(tmp_path: Path) -> None:
+    # The GPU check's CPU smoke mode runs every piece end to end (tiny preset, a few steps, a 3 s recipe run).
+    stories = tmp_path / "stories"
+    stories.mkdir()
+    story = "Once upon a time, a little cat sat in the sun. It was happy.\n<|endoftext|>\n"
+    (stories / "train.txt").write_text(story * 300, encoding="utf-8")
+    (stories / "valid.txt").write_text(story * 30, encoding="utf-8")
+    env = {**os.environ, "GPU_CHECK_DATA": str(stories), "GPU_CHECK_OUT": str(tmp_path / "out"),
+           "GPU_CHECK_STORIES_TIME": "3s"}
+    done = subprocess.run(["bash", str(GPU_CHECK), "--smoke"], cwd=GPU_CHECK.parents[1], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr + done.stdout
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert len(rows) == 5 and "failed" not in done.stdout  # the header and four measurements
+    assert re.search(r"\| training, tiny preset .*\| [\d.]+ (B|KB|MB)/s, MFU n/a", done.stdout)
+    assert re.search(r"\| cached generation after a 1 KiB prompt, eager \| [\d.]+ (B|KB|MB)/s", done.stdout)
+    assert re.search(r"\| TinyStories, tiny preset, 3s \| \d\.\d{4} bits/byte", done.stdout)
+
+
+def test_gpu_check_without_a_gpu_fails_in_one_line(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    env = {**os.environ, "GPU_CHECK_OUT": str(tmp_path / "out")}
+    env.pop("GPU_CHECK_DEVICE", None)
+    for args, code, message in (([], 1, "no CUDA GPU found"), (["--fast"], 2, "unknown argument --fast")):
+        done = subprocess.run(["bash", str(GPU_CHECK), *args], cwd=GPU_CHECK.parents[1], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == code and done.stdout == ""
+        assert done.stderr.count("\n") == 1 and message in done.stderr
