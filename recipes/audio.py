@@ -262,7 +262,8 @@ def train(args: argparse.Namespace) -> None:
     sample_fn = sample_writer(codec, patch, prompts, count=args.num_samples,
                               seconds=args.sample_seconds or defaults["sample_seconds"],
                               prompt_seconds=args.prompt_seconds, temperature=args.temperature, seed=run.seed)
-    metadata = {"recipe": RECIPE, "codec": codec.config(), "layout": "records", "data": DATA_FLAGS.record(args)}
+    metadata = {"recipe": RECIPE, "preset": args.preset or defaults["preset"], "codec": codec.config(),
+                "layout": "records", "data": DATA_FLAGS.record(args)}
     # Validate on whole held-out clips, so the comparison with FLAC covers exactly the same audio.
     trainer = make_trainer(model_config, train_data, val_data, out=run.out, resume_from=run.resume_from,
                            flags=run.flags, defaults=defaults, sample_fn=sample_fn, metadata=metadata,

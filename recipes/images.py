@@ -232,7 +232,8 @@ def train(args: argparse.Namespace) -> None:
     held_out = [val_data.document(i)[0] for i in range(min(len(val_data), args.num_samples))]
     sample_fn = sample_writer(codec, patch, held_out, count=args.num_samples, temperature=args.temperature,
                               seed=run.seed)
-    metadata = {"recipe": RECIPE, "codec": codec.config(), "layout": "records", "data": DATA_FLAGS.record(args)}
+    metadata = {"recipe": RECIPE, "preset": args.preset or run.defaults["preset"], "codec": codec.config(),
+                "layout": "records", "data": DATA_FLAGS.record(args)}
     # Validate on whole held-out images, so the comparison with PNG covers exactly the same pixels.
     trainer = make_trainer(model_config, train_data, val_data, out=run.out, resume_from=run.resume_from,
                            flags=run.flags, defaults=run.defaults, sample_fn=sample_fn, metadata=metadata,

@@ -283,7 +283,8 @@ def train(args: argparse.Namespace) -> None:
     sample_fn = sample_writer(codecs, patch, count=args.num_samples, text_bytes=args.text_bytes,
                               audio_seconds=args.sample_seconds or defaults["sample_seconds"],
                               temperature=args.temperature, seed=run.seed)
-    metadata = {"recipe": RECIPE, "layout": "records", "data": DATA_FLAGS.record(args),
+    metadata = {"recipe": RECIPE, "preset": args.preset or defaults["preset"], "layout": "records",
+                "data": DATA_FLAGS.record(args),
                 "codecs": {name: codec.config() for name, codec in codecs.items()}}
     trainer = make_trainer(model_config, train_data, val_data, out=out, resume_from=run.resume_from, flags=run.flags,
                            defaults=defaults, sample_fn=sample_fn, metadata=metadata,

@@ -508,7 +508,7 @@ def train(args: argparse.Namespace) -> None:
                                             default_out=Path("runs") / f"{RECIPE}-instruct" if args.instruct else None)
     recorded = checkpoint.metadata if checkpoint else None
     if recorded is not None:
-        check_resume_flags(args)
+        check_resume_flags(args, checkpoint)
     recorded_data = (recorded or {}).get("data") or {}
     instruct = bool(recorded.get("instruct")) if recorded else args.instruct
     init = (args.init or default_init()) if instruct and resume_from is None else None
@@ -538,7 +538,8 @@ def train(args: argparse.Namespace) -> None:
         model_config = MegabyteConfig.from_dict(checkpoint.model_config)
     else:
         model_config = story_model_config(args, defaults, init)
-    metadata = {"recipe": RECIPE, "codec": codec.config(), "layout": "packed", "instruct": instruct,
+    metadata = {"recipe": RECIPE, "preset": args.preset or defaults["preset"], "codec": codec.config(),
+                "layout": "packed", "instruct": instruct,
                 "init": init, "data": data_record(source, instruct_seed, val_fraction, split_seed)}
     trainer = make_trainer(model_config, train_data, val_data, out=out, resume_from=resume_from,
                            flags=flags, defaults=defaults, sample_fn=sample_fn, metadata=metadata)

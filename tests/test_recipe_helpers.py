@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from bytemodels import checkpoint as ckpt
+from bytemodels.config import MegabyteConfig
 from bytemodels.data import covered_documents, file_key, folder_key, record_ids, whole_document_windows
 from bytemodels.app.flags import COUNT, FRACTION, number
 from bytemodels.app.recipe import (DataFlags, RecipeError, check_resume_flags, compared_documents, defaults_epilog,
@@ -39,6 +40,7 @@ class Codec:
 
     rate: int = 8000
     tag = 1
+    name = "toy"
 
     def config(self) -> dict:
         return {"name": "toy", "rate": self.rate}
@@ -66,20 +68,23 @@ def test_resume_continues_in_the_run_folder_of_its_checkpoint(tmp_path):
         open_run(argparse.Namespace(out=str(tmp_path / "run"), resume="auto"), "other")
 
 
-@pytest.mark.parametrize("codec_classes, message", [
-    ((), "keeps the model of the checkpoint; drop --preset and the model flags"),
-    ((Codec,), "keeps the model and codec of the checkpoint; drop --preset, the model flags and the codec flags"),
-    ((Codec, Codec), "keeps the model and codecs of the checkpoint"),
-])
-def test_resume_refuses_flags_that_change_the_model_or_codecs(codec_classes, message):
-    check_resume_flags(argparse.Namespace(preset=None, lr=0.1), codec_classes)  # training flags may change
-    with pytest.raises(RecipeError, match=message):
-        check_resume_flags(argparse.Namespace(preset="small"), codec_classes)
-    with pytest.raises(RecipeError, match="--resume keeps"):
-        check_resume_flags(argparse.Namespace(preset=None, dims=(64, 32)), codec_classes)
-    if codec_classes:
-        with pytest.raises(RecipeError, match="--resume keeps"):
-            check_resume_flags(argparse.Namespace(preset=None, rate=4000), codec_classes)
+@pytest.mark.parametrize("codec_classes, what", [((), "model"), ((Codec,), "model and codec"),
+                                                 ((Codec, Codec), "model and codecs")])
+def test_resume_accepts_the_flags_it_was_started_with_and_names_those_that_differ(codec_classes, what):
+    from bytemodels.checkpoint import Checkpoint
+
+    config = MegabyteConfig.preset("tiny").to_dict()
+    recorded = Checkpoint(Path("run"), {}, config, {}, {"preset": "tiny", "codec": Codec().config()})
+    # The command line the run was started with (and training flags, which may change) is fine.
+    check_resume_flags(argparse.Namespace(preset="tiny", lr=0.1, dims=(128, 64), rate=8000), recorded,
+                       codec_classes)
+    with pytest.raises(RecipeError) as refused:
+        check_resume_flags(argparse.Namespace(preset="small", dims=(64, 32), rate=4000, layers=(4, 2)), recorded,
+                           codec_classes)
+    message = str(refused.value)
+    assert message.startswith(f"--resume keeps the {what} of the checkpoint; these flags differ from it: "
+                              "--preset small (the checkpoint's: tiny); --dims 64,32 (the checkpoint's: 128,64)")
+    assert "--layers" not in message and ("--rate 4000 (the checkpoint's: 8000)" in message) == bool(codec_classes)
 
 
 def test_data_flags_are_recorded_and_restored(tmp_path):

@@ -218,18 +218,37 @@ def open_run(args: argparse.Namespace, recipe: str,
     return out, checkpoint, recorded
 
 
-def check_resume_flags(args: argparse.Namespace, codec_classes: Sequence[type] = ()) -> None:
-    """On ``--resume`` the checkpoint fixes the model and the codecs: refuse ``--preset``, the model flags and
-    the flags of ``codec_classes``."""
-    changed = bool(args.preset or overrides_from_args(MegabyteConfig, args)
-                   or any(overrides_from_args(cls, args) for cls in codec_classes))
-    if not changed:
-        return
-    if not codec_classes:
-        raise RecipeError("--resume keeps the model of the checkpoint; drop --preset and the model flags")
-    codecs = "codecs" if len(codec_classes) > 1 else "codec"
-    raise RecipeError(f"--resume keeps the model and {codecs} of the checkpoint; drop --preset, the model flags "
-                      "and the codec flags")
+def check_resume_flags(args: argparse.Namespace, recorded: ckpt.Checkpoint, codec_classes: Sequence[type] = ()) -> None:
+    """On ``--resume`` the checkpoint fixes the model and the codecs. The command line the run was started with is
+    fine: ``--preset``, model flags and the flags of ``codec_classes`` that equal what the checkpoint recorded are
+    accepted; those that differ are refused, each named with the checkpoint's value."""
+    metadata = recorded.metadata if isinstance(recorded.metadata, dict) else {}
+    differ = []
+    if args.preset and args.preset != metadata.get("preset"):
+        differ.append(f"--preset {args.preset} (the checkpoint's: {metadata.get('preset') or 'not recorded'})")
+    given = [(name, value, recorded.model_config.get(name)) for name, value in
+             overrides_from_args(MegabyteConfig, args).items()]
+    codecs = metadata.get("codecs") if isinstance(metadata.get("codecs"), dict) else {"": metadata.get("codec")}
+    for cls in codec_classes:
+        saved = next((config for config in codecs.values()
+                      if isinstance(config, dict) and config.get("name") == cls.name), {})
+        given += [(name, value, saved.get(name)) for name, value in overrides_from_args(cls, args).items()]
+    differ += [f"--{name.replace('_', '-')} {_flag_value(value)} (the checkpoint's: {_flag_value(saved)})"
+               for name, value, saved in given if _as_json(value) != _as_json(saved)]
+    if differ:
+        what = "model and codecs" if len(codec_classes) > 1 else "model and codec" if codec_classes else "model"
+        raise RecipeError(f"--resume keeps the {what} of the checkpoint; these flags differ from it: "
+                          + "; ".join(differ))
+
+
+def _as_json(value: Any) -> Any:
+    """``value`` as a checkpoint's JSON holds it (tuples are lists), for comparing a flag with a recorded value."""
+    return json.loads(json.dumps(value))
+
+
+def _flag_value(value: Any) -> str:
+    """A value as its flag is written (``128,64`` for a tuple)."""
+    return ",".join(str(item) for item in value) if isinstance(value, (list, tuple)) else str(value)
 
 
 @dataclass(frozen=True)
@@ -293,7 +312,7 @@ def start_run(args: argparse.Namespace, recipe: str, device_defaults: Mapping[st
     flags = training_flags(args)  # checked before anything is read
     out, resume_from, recorded = open_run(args, recipe)
     if recorded is not None:
-        check_resume_flags(args, codec_classes)
+        check_resume_flags(args, recorded, codec_classes)
         if data_flags is not None:
             data_flags.restore(args, recorded.metadata.get("data", {}))
     defaults = device_defaults[device_kind(getattr(args, "device", "auto"))]

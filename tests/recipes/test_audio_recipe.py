@@ -88,8 +88,18 @@ def test_a_second_run_into_the_same_folder_needs_resume(tmp_path):
     run_recipe("--data", str(clips), "--out", str(out), "--val-fraction", "0.5", "--max-steps", "1", *TINY_FLAGS)
     with pytest.raises(SystemExit, match="already holds a run; pass --resume"):
         run_recipe("--data", str(clips), "--out", str(out), "--max-steps", "1", *TINY_FLAGS)
-    with pytest.raises(SystemExit, match="--resume keeps the model"):
+    with pytest.raises(SystemExit, match="--resume keeps the model and codec of the checkpoint; these flags differ "
+                                         "from it: --dims 64,32"):
         run_recipe("--resume", "--out", str(out), "--dims", "64,32")
+
+
+def test_resume_takes_the_command_line_the_run_was_started_with(tmp_path):
+    clips = write_clips(tmp_path / "clips", count=4)
+    out = tmp_path / "run"
+    started = ["--data", str(clips), "--out", str(out), "--val-fraction", "0.5", *TINY_FLAGS]
+    run_recipe(*started, "--max-steps", "1")
+    run_recipe(*started, "--max-steps", "2", "--resume")
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step_000002"
 
 
 def test_patches_must_hold_whole_sample_frames(tmp_path):
