@@ -191,15 +191,10 @@ class IncrementalDecoder:
         x = parts[0] if len(parts) == 1 else torch.cat([part.to(parts[-1].dtype) for part in parts], dim=1)
         if state.context is not None:
             x = x + state.context[:, first: current + 1]
-        value_input = None
-        if stage.value_embeds:
-            # After a group's first unit each value embedding is the byte embedding just looked up for the input
-            # (the local stage's units are bytes): reuse it rather than look it up again.
-            value_input = parts[-1] if first > 0 else self._value_input(stage, start, first, current)
         if state.slots is not None:
-            hidden = state.slots.step(self.steps[index], (x,), cos, sin, value_input)
+            hidden = state.slots.step(self.steps[index], (x,), cos, sin)
         else:
-            hidden = self._run_cached(index, stage, state, x, current, value_input)
+            hidden = self._run_cached(index, stage, state, x, current)
         state.processed = current + 1
         if stage.is_local:
             state.logits = self.model.head(hidden[:, -1]).float()
@@ -217,8 +212,8 @@ class IncrementalDecoder:
 
     def _byte_inputs(self, stage, state: _StageState) -> tuple[Tensor, ...]:
         """The id before the local stage's next byte, the weights of its embedding and of the start vector, and
-        the group's contexts with the byte's index among them: what ``ByteStep`` makes the byte's input and
-        value embedding of (as ``Stage.inputs`` and ``Stage.value_input`` do for a whole group)."""
+        the group's contexts with the byte's index among them: what ``ByteStep`` makes the byte's input of (as
+        ``Stage.inputs`` does for a whole group)."""
         first, start = state.processed, state.group_start
         batch, dtype = self.ids.shape[0], stage.embed.bytes.weight.dtype
         # The group's contexts whole and the byte's index: a slice would be a new storage offset every byte.
@@ -226,9 +221,8 @@ class IncrementalDecoder:
         if first:
             return (self._id_at(start + first - 1), self._constant("embedding", (batch, 1, 1), 1.0, dtype),
                     self._constant("no start", (), 0.0, dtype), *context)
-        # A group's first byte: the start vector, plus the byte before the group where the stage sees it and it
-        # is real; its value embedding is that byte's (PAD where there is none or the stage does not see it).
-        if start > 0 and stage.sees_previous_byte:
+        # A group's first byte: the start vector, plus the byte before the group where it is real.
+        if start > 0:
             previous = self._id_at(start - 1)
             real = (previous != tokens.PAD_ID)[..., None].to(dtype)
         else:
@@ -241,14 +235,7 @@ class IncrementalDecoder:
         of a slice of the growing ``ids``."""
         return self.ids[:, position:position + 1].clone(memory_format=torch.contiguous_format)
 
-    def _value_input(self, stage, start: int, first: int, current: int) -> Tensor:
-        """Value embeddings of the local units ``first .. current`` of the group at byte ``start``."""
-        below = start + first - 1  # the id before unit `first`; before the sequence: none (PAD)
-        before = F.pad(self.ids[:, max(below, 0): start + current], (int(below < 0), 0), value=tokens.PAD_ID)
-        return stage.value_input(before, first)
-
-    def _run_cached(self, index: int, stage, state: _StageState, x: Tensor, current: int,
-                    value_input: Tensor | None = None) -> Tensor:
+    def _run_cached(self, index: int, stage, state: _StageState, x: Tensor, current: int) -> Tensor:
         """The units of ``x`` through the stage's transformer with its variable-length caches (the prompt)."""
         first, start = state.processed, state.group_start
         key_mask = None
@@ -266,8 +253,7 @@ class IncrementalDecoder:
                 keys = prefix + current + 1
                 key_mask = (torch.arange(keys, device=x.device)[None, :] >= prefix) | prefix_real[:, None]
         # Cross-patch attention counts rotary positions in bytes across groups (as in training).
-        return stage.transformer(x, state.caches, key_mask, position=start if stage.cross_patch else 0,
-                                 value_input=value_input)
+        return stage.transformer(x, state.caches, key_mask, position=start if stage.cross_patch else 0)
 
     def _slots(self, index: int, stage, state: _StageState) -> StageSlots:
         """Fixed slots for a stage, filled from its caches: the local stage holds its group (and the one

@@ -136,16 +136,12 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(dim // heads, eps) if qk_norm else None
         self.k_norm = RMSNorm(dim // heads, eps) if qk_norm else None
 
-    def project(self, x: Tensor, value_input: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """``x`` (batch, time, dim) → queries, keys, values (batch, heads, time, head_dim), before rotary.
-
-        ``value_input`` (batch, time, dim), if given, is added to the values (value embeddings)."""
+    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``x`` (batch, time, dim) → queries, keys, values (batch, heads, time, head_dim), before rotary."""
         batch, time, _ = x.shape
         q, k, v = self.qkv(x).view(batch, time, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        if value_input is not None:
-            v = v + value_input.view(batch, time, self.heads, -1).transpose(1, 2).to(v.dtype)
         return q, k, v
 
     def forward(
@@ -155,14 +151,13 @@ class Attention(nn.Module):
         cache: KVCache | None = None,
         key_mask: Tensor | None = None,
         layout: GroupLayout | None = None,
-        value_input: Tensor | None = None,
     ) -> Tensor:
         """``x`` (batch, time, dim). With a cache, ``x`` continues the cached tokens; ``key_mask``
         (batch, keys) marks keys that may be attended to (left padding in batched generation).
 
         ``layout`` (no cache): the rows of ``x`` are consecutive groups, and each also attends to the
-        group before it (cross-patch attention); ``rope`` is then unused. ``value_input``: see :meth:`project`."""
-        q, k, v = self.project(x, value_input)
+        group before it (cross-patch attention); ``rope`` is then unused."""
+        q, k, v = self.project(x)
         dropout = self.dropout if self.training else 0.0
         if layout is not None:
             q, k = (rotate_groups(t, layout) for t in (q, k))
@@ -211,26 +206,16 @@ def relu_squared(x: Tensor) -> Tensor:
     return F.relu(x).square()
 
 
-def gelu_tanh(x: Tensor) -> Tensor:
-    """GELU, tanh approximation (GPT-2)."""
-    return F.gelu(x, approximate="tanh")
-
-
-#: MLP activations by config name (``MegabyteConfig.activation``): ``relu2`` learns faster than ``gelu`` at
-#: our sizes (2.036 against 2.185 bits/byte after 300 TinyStories steps, docs/benchmarks.md); ``gelu`` is
-#: what models saved before the choice existed use.
-ACTIVATIONS = {"relu2": relu_squared, "gelu": gelu_tanh}
-
-
 class MLP(nn.Module):
-    def __init__(self, dim: int, hidden: int, activation: str) -> None:
+    """Two Linear layers with squared ReLU between them (Primer's MLP)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
         self.up = nn.Linear(dim, hidden, bias=False)
         self.down = nn.Linear(hidden, dim, bias=False)
-        self.activation = ACTIVATIONS[activation]
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down(self.activation(self.up(x)))
+        return self.down(relu_squared(self.up(x)))
 
 
 def token_shift(x: Tensor, last: Tensor | None, has_previous: Tensor | None) -> Tensor:
@@ -255,25 +240,24 @@ class Block(nn.Module):
     ``shift``, each sublayer reads the token-shifted stream (see :func:`token_shift`)."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float, eps: float, shift: bool,
-                 activation: str, qk_norm: bool) -> None:
+                 qk_norm: bool) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(dim, eps)
         self.attn = Attention(dim, heads, dropout, qk_norm, eps)
         self.mlp_norm = RMSNorm(dim, eps)
-        self.mlp = MLP(dim, int(mlp_ratio * dim), activation)
+        self.mlp = MLP(dim, int(mlp_ratio * dim))
         self.drop = nn.Dropout(dropout)
         self.shift = shift
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], cache: KVCache | None, key_mask: Tensor | None,
-                has_previous: Tensor | None = None, layout: GroupLayout | None = None,
-                value_input: Tensor | None = None) -> Tensor:
+                has_previous: Tensor | None = None, layout: GroupLayout | None = None) -> Tensor:
         attn_input = x
         if self.shift:
             attn_input = token_shift(x, self._before(x, cache.last_attn_input if cache else None, layout),
                                      has_previous)
             if cache is not None:
                 cache.last_attn_input = x[:, -1]
-        x = x + self.drop(self.attn(self.attn_norm(attn_input), rope, cache, key_mask, layout, value_input))
+        x = x + self.drop(self.attn(self.attn_norm(attn_input), rope, cache, key_mask, layout))
         mlp_input = x
         if self.shift:
             mlp_input = token_shift(x, self._before(x, cache.last_mlp_input if cache else None, layout),
@@ -294,29 +278,34 @@ class Block(nn.Module):
 #: 3 was best of 1, 3, 10 and 30 after 300 steps on TinyStories (docs/benchmarks.md).
 INPUT_SKIP_GAIN = 3.0
 
+#: Byte embeddings are stored divided by this (:class:`ScaledEmbedding`): embeddings want a far higher learning
+#: rate than matrices (as in the nanoGPT speedruns); 30 was best of 1, 3, 10, 30 and 100 (docs/benchmarks.md).
+EMBED_GAIN = 30.0
+
+#: The output layer's weight is stored divided by this (:class:`ScaledLinear`); 8 was best of 0.5 to 8 in short
+#: runs and level with 4 in the TinyStories recipe (docs/benchmarks.md).
+HEAD_GAIN = 8.0
+
 
 class Transformer(nn.Module):
     """A stack of causal blocks with rotary positions and a final norm; one per MEGABYTE stage.
 
-    With ``input_skip`` every block reads a learned mix of the residual stream and the stack's own input:
+    Every block reads a learned mix of the residual stream and the stack's own input:
     ``x ← a·x + b·x0`` before block ``i``, one ``(a, b)`` per block starting at (1, 0) (as in the nanoGPT
     speedruns), so deep blocks keep direct access to the embeddings."""
 
     def __init__(self, dim: int, layers: int, heads: int, mlp_ratio: float, dropout: float,
-                 rope_base: float, eps: float, shift: bool, activation: str, qk_norm: bool,
-                 input_skip: bool = False) -> None:
+                 rope_base: float, eps: float, shift: bool, qk_norm: bool) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, dropout, eps, shift, activation, qk_norm)
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, dropout, eps, shift, qk_norm)
                                     for _ in range(layers))
         self.rotary = Rotary(dim // heads, rope_base)
         self.norm = RMSNorm(dim, eps)
         # Row 0: a - 1, row 1: b, each divided by INPUT_SKIP_GAIN (see there); zeros are the plain stack.
-        self.skip_scales = nn.Parameter(torch.zeros(2, layers)) if input_skip else None
+        self.skip_scales = nn.Parameter(torch.zeros(2, layers))
 
     def mix_input(self, index: int, x: Tensor, inputs: Tensor) -> Tensor:
-        """Block ``index``'s input: ``x`` with the stack's ``inputs`` mixed in (``input_skip``), else ``x``."""
-        if self.skip_scales is None:
-            return x
+        """Block ``index``'s input: ``x`` with the stack's ``inputs`` mixed in (input skip)."""
         stream, skip = (INPUT_SKIP_GAIN * self.skip_scales[:, index]).to(x.dtype).unbind()
         return (1 + stream) * x + skip * inputs
 
@@ -329,14 +318,13 @@ class Transformer(nn.Module):
         return [layer.carried() for layer in cache]
 
     def forward(self, x: Tensor, cache: list[KVCache] | None = None, key_mask: Tensor | None = None,
-                groups: int | None = None, position: int = 0, value_input: Tensor | None = None) -> Tensor:
+                groups: int | None = None, position: int = 0) -> Tensor:
         """``x`` (batch, time, dim) → (batch, time, dim); with ``cache`` it continues after the cached tokens.
 
         ``groups`` (no cache): the rows of ``x`` are consecutive groups, ``groups`` per sequence, and each
         group also attends to the one before it (cross-patch attention); rotary positions then count
         across the groups. ``position``: the rotary position of the cached group's first token (cached
-        cross-patch decoding, where it is the group's first byte). ``value_input`` (batch, time, dim), if
-        given, is added to every block's attention values (value embeddings)."""
+        cross-patch decoding, where it is the group's first byte)."""
         past = cache[0].length if cache else 0  # keys before x, a carried prefix included
         time = x.shape[1]
         layout, rope = None, None
@@ -353,14 +341,14 @@ class Transformer(nn.Module):
         inputs = x
         for index, block in enumerate(self.blocks):
             x = self.mix_input(index, x, inputs)
-            x = block(x, rope, cache[index] if cache else None, key_mask, has_previous, layout, value_input)
+            x = block(x, rope, cache[index] if cache else None, key_mask, has_previous, layout)
         return self.norm(x)
 
 
 class ScaledEmbedding(nn.Embedding):
     """An embedding table stored divided by ``gain`` and multiplied back on lookup: the same function,
     but Adam, which moves every weight by about the learning rate per step, moves the embeddings ``gain``
-    times as fast as the other weights (``MegabyteConfig.embed_gain``)."""
+    times as fast as the other weights (``EMBED_GAIN``)."""
 
     def __init__(self, num_embeddings: int, dim: int, gain: float = 1.0) -> None:
         super().__init__(num_embeddings, dim)
@@ -379,7 +367,7 @@ class ScaledEmbedding(nn.Embedding):
 
 class ScaledLinear(nn.Linear):
     """A Linear layer without bias whose weight is stored divided by ``gain`` (see :class:`ScaledEmbedding`):
-    Adam moves it ``gain`` times as fast as the other weights (``MegabyteConfig.head_gain``)."""
+    Adam moves it ``gain`` times as fast as the other weights (``HEAD_GAIN``)."""
 
     def __init__(self, in_features: int, out_features: int, gain: float = 1.0) -> None:
         super().__init__(in_features, out_features, bias=False)

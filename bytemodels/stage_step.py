@@ -37,12 +37,11 @@ class StageStep(nn.Module):
         self.transformer = transformer
 
     def forward(self, x: Tensor, keys: list[Tensor], values: list[Tensor], last_attn: list[Tensor],
-                last_mlp: list[Tensor], slot: Tensor, readable: Tensor, cos: Tensor, sin: Tensor,
-                value_input: Tensor | None = None) -> Tensor:
+                last_mlp: list[Tensor], slot: Tensor, readable: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         """``x`` (batch, 1, dim) the new position's input; per layer, ``keys``/``values`` (batch, heads, slots,
         head_dim) and ``last_attn``/``last_mlp`` (batch, dim) are updated in place; ``slot`` (1,) where its
         keys go; ``readable`` (batch, slots) the slots each row may attend to (up to ``slot``);
-        ``cos``/``sin`` its rotary angles; ``value_input`` (batch, 1, dim) its value embedding, if any.
+        ``cos``/``sin`` its rotary angles.
         Returns the (batch, 1, dim) output, normalised.
 
         The buffers are separate tensors per layer, not views of one: compiled, an in-place write into a
@@ -57,7 +56,7 @@ class StageStep(nn.Module):
                 attn_input = token_shift(x, last_attn[layer], None)
                 last_attn[layer].copy_(x[:, 0])
             attn = block.attn
-            q, k, v = attn.project(block.attn_norm(attn_input), value_input)
+            q, k, v = attn.project(block.attn_norm(attn_input))
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
             keys[layer].index_copy_(2, slot, k)
             values[layer].index_copy_(2, slot, v)
@@ -77,7 +76,7 @@ class ByteStep(nn.Module):
     Its input is the embedding of ``previous`` (batch, 1) scaled by ``embed_weight`` (batch, 1, 1), plus the
     stage's start vector scaled by ``start_weight`` (0-d), plus its context: inside a group the
     weights are 1 and 0, at a group's first byte 1 for the start vector and, for the byte before, 1 where the
-    stage sees it and it is real (see ``Stage.first_input``). The value embedding is the same lookup.
+    byte is real (see ``Stage.first_input``).
     ``contexts`` (batch, group, dim) are the whole group's, ``unit`` (1,) the new byte's index in it."""
 
     def __init__(self, stage: nn.Module, head: nn.Module) -> None:
@@ -97,8 +96,7 @@ class ByteStep(nn.Module):
         embedded = self.stage.embed.bytes(previous)
         x = embedded * embed_weight + self.stage.start.to(embedded.dtype) * start_weight
         x = x + contexts.index_select(1, unit)
-        value_input = embedded if self.stage.value_embeds else None
-        hidden = self.blocks(x, keys, values, last_attn, last_mlp, slot, readable, cos, sin, value_input)
+        hidden = self.blocks(x, keys, values, last_attn, last_mlp, slot, readable, cos, sin)
         logits = self.head(hidden[:, 0]).float()
         if temperature is None:
             return logits, None
