@@ -78,27 +78,24 @@ class Stage(nn.Module):
             self.sub_units = self.unit // units[index + 1]
             self.to_next = nn.Linear(dim, self.sub_units * dims[index + 1], bias=False)
 
-    def inputs(self, units: Tensor, context: Tensor | None, previous: Tensor | None = None) -> Tensor:
-        """Inputs for a whole group: ``units`` (batch, g, unit) ids, ``context`` (batch, g, d) or None,
-        ``previous`` (batch,) the id before the group (local stage; PAD: none).
+    def inputs(self, before: Tensor, starts: Tensor, context: Tensor | None) -> Tensor:
+        """The inputs of some positions of a group, for training, a prompt's prefill and decoding alike.
 
-        Position ``k`` sees the embedding of unit ``k-1`` (the start vector for ``k = 0``, plus, in the
-        local stage, the embedding of the byte before the group) plus its context."""
-        embedded = self.embed(units[:, :-1])
-        start = self.first_input(units.shape[0], previous).to(embedded.dtype)
-        x = torch.cat((start[:, None], embedded), dim=1)
+        ``before`` (batch, time, unit) ids of the unit before each position; ``starts`` (bool, broadcast to
+        (batch, time)) marks positions that begin a row (a group's first, or a left-padded row's first real
+        unit); ``context`` (batch, time, d) or None. A position's input is the embedding of the unit before it,
+        or at a start the learned start vector, plus, in the local stage, the embedding of the byte before the
+        group where it is real (not PAD); then its context is added."""
+        embedded = self.embed(before)  # (batch, time, d)
+        starts = starts.expand(embedded.shape[:2])
+        seen = ~starts
+        if self.is_local:  # the byte before the group: PAD means none (sequence start, padding)
+            seen = seen | (before[..., -1] != tokens.PAD_ID)
+        # Weights of 0 and 1 rather than a choice: the same arithmetic for one position as for a sequence.
+        x = embedded * seen[..., None].to(embedded.dtype) + self.start.to(embedded.dtype) * starts[..., None]
         if context is not None:
             x = x + context
         return self.drop(x)
-
-    def first_input(self, batch: int, previous: Tensor | None) -> Tensor:
-        """(batch, d) input of a group's first position before its context is added."""
-        start = self.start.expand(batch, -1)
-        if not self.is_local or previous is None:
-            return start
-        # PAD means no byte before (sequence start, or padding): the start vector alone, as in training.
-        seen = (previous != tokens.PAD_ID)[:, None]
-        return start + self.embed(previous[:, None]) * seen.to(start.dtype)
 
     def contexts(self, hidden: Tensor) -> Tensor:
         """(batch, n, d) outputs → (batch, n, sub_units, d_next) contexts for the stage below."""
@@ -136,20 +133,21 @@ class Megabyte(nn.Module):
 
         # The global stage's group is the whole sequence; each stage below runs on the units of one
         # unit of the stage above, folded into the batch.
-        units = rearrange(ids, "b (n u) -> b n u", u=self.stages[0].unit)
-        # The id before each local group (PAD before the sequence): its first position also sees it.
-        group_bytes = self.config.unit_sizes[-2]
-        previous = F.pad(ids[:, group_bytes - 1:-1:group_bytes], (1, 0), value=tokens.PAD_ID).reshape(-1)
         local_groups = padded_time // self.config.unit_sizes[-2]  # groups of the local stage per sequence
-        context = None
+        rows, context = batch, None
         for stage in self.stages:
+            # Each stage's inputs read the unit before each of its positions (PAD before the sequence): the ids
+            # shifted by one unit, grouped as the stage runs them.
+            before = F.pad(ids, (stage.unit, -stage.unit), value=tokens.PAD_ID)
+            before = rearrange(before, "b (n g u) -> (b n) g u", b=batch, u=stage.unit, n=rows // batch)
+            starts = torch.arange(before.shape[1], device=ids.device) == 0
+            x = stage.inputs(before, starts, context)
             if stage.is_local:
-                hidden = stage.transformer(stage.inputs(units, context, previous),
-                                           groups=local_groups if stage.cross_patch else None)
+                hidden = stage.transformer(x, groups=local_groups if stage.cross_patch else None)
                 break
-            hidden = stage.transformer(stage.inputs(units, context))
+            hidden = stage.transformer(x)
             context = rearrange(stage.contexts(hidden), "b n g d -> (b n) g d")
-            units = rearrange(units, "b n (g u) -> (b n) g u", g=stage.sub_units)
+            rows *= hidden.shape[1]
         logits = rearrange(self.head(hidden), "(b n) u v -> b (n u) v", b=batch)[:, :time]
 
         loss = None

@@ -257,3 +257,25 @@ def test_integer_ids_and_targets_of_any_width_give_the_same_loss():
         assert torch.equal(model(ids.to(dtype), ids.to(dtype)).loss, reference)
     with pytest.raises(TypeError, match="integer ids"):
         model(ids.float())
+
+
+@pytest.mark.parametrize("shift", [True, False])
+def test_a_static_cache_written_in_chunks_gives_the_whole_sequence_outputs(shift):
+    # One Block code: a whole causal sequence (training), a prompt's chunk written into the static cache at an
+    # offset (prefill) and one position at a time (decoding) give the same outputs.
+    from bytemodels.layers import StaticCache, Transformer
+
+    torch.manual_seed(0)
+    transformer = use_input_skip(Transformer(16, 2, 2, 4.0, 0.0, 10000.0, 1e-5, shift, True)).eval()
+    x = torch.randn(2, 11, 16)
+    with torch.no_grad():
+        whole = transformer(x)
+        readable = torch.ones(2, 12, dtype=torch.bool)
+        cache = StaticCache(2, 2, 16, 12, 0, readable, torch.float32, torch.float32)
+        outputs = []
+        for start, end in ((0, 5), (5, 6), (6, 7), (7, 11)):
+            rope = transformer.rotary(torch.arange(start, end))
+            outputs.append(transformer(x[:, start:end], cache.view(end - start), rope=rope))
+            cache.advance(end - start)
+    torch.testing.assert_close(torch.cat(outputs, dim=1), whole, rtol=1e-5, atol=1e-5)
+    assert cache.length == 11 and not cache.keys[0][:, :, 11].any()  # the last slot never written
