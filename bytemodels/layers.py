@@ -126,6 +126,9 @@ class StaticCache:
                 buffer[:, :, :self.offset] = buffer[:, :, self.offset:2 * self.offset]
         self.readable = torch.cat((real[:, None].expand(-1, self.offset), self.readable[:, self.offset:]), dim=1)
         self.length = 0
+        keep = real.to(self.last_attn[0].dtype)[:, None] if self.last_attn else None
+        for last in self.last_attn + self.last_mlp:  # token shift at the group's first unit: only a real one
+            last.mul_(keep)
 
     def _grow(self) -> None:
         self.keys = [torch.cat((buffer, torch.zeros_like(buffer)), dim=2) for buffer in self.keys]
@@ -144,8 +147,9 @@ class BlockCache(NamedTuple):
     """(time,) where the call's keys and values go."""
     allowed: Tensor
     """(batch, 1, time, size) the slots each new position attends to."""
-    has_previous: Tensor
-    """(batch, time) whether the position before each is real (token shift reads zeros otherwise)."""
+    has_previous: Tensor | None
+    """(batch, time) whether the position before each is real (token shift reads zeros otherwise); None for
+    one position, whose token before is real or was zeroed in the cache (:meth:`StaticCache.next_group`)."""
 
 
 class GroupLayout(NamedTuple):
@@ -356,11 +360,14 @@ class Transformer(nn.Module):
         if cache is not None:
             slot = torch.arange(cache.readable.shape[1], device=x.device)
             query = cache.slots[:, None]
-            # Causal over the slots, within what each row may read; a query in a row's left padding still sees
-            # itself, so its (ignored) output stays finite.
-            allowed = (slot <= query) & (cache.readable[:, None, :] | (slot == query))  # (batch, time, size)
-            before = cache.slots - 1
-            has_previous = (before >= 0) & cache.readable[:, before.clamp(min=0)]  # (batch, time)
+            if time == 1:  # a decoding step: its own slot is readable, and the cache zeroed a token before it
+                allowed, has_previous = (slot <= query) & cache.readable[:, None, :], None  # that is not real
+            else:
+                # Causal over the slots, within what each row may read; a query in a row's left padding still
+                # sees itself, so its (ignored) output stays finite.
+                allowed = (slot <= query) & (cache.readable[:, None, :] | (slot == query))  # (batch, time, size)
+                before = cache.slots - 1
+                has_previous = (before >= 0) & cache.readable[:, before.clamp(min=0)]  # (batch, time)
             shared = (cache.slots, allowed[:, None], has_previous)
         inputs = x
         for index, block in enumerate(self.blocks):
