@@ -211,8 +211,8 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, keys, values, attn_mask=layout.allowed, dropout_p=dropout)
         elif cache is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-            cache.keys.index_copy_(2, cache.slots, k.to(cache.keys.dtype))
-            cache.values.index_copy_(2, cache.slots, v.to(cache.values.dtype))
+            cache.keys.index_copy_(2, cache.slots, k if k.dtype == cache.keys.dtype else k.to(cache.keys.dtype))
+            cache.values.index_copy_(2, cache.slots, v if v.dtype == cache.keys.dtype else v.to(cache.keys.dtype))
             y = F.scaled_dot_product_attention(q, cache.keys, cache.values, attn_mask=cache.allowed,
                                                dropout_p=dropout)
         else:
@@ -260,7 +260,9 @@ def token_shift(x: Tensor, last: Tensor | None, has_previous: Tensor | None) -> 
     half = x.shape[-1] // 2
     moved = x[..., half:]
     before = moved.new_zeros(moved.shape[0], 1, moved.shape[-1]) if last is None else last[:, None, half:]
-    previous = before.to(moved.dtype) if x.shape[1] == 1 else torch.cat((before.to(moved.dtype), moved[:, :-1]), dim=1)
+    if before.dtype != moved.dtype:
+        before = before.to(moved.dtype)
+    previous = before if x.shape[1] == 1 else torch.cat((before, moved[:, :-1]), dim=1)
     if has_previous is not None:
         previous = previous * has_previous[..., None].to(previous.dtype)
     return torch.cat((x[..., :half], previous), dim=-1)
@@ -280,7 +282,7 @@ class Block(nn.Module):
         self.attn = Attention(dim, heads, dropout, qk_norm, eps)
         self.mlp_norm = RMSNorm(dim, eps)
         self.mlp = MLP(dim, int(mlp_ratio * dim))
-        self.drop = nn.Dropout(dropout)
+        self.drop = nn.Dropout(dropout) if dropout else nn.Identity()  # no op per decoding step without dropout
         self.shift = shift
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: BlockCache | None = None,

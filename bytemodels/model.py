@@ -65,7 +65,7 @@ class Stage(nn.Module):
         dim = dims[index]
         self.embed = UnitEmbedder(config.vocab_size, self.unit, config.byte_embed_dim, dim, EMBED_GAIN)
         self.start = nn.Parameter(torch.randn(dim))
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
         self.transformer = Transformer(dim, config.layers[index], config.heads[index], config.mlp_ratio,
                                        config.dropout, config.rope_base, config.norm_eps, config.token_shift,
                                        config.qk_norm)
@@ -87,12 +87,12 @@ class Stage(nn.Module):
         or at a start the learned start vector, plus, in the local stage, the embedding of the byte before the
         group where it is real (not PAD); then its context is added."""
         embedded = self.embed(before)  # (batch, time, d)
-        starts = starts.expand(embedded.shape[:2])
+        starts = starts.expand(embedded.shape[:2])[..., None]
         seen = ~starts
         if self.is_local:  # the byte before the group: PAD means none (sequence start, padding)
-            seen = seen | (before[..., -1] != tokens.PAD_ID)
+            seen = seen | (before[..., -1:] != tokens.PAD_ID)
         # Weights of 0 and 1 rather than a choice: the same arithmetic for one position as for a sequence.
-        x = embedded * seen[..., None].to(embedded.dtype) + self.start.to(embedded.dtype) * starts[..., None]
+        x = embedded * seen + self.start * starts
         if context is not None:
             x = x + context
         return self.drop(x)
