@@ -75,8 +75,8 @@ def test_a_config_records_its_model_format_and_an_older_one_is_refused_in_one_li
         MegabyteConfig.from_dict({**saved, "format": 3})
 
 
-@pytest.mark.parametrize("name", ["activation", "value_embeds", "input_skip", "previous_byte", "embed_gain",
-                                  "head_gain"])
-def test_the_removed_switches_are_no_fields(name):
-    with pytest.raises(ValueError, match=name):
-        MegabyteConfig.from_dict({**MegabyteConfig.preset("tiny").to_dict(), name: 1})
+@pytest.mark.parametrize("name, value", [("activation", "gelu"), ("value_embeds", True), ("input_skip", True),
+                                         ("previous_byte", True), ("embed_gain", 30.0), ("head_gain", 8.0)])
+def test_the_removed_switches_are_no_fields(name, value):
+    with pytest.raises(ValueError, match=f"unknown MegabyteConfig field.*'{name}'"):
+        MegabyteConfig.from_dict({**MegabyteConfig.preset("tiny").to_dict(), name: value})
