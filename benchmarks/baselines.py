@@ -26,7 +26,7 @@ from torch import nn
 
 from bytemodels import tokens
 from bytemodels.config import MegabyteConfig
-from bytemodels.layers import ScaledEmbedding, ScaledLinear, Transformer, init_weights
+from bytemodels.layers import EMBED_GAIN, HEAD_GAIN, ScaledEmbedding, ScaledLinear, Transformer, init_weights
 
 
 # ---------------------------------------------------------------------------------------------
@@ -58,18 +58,8 @@ class FlatConfig:
     """Epsilon of every RMSNorm."""
     token_shift: bool = True
     """Token shift in every block, as in bytemodels' stages."""
-    activation: str = "relu2"
-    """MLP activation, as in bytemodels' stages (relu2 or gelu)."""
     qk_norm: bool = True
     """RMSNorm of each head's queries and keys, as in bytemodels' stages."""
-    input_skip: bool = True
-    """Every block mixes in the embeddings (x ← a·x + b·x0), as in bytemodels' stages."""
-    value_embeds: bool = True
-    """Every block adds the input byte's embedding to its attention values, as in bytemodels' local stage."""
-    embed_gain: float = MegabyteConfig.embed_gain
-    """The byte embedding is stored divided by this, as in bytemodels' stages (``MegabyteConfig.embed_gain``)."""
-    head_gain: float = MegabyteConfig.head_gain
-    """The output layer's weight is stored divided by this, as in bytemodels (``MegabyteConfig.head_gain``)."""
 
     def __post_init__(self) -> None:
         if self.dim % self.heads or (self.dim // self.heads) % 2:
@@ -106,13 +96,13 @@ class FlatTransformer(nn.Module):
     def __init__(self, config: FlatConfig) -> None:
         super().__init__()
         self.config = config
-        self.embed = ScaledEmbedding(config.vocab_size, config.dim, config.embed_gain)
+        self.embed = ScaledEmbedding(config.vocab_size, config.dim, EMBED_GAIN)
         self.start = nn.Parameter(torch.randn(config.dim))
         self.drop = nn.Dropout(config.dropout)
         self.transformer = Transformer(config.dim, config.layers, config.heads, config.mlp_ratio,
                                        config.dropout, config.rope_base, config.norm_eps, config.token_shift,
-                                       config.activation, config.qk_norm, config.input_skip)
-        self.head = ScaledLinear(config.dim, config.vocab_size, config.head_gain)
+                                       config.qk_norm)
+        self.head = ScaledLinear(config.dim, config.vocab_size, HEAD_GAIN)
         init_weights(self)  # the same initialisation as bytemodels.Megabyte
 
     def num_parameters(self) -> int:
@@ -122,12 +112,9 @@ class FlatTransformer(nn.Module):
         batch, time = ids.shape
         if time > self.config.max_seq_len:
             raise ValueError(f"sequence of {time} bytes is longer than max_seq_len={self.config.max_seq_len}")
-        # Shift by one inside the model: the embedding of the id before each position (PAD before the first) is
-        # the value embedding; the input has the start vector in the PAD's place.
-        before = self.embed(F.pad(ids[:, :-1], (1, 0), value=tokens.PAD_ID))  # (batch, time, dim)
-        x = torch.cat((self.start.expand(batch, 1, -1), before[:, 1:]), dim=1)
-        value_input = before if self.config.value_embeds else None
-        x = self.transformer(self.drop(x), value_input=value_input)  # (batch, time, dim), final norm included
+        # Shift by one inside the model: the start vector, then the embedding of the id before each position.
+        x = torch.cat((self.start.expand(batch, 1, -1), self.embed(ids[:, :-1])), dim=1)  # (batch, time, dim)
+        x = self.transformer(self.drop(x))  # (batch, time, dim), final norm included
         logits = self.head(x)  # (batch, time, vocab)
         loss = None
         if targets is not None:

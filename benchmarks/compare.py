@@ -34,7 +34,7 @@ predicted in training but not scored. Images use patches aligned to pixels and r
     python benchmarks/compare.py --modality text --budget-steps 300
     python benchmarks/compare.py --modality text --time 30m --threads 2   # the issue's 30-minute budget
     python benchmarks/compare.py --modality text --time 3m --compile     # every peer's loss compiled
-    python benchmarks/compare.py --peers bytemodels --no-cross-patch --head-gain 1   # any MegabyteConfig field
+    python benchmarks/compare.py --peers bytemodels --no-cross-patch --no-qk-norm   # any MegabyteConfig field
     python benchmarks/compare.py --modality mnist --budget-steps 200 --lrs 1e-3,2e-3,4e-3,8e-3,16e-3  # each at its best
 
 ``--lrs`` trains every peer at each peak learning rate (the floor keeps the ratio ``--min-lr / --lr``) and
@@ -95,7 +95,7 @@ PEER_TITLES = {
 #: The model flags' group in ``--help``: which peers each field reaches.
 MODEL_FLAGS_TITLE = ("model: MegabyteConfig fields over the preset and the data set's shape (images: patches of "
                      "pixel rows, a window of one whole image). All peers take the widths, depths, heads, patch and "
-                     "window; the flat model also token shift, input skip, value embeddings and the two gains; the "
+                     "window; the flat model also token shift and QK-norm; the "
                      "other fields are bytemodels' own")
 #: A model small enough for ``--quick`` (one head size for both stages, as MEGABYTE-pytorch needs).
 QUICK_SHAPE = dict(dims=(32, 16), layers=(1, 1), heads=(2, 1), max_seq_len=64)

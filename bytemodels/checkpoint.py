@@ -54,7 +54,9 @@ MODEL_CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 LATEST_FILE = "latest"
 BEST_DIR = "best"
-FORMAT_VERSION = 1
+#: The checkpoint format written and read. 2: the model format of ``config.MODEL_FORMAT`` 2 (format 1 held models
+#: whose config had switches that are now fixed, so an older checkpoint is refused in one line).
+FORMAT_VERSION = 2
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 # Temporary names of writes in progress: checkpoint and best/ folders, folders being replaced, the latest pointer.
 _PARTIAL_WRITE = r"\.(step_\d+|best)\.(tmp|old)-|\.latest\."
@@ -247,6 +249,10 @@ def read_state(path: str | Path) -> dict[str, Any]:
     if not state_path.is_file():
         raise CheckpointError(f"{state_path}: file is missing; this folder is not a complete checkpoint")
     state = read_json(state_path, CheckpointError)
+    found = state.get("format") if isinstance(state, dict) else None
+    if type(found) is int and 0 < found < FORMAT_VERSION:
+        raise CheckpointError(f"{state_path}: written by an older bytemodels (checkpoint format {found}; this release "
+                              f"reads format {FORMAT_VERSION}): retrain, or use the bytemodels release that wrote it")
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION or not _valid_files(state.get("files")):
         raise CheckpointError(f"{state_path}: not a format-{FORMAT_VERSION} trainer state; the checkpoint is corrupted")
     return state

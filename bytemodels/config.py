@@ -9,7 +9,6 @@ from typing import Any
 
 from bytemodels import tokens
 from bytemodels.jsonfile import read_json_object
-from bytemodels.layers import ACTIVATIONS
 from bytemodels.fields import config_from_dict, config_to_dict
 
 
@@ -40,9 +39,6 @@ class MegabyteConfig:
     """Width of the byte embeddings concatenated into a patch (default: the local width)."""
     mlp_ratio: float = 4.0
     """Hidden width of each MLP as a multiple of the stage width."""
-    activation: str = "relu2"
-    """MLP activation: relu2 (squared ReLU, as in Primer: 0.15 bits/byte better than gelu after 300 steps on
-    TinyStories, docs/benchmarks.md) or gelu."""
     dropout: float = 0.0
     """Dropout on attention outputs, MLP outputs and embeddings while training."""
     rope_base: float = 10000.0
@@ -50,37 +46,13 @@ class MegabyteConfig:
     norm_eps: float = 1e-5
     """Epsilon of every RMSNorm."""
     token_shift: bool = True
-    """Every block reads half of its channels from the previous position (RWKV's token shift, as
-    in MEGABYTE-pytorch): 0.14 bits/byte better after 300 steps on TinyStories (docs/benchmarks.md)."""
-    previous_byte: bool = True
-    """The local model's first position also sees the embedding of the byte before the patch, so a
-    patch's first byte is not predicted from the global model alone (0.04 bits/byte better)."""
+    """Every block reads half of its channels from the previous position (RWKV's token shift, as in
+    MEGABYTE-pytorch). An ablation switch, like ``cross_patch`` and ``qk_norm``: on unless measuring without it."""
     cross_patch: bool = True
-    """Every local layer also attends to the previous patch's keys and values, and its token shift
-    reads the previous patch's last byte (cross-patch attention): 0.14 bits/byte better after 300
-    steps on TinyStories. Adds no weights; generation keeps one more patch of local keys and values."""
+    """Every local layer also attends to the previous patch's keys and values, and its token shift reads the
+    previous patch's last byte (cross-patch attention); no new weights."""
     qk_norm: bool = True
-    """RMSNorm of each attention head's queries and keys before rotary (QK-norm, as in OLMo 2): 0.012
-    bits/byte better after 300 steps on TinyStories, and a higher learning rate pays; free per step compiled,
-    about 9% uncompiled (docs/benchmarks.md)."""
-    input_skip: bool = True
-    """Every block of every stage reads a learned mix of the residual stream and its stage's inputs (x ← a·x + b·x0,
-    as in the nanoGPT speedruns): two scalars per block. With ``value_embeds``: 0.077 bits/byte better after 300 steps
-    on TinyStories, no change after 4,000 steps of the recipe (it speeds up early learning; docs/benchmarks.md)."""
-    value_embeds: bool = True
-    """Every local block adds the embedding of its input byte (the local stage's own byte embedding: no new weights)
-    to its attention values, so each layer's values keep the byte itself (value embeddings, as in the nanoGPT
-    speedruns). Alone 0.010 bits/byte better after 300 steps on TinyStories, on top of ``input_skip`` 0.001."""
-    embed_gain: float = 30.0
-    """Byte embeddings are stored divided by this and multiplied back when looked up, so Adam moves them this many
-    times as fast as the other weights (embeddings want a far higher learning rate than matrices, as in the nanoGPT
-    speedruns); no new weights. 30 was best of 1, 3, 10, 30 and 100: 0.033 bits/byte better after 300 steps on
-    TinyStories (docs/benchmarks.md)."""
-    head_gain: float = 8.0
-    """The output layer's weight is stored divided by this and multiplied back, so Adam moves it this many times as
-    fast as the other weights (as ``embed_gain``); no new weights. 8 was best of 0.5, 1, 2, 4 and 8 after 300 steps on
-    TinyStories (0.067 bits/byte better than 1), and 0.7% better than 4 on MNIST and 0.2% on 16-bit audio after 200;
-    level with 4 after 4,073 steps of the TinyStories recipe (docs/benchmarks.md)."""
+    """RMSNorm of each attention head's queries and keys before rotary (QK-norm, as in OLMo 2)."""
 
     def __post_init__(self) -> None:
         for name in ("patch_sizes", "dims", "layers", "heads"):
@@ -171,11 +143,9 @@ class MegabyteConfig:
             raise ValueError(f"embed_dim={self.embed_dim} must be at least 1 (None: the local width)")
         if int(self.mlp_ratio * min(self.dims)) < 1:
             raise ValueError(f"mlp_ratio={self.mlp_ratio} leaves an MLP without hidden units at width {min(self.dims)}")
-        for name in ("embed_gain", "head_gain", "rope_base", "norm_eps"):
+        for name in ("rope_base", "norm_eps"):
             if not getattr(self, name) > 0:  # also refuses nan
                 raise ValueError(f"{name}={getattr(self, name)} must be positive")
-        if self.activation not in ACTIVATION_NAMES:
-            raise ValueError(f"activation={self.activation!r}; choose one of: {', '.join(ACTIVATION_NAMES)}")
 
     # -- cost estimates ---------------------------------------------------------------------
     def flops_per_byte(self, training: bool = True) -> float:
@@ -212,17 +182,20 @@ class MegabyteConfig:
         return config_from_dict(cls, {**PRESETS[name], **overrides})
 
     def to_dict(self) -> dict[str, Any]:
-        return config_to_dict(self)
+        """The fields by name, and ``format``: the model format they were written in (``MODEL_FORMAT``)."""
+        return {"format": MODEL_FORMAT, **config_to_dict(self)}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "MegabyteConfig":
-        """Build from a saved dict; an unknown key is an error that names it and lists the fields.
+        """Build from a saved dict (``to_dict``); an unknown key is an error that names it and lists the fields.
 
-        Where a dict lacks a field added after the first saved models, it takes the value that model was
-        trained with (see ``LEGACY_SWITCHES``): ``token_shift``, ``previous_byte``, ``cross_patch``, ``activation``,
-        ``value_embeds``, ``embed_gain`` and ``head_gain`` change no weight shapes, so such a checkpoint would otherwise
-        load without error and compute garbage; ``qk_norm`` and ``input_skip`` add weights the checkpoint does not have."""
-        return config_from_dict(cls, {**LEGACY_SWITCHES, **values})
+        A dict of another model format (no ``format``: written before formats were recorded) raises
+        :class:`OlderFormatError`: its model may compute another function with the same weight shapes."""
+        values = dict(values)
+        version = values.pop("format", None)
+        if version != MODEL_FORMAT:
+            raise OlderFormatError(version)
+        return config_from_dict(cls, values)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -240,22 +213,37 @@ class MegabyteConfig:
         values = read_json_object(path)
         try:
             return cls.from_dict(values)
+        except OlderFormatError as error:
+            raise OlderFormatError(error.version, path) from None
         except (ValueError, TypeError, OverflowError) as error:  # a wrong type reaches int() or a comparison
             raise ValueError(f"{path}: not a valid model config ({error})") from None
 
 
-#: Fields that came after the first saved models: absent from a saved config means the behaviour before them.
-LEGACY_SWITCHES: dict[str, Any] = {"token_shift": False, "previous_byte": False, "cross_patch": False,
-                                   "activation": "gelu", "qk_norm": False, "input_skip": False,
-                                   "value_embeds": False, "embed_gain": 1.0, "head_gain": 1.0}
+#: The model format ``to_dict`` records. 2 (bytemodels 2026-12): squared-ReLU MLPs, input skip, the previous byte at
+#: a patch's first local position and the embedding and head gains always on; no value embeddings. Models of
+#: format 1 (no ``format`` key) had these as switches.
+MODEL_FORMAT = 2
+
+
+class OlderFormatError(ValueError):
+    """A model config written in another model format than ``MODEL_FORMAT`` (by an older, or newer, bytemodels)."""
+
+    def __init__(self, version: Any, path: str | Path | None = None) -> None:
+        self.version = version
+        where = f"{path}: " if path is not None else ""
+        if isinstance(version, int) and version > MODEL_FORMAT:
+            super().__init__(f"{where}written by a newer bytemodels (model format {version}; this release reads "
+                             f"format {MODEL_FORMAT}): upgrade bytemodels to load it")
+            return
+        found = "no model format" if version is None else f"model format {version!r}"
+        super().__init__(f"{where}written by an older bytemodels ({found}; this release reads format {MODEL_FORMAT}): "
+                         "retrain the model, or load it with the bytemodels release that wrote it")
+
 
 #: Upper bounds that ``validate`` checks, far above any real model (the largest preset has 15 blocks, width 1,024,
 #: 8,192 bytes of context); the data cache stores tags as int16.
 LIMITS: dict[str, float] = {"stages": 16, "dim": 1 << 16, "layers": 1 << 12, "max_seq_len": 1 << 26,
                             "num_tags": (1 << 15) - 1, "mlp_ratio": 64}
-
-#: Names accepted by ``activation``: those of the functions in bytemodels.layers.
-ACTIVATION_NAMES = tuple(ACTIVATIONS)
 
 #: Named model shapes. ``tiny`` is for tests and CPU smoke runs; ``base`` is what a GPU user trains.
 PRESETS: dict[str, dict[str, Any]] = {

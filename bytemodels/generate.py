@@ -1,14 +1,15 @@
 """Generation with key/value caches at every stage: one local step per byte, one global step per patch.
 
-``IncrementalDecoder`` keeps, for each stage, the caches of the group it is working in (the whole
-sequence for the global stage, the current patch for the stage below). Asking it for the logits of
-the next position runs each stage only on the units it has not seen yet: a prompt is processed in
-parallel, and afterwards a stage runs once per unit it completes.
+``IncrementalDecoder`` keeps, for each stage, a static cache (``bytemodels.layers.StaticCache``) of the group it
+is working in (the whole sequence for the global stage, the current patch for the stage below, with the patch
+before it for cross-patch attention). Asking it for the logits of the next position runs each stage only on the
+units it has not seen yet, through the same ``Stage.inputs`` and ``Block`` code as training: a prompt is written
+into the cache in parallel, and afterwards a stage runs once per unit it completes.
 
 The context never outgrows the model's window (``max_seq_len``, the length it was trained on): when the
 next position would lie beyond it, the context is cut to its last whole patches, about half a window
 (:func:`kept_length`), and decoding continues from a fresh parallel pass over them (nanoGPT's
-``idx[:, -block_size:]``, paid once per half window rather than once per byte). Caches and slots are so
+``idx[:, -block_size:]``, paid once per half window rather than once per byte). The caches are so
 bounded by the window, whatever the output's length; the uncached path cuts the same way, so greedy output
 is the same with and without the cache however long it is. In a batch, the rows that decode together (those
 sharing a patch alignment, left-padded to the longest) are cut together, when the longest reaches the window.
@@ -26,20 +27,19 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bytemodels import tokens
-from bytemodels.layers import KVCache
+from bytemodels.layers import StaticCache
 from bytemodels.sampling import Sampler, producible_mask
-from bytemodels.stage_step import StageSlots, step_function
+from bytemodels.stage_step import step_function
 
 
 @dataclass
 class _StageState:
-    caches: list[KVCache]
+    cache: StaticCache
     group_start: int = -1  # byte position where the stage's current group starts
     processed: int = 0  # units of the group already run through the transformer
     context: Tensor | None = None  # (batch, g, d): contexts from the stage above for this group
     logits: Tensor | None = None  # local stage: (batch, vocab) at the newest processed byte
-    drawn: Tensor | None = None  # local stage decoding over slots: (batch,) the id its step drew there
-    slots: StageSlots | None = None  # global and local stage, once they decode one unit at a time
+    drawn: Tensor | None = None  # local stage: (batch,) the id its compiled step drew there
     outputs: dict[int, Tensor] = field(default_factory=dict)  # upper stages: unit → (batch, d) output
 
 
@@ -50,9 +50,10 @@ class IncrementalDecoder:
     how many, and those units are masked out of the global attention. Call ``logits()`` for the
     distribution of the next id (or ``sample(sampler)`` for the id itself), then ``append(next_ids)``.
 
-    The prompt runs in parallel through variable-length caches; then the global and the local stage run
-    one unit at a time through fixed slots (``bytemodels.stage_step``), which ``compile`` compiles.
-    ``max_length`` (ids, prompt included), when known, sizes the global stage's slots once."""
+    Every stage keeps its keys and values in a :class:`StaticCache`: the prompt is written into it in
+    parallel, then the global and the local stage run one unit at a time (``bytemodels.stage_step``, which
+    ``compile`` compiles), through the same blocks. ``max_length`` (ids, prompt included), when known, sizes
+    the global stage's slots once."""
 
     def __init__(self, model, ids: Tensor, pad_units: Tensor | None = None, compile: bool = False,
                  max_length: int | None = None) -> None:
@@ -63,7 +64,8 @@ class IncrementalDecoder:
         self.ids = ids
         self.unit_sizes = model.config.unit_sizes
         self.pad_units = pad_units if pad_units is not None and bool(pad_units.any()) else None
-        self.states = [_StageState(stage.transformer.new_cache()) for stage in model.stages]
+        with torch.inference_mode():  # as the decoding that writes them (a compiled step checks the dispatch keys)
+            self.states = [_StageState(self._new_cache(index, stage)) for index, stage in enumerate(model.stages)]
         self.started = False
         # Cross-patch attention: every local layer of a group reads the group before it, so before the first
         # prediction the local stage runs over as many of the prompt's last whole groups as a group can reach
@@ -136,12 +138,7 @@ class IncrementalDecoder:
             if state.group_start != group_start:
                 follows = stage.cross_patch and state.group_start == group_start - group_bytes \
                     and state.processed * unit == group_bytes
-                if state.slots is not None:
-                    state.slots.next_group(follows, self._prefix_real(group_start))
-                elif follows:  # the group just finished becomes the new group's prefix
-                    state.caches = stage.transformer.carry_cache(state.caches)
-                else:
-                    state.caches = stage.transformer.new_cache()
+                state.cache.next_group(follows, self._prefix_real(group_start))
                 state.group_start, state.processed, state.outputs = group_start, 0, {}
                 if above is not None:
                     above_stage, above_state, above_unit = above
@@ -165,41 +162,33 @@ class IncrementalDecoder:
     def _run_stage(self, index: int, stage, state: _StageState, current: int) -> None:
         """Run units ``state.processed .. current`` of the stage's group through its transformer."""
         first, unit, start = state.processed, stage.unit, state.group_start
-        batch = self.ids.shape[0]
-        # One new unit, once the parallel pass has filled the caches (they give the slots' shapes and dtype):
-        # a step over the fixed slots.
-        if state.slots is None and current == first and index in self.steps and state.caches[0].length:
-            state.slots = self._slots(index, stage, state)
-            state.caches = []
-        if state.slots is not None:
-            # Cross-patch attention counts rotary positions in bytes across groups (as in training).
-            cos, sin = stage.transformer.rotary.at((start if stage.cross_patch else 0) + first, 1, self.ids.device)
-            if stage.is_local:  # the step embeds the byte before and draws the next one itself
-                state.logits, state.drawn = state.slots.step(self.steps[index], self._byte_inputs(stage, state),
-                                                             cos, sin, *self._local_draw_inputs(batch))
-                state.processed = current + 1
-                return
-        # Input of unit k is the embedding of unit k-1 (the start vector for k = 0) plus its context.
-        lo = max(first, 1)
-        parts = []
-        if first == 0:
-            previous = self.ids[:, start - 1] if start > 0 else None
-            parts.append(stage.first_input(batch, previous)[:, None])
-        if current >= lo:
-            previous = self.ids[:, start + (lo - 1) * unit: start + current * unit]
-            parts.append(stage.embed(previous.reshape(batch, current - lo + 1, unit)))
-        x = parts[0] if len(parts) == 1 else torch.cat([part.to(parts[-1].dtype) for part in parts], dim=1)
-        if state.context is not None:
-            x = x + state.context[:, first: current + 1]
-        value_input = None
-        if stage.value_embeds:
-            # After a group's first unit each value embedding is the byte embedding just looked up for the input
-            # (the local stage's units are bytes): reuse it rather than look it up again.
-            value_input = parts[-1] if first > 0 else self._value_input(stage, start, first, current)
-        if state.slots is not None:
-            hidden = state.slots.step(self.steps[index], (x,), cos, sin, value_input)
+        batch, time, cache = self.ids.shape[0], current + 1 - first, state.cache
+        # Cross-patch attention counts rotary positions in bytes across groups (as in training).
+        cos, sin = stage.transformer.rotary.at((start if stage.cross_patch else 0) + first, time, self.ids.device)
+        view = cache.view(time)
+        step = self.steps.get(index) if time == 1 else None  # one new unit: the stage's (compiled) step
+        if step is not None and stage.is_local:  # the step embeds the byte before and draws the next one itself
+            state.logits, state.drawn = step(*self._byte_inputs(state), *view, cos, sin,
+                                             *self._local_draw_inputs(batch))
+            cache.advance(time)
+            state.processed = current + 1
+            return
+        # The ids of the unit before each position (PAD before the sequence).
+        low = start + (first - 1) * unit
+        before = self.ids[:, max(low, 0): start + current * unit]
+        if low < 0:
+            before = F.pad(before, (-low, 0), value=tokens.PAD_ID)
+        positions = torch.arange(first, current + 1, device=self.ids.device)
+        starts = positions == 0
+        if index == 0 and self.pad_units is not None:  # a left-padded row begins at its first real unit
+            starts = starts | (positions[None, :] == self.pad_units[:, None])
+        context = state.context[:, first: current + 1] if state.context is not None else None
+        x = stage.inputs(before.reshape(batch, time, unit), starts, context)
+        if step is not None:
+            hidden = step(x, *view, cos, sin)
         else:
-            hidden = self._run_cached(index, stage, state, x, current, value_input)
+            hidden = stage.transformer(x, view, rope=(cos, sin))
+        cache.advance(time)
         state.processed = current + 1
         if stage.is_local:
             state.logits = self.model.head(hidden[:, -1]).float()
@@ -215,76 +204,41 @@ class IncrementalDecoder:
             self._constants[name] = torch.full(shape, value, dtype=dtype, device=self.ids.device)
         return self._constants[name]
 
-    def _byte_inputs(self, stage, state: _StageState) -> tuple[Tensor, ...]:
-        """The id before the local stage's next byte, the weights of its embedding and of the start vector, and
-        the group's contexts with the byte's index among them: what ``ByteStep`` makes the byte's input and
-        value embedding of (as ``Stage.inputs`` and ``Stage.value_input`` do for a whole group)."""
+    def _byte_inputs(self, state: _StageState) -> tuple[Tensor, Tensor, Tensor]:
+        """The id before the local stage's next byte (at a group's first byte, the byte before the group; PAD
+        for none), the group's contexts and the byte's index among them: what ``ByteStep`` takes."""
         first, start = state.processed, state.group_start
-        batch, dtype = self.ids.shape[0], stage.embed.bytes.weight.dtype
         # The group's contexts whole and the byte's index: a slice would be a new storage offset every byte.
-        context = state.context, self._constant(f"unit {first}", (1,), first, torch.long)
-        if first:
-            return (self._id_at(start + first - 1), self._constant("embedding", (batch, 1, 1), 1.0, dtype),
-                    self._constant("no start", (), 0.0, dtype), *context)
-        # A group's first byte: the start vector, plus the byte before the group where the stage sees it and it
-        # is real; its value embedding is that byte's (PAD where there is none or the stage does not see it).
-        if start > 0 and stage.sees_previous_byte:
-            previous = self._id_at(start - 1)
-            real = (previous != tokens.PAD_ID)[..., None].to(dtype)
-        else:
-            previous = torch.full((batch, 1), tokens.PAD_ID, dtype=self.ids.dtype, device=self.ids.device)
-            real = self._constant("no embedding", (batch, 1, 1), 0.0, dtype)
-        return previous, real, self._constant("start", (), 1.0, dtype), *context
+        unit = self._constant(f"unit {first}", (1,), first, torch.long)
+        if start + first > 0:
+            return self._id_at(start + first - 1), state.context, unit
+        return self._constant("no byte", (self.ids.shape[0], 1), tokens.PAD_ID, self.ids.dtype), state.context, unit
 
     def _id_at(self, position: int) -> Tensor:
         """(batch, 1) the ids at ``position``, contiguous: a compiled step would recompile for every new stride
         of a slice of the growing ``ids``."""
         return self.ids[:, position:position + 1].clone(memory_format=torch.contiguous_format)
 
-    def _value_input(self, stage, start: int, first: int, current: int) -> Tensor:
-        """Value embeddings of the local units ``first .. current`` of the group at byte ``start``."""
-        below = start + first - 1  # the id before unit `first`; before the sequence: none (PAD)
-        before = F.pad(self.ids[:, max(below, 0): start + current], (int(below < 0), 0), value=tokens.PAD_ID)
-        return stage.value_input(before, first)
-
-    def _run_cached(self, index: int, stage, state: _StageState, x: Tensor, current: int,
-                    value_input: Tensor | None = None) -> Tensor:
-        """The units of ``x`` through the stage's transformer with its variable-length caches (the prompt)."""
-        first, start = state.processed, state.group_start
-        key_mask = None
-        if index == 0 and self.pad_units is not None:
-            units = torch.arange(first, current + 1, device=x.device)
-            real_start = units[None, :] == self.pad_units[:, None]  # a left-padded row begins here
-            x = torch.where(real_start[..., None], stage.start.to(x.dtype), x)
-            key_mask = torch.arange(current + 1, device=x.device)[None, :] >= self.pad_units[:, None]
-        prefix = state.caches[0].prefix
-        if prefix and self.pad_units is not None:
-            # A carried group that lies in a row's left padding is not its previous group: masked (only
-            # near a row's start; past it every step keeps the mask-free attention of one new token).
-            prefix_real = self._prefix_real(start)
-            if not bool(prefix_real.all()):
-                keys = prefix + current + 1
-                key_mask = (torch.arange(keys, device=x.device)[None, :] >= prefix) | prefix_real[:, None]
-        # Cross-patch attention counts rotary positions in bytes across groups (as in training).
-        return stage.transformer(x, state.caches, key_mask, position=start if stage.cross_patch else 0,
-                                 value_input=value_input)
-
-    def _slots(self, index: int, stage, state: _StageState) -> StageSlots:
-        """Fixed slots for a stage, filled from its caches: the local stage holds its group (and the one
-        before, with cross-patch attention), the global stage every patch of the generation."""
+    def _new_cache(self, index: int, stage) -> StaticCache:
+        """A stage's static cache: the global stage holds every patch of the generation (within the window),
+        a stage below its group (and with cross-patch attention the group before, in the slots before it)."""
         device, batch = self.ids.device, self.ids.shape[0]
-        if stage.is_local:
-            group = self.unit_sizes[-2]
+        if index == 0:
+            length = max(self.max_length or 0, self.ids.shape[1] + 1)
+            size, offset = -(-length // self.unit_sizes[0]) + 1, 0  # one more slot: a last patch's step
+        else:
+            group = self.unit_sizes[index - 1] // stage.unit
             offset = group if stage.cross_patch else 0
-            slots = torch.arange(offset + group, device=device)
-            prefix_ok = self._prefix_real(state.group_start) & bool(state.caches[0].prefix)
-            readable = (slots >= offset)[None, :] | prefix_ok[:, None]
-            return StageSlots(state.caches, offset + group, offset, readable)
-        length = max(self.max_length or 0, self.ids.shape[1] + 1)
-        size = -(-length // self.unit_sizes[0]) + 1  # every patch of the generation (more slots: more to read)
+            size = offset + group
         slots = torch.arange(size, device=device)
-        readable = slots[None, :] >= (self.pad_units[:, None] if self.pad_units is not None else 0)
-        return StageSlots(state.caches, size, 0, readable.expand(batch, -1))
+        low = self.pad_units[:, None] if index == 0 and self.pad_units is not None else 0
+        readable = (slots[None, :] >= offset) & (slots[None, :] >= low)
+        blocks = stage.transformer.blocks
+        heads = blocks[0].attn.heads if len(blocks) else 1
+        stream = next(stage.parameters()).dtype
+        kv = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else stream
+        return StaticCache(len(blocks), heads, stage.start.shape[0], size, offset,
+                           readable.expand(batch, -1), kv, stream)
 
 
 def kept_length(length: int, window: int, patch: int) -> int:

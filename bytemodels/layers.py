@@ -56,49 +56,100 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return rotated.to(x.dtype)
 
 
-class KVCache:
-    """What one block keeps for the tokens seen so far: attention keys and values (batch, heads,
-    time, head_dim) and, for token shift, the newest token's inputs to the attention and the MLP.
+class CacheView(NamedTuple):
+    """One call's view of a :class:`StaticCache`: the buffers of every block (one tensor per block and kind,
+    updated in place) and the slots the call's positions go to. All tensors, so a compiled decoding step
+    takes it apart into its inputs."""
 
-    Storage grows by doubling, so appending one token per step copies only the new token."""
+    keys: list[Tensor]
+    """Per block (batch, heads, size, head_dim): rotated keys, one slot per position."""
+    values: list[Tensor]
+    """Per block (batch, heads, size, head_dim)."""
+    last_attn: list[Tensor]
+    """Per block (batch, dim): the attention's input stream at the newest position (for token shift)."""
+    last_mlp: list[Tensor]
+    """Per block (batch, dim): the MLP's input stream at the newest position."""
+    slots: Tensor
+    """(time,) the consecutive slots of the call's positions."""
+    readable: Tensor
+    """(batch, size) the slots each row may attend to at all (not its left padding, not a missing prefix)."""
 
-    def __init__(self) -> None:
-        self._keys: Tensor | None = None
-        self._values: Tensor | None = None
+
+class StaticCache:
+    """Keys, values and token-shift inputs of one stage's blocks in ``size`` fixed slots (gpt-fast's static
+    KV cache): a prompt's prefill writes a chunk of slots, a decoding step one, with the same shapes every step.
+
+    The current group's units go to slots ``offset, offset + 1, ...``; the slots before ``offset`` hold the
+    group before it (the local stage with cross-patch attention: ``offset`` is the group size). A stage whose
+    group outgrows the slots (the global stage asked for more than it was sized for) gets twice as many."""
+
+    def __init__(self, blocks: int, heads: int, dim: int, size: int, offset: int, readable: Tensor,
+                 kv_dtype: torch.dtype, stream_dtype: torch.dtype) -> None:
+        batch, device = readable.shape[0], readable.device
+        if readable.shape[1] != size or offset > size:
+            raise ValueError(f"{size} slots cannot have {offset} before the group ({readable.shape[1]} readable)")
+        head_dim = dim // heads if heads else 0
+        # One tensor per block and kind, not views of one: compiled, an in-place write into a view of an input
+        # copies the whole input twice per call, into a whole input it writes one slot.
+        self.keys = [torch.zeros(batch, heads, size, head_dim, dtype=kv_dtype, device=device) for _ in range(blocks)]
+        self.values = [torch.zeros_like(buffer) for buffer in self.keys]
+        self.last_attn = [torch.zeros(batch, dim, dtype=stream_dtype, device=device) for _ in range(blocks)]
+        self.last_mlp = [torch.zeros_like(buffer) for buffer in self.last_attn]
+        self.readable = readable.contiguous()  # read every call: dense, not an expanded view
+        self.offset = offset
+        self.length = 0  # units of the current group in the slots
+        self._slot_index: list[Tensor] = []  # (1,) index tensors, made once per slot
+
+    def view(self, time: int) -> CacheView:
+        """The next ``time`` slots (grown if needed), for one call; :meth:`advance` once it has run."""
+        first = self.offset + self.length
+        while first + time > self.readable.shape[1]:
+            self._grow()
+        if time == 1:
+            while len(self._slot_index) <= first:
+                self._slot_index.append(torch.tensor([len(self._slot_index)], device=self.readable.device))
+            slots = self._slot_index[first]
+        else:
+            slots = torch.arange(first, first + time, device=self.readable.device)
+        return CacheView(self.keys, self.values, self.last_attn, self.last_mlp, slots, self.readable)
+
+    def advance(self, time: int) -> None:
+        self.length += time
+
+    def next_group(self, follows: bool, prefix_real: Tensor) -> None:
+        """Start the next group: with slots for a prefix and ``follows`` (the group just completed precedes
+        it), that group becomes the prefix; ``prefix_real`` (batch,) is False where it lies in a row's left
+        padding. Otherwise the group starts with no prefix and, for token shift, no unit before it."""
+        real = prefix_real if self.offset and follows else torch.zeros_like(prefix_real)
+        if self.offset and follows:
+            for buffer in self.keys + self.values:
+                buffer[:, :, :self.offset] = buffer[:, :, self.offset:2 * self.offset]
+        self.readable = torch.cat((real[:, None].expand(-1, self.offset), self.readable[:, self.offset:]), dim=1)
         self.length = 0
-        self.prefix = 0  # leading keys carried over from the previous group (cross-patch attention)
-        self.last_attn_input: Tensor | None = None  # (batch, dim)
-        self.last_mlp_input: Tensor | None = None
+        keep = real.to(self.last_attn[0].dtype)[:, None] if self.last_attn else None
+        for last in self.last_attn + self.last_mlp:  # token shift at the group's first unit: only a real one
+            last.mul_(keep)
 
-    def append(self, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
-        """Add ``keys``/``values`` for new tokens; returns those of every token so far."""
-        new_length = self.length + keys.shape[2]
-        if self._keys is None or new_length > self._keys.shape[2]:
-            capacity = max(new_length, 2 * (0 if self._keys is None else self._keys.shape[2]), 16)
-            grown_keys = keys.new_empty(*keys.shape[:2], capacity, keys.shape[3])
-            grown_values = values.new_empty(*values.shape[:2], capacity, values.shape[3])
-            if self._keys is not None:
-                grown_keys[:, :, :self.length] = self._keys[:, :, :self.length]
-                grown_values[:, :, :self.length] = self._values[:, :, :self.length]
-            self._keys, self._values = grown_keys, grown_values
-        self._keys[:, :, self.length:new_length] = keys
-        self._values[:, :, self.length:new_length] = values
-        self.length = new_length
-        return self._keys[:, :, :new_length], self._values[:, :, :new_length]
+    def _grow(self) -> None:
+        self.keys = [torch.cat((buffer, torch.zeros_like(buffer)), dim=2) for buffer in self.keys]
+        self.values = [torch.cat((buffer, torch.zeros_like(buffer)), dim=2) for buffer in self.values]
+        self.readable = torch.cat((self.readable, torch.ones_like(self.readable)), dim=1)
 
-    def stored(self) -> tuple[Tensor, Tensor]:
-        """Keys and values of every token so far (the carried prefix first)."""
-        return self._keys[:, :, :self.length], self._values[:, :, :self.length]
 
-    def carried(self) -> "KVCache":
-        """A new cache whose prefix is this group's own keys and values (cross-patch attention: the next
-        group attends to them; rotary positions count bytes across groups, so the keys stay as they are)."""
-        new = KVCache()
-        new.append(self._keys[:, :, self.prefix:self.length], self._values[:, :, self.prefix:self.length])
-        new.prefix = new.length
-        # Token shift runs across the boundary too: the next group's first token reads this group's last.
-        new.last_attn_input, new.last_mlp_input = self.last_attn_input, self.last_mlp_input
-        return new
+class BlockCache(NamedTuple):
+    """One block's part of a :class:`CacheView`, and what every block of the call shares."""
+
+    keys: Tensor
+    values: Tensor
+    last_attn: Tensor
+    last_mlp: Tensor
+    slots: Tensor
+    """(time,) where the call's keys and values go."""
+    allowed: Tensor
+    """(batch, 1, time, size) the slots each new position attends to."""
+    has_previous: Tensor | None
+    """(batch, time) whether the position before each is real (token shift reads zeros otherwise); None for
+    one position, whose token before is real or was zeroed in the cache (:meth:`StaticCache.next_group`)."""
 
 
 class GroupLayout(NamedTuple):
@@ -136,60 +187,37 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(dim // heads, eps) if qk_norm else None
         self.k_norm = RMSNorm(dim // heads, eps) if qk_norm else None
 
-    def project(self, x: Tensor, value_input: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """``x`` (batch, time, dim) → queries, keys, values (batch, heads, time, head_dim), before rotary.
-
-        ``value_input`` (batch, time, dim), if given, is added to the values (value embeddings)."""
+    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``x`` (batch, time, dim) → queries, keys, values (batch, heads, time, head_dim), before rotary."""
         batch, time, _ = x.shape
         q, k, v = self.qkv(x).view(batch, time, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        if value_input is not None:
-            v = v + value_input.view(batch, time, self.heads, -1).transpose(1, 2).to(v.dtype)
         return q, k, v
 
-    def forward(
-        self,
-        x: Tensor,
-        rope: tuple[Tensor, Tensor],
-        cache: KVCache | None = None,
-        key_mask: Tensor | None = None,
-        layout: GroupLayout | None = None,
-        value_input: Tensor | None = None,
-    ) -> Tensor:
-        """``x`` (batch, time, dim). With a cache, ``x`` continues the cached tokens; ``key_mask``
-        (batch, keys) marks keys that may be attended to (left padding in batched generation).
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: BlockCache | None = None,
+                layout: GroupLayout | None = None) -> Tensor:
+        """``x`` (batch, time, dim): a whole causal sequence; or, with ``cache``, positions written into the
+        cache's slots that attend to the slots it allows (a prompt's chunk, or one decoding step).
 
         ``layout`` (no cache): the rows of ``x`` are consecutive groups, and each also attends to the
-        group before it (cross-patch attention); ``rope`` is then unused. ``value_input``: see :meth:`project`."""
-        q, k, v = self.project(x, value_input)
+        group before it (cross-patch attention); ``rope`` is then unused."""
+        q, k, v = self.project(x)
         dropout = self.dropout if self.training else 0.0
         if layout is not None:
             q, k = (rotate_groups(t, layout) for t in (q, k))
             keys = torch.cat((previous_group(k, layout.groups), k), dim=2)
             values = torch.cat((previous_group(v, layout.groups), v), dim=2)
             y = F.scaled_dot_product_attention(q, keys, values, attn_mask=layout.allowed, dropout_p=dropout)
-            return self.out(rearrange(y, "b h t d -> b t (h d)"))
-        cos, sin = rope
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        past = 0
-        if cache is not None:
-            past = cache.length
-            k, v = cache.append(k, v)
-        if past == 0 and key_mask is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
-        elif q.shape[2] == 1 and key_mask is None:  # one new token sees every cached key: no mask to build
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        elif cache is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+            cache.keys.index_copy_(2, cache.slots, k if k.dtype == cache.keys.dtype else k.to(cache.keys.dtype))
+            cache.values.index_copy_(2, cache.slots, v if v.dtype == cache.keys.dtype else v.to(cache.keys.dtype))
+            y = F.scaled_dot_product_attention(q, cache.keys, cache.values, attn_mask=cache.allowed,
+                                               dropout_p=dropout)
         else:
-            time, keys = q.shape[2], k.shape[2]
-            query_pos = torch.arange(past, past + time, device=x.device)[:, None]
-            key_pos = torch.arange(keys, device=x.device)[None, :]
-            allowed = key_pos <= query_pos  # (time, keys)
-            if key_mask is not None:
-                # A padded query still sees itself, so its (ignored) output stays finite.
-                allowed = allowed & (key_mask[:, None, :] | (key_pos == query_pos))
-                allowed = allowed[:, None]  # (batch, 1, time, keys)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout)
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
         return self.out(rearrange(y, "b h t d -> b t (h d)"))
 
 
@@ -211,26 +239,16 @@ def relu_squared(x: Tensor) -> Tensor:
     return F.relu(x).square()
 
 
-def gelu_tanh(x: Tensor) -> Tensor:
-    """GELU, tanh approximation (GPT-2)."""
-    return F.gelu(x, approximate="tanh")
-
-
-#: MLP activations by config name (``MegabyteConfig.activation``): ``relu2`` learns faster than ``gelu`` at
-#: our sizes (2.036 against 2.185 bits/byte after 300 TinyStories steps, docs/benchmarks.md); ``gelu`` is
-#: what models saved before the choice existed use.
-ACTIVATIONS = {"relu2": relu_squared, "gelu": gelu_tanh}
-
-
 class MLP(nn.Module):
-    def __init__(self, dim: int, hidden: int, activation: str) -> None:
+    """Two Linear layers with squared ReLU between them (Primer's MLP)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
         self.up = nn.Linear(dim, hidden, bias=False)
         self.down = nn.Linear(hidden, dim, bias=False)
-        self.activation = ACTIVATIONS[activation]
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down(self.activation(self.up(x)))
+        return self.down(relu_squared(self.up(x)))
 
 
 def token_shift(x: Tensor, last: Tensor | None, has_previous: Tensor | None) -> Tensor:
@@ -238,13 +256,13 @@ def token_shift(x: Tensor, last: Tensor | None, has_previous: Tensor | None) -> 
     (RWKV's token shift, as in MEGABYTE-pytorch): every layer sees the previous token directly.
 
     ``x`` (batch, time, dim); ``last`` (batch, dim) is the token before ``x[:, 0]`` (None: zeros);
-    ``has_previous`` (batch, time) zeroes the shifted half where the previous token is padding."""
+    ``has_previous`` (batch, time) zeroes the shifted half where the previous token is not real."""
     half = x.shape[-1] // 2
     moved = x[..., half:]
     before = moved.new_zeros(moved.shape[0], 1, moved.shape[-1]) if last is None else last[:, None, half:]
-    if x.shape[1] == 1 and has_previous is None:  # one cached decoding step: no copy of the sequence
-        return torch.cat((x[..., :half], before.to(x.dtype)), dim=-1)
-    previous = torch.cat((before.to(moved.dtype), moved[:, :-1]), dim=1)
+    if before.dtype != moved.dtype:
+        before = before.to(moved.dtype)
+    previous = before if x.shape[1] == 1 else torch.cat((before, moved[:, :-1]), dim=1)
     if has_previous is not None:
         previous = previous * has_previous[..., None].to(previous.dtype)
     return torch.cat((x[..., :half], previous), dim=-1)
@@ -252,41 +270,41 @@ def token_shift(x: Tensor, last: Tensor | None, has_previous: Tensor | None) -> 
 
 class Block(nn.Module):
     """Pre-norm transformer block: x + attention(norm(x)), then x + mlp(norm(x)); with
-    ``shift``, each sublayer reads the token-shifted stream (see :func:`token_shift`)."""
+    ``shift``, each sublayer reads the token-shifted stream (see :func:`token_shift`).
+
+    The one implementation for training (a whole sequence), a prompt's prefill (a chunk written into a
+    :class:`StaticCache`) and decoding (one position)."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float, eps: float, shift: bool,
-                 activation: str, qk_norm: bool) -> None:
+                 qk_norm: bool) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(dim, eps)
         self.attn = Attention(dim, heads, dropout, qk_norm, eps)
         self.mlp_norm = RMSNorm(dim, eps)
-        self.mlp = MLP(dim, int(mlp_ratio * dim), activation)
-        self.drop = nn.Dropout(dropout)
+        self.mlp = MLP(dim, int(mlp_ratio * dim))
+        self.drop = nn.Dropout(dropout) if dropout else nn.Identity()  # no op per decoding step without dropout
         self.shift = shift
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], cache: KVCache | None, key_mask: Tensor | None,
-                has_previous: Tensor | None = None, layout: GroupLayout | None = None,
-                value_input: Tensor | None = None) -> Tensor:
-        attn_input = x
-        if self.shift:
-            attn_input = token_shift(x, self._before(x, cache.last_attn_input if cache else None, layout),
-                                     has_previous)
-            if cache is not None:
-                cache.last_attn_input = x[:, -1]
-        x = x + self.drop(self.attn(self.attn_norm(attn_input), rope, cache, key_mask, layout, value_input))
-        mlp_input = x
-        if self.shift:
-            mlp_input = token_shift(x, self._before(x, cache.last_mlp_input if cache else None, layout),
-                                    has_previous)
-            if cache is not None:
-                cache.last_mlp_input = x[:, -1]
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: BlockCache | None = None,
+                layout: GroupLayout | None = None) -> Tensor:
+        attn_input = self._shifted(x, cache.last_attn if cache is not None else None, cache, layout)
+        x = x + self.drop(self.attn(self.attn_norm(attn_input), rope, cache, layout))
+        mlp_input = self._shifted(x, cache.last_mlp if cache is not None else None, cache, layout)
         return x + self.drop(self.mlp(self.mlp_norm(mlp_input)))
 
-    @staticmethod
-    def _before(x: Tensor, cached: Tensor | None, layout: GroupLayout | None) -> Tensor | None:
-        """The token before ``x[:, 0]`` for token shift: the cached one, or with a group layout the last
-        token of the group before (cross-patch), else none."""
-        return previous_group(x[:, -1], layout.groups) if layout is not None else cached
+    def _shifted(self, x: Tensor, last: Tensor | None, cache: BlockCache | None,
+                 layout: GroupLayout | None) -> Tensor:
+        """``x`` token-shifted (with ``shift``): the token before ``x[:, 0]`` is the cache's newest (updated
+        here to ``x``'s last), or with a group layout the last token of the group before (cross-patch)."""
+        if not self.shift:
+            return x
+        if layout is not None:
+            return token_shift(x, previous_group(x[:, -1], layout.groups), None)
+        if cache is None:
+            return token_shift(x, None, None)
+        shifted = token_shift(x, last, cache.has_previous)
+        last.copy_(x[:, -1])
+        return shifted
 
 
 #: How much faster than other weights the input-skip scales move: Adam moves every parameter by about the
@@ -294,73 +312,80 @@ class Block(nn.Module):
 #: 3 was best of 1, 3, 10 and 30 after 300 steps on TinyStories (docs/benchmarks.md).
 INPUT_SKIP_GAIN = 3.0
 
+#: Byte embeddings are stored divided by this (:class:`ScaledEmbedding`): embeddings want a far higher learning
+#: rate than matrices (as in the nanoGPT speedruns); 30 was best of 1, 3, 10, 30 and 100 (docs/benchmarks.md).
+EMBED_GAIN = 30.0
+
+#: The output layer's weight is stored divided by this (:class:`ScaledLinear`); 8 was best of 0.5 to 8 in short
+#: runs and level with 4 in the TinyStories recipe (docs/benchmarks.md).
+HEAD_GAIN = 8.0
+
 
 class Transformer(nn.Module):
     """A stack of causal blocks with rotary positions and a final norm; one per MEGABYTE stage.
 
-    With ``input_skip`` every block reads a learned mix of the residual stream and the stack's own input:
+    Every block reads a learned mix of the residual stream and the stack's own input:
     ``x ← a·x + b·x0`` before block ``i``, one ``(a, b)`` per block starting at (1, 0) (as in the nanoGPT
     speedruns), so deep blocks keep direct access to the embeddings."""
 
     def __init__(self, dim: int, layers: int, heads: int, mlp_ratio: float, dropout: float,
-                 rope_base: float, eps: float, shift: bool, activation: str, qk_norm: bool,
-                 input_skip: bool = False) -> None:
+                 rope_base: float, eps: float, shift: bool, qk_norm: bool) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, dropout, eps, shift, activation, qk_norm)
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, dropout, eps, shift, qk_norm)
                                     for _ in range(layers))
         self.rotary = Rotary(dim // heads, rope_base)
         self.norm = RMSNorm(dim, eps)
         # Row 0: a - 1, row 1: b, each divided by INPUT_SKIP_GAIN (see there); zeros are the plain stack.
-        self.skip_scales = nn.Parameter(torch.zeros(2, layers)) if input_skip else None
+        self.skip_scales = nn.Parameter(torch.zeros(2, layers))
 
     def mix_input(self, index: int, x: Tensor, inputs: Tensor) -> Tensor:
-        """Block ``index``'s input: ``x`` with the stack's ``inputs`` mixed in (``input_skip``), else ``x``."""
-        if self.skip_scales is None:
-            return x
+        """Block ``index``'s input: ``x`` with the stack's ``inputs`` mixed in (input skip)."""
         stream, skip = (INPUT_SKIP_GAIN * self.skip_scales[:, index]).to(x.dtype).unbind()
         return (1 + stream) * x + skip * inputs
 
-    def new_cache(self) -> list[KVCache]:
-        return [KVCache() for _ in self.blocks]
+    def forward(self, x: Tensor, cache: CacheView | None = None, groups: int | None = None,
+                rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """``x`` (batch, time, dim) → (batch, time, dim).
 
-    def carry_cache(self, cache: list[KVCache]) -> list[KVCache]:
-        """Caches for the next group that start with this group's keys and values as its prefix
-        (cross-patch attention)."""
-        return [layer.carried() for layer in cache]
-
-    def forward(self, x: Tensor, cache: list[KVCache] | None = None, key_mask: Tensor | None = None,
-                groups: int | None = None, position: int = 0, value_input: Tensor | None = None) -> Tensor:
-        """``x`` (batch, time, dim) → (batch, time, dim); with ``cache`` it continues after the cached tokens.
-
-        ``groups`` (no cache): the rows of ``x`` are consecutive groups, ``groups`` per sequence, and each
-        group also attends to the one before it (cross-patch attention); rotary positions then count
-        across the groups. ``position``: the rotary position of the cached group's first token (cached
-        cross-patch decoding, where it is the group's first byte). ``value_input`` (batch, time, dim), if
-        given, is added to every block's attention values (value embeddings)."""
-        past = cache[0].length if cache else 0  # keys before x, a carried prefix included
+        ``cache``: ``x`` continues what the cache holds, its positions go to ``cache.slots`` and ``rope``
+        (cos, sin (time, head_dim / 2)) gives their rotary angles (cross-patch attention counts them in bytes
+        across groups). Without it ``x`` is a whole sequence at positions 0, 1, ...; with ``groups`` its rows
+        are consecutive groups, ``groups`` per sequence, and each group also attends to the one before it
+        (cross-patch attention), rotary positions counting across the groups."""
         time = x.shape[1]
-        layout, rope = None, None
+        layout = None
         if groups is not None:
             layout = GroupLayout.build(x.shape[0], groups, time, self.rotary, x.device)
         elif cache is None:
             rope = self.rotary(torch.arange(time, device=x.device))
-        else:
-            rope = self.rotary.at(position + past - cache[0].prefix, time, x.device)
-        has_previous = None
-        if key_mask is not None:  # token shift must not read a padding token
-            before = torch.arange(past - 1, past + time - 1, device=x.device)
-            has_previous = (before >= 0) & key_mask[:, before.clamp(min=0)]
+        shared = None
+        if cache is not None:
+            slot = torch.arange(cache.readable.shape[1], device=x.device)
+            query = cache.slots[:, None]
+            if time == 1:  # a decoding step: its own slot is readable, and the cache zeroed a token before it
+                allowed, has_previous = (slot <= query) & cache.readable[:, None, :], None  # that is not real
+            else:
+                # Causal over the slots, within what each row may read; a query in a row's left padding still
+                # sees itself, so its (ignored) output stays finite.
+                allowed = (slot <= query) & (cache.readable[:, None, :] | (slot == query))  # (batch, time, size)
+                before = cache.slots - 1
+                has_previous = (before >= 0) & cache.readable[:, before.clamp(min=0)]  # (batch, time)
+            shared = (cache.slots, allowed[:, None], has_previous)
         inputs = x
         for index, block in enumerate(self.blocks):
             x = self.mix_input(index, x, inputs)
-            x = block(x, rope, cache[index] if cache else None, key_mask, has_previous, layout, value_input)
+            block_cache = None
+            if shared is not None:
+                block_cache = BlockCache(cache.keys[index], cache.values[index], cache.last_attn[index],
+                                         cache.last_mlp[index], *shared)
+            x = block(x, rope, block_cache, layout)
         return self.norm(x)
 
 
 class ScaledEmbedding(nn.Embedding):
     """An embedding table stored divided by ``gain`` and multiplied back on lookup: the same function,
     but Adam, which moves every weight by about the learning rate per step, moves the embeddings ``gain``
-    times as fast as the other weights (``MegabyteConfig.embed_gain``)."""
+    times as fast as the other weights (``EMBED_GAIN``)."""
 
     def __init__(self, num_embeddings: int, dim: int, gain: float = 1.0) -> None:
         super().__init__(num_embeddings, dim)
@@ -379,7 +404,7 @@ class ScaledEmbedding(nn.Embedding):
 
 class ScaledLinear(nn.Linear):
     """A Linear layer without bias whose weight is stored divided by ``gain`` (see :class:`ScaledEmbedding`):
-    Adam moves it ``gain`` times as fast as the other weights (``MegabyteConfig.head_gain``)."""
+    Adam moves it ``gain`` times as fast as the other weights (``HEAD_GAIN``)."""
 
     def __init__(self, in_features: int, out_features: int, gain: float = 1.0) -> None:
         super().__init__(in_features, out_features, bias=False)

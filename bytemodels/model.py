@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from bytemodels import tokens
 from bytemodels.config import MegabyteConfig
-from bytemodels.layers import ScaledEmbedding, ScaledLinear, Transformer, init_weights
+from bytemodels.layers import EMBED_GAIN, HEAD_GAIN, ScaledEmbedding, ScaledLinear, Transformer, init_weights
 
 
 class MegabyteOutput(NamedTuple):
@@ -63,16 +63,14 @@ class Stage(nn.Module):
         units, dims = config.unit_sizes, config.dims
         self.unit = units[index]
         dim = dims[index]
-        self.embed = UnitEmbedder(config.vocab_size, self.unit, config.byte_embed_dim, dim, config.embed_gain)
+        self.embed = UnitEmbedder(config.vocab_size, self.unit, config.byte_embed_dim, dim, EMBED_GAIN)
         self.start = nn.Parameter(torch.randn(dim))
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
         self.transformer = Transformer(dim, config.layers[index], config.heads[index], config.mlp_ratio,
                                        config.dropout, config.rope_base, config.norm_eps, config.token_shift,
-                                       config.activation, config.qk_norm, config.input_skip)
+                                       config.qk_norm)
         self.is_local = index == config.num_stages - 1
-        self.sees_previous_byte = self.is_local and config.previous_byte
         self.cross_patch = self.is_local and config.cross_patch
-        self.value_embeds = self.is_local and config.value_embeds
         if self.is_local:
             self.to_next = None
         else:
@@ -80,38 +78,24 @@ class Stage(nn.Module):
             self.sub_units = self.unit // units[index + 1]
             self.to_next = nn.Linear(dim, self.sub_units * dims[index + 1], bias=False)
 
-    def inputs(self, units: Tensor, context: Tensor | None, previous: Tensor | None = None) -> Tensor:
-        """Inputs for a whole group: ``units`` (batch, g, unit) ids, ``context`` (batch, g, d) or None,
-        ``previous`` (batch,) the id before the group (local stage with ``previous_byte``; PAD: none).
+    def inputs(self, before: Tensor, starts: Tensor, context: Tensor | None) -> Tensor:
+        """The inputs of some positions of a group, for training, a prompt's prefill and decoding alike.
 
-        Position ``k`` sees the embedding of unit ``k-1`` (the start vector for ``k = 0``, plus the
-        embedding of the previous byte where the stage uses it) plus its context."""
-        embedded = self.embed(units[:, :-1])
-        start = self.first_input(units.shape[0], previous).to(embedded.dtype)
-        x = torch.cat((start[:, None], embedded), dim=1)
+        ``before`` (batch, time, unit) ids of the unit before each position; ``starts`` (bool, broadcast to
+        (batch, time)) marks positions that begin a row (a group's first, or a left-padded row's first real
+        unit); ``context`` (batch, time, d) or None. A position's input is the embedding of the unit before it,
+        or at a start the learned start vector, plus, in the local stage, the embedding of the byte before the
+        group where it is real (not PAD); then its context is added."""
+        embedded = self.embed(before)  # (batch, time, d)
+        starts = starts.expand(embedded.shape[:2])[..., None]
+        seen = ~starts
+        if self.is_local:  # the byte before the group: PAD means none (sequence start, padding)
+            seen = seen | (before[..., -1:] != tokens.PAD_ID)
+        # Weights of 0 and 1 rather than a choice: the same arithmetic for one position as for a sequence.
+        x = embedded * seen + self.start * starts
         if context is not None:
             x = x + context
         return self.drop(x)
-
-    def first_input(self, batch: int, previous: Tensor | None) -> Tensor:
-        """(batch, d) input of a group's first position before its context is added."""
-        start = self.start.expand(batch, -1)
-        if not self.sees_previous_byte or previous is None:
-            return start
-        # PAD means no byte before (sequence start, or padding): the start vector alone, as in training.
-        seen = (previous != tokens.PAD_ID)[:, None]
-        return start + self.embed(previous[:, None]) * seen.to(start.dtype)
-
-    def value_input(self, before: Tensor, first: int = 0) -> Tensor | None:
-        """Value embeddings of local positions ``first, first + 1, ...`` of a group: ``before`` (batch, time) the
-        id before each (for position 0 the byte before the group, PAD for none) → (batch, time, d) embeddings of
-        those ids; None without ``value_embeds``. Position 0's id counts only where the stage sees the previous
-        byte, as in :meth:`first_input`."""
-        if not self.value_embeds:
-            return None
-        if first == 0 and not self.sees_previous_byte:
-            before = F.pad(before[:, 1:], (1, 0), value=tokens.PAD_ID)
-        return self.embed.bytes(before)
 
     def contexts(self, hidden: Tensor) -> Tensor:
         """(batch, n, d) outputs → (batch, n, sub_units, d_next) contexts for the stage below."""
@@ -130,7 +114,7 @@ class Megabyte(nn.Module):
         config.validate()
         self.config = config
         self.stages = nn.ModuleList(Stage(config, index) for index in range(config.num_stages))
-        self.head = ScaledLinear(config.local_dim, config.vocab_size, config.head_gain)
+        self.head = ScaledLinear(config.local_dim, config.vocab_size, HEAD_GAIN)
         init_weights(self)
 
     # -- training forward ------------------------------------------------------------------
@@ -149,24 +133,21 @@ class Megabyte(nn.Module):
 
         # The global stage's group is the whole sequence; each stage below runs on the units of one
         # unit of the stage above, folded into the batch.
-        units = rearrange(ids, "b (n u) -> b n u", u=self.stages[0].unit)
-        # The id before each byte of each local group (PAD before the sequence): its first column is the id before
-        # the group (previous byte), the whole is what the value embeddings look up.
-        before = F.pad(ids[:, :-1], (1, 0), value=tokens.PAD_ID)
-        local_before = rearrange(before, "b (n g) -> (b n) g", g=self.config.unit_sizes[-2])
-        previous = local_before[:, 0]
         local_groups = padded_time // self.config.unit_sizes[-2]  # groups of the local stage per sequence
-        context = None
+        rows, context = batch, None
         for stage in self.stages:
+            # Each stage's inputs read the unit before each of its positions (PAD before the sequence): the ids
+            # shifted by one unit, grouped as the stage runs them.
+            before = F.pad(ids, (stage.unit, -stage.unit), value=tokens.PAD_ID)
+            before = rearrange(before, "b (n g u) -> (b n) g u", b=batch, u=stage.unit, n=rows // batch)
+            starts = torch.arange(before.shape[1], device=ids.device) == 0
+            x = stage.inputs(before, starts, context)
             if stage.is_local:
-                value_input = stage.value_input(local_before)
-                hidden = stage.transformer(stage.inputs(units, context, previous),
-                                           groups=local_groups if stage.cross_patch else None,
-                                           value_input=value_input)
+                hidden = stage.transformer(x, groups=local_groups if stage.cross_patch else None)
                 break
-            hidden = stage.transformer(stage.inputs(units, context))
+            hidden = stage.transformer(x)
             context = rearrange(stage.contexts(hidden), "b n g d -> (b n) g d")
-            units = rearrange(units, "b n (g u) -> (b n) g u", g=stage.sub_units)
+            rows *= hidden.shape[1]
         logits = rearrange(self.head(hidden), "(b n) u v -> b (n u) v", b=batch)[:, :time]
 
         loss = None

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from bytemodels.config import MegabyteConfig
+from bytemodels.config import MegabyteConfig, OlderFormatError
 from bytemodels.distributed import choose_device
 from bytemodels.jsonfile import read_json_object
 from bytemodels.runfolder import atomic_file, atomic_write
@@ -39,6 +39,8 @@ def read_config(path: Path) -> MegabyteConfig:
     values = read_json_object(path, ModelFileError)
     try:
         return MegabyteConfig.from_dict(values)
+    except OlderFormatError as error:
+        raise ModelFileError(f"{path}: {error}") from None
     except (ValueError, TypeError, OverflowError) as error:  # a wrong type reaches int() or a comparison
         raise ModelFileError(f"{path}: not a valid model config ({error})") from None
 

@@ -20,13 +20,13 @@ from bytemodels.app.flags import overrides_from_args
 
 def test_compare_model_flags_are_the_config_fields() -> None:
     args = compare.parse_args(["--dims", "32,16", "--layers", "1,1", "--heads", "2,1", "--no-cross-patch",
-                               "--head-gain", "2", "--max-seq-len", "64"])
+                               "--rope-base", "500", "--max-seq-len", "64"])
     overrides = overrides_from_args(MegabyteConfig, args)
     assert overrides == {"dims": (32, 16), "layers": (1, 1), "heads": (2, 1), "cross_patch": False,
-                         "head_gain": 2.0, "max_seq_len": 64}
+                         "rope_base": 500.0, "max_seq_len": 64}
     data = compare.BenchData("toy", "toy", "packed", 0, {}, [b"x"], lambda: iter(()))
     config = compare.model_config("tiny", data, overrides)
-    assert (config.dims, config.cross_patch, config.head_gain, config.qk_norm) == ((32, 16), False, 2.0, True)
+    assert (config.dims, config.cross_patch, config.rope_base, config.qk_norm) == ((32, 16), False, 500.0, True)
     # Flags not given stay out, so the preset and the data set's shape decide.
     assert overrides_from_args(MegabyteConfig, compare.parse_args([])) == {}
 
@@ -54,7 +54,7 @@ def test_flat_config_matching_picks_the_nearest_depth() -> None:
     config = MegabyteConfig.preset("tiny")
     shallow, deep = flat_config_matching(config, 10**5), flat_config_matching(config, 10**7)
     assert shallow.layers == 1 and deep.layers > 10
-    assert (deep.token_shift, deep.embed_gain) == (config.token_shift, config.embed_gain)
+    assert (deep.token_shift, deep.qk_norm) == (config.token_shift, config.qk_norm)
 
 
 def test_compressor_rows_are_bits_per_byte() -> None:

@@ -79,6 +79,20 @@ def test_a_damaged_state_file_is_a_clear_error(tmp_path):
         ckpt.load_checkpoint(path)
 
 
+def test_a_checkpoint_of_an_older_format_is_refused_in_one_line(tmp_path):
+    model, optimizer = trained_pair()
+    path = write(tmp_path, 3, model, optimizer)
+    state = json.loads((path / ckpt.STATE_FILE).read_text())
+    assert state["format"] == ckpt.FORMAT_VERSION == 2
+    (path / ckpt.STATE_FILE).write_text(json.dumps({**state, "format": 1}))
+    with pytest.raises(ckpt.CheckpointError) as error:
+        ckpt.load_checkpoint(path)
+    assert str(error.value) == (f"{path / ckpt.STATE_FILE}: written by an older bytemodels (checkpoint format 1; "
+                                "this release reads format 2): retrain, or use the bytemodels release that wrote it")
+    with pytest.raises(ckpt.CheckpointError, match="older bytemodels"):
+        Megabyte.from_pretrained(path)  # a checkpoint folder read as a model folder says the same
+
+
 def test_unfinished_folders_are_ignored_and_pruning_keeps_the_newest(tmp_path):
     model, optimizer = trained_pair()
     for step in (1, 2, 3, 4):

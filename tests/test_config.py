@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -54,31 +56,30 @@ def test_flops_per_byte_grows_with_the_model():
     assert tiny.flops_per_byte() == pytest.approx(3 * tiny.flops_per_byte(training=False))
 
 
-def test_config_saved_before_the_switches_loads_with_them_off():
-    saved = MegabyteConfig.preset("tiny").to_dict()
-    switches = ("token_shift", "previous_byte", "cross_patch", "activation", "qk_norm", "input_skip", "value_embeds",
-                "embed_gain", "head_gain")
-    for name in switches:
-        del saved[name]
-    old = MegabyteConfig.from_dict(saved)
-    assert tuple(getattr(old, name) for name in switches) == (False, False, False, "gelu", False, False, False, 1, 1)
+def test_a_config_records_its_model_format_and_an_older_one_is_refused_in_one_line(tmp_path):
+    from bytemodels.config import MODEL_FORMAT, OlderFormatError
+
     tiny = MegabyteConfig.preset("tiny")
-    assert tiny.token_shift and tiny.previous_byte and tiny.cross_patch and tiny.qk_norm
-    assert tiny.input_skip and tiny.value_embeds
-    assert tiny.activation == "relu2"
-    assert MegabyteConfig.from_dict(tiny.to_dict()) == tiny
+    saved = tiny.to_dict()
+    assert saved["format"] == MODEL_FORMAT == 2
+    assert MegabyteConfig.from_dict(saved) == tiny
+    assert tiny.token_shift and tiny.cross_patch and tiny.qk_norm  # the ablation switches, on by default
+    del saved["format"]  # a config.json of the first format, before formats were recorded
+    with pytest.raises(OlderFormatError, match="written by an older bytemodels .no model format; this release reads "
+                                               "format 2.: retrain the model, or load it with the bytemodels release"):
+        MegabyteConfig.from_dict(saved)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**saved, "format": 1, "value_embeds": True}), encoding="utf-8")
+    with pytest.raises(ValueError) as error:
+        MegabyteConfig.load(path)
+    assert str(error.value).startswith(f"{path}: written by an older bytemodels (model format 1;")
+    assert "\n" not in str(error.value)
+    with pytest.raises(OlderFormatError, match="written by a newer bytemodels .model format 3"):
+        MegabyteConfig.from_dict({**saved, "format": 3})
 
 
-@pytest.mark.parametrize("name", ["embed_gain", "head_gain"])
-def test_a_gain_must_be_positive(name):
-    with pytest.raises(ValueError, match=f"{name}=0.0 must be positive"):
-        MegabyteConfig.preset("tiny", **{name: 0.0})
-
-
-def test_activation_names_match_the_layers_and_bad_ones_are_refused():
-    from bytemodels.layers import ACTIVATIONS
-    from bytemodels.config import ACTIVATION_NAMES
-
-    assert set(ACTIVATION_NAMES) == set(ACTIVATIONS)
-    with pytest.raises(ValueError, match="activation='swish'; choose one of: relu2, gelu"):
-        MegabyteConfig.preset("tiny", activation="swish")
+@pytest.mark.parametrize("name, value", [("activation", "gelu"), ("value_embeds", True), ("input_skip", True),
+                                         ("previous_byte", True), ("embed_gain", 30.0), ("head_gain", 8.0)])
+def test_the_removed_switches_are_no_fields(name, value):
+    with pytest.raises(ValueError, match=f"unknown MegabyteConfig field.*'{name}'"):
+        MegabyteConfig.from_dict({**MegabyteConfig.preset("tiny").to_dict(), name: value})

@@ -170,23 +170,24 @@ def test_bad_json_is_one_line_naming_the_file(model_folder, tmp_path, capsys, na
 
 # -- 5. generation in bounded memory -----------------------------------------------------------------------------------
 def test_generation_past_three_windows_keeps_the_context_within_the_window(monkeypatch):
-    from bytemodels import sampling, stage_step
+    from bytemodels import layers, sampling
 
     model = tiny_model(max_seq_len=32, patch_sizes=(4,), heads=(2, 2))
     mask = sampling.producible_mask  # EOS never drawn: the whole output is produced
     monkeypatch.setattr(sampling, "producible_mask", lambda *args: mask(*args).index_fill(
         0, torch.tensor([tokens.EOS_ID]), -float("inf")))
     slots, contexts = [], []
-    original_slots, original_forward = stage_step.StageSlots.__init__, Megabyte.forward
-    monkeypatch.setattr(stage_step.StageSlots, "__init__",
-                        lambda self, caches, size, *rest: slots.append(size)
-                        or original_slots(self, caches, size, *rest))
+    original_cache, original_forward = layers.StaticCache.__init__, Megabyte.forward
+    monkeypatch.setattr(layers.StaticCache, "__init__",
+                        lambda self, blocks, heads, dim, size, *rest: slots.append(size)
+                        or original_cache(self, blocks, heads, dim, size, *rest))
     monkeypatch.setattr(Megabyte, "forward", lambda self, ids, *rest: contexts.append(ids.shape[1])
                         or original_forward(self, ids, *rest))
     cached = model.generate(b"hi", 100, temperature=0)  # prompt and output span over three windows of 32
     uncached = model.generate(b"hi", 100, temperature=0, use_cache=False)
     assert cached == uncached and len(cached) == 100
     assert max(slots) <= 32 // 4 + 1  # the global slots: one per patch of the window, and one more
+    assert slots.count(32 // 4 + 1) > 1  # the global stage's cache, made again for each window
     assert max(contexts) <= 32  # the uncached path: the context and the placeholder for the next id
 
 

@@ -54,3 +54,25 @@ def test_weights_that_do_not_match_the_config_name_both_files(saved):
     MegabyteConfig.preset("tiny", **{**SHAPE, "dims": (64, 16), "heads": (2, 1)}).save(folder / CONFIG_FILE)
     with pytest.raises(ModelFileError, match="do not match"):
         Megabyte.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("recorded", [None, 1])
+def test_a_config_of_an_older_model_format_is_refused_in_one_line(saved, recorded):
+    import json
+
+    _, folder = saved
+    path = folder / CONFIG_FILE
+    values = json.loads(path.read_text(encoding="utf-8"))
+    assert values["format"] == 2
+    del values["format"]
+    if recorded is not None:
+        values["format"] = recorded
+    # A first-format config had switches this release no longer has; with the same weights it computed another
+    # function, so it must not load as if it were today's.
+    path.write_text(json.dumps({**values, "value_embeds": True}), encoding="utf-8")
+    with pytest.raises(ModelFileError) as error:
+        Megabyte.from_pretrained(folder)
+    message = str(error.value)
+    assert message.startswith(f"{path}: written by an older bytemodels (")
+    assert "retrain the model, or load it with the bytemodels release that wrote it" in message
+    assert "\n" not in message

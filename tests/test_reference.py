@@ -5,10 +5,10 @@ Whole-model logits cannot match without adding parts to our model: the reference
 projection in two LayerNorms and gives it a bias, its projections to the next stage and its output head have
 biases, each stage has its own byte-embedding table, and its local stage runs over patch + 1 positions (a start
 token in front of every patch's bytes). What the two share is the stage transformer: pre-norm blocks of token
-shift, RMSNorm, causal rotary attention and a GELU MLP, and a final RMSNorm. That is checked here, layer by layer
-and as a whole stack. (The reference always shifts tokens; its MLP has biases, set to zero here, and exact GELU,
-where our ``gelu`` is the tanh approximation: the reference's activation is swapped for the same approximation
-so the comparison is exact, and the approximation's own error is bounded separately.)
+shift, RMSNorm, causal rotary attention and an MLP, and a final RMSNorm. That is checked here, layer by layer and
+as a whole stack. (The reference always shifts tokens; its MLP has biases, set to zero here, and GELU, where ours
+is squared ReLU: the reference's activation is swapped for ours, the one difference left. Our input skip starts
+as the plain stack, so a freshly built stack has none.)
 """
 
 from __future__ import annotations
@@ -17,12 +17,16 @@ import torch
 from MEGABYTE_pytorch import megabyte as reference
 
 from bytemodels import Megabyte, MegabyteConfig
-from bytemodels.layers import token_shift
+from bytemodels.layers import relu_squared, token_shift
 
 DIM, HEADS, LAYERS = 32, 4, 2
 #: Our switches that the reference has no counterpart for, off; token shift on, as the reference always has it.
-AS_THE_REFERENCE = dict(token_shift=True, previous_byte=False, cross_patch=False, qk_norm=False, input_skip=False,
-                        value_embeds=False, activation="gelu", embed_gain=1.0, head_gain=1.0, dropout=0.0)
+AS_THE_REFERENCE = dict(token_shift=True, cross_patch=False, qk_norm=False, dropout=0.0)
+
+
+class ReluSquared(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return relu_squared(x)
 
 
 def our_stack() -> torch.nn.Module:
@@ -37,7 +41,7 @@ def reference_stack() -> torch.nn.Module:
     stack = reference.Transformer(dim=DIM, layers=LAYERS, dim_head=DIM // HEADS, heads=HEADS, ff_mult=4,
                                   rel_pos=True)
     for _, feed_forward in stack.layers:
-        feed_forward[2] = torch.nn.GELU(approximate="tanh")  # see the module docstring
+        feed_forward[2] = ReluSquared()  # see the module docstring
     return stack.eval()
 
 
@@ -82,8 +86,3 @@ def test_a_stage_transformer_equals_the_reference_given_the_same_weights():
                                                                       torch.arange(2 * DIM, 3 * DIM)))])
         assert not torch.allclose(ours(x), expected, atol=1e-3)
 
-
-def test_our_gelu_is_within_a_thousandth_of_the_references_exact_one():
-    x = torch.linspace(-6, 6, 10001)
-    difference = (our_stack().blocks[0].mlp.activation(x) - torch.nn.GELU()(x)).abs().max()
-    assert 0 < difference < 1e-3
