@@ -209,8 +209,8 @@ def test_log_tensorboard_without_the_package_is_one_line(tmp_path, monkeypatch):
     assert "\n" not in error and not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_metrics_reach_a_tracker(tmp_path, monkeypatch):
-    logged, finished = [], []
+def test_log_sends_every_metrics_record_to_the_tracker(tmp_path, monkeypatch, capsys):
+    logged, started, finished = [], [], []
 
     class FakeRun:
         def log(self, values, step):
@@ -219,26 +219,29 @@ def test_metrics_reach_a_tracker(tmp_path, monkeypatch):
         def finish(self):
             finished.append(True)
 
-    fake = types.ModuleType("wandb")
-    fake.init = lambda **kwargs: FakeRun()
-    monkeypatch.setitem(sys.modules, "wandb", fake)
-    from bytemodels.tracking import open_loggers
+    def init(**kwargs):
+        started.append(kwargs)
+        return FakeRun()
 
-    codec = bytecodecs.get_codec("text")
-    dataset = ByteDataset.build([(codec.encode(s), codec.tag) for s in STORIES], tmp_path / "cache", key={"t": 1},
-                                val_fraction=0.1, progress=False)
-    train = TrainConfig(out_dir=str(tmp_path / "run"), batch_size=2, max_steps=2, warmup_steps=1, eval_every=2,
-                        eval_windows=2, log_every=1, progress=False)
-    trainer = Trainer(MegabyteConfig.preset("tiny", **TINY), train, dataset.train, dataset.val)
-    trainer.metric_loggers = open_loggers(["wandb"], tmp_path / "run")
-    trainer.fit()
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    train_steps = [r["step"] for r in records if "loss" in r]
-    assert [step for step, values in logged if "train/loss" in values] == train_steps and train_steps
-    val = [r for r in records if "val_bpb" in r]
-    assert [(step, values) for step, values in logged if "val/bpb" in values] == \
-        [(r["step"], {"val/bpb": r["val_bpb"]}) for r in val] and val
-    assert finished == [True]
+    fake = types.ModuleType("wandb")
+    fake.init = init
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    from recipes import tinystories
+
+    stories = tmp_path / "stories.txt"
+    stories.write_text("".join(f"{s}\n<|endoftext|>\n" for s in STORIES), encoding="utf-8")
+    run = tmp_path / "run"
+    tinystories.main(["--data", str(stories), "--out", str(run), "--log", "wandb", "--max-steps", "2",
+                      "--eval-every", "2", "--log-every", "1", "--preset", "tiny", "--dims", "32,16", "--layers",
+                      "1,1", "--heads", "2,1", "--max-seq-len", "64", "--batch-size", "2", "--eval-windows", "2",
+                      "--sample-bytes", "8", "--no-progress", "--no-compile", "--val-fraction", "0.1"])
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [(r["step"], {f"train/{k}": v for k, v in r.items() if k != "step"}) for r in records if "loss" in r]
+    val = [(r["step"], {"val/bpb": r["val_bpb"]}) for r in records if "val_bpb" in r]
+    assert train and val
+    assert [entry for entry in logged if "val/bpb" not in entry[1]] == train
+    assert [entry for entry in logged if "val/bpb" in entry[1]] == val
+    assert started[0]["name"] == "run" and started[0]["config"]["model"]["dims"] == [32, 16] and finished == [True]
 
 
 def test_a_failing_tracker_is_dropped_with_one_warning(tmp_path, monkeypatch, capsys):

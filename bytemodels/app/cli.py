@@ -60,6 +60,7 @@ def command_sample(args: argparse.Namespace) -> int:
     is_text = codec is None or codec.modality == "text"
     output = output_path(Path(args.output) if args.output else Path("sample" + (codec.extension if codec else ".bin")),
                          codec, force=args.force)
+    stop = stop_strings(args.stop)
     if not is_text and max_bytes > MEDIA_MAX_BYTES:
         raise CommandError(f"--max-bytes {max_bytes:,} is more than {MEDIA_MAX_BYTES:,}: a {codec.name!r} file is "
                            f"written whole at the end, so its bytes are held in memory until then")
@@ -70,7 +71,7 @@ def command_sample(args: argparse.Namespace) -> int:
                        device=next(model.parameters()).device)
     options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                    compile=args.compile)
-    pieces = model.generate_stream(ids, max_bytes, stop=stop_strings(args.stop), **options)
+    pieces = model.generate_stream(ids, max_bytes, stop=stop, **options)
     if is_text:
         count, output = stream_sample(data, pieces, output, codec, show=not args.quiet, total=max_bytes)
     else:
@@ -94,10 +95,10 @@ def output_path(output: Path, codec: Any, force: bool) -> Path:
     ``CommandError`` unless ``force``: a sample never silently replaces a file."""
     if codec is not None and not output.suffix:
         output = output.with_name(output.name + codec.extension)
-    if output.exists() and not force:
-        raise CommandError(f"{output} exists: pass --force to overwrite it, or -o another file")
     if output.is_dir():
         raise CommandError(f"{output} is a folder: pass -o a file name")
+    if output.exists() and not force:
+        raise CommandError(f"{output} exists: pass --force to overwrite it, or -o another file")
     return output
 
 
@@ -136,29 +137,34 @@ def stream_sample(data: bytes, pieces: Iterable[bytes], output: Path | None, cod
 
 @contextlib.contextmanager
 def _streamed_file(output: Path | None):
-    """An unbuffered file streamed into beside ``output`` (what is generated is on disk however long the run) and
-    renamed over it at the end, or when the user interrupts: ``output`` is never half of an old and a new sample.
-    Another error deletes it. None: no file."""
+    """An unbuffered file to stream into (what is generated is on disk, however long the run). A new ``output`` is
+    written in place; an existing one (``--force``) is replaced whole: the stream goes to a hidden file beside it,
+    renamed over it at the end or when the user interrupts, and deleted on another error, so the old file is never
+    half replaced. None: no file."""
     if output is None:
         yield None
         return
+    replacing = output.exists()
+    target = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.partial") if replacing else output
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
-        temporary = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.partial")
-        file = open(temporary, "xb", buffering=0)  # a plain open: the file gets the usual permissions
+        file = open(target, "xb", buffering=0)
     except OSError as error:
         raise CommandError(f"{output}: cannot write ({error.strerror or error})") from None
     try:
         with file:
             yield file
     except KeyboardInterrupt:
-        os.replace(temporary, output)
+        if replacing:
+            os.replace(target, output)
         raise
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
+        if replacing:
+            with contextlib.suppress(OSError):
+                os.unlink(target)
         raise
-    os.replace(temporary, output)
+    if replacing:
+        os.replace(target, output)
 
 
 def _stream_pieces(data: bytes, pieces: Iterable[bytes], file: Any, text: Any, terminal: Any, codec: Any, show: bool,
@@ -207,7 +213,11 @@ def command_chat(args: argparse.Namespace) -> int:
     import torch
 
     folder, metadata, _ = open_checkpoint(args.checkpoint, args.revision)
-    codec = checkpoint_codec(metadata, "text" if metadata.get("codecs") else None)
+    several = metadata.get("codecs")
+    if several and "text" not in several:
+        raise CommandError(f"{args.checkpoint}: chat is for text models, and this checkpoint was trained on "
+                           f"{', '.join(sorted(several))}: use `bytemodels sample --modality`")
+    codec = checkpoint_codec(metadata, "text" if several else None)
     if codec is not None and codec.modality != "text":
         raise CommandError(f"{args.checkpoint}: chat is for text models, and this checkpoint's codec is "
                            f"{codec.name!r} ({codec.modality}): use `bytemodels sample`")
@@ -418,9 +428,15 @@ def _load_array(path: Path, key: str | None):
     return load_array(path, key)
 
 
-def command_encode(args: argparse.Namespace) -> int:
-    from bytemodels.runfolder import atomic_write
+def _write_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically, with the usual permissions of a new file."""
+    from bytecodecs.files import atomic_path
 
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(data)
+
+
+def command_encode(args: argparse.Namespace) -> int:
     options = parse_options(args.option)
     source = Path(args.input)
     codec = bytecodecs.get_codec(args.codec, **options)
@@ -439,8 +455,8 @@ def command_encode(args: argparse.Namespace) -> int:
     output = Path(args.output)
     metadata = {"format": SIDECAR_FORMAT, "codec": codec.config(), "records": records, "bytes": len(data),
                 "source": source.name}
-    atomic_write(output, data)
-    atomic_write(sidecar_path(output), json.dumps(metadata, indent=2) + "\n")
+    _write_file(output, data)
+    _write_file(sidecar_path(output), (json.dumps(metadata, indent=2) + "\n").encode())
     count = f", {records:,} records" if records > 1 else ""
     print(f"{args.input} -> {args.output}: {len(data):,} bytes{count} ({json.dumps(codec.config())}; "
           f"{sidecar_path(output).name} records it for decode)")
