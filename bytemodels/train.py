@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -202,8 +202,10 @@ class _RunLog:
     """The run's ``metrics.jsonl`` and progress bar on rank 0 (silent elsewhere), and the averages
     of the steps since the last train line."""
 
-    def __init__(self, path: Path | None, total: int | None, initial: int, show: bool) -> None:
+    def __init__(self, path: Path | None, total: int | None, initial: int, show: bool,
+                 loggers: Sequence[Any] = ()) -> None:
         self.path = path
+        self.loggers = list(loggers)  # optional trackers (bytemodels.tracking), each record forwarded
         self.file = None
         if path is not None:
             with writing(path, "opening the metrics log"):
@@ -243,9 +245,13 @@ class _RunLog:
             with writing(self.path, "writing the metrics log"):
                 self.file.write(json.dumps(record) + "\n")
                 self.file.flush()
+            for logger in self.loggers:
+                logger.log(record)
 
     def close(self) -> None:
         self.bar.close()
+        for logger in self.loggers:
+            logger.close()
         if self.file is not None:
             try:
                 self.file.close()
@@ -268,6 +274,10 @@ class Trainer:
     A checkpoint or log that cannot be written (disk full, read-only) is a ``RunFolderError`` naming the file;
     the previous checkpoint stays intact.
     """
+
+    metric_loggers: Sequence[Any] = ()
+    """Trackers each ``metrics.jsonl`` record is also sent to on rank 0 (``bytemodels.tracking``): objects with
+    ``log(record)`` and ``close()``. Set before ``fit``."""
 
     def __init__(self, model_config: MegabyteConfig, train_config: TrainConfig, train_data: Any,
                  val_data: Any = None, *, sample_fn: SampleFn | None = None, metadata: Any = None,
@@ -608,7 +618,8 @@ class Trainer:
                        + (", compiled (the first step waits for it: about a minute the first time, seconds once "
                           "PyTorch has cached it)" if self.compiled else ""))
         self._log = _RunLog(self.run_dir / METRICS_FILE if self.is_main else None, self.horizon, self.step,
-                            show=self.is_main and self.config.progress)
+                            show=self.is_main and self.config.progress,
+                            loggers=self.metric_loggers if self.is_main else ())
         self._time_up = False  # decided after each step of this fit()
 
     def _check_finite(self, nats: float, grad_norm: float, lr: float) -> None:

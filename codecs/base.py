@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
-__all__ = ["ByteCodec", "CodecError", "Framing", "check_bool"]
+__all__ = ["ByteCodec", "CodecError", "Framing", "check_bool", "option_names", "options_error"]
 
 
 class CodecError(ValueError):
@@ -42,6 +42,30 @@ def check_bool(option: str, value: Any, owner: str = "") -> None:
     prefix = f"{owner}: " if owner else ""
     hint = f" (on the command line write -O {option}=true or -O {option}=false)" if isinstance(value, str) else ""
     raise CodecError(f"{prefix}{option} must be true or false, got {value!r}{hint}")
+
+
+def option_names(cls: type) -> list[str]:
+    """The keyword options the codec class ``cls`` takes: its dataclass fields, else its constructor's keywords."""
+    if dataclasses.is_dataclass(cls):
+        return [field.name for field in dataclasses.fields(cls) if field.init]
+    import inspect
+
+    parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    return [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def options_error(cls: type, options: Mapping[str, Any], error: TypeError, context: str,
+                  lead: bool = False) -> "CodecError":
+    """The ``CodecError`` for a codec constructor's ``TypeError``: the options it does not know, named with the ones
+    it takes (``-O bogus=1`` lists the valid options instead of Python's ``unexpected keyword argument``), else
+    ``context: error``. ``lead``: start with ``context`` in both cases."""
+    valid = option_names(cls)
+    unknown = [name for name in options if name not in valid]
+    if not unknown:
+        return CodecError(f"{context}: {error}")
+    listed = (f"codec {cls.name!r} has no option{'s' if len(unknown) > 1 else ''} "
+              f"{', '.join(map(repr, unknown))}; its options are: {', '.join(valid) or 'none'}")
+    return CodecError(f"{context}: {listed}" if lead else listed)
 
 
 @dataclass(frozen=True)
@@ -155,7 +179,8 @@ class ByteCodec(ABC):
         try:
             return cls(**options)
         except TypeError as error:
-            raise CodecError(f"codec config for {cls.name!r} is invalid: {error}") from error
+            raise options_error(cls, options, error, f"codec config for {cls.name!r} is invalid",
+                                lead=True) from error
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

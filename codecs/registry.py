@@ -13,7 +13,7 @@ import importlib.metadata
 import warnings
 from typing import Any, Mapping
 
-from bytecodecs.base import ByteCodec, CodecError
+from bytecodecs.base import ByteCodec, CodecError, options_error
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -99,7 +99,7 @@ def get_codec(name: str, **options: Any) -> ByteCodec:
     try:
         return cls(**options)
     except TypeError as error:
-        raise CodecError(f"codec {name!r} does not take these options: {error}") from error
+        raise options_error(cls, options, error, f"codec {name!r} does not take these options") from error
 
 
 def codec_from_config(config: Mapping[str, Any]) -> ByteCodec:

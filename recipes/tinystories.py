@@ -30,7 +30,7 @@ import errno
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ from bytemodels.app.recipe import (RecipeError, add_model_and_training_arguments
 from bytemodels.config import MegabyteConfig
 from bytemodels.data import MANIFEST_FILE, ByteDataset, EmptyDataError, file_key, key_digest, prompt_ids
 from bytemodels.runfolder import RunFolderError, write_error
-from recipes.tinystories_instruct import is_instruct_entry, make_instruct_entry, story_prompt
+from recipes.tinystories_instruct import STORY_FIELD, is_instruct_entry, make_instruct_entry, story_prompt
 
 RECIPE = "tinystories"
 SEPARATOR = "<|endoftext|>"
@@ -578,6 +578,18 @@ def sample(args: argparse.Namespace) -> None:
                             total=args.max_bytes)
     if path is not None:
         print(f"wrote the story to {path}", file=sys.stderr)
+
+
+def chat_prompt(line: str, metadata: Mapping[str, Any]) -> str:
+    """The text ``bytemodels chat`` starts a reply from for a typed ``line``: for a checkpoint fine-tuned on
+    instruct entries, the entry format (``Words: dog, ball`` gets a ``Story:`` line; a plain line becomes the
+    ``Summary:`` of the story asked for); for a plain one, the line as typed, ``\\n`` a newline."""
+    if not metadata.get("instruct"):
+        return line.replace("\\n", "\n")
+    prompt = story_prompt(line)
+    if not is_instruct_entry(prompt):
+        prompt = f"Summary: {prompt.strip()}\n{STORY_FIELD}"
+    return prompt
 
 
 # -- 6. command line ---------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The ``bytemodels`` command: sample, evaluate, inspect checkpoints; encode and decode with codecs.
+"""The ``bytemodels`` command: sample, chat, evaluate, inspect checkpoints; encode and decode with codecs.
 
 A face over the core, not a library: what recipes and benchmarks also need lives in the core (``open_checkpoint``
 and ``load_model`` in ``bytemodels.checkpoint``, ``prompt_ids`` in ``bytemodels.data``) or beside this module
@@ -13,8 +13,10 @@ import contextlib
 import itertools
 import json
 import math
+import os
 import sys
 import tempfile
+import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,9 @@ def command_sample(args: argparse.Namespace) -> int:
     else:
         max_bytes = 1000
     is_text = codec is None or codec.modality == "text"
+    output = output_path(Path(args.output) if args.output else Path("sample" + (codec.extension if codec else ".bin")),
+                         codec, force=args.force)
+    stop = stop_strings(args.stop)
     if not is_text and max_bytes > MEDIA_MAX_BYTES:
         raise CommandError(f"--max-bytes {max_bytes:,} is more than {MEDIA_MAX_BYTES:,}: a {codec.name!r} file is "
                            f"written whole at the end, so its bytes are held in memory until then")
@@ -66,8 +71,7 @@ def command_sample(args: argparse.Namespace) -> int:
                        device=next(model.parameters()).device)
     options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                    compile=args.compile)
-    output = Path(args.output) if args.output else Path("sample" + (codec.extension if codec else ".bin"))
-    pieces = model.generate_stream(ids, max_bytes, **options)
+    pieces = model.generate_stream(ids, max_bytes, stop=stop, **options)
     if is_text:
         count, output = stream_sample(data, pieces, output, codec, show=not args.quiet, total=max_bytes)
     else:
@@ -84,6 +88,27 @@ def command_sample(args: argparse.Namespace) -> int:
 #: The most bytes ``sample`` generates for a codec that writes its file whole (audio, images): they are held in
 #: memory until the end. 64 MiB is over half an hour of 16 kHz 16-bit audio.
 MEDIA_MAX_BYTES = 1 << 26
+
+
+def output_path(output: Path, codec: Any, force: bool) -> Path:
+    """The file ``sample`` writes (the codec's extension added when ``output`` has none); an existing one is a
+    ``CommandError`` unless ``force``: a sample never silently replaces a file."""
+    if codec is not None and not output.suffix:
+        output = output.with_name(output.name + codec.extension)
+    if output.is_dir():
+        raise CommandError(f"{output} is a folder: pass -o a file name")
+    if output.exists() and not force:
+        raise CommandError(f"{output} exists: pass --force to overwrite it, or -o another file")
+    return output
+
+
+def stop_strings(stops: Sequence[str] | None) -> list[bytes] | None:
+    """``--stop`` values as UTF-8 bytes; ``\\n`` and ``\\t`` typed in a shell are a newline and a tab."""
+    if not stops:
+        return None
+    if any(not stop for stop in stops):
+        raise CommandError("--stop needs a non-empty string")
+    return [stop.replace("\\n", "\n").replace("\\t", "\t").encode() for stop in stops]
 
 
 def _byte_progress(total: int):
@@ -103,17 +128,51 @@ def stream_sample(data: bytes, pieces: Iterable[bytes], output: Path | None, cod
     # Text is re-encoded as codec.write_bytes does; a cut mid-character waits for the rest of it.
     text = codecs.getincrementaldecoder("utf-8")(errors="replace")
     terminal = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    with _streamed_file(output) as file:
+        count = _stream_pieces(data, pieces, file, text, terminal, codec, show, total)
+    if show:
+        sys.stdout.write(terminal.decode(b"", final=True) + "\n")
+    return count, output
+
+
+@contextlib.contextmanager
+def _streamed_file(output: Path | None):
+    """An unbuffered file to stream into (what is generated is on disk, however long the run). A new ``output`` is
+    written in place; an existing one (``--force``) is replaced whole: the stream goes to a hidden file beside it,
+    renamed over it at the end or when the user interrupts, and deleted on another error, so the old file is never
+    half replaced. None: no file."""
+    if output is None:
+        yield None
+        return
+    replacing = output.exists()
+    target = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.partial") if replacing else output
     try:
-        if output is not None:
-            output.parent.mkdir(parents=True, exist_ok=True)
-        # unbuffered: what is generated is on disk, however long the run
-        file = open(output, "wb", buffering=0) if output is not None else contextlib.nullcontext()
+        output.parent.mkdir(parents=True, exist_ok=True)
+        file = open(target, "xb", buffering=0)
     except OSError as error:
         raise CommandError(f"{output}: cannot write ({error.strerror or error})") from None
+    try:
+        with file:
+            yield file
+    except KeyboardInterrupt:
+        if replacing:
+            os.replace(target, output)
+        raise
+    except BaseException:
+        if replacing:
+            with contextlib.suppress(OSError):
+                os.unlink(target)
+        raise
+    if replacing:
+        os.replace(target, output)
+
+
+def _stream_pieces(data: bytes, pieces: Iterable[bytes], file: Any, text: Any, terminal: Any, codec: Any, show: bool,
+                   total: int) -> int:
     count = 0
-    with file, (contextlib.nullcontext() if show else _byte_progress(total)) as bar:
+    with (contextlib.nullcontext() if show else _byte_progress(total)) as bar:
         for index, piece in enumerate(itertools.chain([data], pieces)):
-            if output is not None:
+            if file is not None:
                 file.write(text.decode(piece).encode() if codec is not None else piece)
             if show:
                 sys.stdout.write(terminal.decode(piece))
@@ -122,11 +181,9 @@ def stream_sample(data: bytes, pieces: Iterable[bytes], output: Path | None, cod
                 count += len(piece)
                 if bar is not None:
                     bar.update(len(piece))
-        if output is not None and codec is not None:
+        if file is not None and codec is not None:
             file.write(text.decode(b"", final=True).encode())
-    if show:
-        sys.stdout.write(terminal.decode(b"", final=True) + "\n")
-    return count, output
+    return count
 
 
 def _read_bytes(path: str) -> bytes:
@@ -134,6 +191,66 @@ def _read_bytes(path: str) -> bytes:
         return Path(path).read_bytes()
     except OSError as error:
         raise CommandError(f"{path}: cannot read ({error.strerror or error})") from None
+
+
+# -- chat ------------------------------------------------------------------------------------------
+def chat_prompt_format(metadata: dict[str, Any]):
+    """The function that turns a typed line into the text a generation starts from: the recipe's own
+    ``chat_prompt(line, metadata)`` when the checkpoint names a recipe that has one (TinyStories-Instruct's
+    ``Story:`` format), else the line as typed."""
+    import importlib
+
+    recipe = metadata.get("recipe")
+    if recipe in RECIPES:
+        module = importlib.import_module(f"recipes.{recipe}")
+        if hasattr(module, "chat_prompt"):
+            return lambda line: module.chat_prompt(line, metadata)
+    return lambda line: line
+
+
+def command_chat(args: argparse.Namespace) -> int:
+    """Read prompts from stdin a line at a time; stream each continuation to stdout, then a newline."""
+    import torch
+
+    folder, metadata, _ = open_checkpoint(args.checkpoint, args.revision)
+    several = metadata.get("codecs")
+    if several and "text" not in several:
+        raise CommandError(f"{args.checkpoint}: chat is for text models, and this checkpoint was trained on "
+                           f"{', '.join(sorted(several))}: use `bytemodels sample --modality`")
+    codec = checkpoint_codec(metadata, "text" if several else None)
+    if codec is not None and codec.modality != "text":
+        raise CommandError(f"{args.checkpoint}: chat is for text models, and this checkpoint's codec is "
+                           f"{codec.name!r} ({codec.modality}): use `bytemodels sample`")
+    layout = checkpoint_layout(metadata, codec)
+    stop = stop_strings(args.stop)
+    model = load_model(folder, args.device)
+    config, device = model.config, next(model.parameters()).device
+    tag = codec.tag if codec is not None else None
+    prompt_format = chat_prompt_format(metadata)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(f"chat with {folder} (a line is a prompt; Ctrl-D ends)", file=sys.stderr)
+    while True:
+        if interactive:
+            print("> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            break
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        text = prompt_format(line)
+        data = codec.encode(text) if codec is not None else text.encode()
+        ids = torch.tensor([prompt_ids(tag, layout, config.patch_size, data, config.num_tags)], device=device)
+        pieces = model.generate_stream(ids, args.max_bytes, temperature=args.temperature, top_k=args.top_k,
+                                       top_p=args.top_p, seed=args.seed, stop=stop)
+        terminal = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        for piece in pieces:
+            sys.stdout.write(terminal.decode(piece))
+            sys.stdout.flush()
+        sys.stdout.write(terminal.decode(b"", final=True) + "\n")
+        sys.stdout.flush()
+    return 0
 
 
 # -- eval ------------------------------------------------------------------------------------------
@@ -156,9 +273,10 @@ def bits_per_byte(model, document, tag: int | None, layout: str, batch_size: int
                   progress: str | None = None) -> tuple[float, int]:
     """(total bits, data bytes) for one document framed as in training; only byte targets count.
 
-    ``document`` is bytes or a uint8 array (a ``np.memmap`` of a raw file is never read into memory whole): it
-    goes to an on-disk cache, and its windows are scored ``batch_size`` at a time, so memory is bounded by the
-    batch. ``progress``: a label for a progress bar over the windows' bytes (shown after two seconds)."""
+    ``document`` is bytes or a uint8 array (a ``np.memmap`` of a raw file is never read into memory whole), or a
+    list or iterator of such documents (the images of an array, one record each): it goes to an on-disk cache,
+    and its windows are scored ``batch_size`` at a time, so memory is bounded by the batch. ``progress``: a label
+    for a progress bar over the windows' bytes (shown after two seconds)."""
     import numpy as np
     import torch
     import torch.nn.functional as F
@@ -170,9 +288,11 @@ def bits_per_byte(model, document, tag: int | None, layout: str, batch_size: int
     config = model.config
     device = next(model.parameters()).device
     total_nats = 0.0
+    single = isinstance(document, (bytes, bytearray, np.ndarray))
+    documents = [(document, tag)] if single else ((piece, tag) for piece in document)
     with tempfile.TemporaryDirectory() as folder:
-        dataset = ByteDataset.build([(document, tag)], folder, key={"eval": len(document)}, layout=layout,
-                                    progress=False)
+        dataset = ByteDataset.build(documents, folder, key={"eval": True}, layout=layout, progress=False)
+        size = dataset.num_bytes
         windows = dataset.windows(config.max_seq_len, config.patch_size, config.num_tags)
         with tqdm(total=len(windows) * config.max_seq_len, desc=progress, unit="B", unit_scale=True,
                   unit_divisor=1024, delay=2, leave=False, disable=progress is None) as bar:
@@ -186,7 +306,7 @@ def bits_per_byte(model, document, tag: int | None, layout: str, batch_size: int
                                               ignore_index=tokens.PAD_ID, reduction="sum").item()
                 bar.update(batch.numel())
         del windows, dataset  # close the cache's memory maps before its folder goes
-    return total_nats / math.log(2), len(document)
+    return total_nats / math.log(2), size
 
 
 def _raw_document(path: Path):
@@ -218,7 +338,10 @@ def command_eval(args: argparse.Namespace) -> int:
                      disable=args.json):
         with tempfile.TemporaryDirectory() as scratch:
             try:
-                document = _encoded_document(codec, path, Path(scratch)) if codec else _raw_document(path)
+                if is_image_array(path, codec):
+                    document = list(array_records(codec, _load_array(path, args.array_key)))
+                else:
+                    document = _encoded_document(codec, path, Path(scratch)) if codec else _raw_document(path)
             except (bytecodecs.CodecError, OSError) as error:
                 skipped.append(str(error))
                 continue
@@ -276,18 +399,131 @@ def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
     return options
 
 
+#: Written beside an encoded file as ``OUT.json``: which codec made the bytes, so ``decode`` needs no flags. A sidecar
+#: rather than a header keeps ``OUT`` exactly the bytes the model sees, readable as they are by ``eval`` and other tools.
+SIDECAR_FORMAT = "bytemodels-encoded"
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """``OUT.json``, the metadata file beside the encoded file ``OUT``."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def is_image_array(path: Path, codec: Any) -> bool:
+    """Whether ``path`` is a ``.npz``/``.npy`` array of images (the images recipe's data) for the image ``codec``."""
+    from bytecodecs.image import ARRAY_SUFFIXES
+
+    return codec is not None and codec.modality == "image" and path.suffix.lower() in ARRAY_SUFFIXES
+
+
+def array_records(codec: Any, array: Any) -> Iterable[bytes]:
+    """The codec bytes of each image of ``array``, one record per image, as the images recipe trains on them."""
+    return (codec.encode_array(array[index]) for index in range(len(array)))
+
+
+def _load_array(path: Path, key: str | None):
+    from bytecodecs.image import load_array
+
+    return load_array(path, key)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically, with the usual permissions of a new file."""
+    from bytecodecs.files import atomic_path
+
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(data)
+
+
 def command_encode(args: argparse.Namespace) -> int:
-    codec = bytecodecs.get_codec(args.codec, **parse_options(args.option))
-    data = codec.encode_file(args.input)
-    Path(args.output).write_bytes(data)
-    print(f"{args.input} -> {args.output}: {len(data):,} bytes ({json.dumps(codec.config())})")
+    options = parse_options(args.option)
+    source = Path(args.input)
+    codec = bytecodecs.get_codec(args.codec, **options)
+    records = 1
+    if is_image_array(source, codec):
+        from bytecodecs.image import array_codec_options
+
+        array = _load_array(source, args.array_key)
+        # the array's own size and mode unless -O says otherwise, as the images recipe does
+        codec = bytecodecs.get_codec(args.codec, **{**array_codec_options(array), **options})
+        data, records = b"".join(array_records(codec, array)), len(array)
+    elif args.array_key is not None:
+        raise CommandError(f"--array-key is for .npz image arrays; {source} is not one (or --codec is not image)")
+    else:
+        data = codec.encode_file(source)
+    output = Path(args.output)
+    metadata = {"format": SIDECAR_FORMAT, "codec": codec.config(), "records": records, "bytes": len(data),
+                "source": source.name}
+    _write_file(output, data)
+    _write_file(sidecar_path(output), (json.dumps(metadata, indent=2) + "\n").encode())
+    count = f", {records:,} records" if records > 1 else ""
+    print(f"{args.input} -> {args.output}: {len(data):,} bytes{count} ({json.dumps(codec.config())}; "
+          f"{sidecar_path(output).name} records it for decode)")
     return 0
 
 
+def read_sidecar(path: Path) -> dict[str, Any] | None:
+    """The metadata ``encode`` wrote beside ``path``, or None when there is none."""
+    sidecar = sidecar_path(path)
+    if not sidecar.exists():
+        return None
+    try:
+        metadata = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CommandError(f"{sidecar}: not readable encode metadata ({error}); move it away to decode with "
+                           "--codec") from None
+    if not isinstance(metadata, dict) or metadata.get("format") != SIDECAR_FORMAT \
+            or not isinstance(metadata.get("codec"), dict):
+        raise CommandError(f"{sidecar}: not metadata written by `bytemodels encode`; move it away to decode with "
+                           "--codec")
+    return metadata
+
+
+def decode_codec(args: argparse.Namespace) -> Any:
+    """The codec ``decode`` uses: the one ``IN.json`` records. ``--codec``/``-O`` given beside it must agree with
+    it (a difference is refused, naming both: decoding with other options gives garbage); ``--ignore-metadata``
+    decodes with the flags alone."""
+    options = parse_options(args.option)
+    metadata = None if args.ignore_metadata else read_sidecar(Path(args.input))
+    if metadata is None:
+        if args.codec is None:
+            raise CommandError(f"{args.input}: no {sidecar_path(args.input).name} beside it says which codec made "
+                               "these bytes; pass --codec NAME and the -O options used to encode them")
+        return bytecodecs.get_codec(args.codec, **options)
+    recorded = metadata["codec"]
+    sidecar = sidecar_path(args.input).name
+    if args.codec is not None and args.codec != recorded.get("name"):
+        raise CommandError(f"--codec {args.codec} differs from {recorded.get('name')!r} recorded in {sidecar}; drop "
+                           "the flag, or pass --ignore-metadata to decode with the flags alone")
+    codec = bytecodecs.codec_from_config(recorded)
+    given = bytecodecs.get_codec(codec.name, **{**codec.options(), **options}).config()
+    differing = [f"{key}={options[key]!r} (recorded: {recorded.get(key)!r})" for key in options
+                 if given.get(key) != codec.config().get(key)]
+    if differing:
+        raise CommandError(f"-O {', '.join(differing)} differs from {sidecar}; drop the option, or pass "
+                           "--ignore-metadata to decode with the flags alone")
+    return codec
+
+
 def command_decode(args: argparse.Namespace) -> int:
-    codec = bytecodecs.get_codec(args.codec, **parse_options(args.option))
-    written = codec.write_bytes(_read_bytes(args.input), args.output)
-    print(f"{args.input} -> {written}")
+    codec = decode_codec(args)
+    data = _read_bytes(args.input)
+    record_size = codec.framing.record_size
+    if not record_size or len(data) <= record_size:
+        print(f"{args.input} -> {codec.write_bytes(data, args.output)}")
+        return 0
+    # several fixed-size records (the images of an array): one file each, numbered
+    output = Path(args.output)
+    if not output.suffix:
+        output = output.with_name(output.name + codec.extension)
+    count = -(-len(data) // record_size)
+    width = len(str(count - 1))
+    for index in range(count):
+        path = output.with_name(f"{output.stem}-{index:0{width}d}{output.suffix}")
+        codec.write_bytes(data[index * record_size:(index + 1) * record_size], path)
+    print(f"{args.input} -> {count:,} files {output.stem}-{0:0{width}d}{output.suffix} .. "
+          f"{output.stem}-{count - 1}{output.suffix} in {output.parent}")
     return 0
 
 
@@ -390,7 +626,24 @@ def build_parser() -> argparse.ArgumentParser:
                         help="compile the decoding steps first (tens of seconds; then faster per byte, "
                              "worth it for long outputs such as audio)")
     sample.add_argument("--modality", help="for a checkpoint trained on several modalities: which one to produce")
+    sample.add_argument("--stop", action="append", metavar="TEXT",
+                        help="end once the output ends with TEXT (not written; repeatable; \\n is a newline)")
+    sample.add_argument("--force", action="store_true", help="overwrite the output file when it exists")
     sample.set_defaults(run=command_sample)
+
+    chat = commands.add_parser("chat", help="type prompts, watch a text model's bytes stream (stdin, one per line)")
+    chat.add_argument("checkpoint", help="checkpoint folder, run folder, model folder or hub model id (org/name)")
+    chat.add_argument("--revision", help="for a hub model id: the branch, tag or commit (default: main)")
+    chat.add_argument("--max-bytes", type=number(int, at_least=1), default=500,
+                      help="most bytes generated per prompt (default 500)")
+    chat.add_argument("--stop", action="append", metavar="TEXT",
+                      help="end a reply once it ends with TEXT (not shown; repeatable; \\n is a newline)")
+    chat.add_argument("--temperature", type=NON_NEGATIVE, default=0.8, help="0 is greedy (default 0.8)")
+    chat.add_argument("--top-k", type=COUNT, help="sample among the k most likely bytes")
+    chat.add_argument("--top-p", type=number(float, above=0, at_most=1), help="nucleus sampling mass")
+    chat.add_argument("--seed", type=seed_flag, help="random seed: the same prompt gives the same reply")
+    chat.add_argument("--device", default="auto", help="cuda, mps, cpu or auto")
+    chat.set_defaults(run=command_chat)
 
     evaluate = commands.add_parser("eval", help="bits per byte of files under a checkpoint's model")
     evaluate.add_argument("checkpoint", help="checkpoint folder, run folder, model folder or hub model id")
@@ -400,16 +653,27 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=COUNT, default=8)
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--modality", help="for a checkpoint trained on several modalities: the files' modality")
+    evaluate.add_argument("--array-key", metavar="NAME", help="the array of .npz files holding the images (default: "
+                          "images, else the first array shaped like images)")
     evaluate.set_defaults(run=command_eval)
 
-    for name, run, helptext in (("encode", command_encode, "a file to the exact bytes the model sees"),
-                                ("decode", command_decode, "model bytes back to a file")):
+    for name, run, helptext in (("encode", command_encode, "a file to the exact bytes the model sees (and "
+                                                           "OUT.json saying how)"),
+                                ("decode", command_decode, "model bytes back to a file (the codec from IN.json)")):
         sub = commands.add_parser(name, help=helptext)
-        sub.add_argument("--codec", required=True, help="codec name (see `bytemodels codecs`)")
+        sub.add_argument("--codec", required=name == "encode",
+                         help="codec name (see `bytemodels codecs`)" + ("" if name == "encode" else
+                              "; default: the one IN.json records"))
         sub.add_argument("-O", "--option", action="append", default=[], metavar="KEY=VALUE",
                          help="codec option, e.g. -O sample_rate=8000 -O sample_format=pcm16")
         sub.add_argument("input", metavar="IN")
         sub.add_argument("output", metavar="OUT")
+        if name == "encode":
+            sub.add_argument("--array-key", metavar="NAME", help="the array of a .npz file holding the images "
+                             "(default: images, else the first array shaped like images)")
+        else:
+            sub.add_argument("--ignore-metadata", action="store_true",
+                             help="decode with --codec and -O alone, not with what IN.json records")
         sub.set_defaults(run=run)
 
     info = commands.add_parser("info", help="configuration, size, codec and progress of a checkpoint")

@@ -26,6 +26,7 @@ from bytemodels.data import ByteDataset, DataCacheError, EmptyDataError, covered
 from bytemodels.distributed import choose_device, environment_rank
 from bytemodels.pretrained import ModelFileError
 from bytemodels.runfolder import FolderLock, RunFolderError, atomic_write, lock_folder, writing
+from bytemodels.tracking import TRACKERS, TrackingError, check_trackers, open_loggers
 from bytemodels.train import SampleFn, Trainer, TrainConfig, TrainingDiverged, TrainSummary
 
 DEVICE_KINDS = ("cpu", "gpu")
@@ -92,6 +93,9 @@ def add_run_arguments(group: argparse._ArgumentGroup, recipe: str, device_defaul
                             f"with the {recorded} it recorded (raise --time or --max-steps)")
     group.add_argument("--cache-dir", metavar="DIR",
                        help=f"where the {documents} are cached as bytes (default: the cache folder beside --out)")
+    group.add_argument("--log", action="append", choices=list(TRACKERS), metavar="TRACKER",
+                       help="also send the metrics to tensorboard (event files in <out>/tensorboard) or wandb, when "
+                            "that package is installed; repeatable (metrics.jsonl is written either way)")
 
 
 def add_model_and_training_arguments(parser: argparse.ArgumentParser,
@@ -159,10 +163,12 @@ def run_command(parser: argparse.ArgumentParser, command: Callable[[argparse.Nam
         sys.exit(128 + signal.SIGINT)
     finally:
         release_run_folders()
+        _trackers.clear()
 
 
 # -- 2. the run folder, --resume, and the data a run records ------------------------------------------------
 _run_folder_locks: list[FolderLock] = []  # taken by open_run, released by run_command when the recipe ends
+_trackers: list[str] = []  # --log, checked by open_run, opened by make_trainer, forgotten by run_command at the end
 
 
 def hold_run_folder(out: Path) -> None:
@@ -203,6 +209,10 @@ def open_run(args: argparse.Namespace, recipe: str,
     Either way the run folder is locked before any data is read (``hold_run_folder``): a second run into it
     fails at once."""
     out = Path(args.out or default_out or Path("runs") / recipe)
+    try:  # a tracker whose package is missing stops the run before any data is read
+        _trackers[:] = check_trackers(getattr(args, "log", None) or ())
+    except TrackingError as error:
+        raise RecipeError(str(error)) from None
     if not args.resume:
         hold_run_folder(out)
         if ckpt.latest_checkpoint(out / ckpt.CHECKPOINTS_DIR) is not None:
@@ -408,12 +418,18 @@ def make_trainer(model_config: MegabyteConfig, train_data: Any, val_data: Any, *
     and the flag has the same name) becomes a ``RecipeError``."""
     try:
         if resume_from is not None:
-            return Trainer.resume(resume_from, train_data, val_data, sample_fn=sample_fn,
-                                  **{**flags, "out_dir": str(out)})
-        train_config = new_train_config(defaults, flags, out, **settings)
-        return Trainer(model_config, train_config, train_data, val_data, sample_fn=sample_fn, metadata=dict(metadata))
+            trainer = Trainer.resume(resume_from, train_data, val_data, sample_fn=sample_fn,
+                                     **{**flags, "out_dir": str(out)})
+        else:
+            train_config = new_train_config(defaults, flags, out, **settings)
+            trainer = Trainer(model_config, train_config, train_data, val_data, sample_fn=sample_fn,
+                              metadata=dict(metadata))
     except ValueError as error:
         raise RecipeError(str(error)) from None
+    if _trackers and trainer.is_main:  # --log: each metrics record goes to these trackers too
+        trainer.metric_loggers = open_loggers(_trackers, out, {"model": trainer.model_config.to_dict(),
+                                                               "train": trainer.config.to_dict()})
+    return trainer
 
 
 # -- 4. after training: the comparison with a classic codec ----------------------------------------------------
