@@ -348,14 +348,25 @@ def _prompt_rows(prompt, prefix_ids: Sequence[int], vocab_size: int) -> tuple[li
             _check_ids((int(prompt.min()), int(prompt.max())), vocab_size)
         return prompt.tolist(), False
     _check_ids(prefix_ids, vocab_size)
-    if isinstance(prompt, (bytes, bytearray)):
-        return [list(prefix_ids) + list(prompt)], True
+    if isinstance(prompt, (bytes, bytearray, str)):
+        return [list(prefix_ids) + list(_as_bytes(prompt))], True
     rows = []
     for item in prompt:
-        if not isinstance(item, (bytes, bytearray)):
-            raise TypeError(f"prompts must be bytes, a list of bytes or a tensor of ids; got {type(item).__name__}")
-        rows.append(list(prefix_ids) + list(item))
+        if not isinstance(item, (bytes, bytearray, str)):
+            raise TypeError(f"prompts must be bytes or str, a list of them, or a tensor of ids; "
+                            f"got {type(item).__name__}")
+        rows.append(list(prefix_ids) + list(_as_bytes(item)))
     return rows, False
+
+
+def _as_bytes(text: bytes | bytearray | str) -> bytes:
+    """A prompt or stop string as bytes: ``str`` is UTF-8 (what the text codec gives), bytes are used as they are."""
+    if not isinstance(text, str):
+        return bytes(text)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as error:  # lone surrogates have no UTF-8 form
+        raise ValueError(f"text has no UTF-8 form at character {error.start}: {error.reason}") from None
 
 
 def _check_ids(ids: Sequence[int], vocab_size: int) -> None:
@@ -431,10 +442,10 @@ def _decode(source, batch: int, max_new_bytes: int, sampler: Sampler, stops: lis
 def _stop_list(stop) -> list[bytes]:
     if stop is None:
         return []
-    stops = [stop] if isinstance(stop, (bytes, bytearray)) else list(stop)
-    if any(not isinstance(s, (bytes, bytearray)) or not s for s in stops):
-        raise ValueError("stop must be a non-empty byte string or a list of them")
-    return [bytes(s) for s in stops]
+    stops = [stop] if isinstance(stop, (bytes, bytearray, str)) else list(stop)
+    if any(not isinstance(s, (bytes, bytearray, str)) or not s for s in stops):
+        raise ValueError("stop must be a non-empty byte string or str, or a list of them")
+    return [_as_bytes(s) for s in stops]
 
 
 def _check_options(max_new_bytes: int, temperature: float, top_k, top_p) -> None:

@@ -172,16 +172,17 @@ class Megabyte(nn.Module):
 
     # -- generation (bytemodels/generate.py does the work) -----------------------------------------
     @torch.inference_mode()  # cheaper than no_grad for the many small steps of decoding
-    def generate(self, prompt: bytes | Sequence[bytes] | Tensor, max_new_bytes: int, *,
+    def generate(self, prompt: bytes | str | Sequence[bytes | str] | Tensor, max_new_bytes: int, *,
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                 stop: bytes | Sequence[bytes] | None = None, seed: int | None = None,
+                 stop: bytes | str | Sequence[bytes | str] | None = None, seed: int | None = None,
                  use_cache: bool = True, prefix_ids: Sequence[int] = (tokens.BOS_ID,),
                  compile: bool = False) -> bytes | list[bytes]:
         """Generate up to ``max_new_bytes`` bytes after each prompt.
 
-        ``prompt`` is ``bytes`` (returns ``bytes``), a list of ``bytes`` of any lengths, or a
-        (batch, time) tensor of ids used as given (both return ``list[bytes]``). ``prefix_ids`` go
-        before ``bytes`` prompts (BOS, as in training documents). Generation ends early at EOS or once
+        ``prompt`` is ``bytes`` or ``str`` (UTF-8, what the text codec makes of it; both return ``bytes``), a list
+        of them of any lengths, or a (batch, time) tensor of ids used as given (both return ``list[bytes]``).
+        ``prefix_ids`` go before ``bytes`` and ``str`` prompts (BOS, as in training documents). The output is
+        bytes either way: a byte model may stop inside a character (``.decode("utf-8", "replace")`` shows it). Generation ends early at EOS or once
         the output ends with a ``stop`` byte string (which is not returned). ``temperature=0`` is greedy.
         ``use_cache=False`` recomputes the whole prefix for every byte (the reference for tests): greedy output is
         the same either way; with sampling and a ``seed``, a batch whose prompts differ in length modulo the patch
@@ -197,7 +198,7 @@ class Megabyte(nn.Module):
                         stop=stop, seed=seed, use_cache=use_cache, prefix_ids=prefix_ids, compile=compile)
 
     @torch.inference_mode()
-    def generate_stream(self, prompt: bytes | Tensor, max_new_bytes: int, **options) -> Iterator[bytes]:
+    def generate_stream(self, prompt: bytes | str | Tensor, max_new_bytes: int, **options) -> Iterator[bytes]:
         """Like ``generate`` for one prompt, yielding bytes as soon as they are final."""
         from bytemodels.generate import generate_stream
 

@@ -100,13 +100,29 @@ def test_special_ids_other_than_eos_are_never_generated(model):
     assert all(isinstance(b, bytes) and len(b) <= 40 for b in out)
 
 
+def test_str_prompts_and_stops_are_utf8(model):
+    """A str prompt or stop string is its UTF-8 bytes; the output is bytes either way."""
+    text = "Café ☕"
+    assert model.generate(text, 12, temperature=0) == model.generate(text.encode(), 12, temperature=0)
+    assert model.generate([text, "a"], 6, temperature=0) == model.generate([text.encode(), b"a"], 6, temperature=0)
+    assert b"".join(model.generate_stream(text, 8, temperature=0)) == model.generate(text, 8, temperature=0)
+    for stop in ("é", ["\n", "é"]):
+        as_bytes = stop.encode() if isinstance(stop, str) else [s.encode() for s in stop]
+        assert model.generate(b"x", 40, temperature=0, stop=stop) == model.generate(b"x", 40, temperature=0,
+                                                                                   stop=as_bytes)
+    with pytest.raises(ValueError, match="non-empty"):
+        model.generate("x", 3, stop="")
+
+
 def test_bad_options_are_clear_errors(model):
     with pytest.raises(ValueError, match="temperature"):
         model.generate(b"a", 3, temperature=-1)
     with pytest.raises(ValueError, match="top_p"):
         model.generate(b"a", 3, top_p=0)
-    with pytest.raises(TypeError, match="bytes"):
-        model.generate(["text"], 3)
+    with pytest.raises(TypeError, match="bytes or str"):
+        model.generate([5], 3)
+    with pytest.raises(ValueError, match="no UTF-8 form"):
+        model.generate("\ud800", 3)
     for temperature in (float("nan"), float("inf")):  # nan used to sample a tag id and fail in bytearray
         with pytest.raises(ValueError, match="temperature must be finite"):
             model.generate(b"a", 3, temperature=temperature)
