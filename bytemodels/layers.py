@@ -309,15 +309,15 @@ class Block(nn.Module):
 
 #: How much faster than other weights the input-skip scales move: Adam moves every parameter by about the
 #: learning rate per step, which is slow for a scale that starts at 0 or 1, so each is stored divided by this.
-#: 3 was best of 1, 3, 10 and 30 after 300 steps on TinyStories (docs/benchmarks.md).
+#: 3 was best of 1, 3, 10 and 30 after 300 steps on TinyStories (docs/experiments.md).
 INPUT_SKIP_GAIN = 3.0
 
 #: Byte embeddings are stored divided by this (:class:`ScaledEmbedding`): embeddings want a far higher learning
-#: rate than matrices (as in the nanoGPT speedruns); 30 was best of 1, 3, 10, 30 and 100 (docs/benchmarks.md).
+#: rate than matrices (as in the nanoGPT speedruns); 30 was best of 1, 3, 10, 30 and 100 (docs/experiments.md).
 EMBED_GAIN = 30.0
 
 #: The output layer's weight is stored divided by this (:class:`ScaledLinear`); 8 was best of 0.5 to 8 in short
-#: runs and level with 4 in the TinyStories recipe (docs/benchmarks.md).
+#: runs and level with 4 in the TinyStories recipe (docs/experiments.md).
 HEAD_GAIN = 8.0
 
 
@@ -440,7 +440,7 @@ def init_weights(model: nn.Module) -> None:
     each transformer shrunk by sqrt(2 * depth) so the stream's variance stays put. Spreads are of the
     weights as used: a :class:`ScaledEmbedding` or :class:`ScaledLinear` stores them divided by its gain.
 
-    The fixed 0.02 cost 0.5 bits/byte after 300 steps on TinyStories (docs/benchmarks.md)."""
+    The fixed 0.02 cost 0.5 bits/byte after 300 steps on TinyStories (docs/experiments.md)."""
     model.apply(_init_module)
     for transformer in (m for m in model.modules() if isinstance(m, Transformer)):
         depth = max(len(transformer.blocks), 1)

@@ -82,7 +82,7 @@ class CompiledStep:
         # Default dynamic shapes: a second size of the global stage's slots (or batch size) recompiles once
         # with that size symbolic, and no more. On a CPU the compiled code's wrapper is C++ rather than Python:
         # a step is a few dozen kernel and matrix calls on one position, and the Python wrapper's bookkeeping
-        # between them was a third of a small model's step (docs/benchmarks.md, "Generation with compiled steps").
+        # between them was a third of a small model's step (docs/experiments.md, "Generation speed").
         options: dict = {"cpp_wrapper": True} if device_type == "cpu" else {}
         # Dynamo checks guards before every call, over 500 for a step (every attribute of every layer it
         # read), a tenth of a small model's decoding step. Only the tensors' guards (the inputs' and the
