@@ -30,6 +30,7 @@ import errno
 import os
 import re
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -504,6 +505,7 @@ def train(args: argparse.Namespace) -> None:
     """Stories -> bytes -> trainer: build each from the flags (or the checkpoint resumed), train, report."""
     import bytecodecs
 
+    started = time.monotonic()
     flags = training_flags(args)  # checked before anything is read
     codec = bytecodecs.get_codec("text")
     out, resume_from, checkpoint = open_run(args, RECIPE,
@@ -550,6 +552,7 @@ def train(args: argparse.Namespace) -> None:
         init_weights(trainer, init)
 
     print(f"run folder: {out} (checkpoints/, metrics.jsonl, curve.png, samples/)")
+    print(f"data and model ready in {time.monotonic() - started:.0f} s; the time budget starts now")
     summary = trainer.fit()
     stop_if_interrupted(summary, out)
     print_summary(summary, out)
