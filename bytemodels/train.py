@@ -64,6 +64,7 @@ PROBE_STEPS = 3
 """Eager steps timed before deciding whether compiling pays (the first one warms caches and is left out)."""
 END_MARGIN_S = 1.0
 """Seconds kept for the end of a run besides its evaluation, checkpoint and samples (the curve, closing)."""
+COST_KINDS = ("eval", "checkpoint", "sample")
 MIN_RESULT_STEPS = 10
 """A run of fewer steps (or one that ends during warmup) has learnt nothing its validation number could show."""
 
@@ -506,8 +507,9 @@ class Trainer:
 
     def _end_reserve_s(self) -> float:
         """Seconds the end of the run needs: its evaluation, checkpoint and samples, and a margin."""
-        return (END_MARGIN_S + self._cost("checkpoint") + (self._cost("eval") if self.val_ids is not None else 0.0)
-                + (self._cost("sample") if self.sample_fn is not None and self.is_main else 0.0))
+        costs = self._agreed_costs
+        return (END_MARGIN_S + costs["checkpoint"] + (costs["eval"] if self.val_ids is not None else 0.0)
+                + (costs["sample"] if self.sample_fn is not None else 0.0))
 
     def _due_s(self, step: int) -> float:
         """Seconds of the periodic work due after step ``step`` if the run goes on (an evaluation may improve and
@@ -516,24 +518,27 @@ class Trainer:
         evaluates = self.val_ids is not None and cfg.eval_every and step % cfg.eval_every == 0
         saves = evaluates or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
         samples = self.sample_fn is not None and cfg.sample_every and step % cfg.sample_every == 0
-        return sum(self._cost(kind) for kind, due in (("eval", evaluates), ("checkpoint", saves),
-                                                      ("sample", samples)) if due)
+        return sum(self._agreed_costs[kind] for kind, due in (("eval", evaluates), ("checkpoint", saves),
+                                                              ("sample", samples)) if due)
 
     def _per_step_s(self) -> float:
         """A step's seconds with the periodic work spread over the steps."""
-        cfg, per_step = self.config, self._pace.seconds or 0.0
+        cfg, costs, per_step = self.config, self._agreed_costs, self._pace.seconds or 0.0
         if self.val_ids is not None and cfg.eval_every:
-            per_step += (self._cost("eval") + self._cost("checkpoint")) / cfg.eval_every
+            per_step += (costs["eval"] + costs["checkpoint"]) / cfg.eval_every
         if cfg.checkpoint_every:
-            per_step += self._cost("checkpoint") / cfg.checkpoint_every
+            per_step += costs["checkpoint"] / cfg.checkpoint_every
         if self.sample_fn is not None and cfg.sample_every:
-            per_step += self._cost("sample") / cfg.sample_every
+            per_step += costs["sample"] / cfg.sample_every
         return per_step
 
-    def _track_time(self, elapsed_s: float, between_s: float, reserve_s: float) -> None:
+    def _track_time(self, elapsed_s: float, between_s: float, costs: dict[str, float]) -> None:
         """After a step ended ``elapsed_s`` into the budget: time the step (the evaluations, checkpoints and samples
         since the last one, ``between_s``, left out), decide about compiling, and whether another step still
-        leaves ``reserve_s`` for the end of the run; re-aim the schedule's horizon and move the bar."""
+        leaves room for the end of the run; re-aim the schedule's horizon and move the bar. ``costs`` (rank 0's
+        timings, the same on every process) are what an evaluation, checkpoint and sample call take."""
+        self._agreed_costs = costs
+        reserve_s = self._end_reserve_s()
         self._pace.add(max(elapsed_s - self.elapsed_s - between_s, 0.0))
         self.elapsed_s, self._between_s, extra_s = elapsed_s, 0.0, self._extra_next_s
         self._extra_next_s = 0.0
@@ -573,7 +578,10 @@ class Trainer:
             limit = self._step_limit()
             pays, compiled, eager = compile_pays(pace.seconds, compile_s, speedup, time_left_s=time_left,
                                                  steps_left=limit - self.step if limit else None)
-            pays = all_reduce_sum([float(pays) if self.is_main else 0.0], self.device, self.dist)[0] > 0
+            # Rank 0 decides (its record file), every process follows.
+            pays, compile_s = all_reduce_sum([float(pays), compile_s] if self.is_main else [0.0, 0.0], self.device,
+                                             self.dist)
+            pays = pays > 0
             if self.is_main:
                 window = f"in the {time_left:.0f} s left" if time_left is not None else f"for {limit - self.step:,} steps"
                 tqdm.write(f"compile: {'yes' if pays else 'no'}: {compiled:,} steps compiled against {eager:,} "
@@ -739,9 +747,9 @@ class Trainer:
                 nats, targets, grad_norm = self._forward_backward(batch)  # micro-steps, backward, clip
                 # One small all-reduce: the step's loss and norm, whether a process wants to stop, the clock
                 # (averaged) and rank 0's timings, so every process takes the same time-budget decisions.
-                nats, grad_norm, stop_votes, session_s, between_s, reserve_s = all_reduce_sum(
+                nats, grad_norm, stop_votes, session_s, between_s, *costs = all_reduce_sum(
                     [nats, grad_norm, float(self._stop_requested), _now() - session_start,
-                     *((self._between_s, self._end_reserve_s()) if self.is_main else (0.0, 0.0))],
+                     *([self._between_s, *map(self._cost, COST_KINDS)] if self.is_main else [0.0] * 4)],
                     self.device, self.dist)
                 self._check_finite(nats, grad_norm, lr)
                 self.optimizer.step()
@@ -750,7 +758,8 @@ class Trainer:
                 self.step += 1
                 self.bytes_seen += self.bytes_per_step
                 self._stop_agreed = stop_votes > 0
-                self._track_time(elapsed_base + session_s / self.dist.world_size, between_s, reserve_s)
+                self._track_time(elapsed_base + session_s / self.dist.world_size, between_s,
+                                 dict(zip(COST_KINDS, costs)))
                 self._log.add(nats, targets, self.bytes_per_step)
                 if self.step % cfg.log_every == 0:
                     self._log.write_train(self.step, self.bytes_seen, self.elapsed_s, lr, self._mfu_factor())
