@@ -34,9 +34,11 @@ class StepPace:
 
     def reset(self) -> None:
         self.first: float | None = None
+        self.last: float | None = None  # the latest step's seconds, whichever it was
         self.count, self.total = 0, 0.0
 
     def add(self, seconds: float) -> None:
+        self.last = seconds
         if self.first is None:
             self.first = seconds
         else:
