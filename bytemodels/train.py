@@ -132,7 +132,8 @@ class TrainConfig:
     eval_windows: int = 64
     """Validation windows, the same every time: spread over packed text, the leading records otherwise."""
     sample_every: int = 0
-    """Call the sample function every this many steps (0: only at the end)."""
+    """Call the sample function every this many steps (0: only at the end; with a time budget also at the start,
+    to time it)."""
     checkpoint_every: int = 500
     """Write a checkpoint every this many steps (and at the end, and when validation improves)."""
     keep_last: int = 3
@@ -312,7 +313,7 @@ class Trainer:
 
     ``train_data`` and ``val_data`` are ``ByteDataset`` views (anything with
     ``windows(seq_len, patch_size, num_tags)``). ``sample_fn(model, step, samples_dir)`` is called on
-    rank 0 every ``sample_every`` steps and at the end. ``metadata`` (JSON-able, e.g. the codec config)
+    rank 0 every ``sample_every`` steps and at the end (and at the start with a time budget, to time it). ``metadata`` (JSON-able, e.g. the codec config)
     is stored in every checkpoint. ``resume`` is a checkpoint, run or checkpoints folder to continue
     from, or ``"auto"`` to continue ``out_dir``'s latest checkpoint when there is one.
 
@@ -737,11 +738,11 @@ class Trainer:
     def fit(self) -> TrainSummary:
         """Train until a budget is spent (or Ctrl-C); evaluate, checkpoint, sample and plot along the way."""
         cfg = self.config
+        session_start, elapsed_base = _now(), self.elapsed_s  # time budgets sum over resumes
         self._begin_fit()
         prefetch = ThreadPoolExecutor(max_workers=1)  # reads the next batch while this one trains
         next_batch = prefetch.submit(self._batch, self.step)
         previous_handlers = self._install_signal_handlers()
-        session_start, elapsed_base = _now(), self.elapsed_s  # time budgets sum over resumes
         stop_reason, lr, finished = None, cfg.lr, False
         try:
             while True:
@@ -814,6 +815,10 @@ class Trainer:
         self._pace = StepPace()  # this fit's step times (a resumed process warms up again)
         self._between_s = 0.0  # seconds of evaluations, checkpoints and samples since the last step
         self._extra_next_s = 0.0  # what the next step costs on top of the pace (compiling)
+        if self._time_budget is not None:
+            # The budget keeps room for the end's samples: time the sample function now (its first call may
+            # compile a decoding step and take many times the next one) rather than guess.
+            self._sample(self.step)
 
     def _check_finite(self, nats: float, grad_norm: float, lr: float) -> None:
         """Raise ``TrainingDiverged`` before a step that a NaN or infinite loss or gradient would poison."""

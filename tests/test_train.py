@@ -98,7 +98,7 @@ class FakeClock:
 
 
 def timed_trainer(monkeypatch, tmp_path, *, step_s, compiled_step_s=None, compile_s=0.0, eval_s=0.0,
-                  checkpoint_s=0.0, **config) -> tuple[Trainer, FakeClock]:
+                  checkpoint_s=0.0, sample_fn=None, **config) -> tuple[Trainer, FakeClock]:
     """A Trainer on a fake clock: each step, evaluation and checkpoint costs what the test says."""
     clock = FakeClock()
     monkeypatch.setattr(train_module, "_now", clock)
@@ -126,7 +126,7 @@ def timed_trainer(monkeypatch, tmp_path, *, step_s, compiled_step_s=None, compil
     monkeypatch.setattr(Trainer, "save_checkpoint", save)
     data = text_dataset(tmp_path / "cache")
     return Trainer(tiny_config(), train_config(tmp_path / "run", max_steps=None, **config), data.train,
-                   data.val), clock
+                   data.val, sample_fn=sample_fn), clock
 
 
 def test_the_time_budget_leaves_room_for_the_final_evaluation_and_checkpoint(tmp_path, monkeypatch):
@@ -143,6 +143,21 @@ def test_the_time_budget_leaves_room_for_the_final_evaluation_and_checkpoint(tmp
     assert summary.step == 13 and clock.now == pytest.approx(29.0)
     # The bar ran over the budget's seconds, its total never changed.
     assert trainer._log.bar.total == 30 and trainer._log.bar.unit == "s" and trainer._log.bar.n == 29
+
+
+def test_the_time_budget_times_the_sample_function_before_it_needs_its_room(tmp_path, monkeypatch):
+    # A sample function whose first call takes 8 s (it compiles its decoding step) and later ones 1 s: it is
+    # called (and timed) at the start, so the end's samples fit in the budget however slow the first call was.
+    calls = []
+
+    def sample(model, step, folder):
+        clock.now += 8.0 if not calls else 1.0
+        calls.append(step)
+
+    trainer, clock = timed_trainer(monkeypatch, tmp_path, step_s=1.0, eval_s=2.0, sample_fn=sample, time="30s",
+                                   eval_every=0)
+    summary = trainer.fit()
+    assert calls == [0, summary.step] and summary.step > 5 and clock.now <= 30.0
 
 
 def test_compiling_waits_for_measured_steps_and_happens_when_it_pays(tmp_path, monkeypatch, capsys):
