@@ -313,8 +313,8 @@ class Trainer:
 
     ``train_data`` and ``val_data`` are ``ByteDataset`` views (anything with
     ``windows(seq_len, patch_size, num_tags)``). ``sample_fn(model, step, samples_dir)`` is called on
-    rank 0 every ``sample_every`` steps and at the end (and at the start with a time budget, to time it). ``metadata`` (JSON-able, e.g. the codec config)
-    is stored in every checkpoint. ``resume`` is a checkpoint, run or checkpoints folder to continue
+    rank 0 every ``sample_every`` steps and at the end (and at the start with a time budget, to time it).
+    ``metadata`` (JSON-able, e.g. the codec config) is stored in every checkpoint. ``resume`` is a checkpoint, run or checkpoints folder to continue
     from, or ``"auto"`` to continue ``out_dir``'s latest checkpoint when there is one.
 
     The run folder belongs to one process: rank 0 locks it from construction until ``fit()`` returns (a folder
