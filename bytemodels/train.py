@@ -816,8 +816,8 @@ class Trainer:
         self._between_s = 0.0  # seconds of evaluations, checkpoints and samples since the last step
         self._extra_next_s = 0.0  # what the next step costs on top of the pace (compiling)
         if self._time_budget is not None:
-            # The budget keeps room for the end's samples: time the sample function now (its first call may
-            # compile a decoding step and take many times the next one) rather than guess.
+            # The budget keeps room for the end's samples: time the sample function now rather than guess (the
+            # TinyStories recipe's took 6 to 21 s on a busy CPU, a process's first story the slowest).
             self._sample(self.step)
 
     def _check_finite(self, nats: float, grad_norm: float, lr: float) -> None:
