@@ -12,6 +12,7 @@ run resumed from a checkpoint ends with exactly the weights of a run that was ne
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -24,7 +25,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from tqdm.auto import tqdm
 
 from bytemodels import checkpoint as ckpt
 from bytemodels import rng_state, tokens
-from bytemodels.budget import TimeBudget, parse_duration, step_limit
+from bytemodels.budget import StepPace, TimeBudget, compile_pays, parse_duration, step_limit
 from bytemodels.fields import config_from_dict, config_to_dict, seed as seed_flag
 from bytemodels.config import MegabyteConfig
 from bytemodels.distributed import DistributedContext, all_reduce_sum, choose_device, environment_rank, \
@@ -54,6 +55,37 @@ DTYPES = ("auto", "bf16", "fp32")
 #: Dense bf16 peak FLOP/s by GPU name, for the MFU estimate (no entry: no MFU shown).
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "GH200": 989e12, "A100": 312e12, "L40S": 362e12,
                    "L4": 121e12, "A10G": 70e12, "RTX 4090": 165e12}
+COMPILE_RECORD = "compile_times.json"
+#: Until this machine has compiled a shape: a compile time (s) on the safe side (the TinyStories recipe's took about
+#: a minute on a 2-core CPU, up to 100 s when it was busy) and the speedup measured where compiling is turned on by
+#: default (1.6x for that recipe on CPU, less than 1.5 would never let a 10-minute run compile, and so measure).
+DEFAULT_COMPILE_S = {"cpu": 120.0, "cuda": 60.0}
+DEFAULT_SPEEDUP = 1.5
+PROBE_STEPS = 3
+"""Eager steps timed before deciding whether compiling pays (the first one warms caches and is left out)."""
+END_MARGIN_S = 1.0
+"""Seconds kept for the end of a run besides its evaluation, checkpoint and samples (the curve, closing)."""
+COST_KINDS = ("eval", "checkpoint", "sample")
+MIN_RESULT_STEPS = 10
+"""A run of fewer steps (or one that ends during warmup) has learnt nothing its validation number could show."""
+
+
+def _now() -> float:
+    """The trainer's clock (seconds); tests replace it with a fake one."""
+    return time.monotonic()
+
+
+def compile_record_path() -> Path:
+    """Where measured compile times and speedups are kept: ``$XDG_CACHE_HOME/bytemodels`` or ``~/.cache/bytemodels``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bytemodels" / COMPILE_RECORD
+
+
+def _read_compile_records() -> dict[str, Any]:
+    try:
+        records = json.loads(compile_record_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # none yet, or unreadable: the defaults decide
+        return {}
+    return records if isinstance(records, dict) else {}
 
 SampleFn = Callable[[Megabyte, int, Path], None]
 
@@ -94,13 +126,15 @@ class TrainConfig:
     max_bytes: int | None = None
     """Stop after this many bytes seen (window positions of the global batch, padding included)."""
     time: str | None = None
-    """Stop after this much training time, e.g. 90s, 10m, 1.5h (summed over resumes)."""
+    """Wall-clock budget of the whole run, e.g. 90s, 10m, 1.5h (summed over resumes): compiling, evaluations and
+    the final evaluation, checkpoint and samples included; training stops early enough for them to fit."""
     eval_every: int = 250
     """Validation bits/byte every this many steps (0: only at the end)."""
     eval_windows: int = 64
     """Validation windows, the same every time: spread over packed text, the leading records otherwise."""
     sample_every: int = 0
-    """Call the sample function every this many steps (0: only at the end)."""
+    """Call the sample function every this many steps (0: only at the end; with a time budget also at the start,
+    to time it)."""
     checkpoint_every: int = 500
     """Write a checkpoint every this many steps (and at the end, and when validation improves)."""
     keep_last: int = 3
@@ -114,8 +148,9 @@ class TrainConfig:
     dtype: str = "auto"
     """auto (bf16 autocast on CUDA, fp32 elsewhere), bf16 (autocast) or fp32."""
     compile: bool = False
-    """Compile the model with torch.compile (about a minute of warm-up, then faster steps on GPU and CPU).
-    Where compiling fails (no C++ compiler, an unsupported backend) the run warns and trains uncompiled."""
+    """Compile the model with torch.compile where it pays: the first steps train uncompiled and are timed, and the
+    run compiles only if the time or steps left make up for compiling (measured on this machine before, else a
+    safe guess); one line says why. Where compiling fails (no C++ compiler) the run warns and trains uncompiled."""
     progress: bool = True
     """Show a tqdm progress bar."""
 
@@ -188,6 +223,9 @@ class TrainSummary:
     """The last checkpoint written."""
     stop_signal: int | None = None
     """The signal that interrupted the run (SIGINT for Ctrl-C, SIGTERM), when ``stop_reason`` is interrupted."""
+    no_result: str | None = None
+    """Why the run learnt nothing its validation number could show (e.g. "the run ended after 1 step, during
+    warmup"), else None; the number stays in metrics.jsonl but is no result."""
 
 
 def _format_rate(bytes_per_s: float) -> str:
@@ -200,21 +238,37 @@ def _format_rate(bytes_per_s: float) -> str:
 
 class _RunLog:
     """The run's ``metrics.jsonl`` and progress bar on rank 0 (silent elsewhere), and the averages
-    of the steps since the last train line."""
+    of the steps since the last train line.
 
-    def __init__(self, path: Path | None, total: int | None, initial: int, show: bool,
-                 loggers: Sequence[Any] = ()) -> None:
+    With a time budget the bar runs over the budget's seconds (its position the time spent, so its ETA is the time
+    left); otherwise over the steps. Its total never changes."""
+
+    def __init__(self, path: Path | None, show: bool, *, steps: int | None, step: int,
+                 budget_s: float | None = None, elapsed_s: float = 0.0, loggers: Sequence[Any] = ()) -> None:
         self.path = path
         self.loggers = list(loggers)  # optional trackers (bytemodels.tracking), each record forwarded
         self.file = None
         if path is not None:
             with writing(path, "opening the metrics log"):
                 self.file = open(path, "a", encoding="utf-8")
-        self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=not show)
+        self.seconds = budget_s is not None
+        if self.seconds:
+            self.bar = tqdm(total=round(budget_s), initial=min(round(elapsed_s), round(budget_s)), unit="s",
+                            dynamic_ncols=True, disable=not show,
+                            bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]")
+        else:
+            self.bar = tqdm(total=steps, initial=step, unit="step", dynamic_ncols=True, disable=not show)
         self._reset()
 
+    def tick(self, step: int, elapsed_s: float) -> None:
+        """Move the bar after step ``step``, ``elapsed_s`` seconds into the budget."""
+        if not self.seconds:
+            self.bar.update(1)
+        elif elapsed_s > self.bar.n:
+            self.bar.update(min(elapsed_s, self.bar.total) - self.bar.n)
+
     def _reset(self) -> None:
-        self.nats, self.targets, self.bytes, self.start = 0.0, 0.0, 0, time.monotonic()
+        self.nats, self.targets, self.bytes, self.start = 0.0, 0.0, 0, _now()
 
     def add(self, nats: float, targets: float, bytes_done: int) -> None:
         self.nats, self.targets, self.bytes = self.nats + nats, self.targets + targets, self.bytes + bytes_done
@@ -224,10 +278,11 @@ class _RunLog:
 
     def write_train(self, step: int, bytes_seen: int, elapsed_s: float, lr: float, mfu_factor: float | None) -> None:
         loss = self.nats / max(self.targets, 1.0)
-        bytes_per_s = self.bytes / max(time.monotonic() - self.start, 1e-9)
+        bytes_per_s = self.bytes / max(_now() - self.start, 1e-9)
         record = {"step": step, "bytes": bytes_seen, "loss": round(loss, 6), "bpb": round(loss / math.log(2), 6),
                   "lr": lr, "bytes_per_s": round(bytes_per_s, 1), "elapsed_s": round(elapsed_s, 3)}
-        postfix = {"loss": f"{loss:.4f}", "bpb": f"{record['bpb']:.4f}", "speed": _format_rate(bytes_per_s)}
+        postfix = {"step": f"{step:,}", "loss": f"{loss:.4f}", "bpb": f"{record['bpb']:.4f}",
+                   "speed": _format_rate(bytes_per_s)}
         if mfu_factor:
             record["mfu"] = round(mfu_factor * bytes_per_s, 4)
             postfix["mfu"] = f"{record['mfu']:.1%}"
@@ -264,8 +319,8 @@ class Trainer:
 
     ``train_data`` and ``val_data`` are ``ByteDataset`` views (anything with
     ``windows(seq_len, patch_size, num_tags)``). ``sample_fn(model, step, samples_dir)`` is called on
-    rank 0 every ``sample_every`` steps and at the end. ``metadata`` (JSON-able, e.g. the codec config)
-    is stored in every checkpoint. ``resume`` is a checkpoint, run or checkpoints folder to continue
+    rank 0 every ``sample_every`` steps and at the end (and at the start with a time budget, to time it).
+    ``metadata`` (JSON-able, e.g. the codec config) is stored in every checkpoint. ``resume`` is a checkpoint, run or checkpoints folder to continue
     from, or ``"auto"`` to continue ``out_dir``'s latest checkpoint when there is one.
 
     The run folder belongs to one process: rank 0 locks it from construction until ``fit()`` returns (a folder
@@ -343,8 +398,11 @@ class Trainer:
             self._release_run_folder()
             raise
 
-        self.compiled = train_config.compile
-        """Whether the training forward runs compiled (False after a failed compile)."""
+        self.compiled = False
+        """Whether the training forward runs compiled: decided after the first steps when ``compile`` is set
+        (False again after a failed compile)."""
+        self._compile_phase = "probe" if train_config.compile else "off"  # probe, measure, then done
+        self._costs: dict[str, float] = {}  # seconds of the latest evaluation, checkpoint and sample call
         self.train_model = self._training_module()
 
     def _clean_run_folder(self, fresh: bool) -> None:
@@ -436,6 +494,150 @@ class Trainer:
         return learning_rate(self.step, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps,
                              total_steps=self.horizon, schedule=cfg.schedule, decay_fraction=cfg.decay_fraction)
 
+    # -- the clock: pace, end-of-run reserve, compiling ---------------------------------------------------
+    @contextmanager
+    def _timed(self, kind: str):
+        """Time an evaluation, checkpoint or sample call: its latest cost estimates the next one."""
+        start = _now()
+        try:
+            yield
+        finally:
+            spent = _now() - start
+            self._costs[kind] = spent
+            self._between_s += spent
+
+    def _cost(self, kind: str) -> float:
+        """Seconds of the next evaluation, checkpoint or sample call: the last one measured, else an estimate."""
+        if kind in self._costs:
+            return self._costs[kind]
+        if kind == "checkpoint":  # weights and AdamW's two moments in fp32, at a slow disk's 200 MB/s
+            return 0.5 + 12 * self.model.num_parameters() / 200e6
+        # An evaluation's forward passes, each about half a training micro-step (forward and backward) at most.
+        # A sample function never timed yet is guessed at twice an evaluation (the TinyStories recipe's two
+        # 600-byte stories took 1.6 times its evaluation on a busy 2-core CPU).
+        if kind == "eval" or "eval" not in self._costs:
+            batches = -(-len(self.val_ids if self.val_ids is not None else []) // self.config.batch_size)
+            evaluation = batches / self.dist.world_size * (self._pace.seconds or 0.0) / self.config.grad_accum / 2
+        else:
+            evaluation = self._costs["eval"]
+        return evaluation if kind == "eval" else 2 * evaluation
+
+    def _end_reserve_s(self) -> float:
+        """Seconds the end of the run needs: its evaluation, checkpoint and samples, and a margin."""
+        costs = self._agreed_costs
+        return (END_MARGIN_S + costs["checkpoint"] + (costs["eval"] if self.val_ids is not None else 0.0)
+                + (costs["sample"] if self.sample_fn is not None else 0.0))
+
+    def _due_s(self, step: int) -> float:
+        """Seconds of the periodic work due after step ``step`` if the run goes on (an evaluation may improve and
+        so checkpoint)."""
+        cfg = self.config
+        evaluates = self.val_ids is not None and cfg.eval_every and step % cfg.eval_every == 0
+        saves = evaluates or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
+        samples = self.sample_fn is not None and cfg.sample_every and step % cfg.sample_every == 0
+        return sum(self._agreed_costs[kind] for kind, due in (("eval", evaluates), ("checkpoint", saves),
+                                                              ("sample", samples)) if due)
+
+    def _per_step_s(self) -> float:
+        """A step's seconds with the periodic work spread over the steps."""
+        cfg, costs, per_step = self.config, self._agreed_costs, self._pace.seconds or 0.0
+        if self.val_ids is not None and cfg.eval_every:
+            per_step += (costs["eval"] + costs["checkpoint"]) / cfg.eval_every
+        if cfg.checkpoint_every:
+            per_step += costs["checkpoint"] / cfg.checkpoint_every
+        if self.sample_fn is not None and cfg.sample_every:
+            per_step += costs["sample"] / cfg.sample_every
+        return per_step
+
+    def _track_time(self, elapsed_s: float, between_s: float, costs: dict[str, float]) -> None:
+        """After a step ended ``elapsed_s`` into the budget: time the step (the evaluations, checkpoints and samples
+        since the last one, ``between_s``, left out), decide about compiling, and whether another step still
+        leaves room for the end of the run; re-aim the schedule's horizon and move the bar. ``costs`` (rank 0's
+        timings, the same on every process) are what an evaluation, checkpoint and sample call take."""
+        self._agreed_costs = costs
+        reserve_s = self._end_reserve_s()
+        self._pace.add(max(elapsed_s - self.elapsed_s - between_s, 0.0))
+        self.elapsed_s, self._between_s, extra_s = elapsed_s, 0.0, self._extra_next_s
+        self._extra_next_s = 0.0
+        if self._compile_phase != "off":
+            self._compile_when_it_pays(reserve_s)
+        budget = self._time_budget
+        if budget is not None:
+            # The next step at the mean pace, or the latest step's, whichever is slower (a busy machine).
+            step_s = max(self._pace.seconds or 0.0, self._pace.last or 0.0)
+            next_s = self._due_s(self.step) + step_s + self._extra_next_s
+            self._time_up = budget.time_up(elapsed_s, next_s, reserve_s)
+            if self._pace.count and not extra_s:  # a pace of steps that warmed up and compiled nothing
+                self.horizon = budget.horizon(self.step, elapsed_s, self._per_step_s(), reserve_s)
+        self._log.tick(self.step, elapsed_s)
+
+    def _compile_key(self) -> str:
+        """What a compile's cost and speedup depend on: the machine, torch, precision and the shapes."""
+        device = (torch.cuda.get_device_name(self.device) if self.device.type == "cuda"
+                  else f"{self.device.type} x{torch.get_num_threads()}")
+        shape = json.dumps([self.model_config.to_dict(), self.config.batch_size], sort_keys=True)
+        digest = hashlib.sha256(shape.encode()).hexdigest()[:16]
+        return f"{device} | torch {torch.__version__} | {self.precision} | {digest}"
+
+    def _compile_estimate(self) -> tuple[float, float, str]:
+        """(seconds to compile, speedup, where they come from): measured here before, else on the safe side."""
+        record = _read_compile_records().get(self._compile_key())
+        try:
+            return float(record["compile_s"]), float(record["speedup"]), "measured on this machine before"
+        except (TypeError, KeyError, ValueError):
+            return DEFAULT_COMPILE_S.get(self.device.type, 120.0), DEFAULT_SPEEDUP, "a safe guess, never measured here"
+
+    def _compile_when_it_pays(self, reserve_s: float) -> None:
+        """After ``PROBE_STEPS`` eager steps compile if it pays in what is left (one line says why); once
+        compiled, measure what compiling cost and gained and record it for the next run's decision."""
+        pace = self._pace
+        if self._compile_phase == "probe" and pace.count >= PROBE_STEPS - 1:
+            compile_s, speedup, source = self._compile_estimate()
+            budget = self._time_budget
+            time_left = budget.seconds - self.elapsed_s - reserve_s if budget is not None else None
+            limit = self._step_limit()
+            pays, compiled, eager = compile_pays(pace.seconds, compile_s, speedup, time_left_s=time_left,
+                                                 steps_left=limit - self.step if limit else None)
+            # Rank 0 decides (its record file), every process follows.
+            pays, compile_s = all_reduce_sum([float(pays), compile_s] if self.is_main else [0.0, 0.0], self.device,
+                                             self.dist)
+            pays = pays > 0
+            if self.is_main:
+                window = (f"in the {time_left:.0f} s left" if time_left is not None
+                          else f"for {limit - self.step:,} steps")
+                tqdm.write(f"compile: {'yes' if pays else 'no'}: {compiled:,} steps compiled against {eager:,} "
+                           f"uncompiled {window} (compiling about {compile_s:.0f} s, then {speedup:.2g}x faster: "
+                           f"{source}; uncompiled steps take {pace.seconds * 1e3:.0f} ms)")
+            self._compile_phase = "measure" if pays else "done"
+            if pays:
+                self._eager_step_s = pace.seconds
+                self._extra_next_s = compile_s + pace.seconds  # the first compiled step, at most
+                self.compiled = True
+                self.train_model = self._training_module()
+                pace.reset()
+        elif self._compile_phase == "measure" and (pace.count >= PROBE_STEPS or not self.compiled):
+            self._compile_phase = "done"
+            if self.compiled and self.is_main:  # a failed compile measured nothing
+                self._save_compile_record(max(pace.first - pace.seconds, 0.0), self._eager_step_s / pace.seconds)
+
+    def _save_compile_record(self, compile_s: float, speedup: float) -> None:
+        records = _read_compile_records()
+        records[self._compile_key()] = {"compile_s": round(compile_s, 2), "speedup": round(speedup, 3),
+                                        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        try:
+            compile_record_path().parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(compile_record_path(), json.dumps(records, indent=1) + "\n")
+        except OSError as error:  # a cache: the next run decides from the defaults again
+            warnings.warn(f"{compile_record_path()}: could not record the compile time: {error}", RuntimeWarning,
+                          stacklevel=2)
+
+    def _no_result(self) -> str | None:
+        """Why the run's validation number is no result (ended during warmup or after a handful of steps), or None."""
+        steps = f"the run ended after {self.step:,} step{'' if self.step == 1 else 's'}"
+        if self.step < self.config.warmup_steps:
+            return f"{steps}, during warmup ({self.config.warmup_steps:,} steps)"
+        return f"{steps}, too few to learn from" if self.step < MIN_RESULT_STEPS else None
+
     # -- data ----------------------------------------------------------------------------------------
     def _batch(self, step: int) -> torch.Tensor:
         """This rank's windows of step ``step`` (all its micro-batches), ready to move to the device."""
@@ -472,7 +674,7 @@ class Trainer:
         folder.mkdir(parents=True, exist_ok=True)
         self.model.eval()
         try:
-            with self._autocast():
+            with self._autocast(), self._timed("sample"):
                 self.sample_fn(self.model, step, folder)
         except Exception as error:  # a broken writer must not cost the training run
             warnings.warn(f"sample function failed at step {step}: {error!r}", RuntimeWarning, stacklevel=2)
@@ -546,12 +748,11 @@ class Trainer:
     def fit(self) -> TrainSummary:
         """Train until a budget is spent (or Ctrl-C); evaluate, checkpoint, sample and plot along the way."""
         cfg = self.config
+        session_start, elapsed_base = _now(), self.elapsed_s  # time budgets sum over resumes
         self._begin_fit()
-        time_budget = TimeBudget(cfg.time_budget, self._step_limit(), self.step) if cfg.time else None
         prefetch = ThreadPoolExecutor(max_workers=1)  # reads the next batch while this one trains
         next_batch = prefetch.submit(self._batch, self.step)
         previous_handlers = self._install_signal_handlers()
-        session_start, elapsed_base = time.monotonic(), self.elapsed_s  # time budgets sum over resumes
         stop_reason, lr, finished = None, cfg.lr, False
         try:
             while True:
@@ -565,10 +766,11 @@ class Trainer:
                 batch = next_batch.result()
                 next_batch = prefetch.submit(self._batch, self.step + 1)
                 nats, targets, grad_norm = self._forward_backward(batch)  # micro-steps, backward, clip
-                # One small all-reduce: the step's loss and norm, whether a process wants to stop, and the
-                # clock (averaged, so every process takes the same time-budget decisions).
-                nats, grad_norm, stop_votes, session_s = all_reduce_sum(
-                    [nats, grad_norm, float(self._stop_requested), time.monotonic() - session_start],
+                # One small all-reduce: the step's loss and norm, whether a process wants to stop, the clock
+                # (averaged) and rank 0's timings, so every process takes the same time-budget decisions.
+                nats, grad_norm, stop_votes, session_s, between_s, *costs = all_reduce_sum(
+                    [nats, grad_norm, float(self._stop_requested), _now() - session_start,
+                     *([self._between_s, *map(self._cost, COST_KINDS)] if self.is_main else [0.0] * 4)],
                     self.device, self.dist)
                 self._check_finite(nats, grad_norm, lr)
                 self.optimizer.step()
@@ -576,19 +778,16 @@ class Trainer:
 
                 self.step += 1
                 self.bytes_seen += self.bytes_per_step
-                self.elapsed_s = elapsed_base + session_s / self.dist.world_size
                 self._stop_agreed = stop_votes > 0
-                if time_budget is not None:
-                    self._time_up = time_budget.spent(self.elapsed_s)
-                    self.horizon = time_budget.record(self.step, self.elapsed_s) or self.horizon
-                    self._log.bar.total = self.horizon
+                self._track_time(elapsed_base + session_s / self.dist.world_size, between_s,
+                                 dict(zip(COST_KINDS, costs)))
                 self._log.add(nats, targets, self.bytes_per_step)
                 if self.step % cfg.log_every == 0:
                     self._log.write_train(self.step, self.bytes_seen, self.elapsed_s, lr, self._mfu_factor())
                 if cfg.sample_every and self.step % cfg.sample_every == 0:
                     self._sample(self.step)
-                self._log.bar.update(1)
             self._end_fit(stop_reason, lr)
+            self._log.tick(self.step, elapsed_base + _now() - session_start)
             finished = True
         finally:
             prefetch.shutdown(wait=True, cancel_futures=True)
@@ -605,7 +804,7 @@ class Trainer:
             self._release_run_folder()
         return TrainSummary(self.run_dir, self.step, self.bytes_seen, self.last_val_bpb, self.best_val_bpb,
                             stop_reason, self.last_checkpoint,
-                            self._stop_signal if stop_reason == "interrupted" else None)
+                            self._stop_signal if stop_reason == "interrupted" else None, self._no_result())
 
     def _begin_fit(self) -> None:
         """Own the run folder (again, for a second ``fit``), say what trains where, and open the run's log."""
@@ -615,12 +814,22 @@ class Trainer:
             tqdm.write(f"training {self.model.num_parameters():,} parameters on {self.device} ({self.precision}, "
                        f"{self.dist.world_size} process{'es' if self.dist.world_size > 1 else ''}), "
                        f"global batch {self.rank_batch * self.dist.world_size} x {self.model_config.max_seq_len}"
-                       + (", compiled (the first step waits for it: about a minute the first time, seconds once "
-                          "PyTorch has cached it)" if self.compiled else ""))
-        self._log = _RunLog(self.run_dir / METRICS_FILE if self.is_main else None, self.horizon, self.step,
-                            show=self.is_main and self.config.progress,
+                       + (f", time budget {self.config.time} (compiling, evaluations and the end of the run "
+                          "included)" if self.config.time else ""))
+        budget_s = self.config.time_budget
+        self._time_budget = TimeBudget(budget_s, self._step_limit()) if budget_s else None
+        self._log = _RunLog(self.run_dir / METRICS_FILE if self.is_main else None,
+                            self.is_main and self.config.progress, steps=self.horizon, step=self.step,
+                            budget_s=budget_s, elapsed_s=self.elapsed_s,
                             loggers=self.metric_loggers if self.is_main else ())
-        self._time_up = False  # decided after each step of this fit()
+        self._time_up = bool(budget_s) and self.elapsed_s >= budget_s  # then decided after each step
+        self._pace = StepPace()  # this fit's step times (a resumed process warms up again)
+        self._between_s = 0.0  # seconds of evaluations, checkpoints and samples since the last step
+        self._extra_next_s = 0.0  # what the next step costs on top of the pace (compiling)
+        if self._time_budget is not None:
+            # The budget keeps room for the end's samples: time the sample function now rather than guess (the
+            # TinyStories recipe's took 6 to 21 s on a busy CPU, a process's first story the slowest).
+            self._sample(self.step)
 
     def _check_finite(self, nats: float, grad_norm: float, lr: float) -> None:
         """Raise ``TrainingDiverged`` before a step that a NaN or infinite loss or gradient would poison."""
@@ -677,13 +886,15 @@ class Trainer:
         improved = False
         due_eval = cfg.eval_every and step % cfg.eval_every == 0
         if self.val_ids is not None and (due_eval or final) and step != self._evaluated_step:
-            self.last_val_bpb, self._evaluated_step = self.evaluate(), step
+            with self._timed("eval"):
+                self.last_val_bpb, self._evaluated_step = self.evaluate(), step
             self._log.write_val(step, self.bytes_seen, self.elapsed_s, self.last_val_bpb)
             if step > 0 and (self.best_val_bpb is None or self.last_val_bpb < self.best_val_bpb):
                 self.best_val_bpb, self.best_step, improved = self.last_val_bpb, step, True
         due_checkpoint = cfg.checkpoint_every and step % cfg.checkpoint_every == 0
         if step > 0 and step != self._saved_step and (due_checkpoint or improved or final):
-            self.save_checkpoint(best=improved)
+            with self._timed("checkpoint"):
+                self.save_checkpoint(best=improved)
 
     def _mfu_factor(self) -> float | None:
         """MFU per byte/s (FLOPs per byte over the job's peak FLOP/s), or None where the peak is unknown."""

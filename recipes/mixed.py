@@ -39,8 +39,8 @@ from bytemodels.app.flags import COUNT, FRACTION, NON_NEGATIVE, POSITIVE
 from bytemodels.app.media import (Reader, array_reader, check_patch_fits, folder_files, image_array, image_grid,
                                   save_png, write_records)
 from bytemodels.app.recipe import (DataFlags, RecipeError, add_model_and_training_arguments, add_run_arguments,
-                                    defaults_epilog, make_trainer, model_config_from_args, recipe_prog, run_command,
-                                    start_run, stop_if_interrupted)
+                                    defaults_epilog, make_trainer, model_config_from_args, no_result_line, print_done,
+                                    recipe_prog, run_command, start_run, stop_if_interrupted)
 from bytemodels.data import file_key, folder_key, record_ids, record_prompt, whole_document_windows
 
 RECIPE = "mixed"
@@ -295,9 +295,11 @@ def train(args: argparse.Namespace) -> None:
     stop_if_interrupted(summary, out)
     if not trainer.is_main:
         return
-    final = "n/a" if summary.val_bpb is None else f"{summary.val_bpb:.4f}"
-    print(f"done: {summary.step:,} steps, {summary.bytes_seen:,} bytes seen, stopped by {summary.stop_reason}; "
-          f"validation {final} bits/byte over all modalities")
+    print_done(summary)
+    if no_result_line(summary):
+        print(no_result_line(summary))
+    elif summary.val_bpb is not None:
+        print(f"validation {summary.val_bpb:.4f} bits/byte over all modalities")
     print(f"checkpoint: {summary.checkpoint}; curve: {out / 'curve.png'}; samples: {out / 'samples'} "
           f"({', '.join(f'{name}_*{codec.extension}' for name, codec in codecs.items())})")
 

@@ -30,6 +30,7 @@ import errno
 import os
 import re
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,8 +40,8 @@ from bytemodels.app.flags import COUNT, FRACTION, NON_NEGATIVE, apply_overrides,
 from bytemodels.app.hub import HubError, hub_unreachable_reason
 from bytemodels.app.recipe import (RecipeError, add_model_and_training_arguments, add_run_arguments,
                                     check_resume_flags, defaults_epilog, device_kind, make_trainer,
-                                    model_config_from_args, open_run, print_done, recipe_prog, resolve_device,
-                                    run_command, stop_if_interrupted, training_flags)
+                                    model_config_from_args, no_result_line, open_run, print_done, recipe_prog,
+                                    resolve_device, run_command, stop_if_interrupted, training_flags)
 from bytemodels.config import MegabyteConfig
 from bytemodels.data import MANIFEST_FILE, ByteDataset, EmptyDataError, file_key, key_digest, prompt_ids
 from bytemodels.runfolder import RunFolderError, write_error
@@ -489,9 +490,11 @@ def check_held_out(train_data: Any, val_data: Any, source: StorySource, val_frac
 def print_summary(summary: Any, out: Path) -> None:
     """The numbers a run ends with, where its files are, and how to write more stories."""
     print_done(summary)
+    if no_result_line(summary):
+        print(no_result_line(summary))
     if summary.val_bpb is None:
         print("final validation: none (no validation stories)")
-    else:
+    elif not summary.no_result:
         best = "" if summary.best_val_bpb is None else f" (best {summary.best_val_bpb:.4f})"
         print(f"final validation: {summary.val_bpb:.4f} bits/byte{best}")
     print(f"checkpoint: {summary.checkpoint}; curve: {out / 'curve.png'}; samples: {out / 'samples'}")
@@ -502,6 +505,7 @@ def train(args: argparse.Namespace) -> None:
     """Stories -> bytes -> trainer: build each from the flags (or the checkpoint resumed), train, report."""
     import bytecodecs
 
+    started = time.monotonic()
     flags = training_flags(args)  # checked before anything is read
     codec = bytecodecs.get_codec("text")
     out, resume_from, checkpoint = open_run(args, RECIPE,
@@ -548,6 +552,7 @@ def train(args: argparse.Namespace) -> None:
         init_weights(trainer, init)
 
     print(f"run folder: {out} (checkpoints/, metrics.jsonl, curve.png, samples/)")
+    print(f"data and model ready in {time.monotonic() - started:.0f} s; the time budget starts now")
     summary = trainer.fit()
     stop_if_interrupted(summary, out)
     print_summary(summary, out)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bytemodels import rng_state
-from bytemodels.budget import TimeBudget, parse_duration, step_limit
+from bytemodels.budget import StepPace, TimeBudget, compile_pays, parse_duration, step_limit
 
 
 def test_step_limit_is_the_tighter_of_the_step_and_byte_budgets():
@@ -20,19 +20,38 @@ def test_step_limit_is_the_tighter_of_the_step_and_byte_budgets():
     assert step_limit(5, 1000, 128) == 5 and step_limit(50, 1000, 128) == 8
 
 
-def test_the_time_budget_aims_the_horizon_at_the_pace_after_two_steps():
-    budget = TimeBudget(100.0, limit=None, first_step=10)  # resumed at step 10
-    # Step 11 compiles (slow) and step 12 starts the clock: no horizon yet.
-    assert budget.record(11, elapsed_s=30.0) is None and budget.record(12, elapsed_s=31.0) is None
-    assert budget.record(14, elapsed_s=33.0) == 14 + 67  # 1 s a step since step 12, 67 s left
-    assert budget.record(16, elapsed_s=39.0) == 16 + 30  # slower (2 s a step on average): sooner
-    assert not budget.spent(99.9) and budget.spent(100.0)
-    capped = TimeBudget(100.0, limit=40, first_step=0)
-    capped.record(2, 2.0)
-    assert capped.record(3, 3.0) == 40  # a step budget that ends first stays the horizon
-    late = TimeBudget(10.0, limit=None, first_step=0)
-    late.record(2, 2.0)
-    assert late.record(3, 12.0) == 4  # past the budget, the horizon is the next step
+def test_the_time_budget_keeps_a_reserve_and_aims_the_horizon_at_what_is_left():
+    budget = TimeBudget(100.0, limit=None)
+    # 40 s spent, steps of 1 s, 10 s kept for the end: 50 more steps.
+    assert budget.horizon(20, elapsed_s=40.0, per_step_s=1.0, reserve_s=10.0) == 70
+    assert not budget.time_up(88.0, next_s=2.0, reserve_s=10.0)  # ends the next step at 90, the end at 100
+    assert budget.time_up(88.5, next_s=2.0, reserve_s=10.0)
+    assert TimeBudget(100.0, limit=40).horizon(20, 40.0, 1.0, 10.0) == 40  # a step budget that ends first
+    assert budget.horizon(20, elapsed_s=99.0, per_step_s=1.0, reserve_s=10.0) == 21  # past it: the next step
+
+
+def test_the_pace_leaves_out_the_first_step_after_a_reset():
+    pace = StepPace()
+    assert pace.seconds is None
+    pace.add(30.0)  # warming up or compiling
+    assert pace.seconds == 30.0 and pace.count == 0
+    pace.add(1.0), pace.add(3.0)
+    assert pace.seconds == 2.0
+    pace.reset()
+    assert pace.seconds is None
+
+
+def test_compiling_pays_only_when_what_is_left_makes_up_for_it():
+    # 10 minutes left at 0.1 s a step: a minute of compiling, then 1.6x faster, trains more steps.
+    assert compile_pays(0.1, 60.0, 1.6, time_left_s=600.0, steps_left=None) == (True, 8640, 6000)
+    # 40 s left cannot even pay the compile.
+    assert compile_pays(0.1, 120.0, 1.6, time_left_s=40.0, steps_left=None) == (False, 0, 400)
+    # Without a time budget: the steps left decide whether it ends sooner.
+    assert compile_pays(0.1, 60.0, 1.6, time_left_s=None, steps_left=100) == (False, 100, 100)
+    assert compile_pays(0.1, 60.0, 1.6, time_left_s=None, steps_left=100_000)[0]
+    # Both budgets: the step budget ends both within the time, so the sooner end decides.
+    assert compile_pays(0.1, 60.0, 1.6, time_left_s=600.0, steps_left=100) == (False, 100, 100)
+    assert compile_pays(0.1, 1.0, 1.6, time_left_s=600.0, steps_left=100) == (True, 100, 100)
 
 
 def test_durations_in_any_unit_mix():

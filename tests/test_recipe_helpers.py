@@ -263,7 +263,7 @@ def test_comparison_uses_the_documents_validation_covers_whole(tmp_path):
                            stop_reason="max_steps", checkpoint=None)
     path = save_comparison(tmp_path, {"model_bits_per_byte": 2.5}, summary, elapsed_s=1.234)
     assert json.loads(path.read_text()) == {"model_bits_per_byte": 2.5, "step": 4, "elapsed_s": 1.2,
-                                            "stop_reason": "max_steps"}
+                                            "stop_reason": "max_steps", "no_result": None}
 
 
 # -- data-layer helpers: cache keys and records-layout arithmetic ---------------------------------------------

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from bytemodels import checkpoint as ckpt
+from bytemodels import train as train_module
 from bytemodels.config import MegabyteConfig
 from bytemodels.data import ByteDataset
 from bytemodels.schedule import learning_rate
@@ -78,11 +79,131 @@ def test_tiny_run_end_to_end(tmp_path):
 
 def test_wall_clock_budget_stops_the_run(tmp_path):
     data = text_dataset(tmp_path / "cache")
-    summary = Trainer(tiny_config(), train_config(tmp_path / "run", max_steps=None, time="1s", eval_every=0),
+    summary = Trainer(tiny_config(), train_config(tmp_path / "run", max_steps=None, time="3s", eval_every=0),
                       data.train, data.val).fit()
     assert summary.stop_reason == "time" and summary.step > 0
     state = ckpt.load_checkpoint(tmp_path / "run").state
-    assert state["elapsed_s"] >= 1.0 and state["step"] == summary.step
+    # Training stopped with the end of the run (evaluation, checkpoint, curve) still to fit in the 3 s.
+    assert 0 < state["elapsed_s"] < 3.0 and state["step"] == summary.step
+
+
+class FakeClock:
+    """``bytemodels.train._now`` for tests: time moves only when a test moves it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def timed_trainer(monkeypatch, tmp_path, *, step_s, compiled_step_s=None, compile_s=0.0, eval_s=0.0,
+                  checkpoint_s=0.0, sample_fn=None, **config) -> tuple[Trainer, FakeClock]:
+    """A Trainer on a fake clock: each step, evaluation and checkpoint costs what the test says."""
+    clock = FakeClock()
+    monkeypatch.setattr(train_module, "_now", clock)
+    real_step, real_eval, real_save = Trainer._forward_backward, Trainer.evaluate, Trainer.save_checkpoint
+    compiled_steps = []
+
+    def step(self, batch):
+        if self.compiled:
+            clock.now += compiled_step_s + (compile_s if not compiled_steps else 0.0)
+            compiled_steps.append(self.step)
+        else:
+            clock.now += step_s
+        return real_step(self, batch)
+
+    def evaluate(self):
+        clock.now += eval_s
+        return real_eval(self)
+
+    def save(self, best=False):
+        clock.now += checkpoint_s
+        return real_save(self, best)
+
+    monkeypatch.setattr(Trainer, "_forward_backward", step)
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    monkeypatch.setattr(Trainer, "save_checkpoint", save)
+    data = text_dataset(tmp_path / "cache")
+    return Trainer(tiny_config(), train_config(tmp_path / "run", max_steps=None, **config), data.train,
+                   data.val, sample_fn=sample_fn), clock
+
+
+def test_the_time_budget_leaves_room_for_the_final_evaluation_and_checkpoint(tmp_path, monkeypatch):
+    # Steps of 1 s, evaluations of 5 s, checkpoints of 0.5 s, a 30 s budget: the final evaluation and checkpoint
+    # end within it (the old trainer trained until 30 s, then evaluated past it).
+    trainer, clock = timed_trainer(monkeypatch, tmp_path, step_s=1.0, eval_s=5.0, checkpoint_s=0.5, time="30s",
+                                   eval_every=10, checkpoint_every=10, progress=True)
+    summary = trainer.fit()
+    assert summary.stop_reason == "time" and summary.val_bpb is not None
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "val_bpb" in r] == [0, 10, summary.step]
+    # 0: eval (5 s); steps 1-10 (10 s); eval and checkpoint at 10 (5.5 s); steps 11-13 (3 s): 23.5 s, and the
+    # end's 5 s evaluation, 0.5 s checkpoint and 1 s margin would pass 30 s after a 14th step.
+    assert summary.step == 13 and clock.now == pytest.approx(29.0)
+    # The bar ran over the budget's seconds, its total never changed.
+    assert trainer._log.bar.total == 30 and trainer._log.bar.unit == "s" and trainer._log.bar.n == 29
+
+
+def test_the_time_budget_times_the_sample_function_before_it_needs_its_room(tmp_path, monkeypatch):
+    # A sample function whose first call takes 8 s (it compiles its decoding step) and later ones 1 s: it is
+    # called (and timed) at the start, so the end's samples fit in the budget however slow the first call was.
+    calls = []
+
+    def sample(model, step, folder):
+        clock.now += 8.0 if not calls else 1.0
+        calls.append(step)
+
+    trainer, clock = timed_trainer(monkeypatch, tmp_path, step_s=1.0, eval_s=2.0, sample_fn=sample, time="30s",
+                                   eval_every=0)
+    summary = trainer.fit()
+    assert calls == [0, summary.step] and summary.step > 5 and clock.now <= 30.0
+
+
+def test_compiling_waits_for_measured_steps_and_happens_when_it_pays(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache-home"))
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: model)  # compiling costs the fake clock's time only
+    monkeypatch.setattr(Trainer, "_compile_estimate", lambda self: (3.0, 2.0, "measured on this machine before"))
+    trainer, clock = timed_trainer(monkeypatch, tmp_path, step_s=1.0, compiled_step_s=0.5, compile_s=3.0,
+                                   time="60s", eval_every=0, compile=True)
+    assert not trainer.compiled  # the first steps run eagerly and are timed
+    summary = trainer.fit()
+    out = capsys.readouterr().out
+    assert trainer.compiled and "compile: yes" in out and "compiling about 3 s, then 2x faster" in out
+    assert summary.stop_reason == "time" and clock.now <= 60
+    # What compiling cost and gained, measured, is what the next run on this machine decides from.
+    record = json.loads(train_module.compile_record_path().read_text())
+    assert list(record.values())[0]["compile_s"] == 3.0 and list(record.values())[0]["speedup"] == 2.0
+    monkeypatch.undo()
+    data = text_dataset(tmp_path / "cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache-home"))
+    again = Trainer(tiny_config(), train_config(tmp_path / "again", compile=True), data.train, data.val)
+    assert again._compile_estimate() == (3.0, 2.0, "measured on this machine before")
+
+
+def test_a_budget_too_short_for_compiling_trains_uncompiled_and_says_why(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache-home"))  # nothing measured: the safe guess
+    trainer, clock = timed_trainer(monkeypatch, tmp_path, step_s=1.0, time="60s", eval_every=0, compile=True)
+    trainer.fit()
+    out = capsys.readouterr().out
+    assert not trainer.compiled and not train_module.compile_record_path().exists()
+    assert "compile: no: 0 steps compiled against" in out and "a safe guess, never measured here" in out
+
+
+def test_a_run_that_ends_during_warmup_is_no_result(tmp_path):
+    from bytemodels.app.recipe import no_result_line
+
+    data = text_dataset(tmp_path / "cache")
+    summary = Trainer(tiny_config(), train_config(tmp_path / "run", max_steps=2, warmup_steps=3),
+                      data.train, data.val).fit()
+    assert summary.no_result == "the run ended after 2 steps, during warmup (3 steps)"
+    assert no_result_line(summary) == (f"the run ended after 2 steps, during warmup (3 steps): its validation "
+                                       f"bits/byte ({summary.val_bpb:.2f}) is no result; give it more --max-steps")
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["val_bpb"] == pytest.approx(summary.val_bpb, abs=1e-5)  # the number stays in the log
+    longer = Trainer(tiny_config(), train_config(tmp_path / "run2", max_steps=10, warmup_steps=3), data.train,
+                     data.val).fit()
+    assert longer.no_result is None and no_result_line(longer) is None
 
 
 def test_max_bytes_budget(tmp_path):
@@ -99,14 +220,16 @@ def test_a_failed_compile_warns_and_trains_uncompiled(tmp_path, monkeypatch, cap
 
     real_compile = torch.compile
     monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend=broken_backend))
+    monkeypatch.setattr(Trainer, "_compile_estimate", lambda self: (0.0, 10.0, "measured on this machine before"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache-home"))
     data = text_dataset(tmp_path / "cache")
-    trainer = Trainer(tiny_config(), train_config(tmp_path / "run", max_steps=4, eval_every=0, compile=True),
+    trainer = Trainer(tiny_config(), train_config(tmp_path / "run", max_steps=6, eval_every=0, compile=True),
                       data.train, data.val)
-    assert trainer.compiled
     with pytest.warns(RuntimeWarning, match="torch.compile failed, training continues uncompiled.*no C\\+\\+"):
         summary = trainer.fit()
-    assert summary.step == 4 and not trainer.compiled and trainer.train_model is trainer.model
-    assert "compiled (the first step waits for it" in capsys.readouterr().out  # says why the first step is slow
+    assert summary.step == 6 and not trainer.compiled and trainer.train_model is trainer.model
+    assert "compile: yes" in capsys.readouterr().out  # it was decided, then failed
+    assert not train_module.compile_record_path().exists()  # a failed compile measured nothing
     assert math.isfinite(summary.val_bpb)
 
 

@@ -442,7 +442,8 @@ def compared_documents(val_data: ByteDataset, patch_size: int, seq_len: int, eva
 
 def save_comparison(out: Path, report: Mapping[str, Any], summary: TrainSummary, elapsed_s: float) -> Path:
     """Write ``report`` with the run's step, training time and stop reason to ``out/compression.json``."""
-    record = {**report, "step": summary.step, "elapsed_s": round(elapsed_s, 1), "stop_reason": summary.stop_reason}
+    record = {**report, "step": summary.step, "elapsed_s": round(elapsed_s, 1), "stop_reason": summary.stop_reason,
+              "no_result": summary.no_result}
     path = out / COMPARISON_FILE
     with writing(path, "saving the comparison"):
         atomic_write(path, json.dumps(record, indent=2) + "\n")
@@ -452,6 +453,16 @@ def save_comparison(out: Path, report: Mapping[str, Any], summary: TrainSummary,
 def print_done(summary: TrainSummary) -> None:
     """The line every recipe ends a run with: steps, bytes seen and why it stopped."""
     print(f"done: {summary.step:,} steps, {summary.bytes_seen:,} bytes seen, stopped by {summary.stop_reason}")
+
+
+def no_result_line(summary: TrainSummary) -> str | None:
+    """For a run that learnt nothing to report (``TrainSummary.no_result``), the line that says its validation
+    number is no result and which budget to raise; None for a run whose number is a result."""
+    if not summary.no_result:
+        return None
+    number = "" if summary.val_bpb is None else f": its validation bits/byte ({summary.val_bpb:.2f}) is no result"
+    flag = {"max_steps": "--max-steps", "max_bytes": "--max-bytes"}.get(summary.stop_reason, "--time")
+    return f"{summary.no_result}{number}; give it more {flag}"
 
 
 def finish_with_comparison(trainer: Trainer, summary: TrainSummary, out: Path, val_data: ByteDataset,
@@ -469,4 +480,6 @@ def finish_with_comparison(trainer: Trainer, summary: TrainSummary, out: Path, v
     report = compare(summary.val_bpb, compared)
     table = save_comparison(out, report, summary, trainer.elapsed_s)
     show(report)
+    if no_result_line(summary):  # the codecs' numbers stand; the model's is no result
+        print(no_result_line(summary))
     return table
