@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # recipes/ runs from the checkout; it is never installed into site-packages
     sys.path.insert(0, str(REPO))
 
-from recipes import mixed, tinystories  # noqa: E402
+from recipes import mixed, tinystories, tinystories_data  # noqa: E402
 
 SEPARATOR = "\n<|endoftext|>\n"
 # A model small enough that a step takes well under a second on one CPU core.
@@ -53,8 +53,8 @@ def edit_keeping_size_and_time(path: Path, old: str, new: str) -> None:
 
 
 def byte_datasets(data: Path, cache: Path, val_fraction: float = 0.05):
-    source = tinystories.local_source(data, cache)
-    return tinystories.byte_datasets(source, bytecodecs.get_codec("text"), cache, instruct_seed=None,
+    source = tinystories_data.local_source(data, cache)
+    return tinystories_data.byte_datasets(source, bytecodecs.get_codec("text"), cache, instruct_seed=None,
                                      val_fraction=val_fraction, split_seed=0)
 
 
