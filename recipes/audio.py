@@ -1,28 +1,7 @@
 """Train a byte-level MEGABYTE model on audio clips: raw μ-law (or 16-bit) samples, one clip per record.
 
-The wav codec turns every clip into samples at one rate and format; the records layout puts each clip in
-its own record (header patch, samples, EOS), so sampling from the header writes a new clip from its start.
-The loop, checkpoints, metrics and curve are the ``Trainer``'s; this file picks the data, the codec and a
-preset, writes the samples as ``.wav`` and compares the model with FLAC on the held-out clips.
-
-Commands, in the order you would run them (from the checkout)::
-
-    # 1. train on a folder of audio files (searched recursively), here the spoken digits beside the checkout
-    python -m recipes.audio --data ../shared/data/audio/fsdd/recordings --time 10m
-
-    # ... or on a Hugging Face audio data set (GPU), 16-bit samples at 16 kHz
-    python -m recipes.audio --hub-dataset user/speech --hub-split train --sample-format pcm16 --sample-rate 16000
-
-    # 2. continue the run in runs/audio for ten more minutes
-    python -m recipes.audio --resume --time 20m
-
-    # 3. listen: runs/audio/samples/step_*/sample_*.wav (new clips) and continuation_*.wav
-    #    (the first --prompt-seconds of a held-out clip, then the model); held_out_*.wav are the originals
-
-Every stage can be re-run: the clips are encoded once into a byte cache under ``--cache-dir``, reused
-while the files and the codec options stay the same. At the end the recipe prints validation bits/byte
-beside FLAC's size on the same held-out clips (FLAC of exactly the codec's bytes, so both are lossless
-codes of the same samples) and writes that table to ``compression.json`` in the run folder.
+The recipe picks the clips, the wav codec and a preset, writes samples as ``.wav`` and compares the model with
+FLAC of exactly the codec's bytes on the held-out clips (``compression.json``). Commands and flags: docs/recipes.md.
 """
 
 from __future__ import annotations

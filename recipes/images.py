@@ -1,30 +1,7 @@
-"""Train a byte-level MEGABYTE model on images at a fixed size: raw pixels, one image per record.
+"""Train a byte-level MEGABYTE model on images at a fixed size: raw pixels, one image per record, a row per patch.
 
-The image codec turns every picture into rows of raw pixels (e.g. 28x28 grey or 32x32 RGB); the patch
-size is aligned to those rows (one row per patch by default), so the global model steps row by row and the
-local model writes the pixels of a row. The loop, checkpoints, metrics and curve are the ``Trainer``'s;
-this file picks the data, the codec and a preset, draws samples and completions as PNG grids and compares
-the model with PNG on the held-out images.
-
-Commands, in the order you would run them (from the checkout)::
-
-    # 1. train on MNIST digits stored as a numpy array beside the checkout (28x28 grey, read from the array)
-    python -m recipes.images --data ../shared/data/images/mnist_test.npz --time 10m
-
-    # ... on CIFAR-10 images (32x32 RGB), a folder of image files, or a Hugging Face image data set
-    python -m recipes.images --data ../shared/data/images/cifar10_test_sample5000.npz --out runs/cifar
-    python -m recipes.images --data photos/ --width 32 --height 32 --mode RGB --out runs/photos
-    python -m recipes.images --hub-dataset ylecun/mnist --width 28 --height 28 --mode L      # GPU, online
-
-    # 2. continue the run in runs/images for ten more minutes
-    python -m recipes.images --resume --time 20m
-
-    # 3. look: runs/images/samples/step_*/grid.png (new images; held-out images; their top halves completed)
-
-Every stage can be re-run: the images are encoded once into a byte cache under ``--cache-dir``, reused while
-the source and the codec options stay the same. At the end the recipe prints validation bits/byte beside
-PNG's size on the same held-out images (bits per raw pixel byte) and writes that table to
-``compression.json`` in the run folder.
+The recipe picks the images, the image codec and a preset, draws samples and completions as PNG grids and
+compares the model with PNG on the held-out images (``compression.json``). Commands and flags: docs/recipes.md.
 """
 
 from __future__ import annotations

@@ -1,25 +1,8 @@
 """Train one byte-level MEGABYTE model on text, audio and images at once, each document led by its modality tag.
 
-Every document is a record (records layout) whose header patch holds BOS and the tag of the codec that
-made it: text 0, audio 1, image 2. Sampling from a header with a tag therefore produces that modality, and
-each sample is written in its own format (``.txt``, ``.wav``, ``.png``). The patch size is aligned to image
-rows (one row per patch, e.g. 28 bytes for MNIST); text and μ-law audio fit any patch size. The loop,
-checkpoints, metrics and curve are the ``Trainer``'s; this file picks the data, the codecs and a preset.
-
-Commands, in the order you would run them (from the checkout)::
-
-    # 1. train on stories, spoken digits and MNIST digits beside the checkout, 2,000 documents of each
-    python -m recipes.mixed --text ../shared/data/tinystories/train.txt \\
-        --audio ../shared/data/audio/fsdd/recordings --images ../shared/data/images/mnist_test.npz \\
-        --limit 2000 --time 10m
-
-    # 2. continue the run in runs/mixed for ten more minutes
-    python -m recipes.mixed --resume --time 20m
-
-    # 3. read, listen, look: runs/mixed/samples/step_*/text_*.txt, audio_*.wav, image_*.png (and images.png)
-
-Any one or two of --text, --audio and --images work too. Every stage can be re-run: the documents are
-encoded once into a byte cache under ``--cache-dir``, reused while the sources and codec options stay the same.
+Every document is a record whose header patch holds BOS and its codec's tag (text 0, audio 1, image 2), so sampling
+from a tag produces that modality, written as ``.txt``, ``.wav`` or ``.png``; patches are aligned to image rows.
+Commands and flags: docs/recipes.md.
 """
 
 from __future__ import annotations
