@@ -18,12 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from bytemodels.app.flags import COUNT, FRACTION, NON_NEGATIVE, POSITIVE
-from bytemodels.app.media import (Reader, array_reader, check_patch_fits, folder_files, image_array, image_grid,
-                                  save_png, write_records)
-from bytemodels.app.recipe import (DataFlags, RecipeError, add_model_and_training_arguments, add_run_arguments,
-                                    defaults_epilog, make_trainer, model_config_from_args, recipe_prog, run_command,
-                                    start_run, stop_if_interrupted)
+from bytemodels.app.flags import COUNT, NON_NEGATIVE, POSITIVE
+from bytemodels.app.media import (Reader, add_media_run_arguments, array_reader, check_held_out, check_patch_fits,
+                                  files_under, fixed_size_image_options, image_array, image_grid, row_patch_size,
+                                  run_media_command, save_png, source_key, write_records)
+from bytemodels.app.recipe import (DataFlags, RecipeError, add_model_and_training_arguments, defaults_epilog,
+                                    make_trainer, model_config_from_args, recipe_parser, start_run,
+                                    stop_if_interrupted)
 from bytemodels.data import file_key, folder_key, record_ids, record_prompt, whole_document_windows
 
 RECIPE = "mixed"
@@ -49,21 +50,6 @@ DATA_FLAGS = DataFlags(names={name: name for name in ("text", "audio", "images",
 
 
 # -- 1. documents: one reader per modality, interleaved ------------------------------------------------------
-def files_under(path: Path, codec: Any, flag: str, what: str, limit: int | None = None) -> Any:
-    """The files ``codec`` reads as a ``bytecodecs.FolderFiles``: ``path`` itself when it is a file, else the
-    first ``limit`` files under it (recursively)."""
-    import bytecodecs
-
-    if path.is_file():
-        return bytecodecs.FolderFiles(root=path.parent, codec=codec, paths=[path])
-    return folder_files(path, codec, limit, flag=flag, what=what)
-
-
-def source_key(path: Path, files: Any) -> dict[str, Any]:
-    """Identifies ``path`` in a cache key: the file, or the files read under the folder."""
-    return file_key(path) if path.is_file() else folder_key(path, files.paths)
-
-
 def text_documents(path: Path, codec: Any, limit: int | None) -> tuple[dict[str, Any], Reader]:
     """(cache key, reader) for text: each file, split into stories where it holds ``<|endoftext|>``."""
     files = files_under(path, codec, "--text", "text")
@@ -168,7 +154,7 @@ def aligned_patch_size(codecs: dict[str, Any], default: int) -> int:
     patch = codecs["image"].framing.align
     if "audio" in codecs:
         patch = math.lcm(patch, codecs["audio"].framing.align)
-    return patch if patch >= 2 else 2
+    return row_patch_size(patch)
 
 
 def check_alignment(patch_size: int, codecs: dict[str, Any]) -> None:
@@ -224,13 +210,10 @@ def mixed_model_config(args: argparse.Namespace, codecs: dict[str, Any], default
 
 def codec_options_from_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """The audio and image codec flags given on the command line, by modality."""
-    from bytecodecs import ImageCodec, WavCodec
+    from bytecodecs import WavCodec
     from bytemodels.app.flags import overrides_from_args
 
-    image = overrides_from_args(ImageCodec, args)
-    if image.get("fit") == "keep":
-        raise RecipeError("--fit keep stores each image at its own size; this recipe needs one size: use crop or pad")
-    return {"audio": overrides_from_args(WavCodec, args), "image": image}
+    return {"audio": overrides_from_args(WavCodec, args), "image": fixed_size_image_options(args)}
 
 
 def train(args: argparse.Namespace) -> None:
@@ -253,10 +236,8 @@ def train(args: argparse.Namespace) -> None:
               f"(tag {codec.tag}, codec {json.dumps(codec.config())})")
     print(f"byte cache: {cache_dir}")
     dataset = byte_dataset(keys, readers, codecs, cache_dir, args.val_fraction)
+    check_held_out(dataset, args.val_fraction, "documents")
     train_data, val_data = dataset.train, dataset.val
-    if not len(val_data):
-        raise RecipeError(f"--val-fraction {args.val_fraction} holds out none of the {len(dataset)} documents; "
-                          "raise it")
     tags = np.array([train_data.document(i)[1] for i in range(len(train_data))])
     counts = ", ".join(f"{int((tags == codec.tag).sum()):,} {name}" for name, codec in codecs.items())
     patch, seq_len = model_config.patch_size, model_config.max_seq_len
@@ -298,23 +279,17 @@ def build_parser() -> argparse.ArgumentParser:
         "  width, height and mode: those of a .npz/.npy array's images; 32x32 RGB for a folder.",
         "  sample_every follows eval_every; eval_windows covers whole held-out documents (about "
         f"{EVAL_WINDOW_CAP} windows)."])
-    parser = argparse.ArgumentParser(
-        prog=recipe_prog("mixed"),
-        description="Train one byte-level MEGABYTE model on text, audio and images, each document led by its "
-                    "modality tag; samples of each modality are written as .txt, .wav and .png.",
-        epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
-    recipe = parser.add_argument_group("recipe")
+    parser, recipe = recipe_parser(
+        RECIPE, "Train one byte-level MEGABYTE model on text, audio and images, each document led by its modality "
+                "tag; samples of each modality are written as .txt, .wav and .png.", epilog)
     recipe.add_argument("--text", metavar="PATH", help="a .txt file or a folder of text files; a file is split into "
                         f"documents at {SEPARATOR} (TinyStories style) when it holds that marker")
     recipe.add_argument("--audio", metavar="DIR", help="a folder of audio files, searched recursively")
     recipe.add_argument("--images", metavar="PATH", help="a folder of image files or images as a .npz or .npy array")
     recipe.add_argument("--array-key", metavar="NAME",
                         help="array of an --images .npz file (default: images, else the first image-shaped one)")
-    recipe.add_argument("--limit", type=COUNT, metavar="N", help="read at most N documents of each modality "
-                        "(default: all)")
-    recipe.add_argument("--val-fraction", type=FRACTION, default=0.05,
-                        help="share of the documents held out for validation (default: 0.05)")
-    add_run_arguments(recipe, RECIPE, DEVICE_DEFAULTS, documents="documents", recorded="codecs and data")
+    add_media_run_arguments(recipe, RECIPE, DEVICE_DEFAULTS, unit="documents", recorded="codecs and data",
+                            per=" of each modality")
     recipe.add_argument("--num-samples", type=COUNT, default=3, metavar="N",
                         help="samples of each modality written at each sampling (default: 3)")
     recipe.add_argument("--text-bytes", type=COUNT, default=400, metavar="N",
@@ -330,9 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m recipes.mixed ...``; errors a user can fix are one line, no traceback."""
-    from bytecodecs import CodecError
-
-    run_command(build_parser(), train, argv, errors=(CodecError,))
+    run_media_command(build_parser(), train, argv)
 
 
 if __name__ == "__main__":

@@ -133,6 +133,15 @@ def defaults_epilog(device_defaults: Mapping[str, Mapping[str, Any]], notes: Seq
     return "\n".join(textwrap.fill(line, width=110, subsequent_indent="      ") for line in lines)
 
 
+def recipe_parser(name: str, description: str, epilog: str | None = None,
+                  subcommand: str = "") -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
+    """A recipe's parser (``prog`` ``python -m recipes.<name>``, ``epilog`` shown as written) and its ``recipe``
+    flag group."""
+    parser = argparse.ArgumentParser(prog=recipe_prog(name, subcommand), description=description, epilog=epilog,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    return parser, parser.add_argument_group("recipe")
+
+
 def run_command(parser: argparse.ArgumentParser, command: Callable[[argparse.Namespace], None],
                 argv: Sequence[str] | None, errors: tuple[type[BaseException], ...] = ()) -> None:
     """Parse ``argv`` and run ``command``; an error the user can fix ends the process with one line, no traceback.
