@@ -15,9 +15,9 @@ from typing import Any
 
 from bytemodels.app.flags import COUNT, FRACTION, NON_NEGATIVE, apply_overrides, number, seed as seed_flag
 from bytemodels.app.recipe import (RecipeError, add_model_and_training_arguments, add_run_arguments,
-                                    check_resume_flags, defaults_epilog, device_kind, make_trainer,
-                                    model_config_from_args, open_run, print_done, recipe_prog, resolve_device,
-                                    run_command, stop_if_interrupted, training_flags)
+                                    checkpoint_model_config, defaults_epilog, device_kind, init_weights,
+                                    make_trainer, model_config_from_args, print_done, recipe_parser, recipe_prog,
+                                    resolve_device, run_command, start_run, stop_if_interrupted)
 from bytemodels.config import MegabyteConfig
 from bytemodels.data import prompt_ids
 from recipes.tinystories_data import (HUB_INSTRUCT, RECIPE, SEPARATOR, StorySource, byte_datasets, data_record,
@@ -83,28 +83,6 @@ def recipe_defaults(kind: str, instruct: bool) -> dict[str, Any]:
 
 
 
-def init_weights(trainer: Any, checkpoint: str) -> None:
-    """Start ``trainer``'s model from the weights of a checkpoint (fine-tuning), not from random ones."""
-    from bytemodels.checkpoint import open_checkpoint
-    from bytemodels.model import Megabyte
-
-    folder, _, _ = open_checkpoint(checkpoint)
-    trained = Megabyte.from_pretrained(folder)
-    try:
-        trainer.model.load_state_dict(trained.state_dict())
-    except RuntimeError:  # the model flags changed a shape: the weights cannot be reused
-        raise RecipeError(f"--init {checkpoint}: the model flags change the shape of its model; drop them "
-                          "(dropout is the one that may change)") from None
-
-
-def checkpoint_model_config(checkpoint: str) -> Any:
-    """The model config of a checkpoint or run folder (a fine-tuning run keeps the shape it starts from)."""
-    from bytemodels.checkpoint import open_checkpoint
-
-    folder, _, _ = open_checkpoint(checkpoint)
-    return MegabyteConfig.load(folder / "config.json")
-
-
 def default_init() -> str:
     """A fine-tuning run starts from ``runs/tinystories`` when that holds a checkpoint."""
     from bytemodels.checkpoint import latest_checkpoint
@@ -156,18 +134,14 @@ def train(args: argparse.Namespace) -> None:
     """Stories -> bytes -> trainer: build each from the flags (or the checkpoint resumed), train, report."""
     import bytecodecs
 
-    flags = training_flags(args)  # checked before anything is read
-    codec = bytecodecs.get_codec("text")
-    out, resume_from, checkpoint = open_run(args, RECIPE,
-                                            default_out=Path("runs") / f"{RECIPE}-instruct" if args.instruct else None)
+    run = start_run(args, RECIPE, DEVICE_DEFAULTS,
+                    default_out=Path("runs") / f"{RECIPE}-instruct" if args.instruct else None)
+    codec, out, checkpoint, cache_dir = bytecodecs.get_codec("text"), run.out, run.recorded, run.cache_dir
     recorded = checkpoint.metadata if checkpoint else None
-    if recorded is not None:
-        check_resume_flags(args, checkpoint)
     recorded_data = (recorded or {}).get("data") or {}
     instruct = bool(recorded.get("instruct")) if recorded else args.instruct
-    init = (args.init or default_init()) if instruct and resume_from is None else None
+    init = (args.init or default_init()) if instruct and run.resume_from is None else None
     defaults = recipe_defaults(device_kind(getattr(args, "device", "auto")), instruct)
-    cache_dir = Path(args.cache_dir) if args.cache_dir else out.parent / "cache"
     seed = getattr(args, "seed", 0)
     val_fraction = recorded_data.get("val_fraction", DEFAULT_VAL_FRACTION if args.val_fraction is None
                                      else args.val_fraction)
@@ -195,8 +169,8 @@ def train(args: argparse.Namespace) -> None:
     metadata = {"recipe": RECIPE, "preset": args.preset or defaults["preset"], "codec": codec.config(),
                 "layout": "packed", "instruct": instruct,
                 "init": init, "data": data_record(source, instruct_seed, val_fraction, split_seed)}
-    trainer = make_trainer(model_config, train_data, val_data, out=out, resume_from=resume_from,
-                           flags=flags, defaults=defaults, sample_fn=sample_fn, metadata=metadata)
+    trainer = make_trainer(model_config, train_data, val_data, out=out, resume_from=run.resume_from,
+                           flags=run.flags, defaults=defaults, sample_fn=sample_fn, metadata=metadata)
     if init:
         print(f"fine-tuning from {init}")
         init_weights(trainer, init)
@@ -257,12 +231,8 @@ def epilog() -> str:
 
 
 def build_train_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=recipe_prog("tinystories"),
-        description="Train a byte-level MEGABYTE model on TinyStories and print stories as it learns. "
-                    "Subcommand: `sample` writes a story from a checkpoint.",
-        epilog=epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    recipe = parser.add_argument_group("recipe")
+    parser, recipe = recipe_parser(RECIPE, "Train a byte-level MEGABYTE model on TinyStories and print stories as it "
+                                           "learns. Subcommand: `sample` writes a story from a checkpoint.", epilog())
     recipe.add_argument("--data", metavar="PATH",
                         help="local stories instead of the hub: a .txt file with <|endoftext|> separators, "
                              ".json/.jsonl or .parquet with a text (or story) column, or a folder of them "

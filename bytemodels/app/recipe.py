@@ -324,12 +324,13 @@ class RunStart:
 
 
 def start_run(args: argparse.Namespace, recipe: str, device_defaults: Mapping[str, Mapping[str, Any]], *,
-              codec_classes: Sequence[type] = (), data_flags: DataFlags | None = None) -> RunStart:
-    """The first steps of a training recipe, in order: check the training flags, open (and lock) the run folder,
-    and on ``--resume`` refuse the model and codec flags and restore the recorded data flags; then the device's
-    defaults and the cache folder."""
+              codec_classes: Sequence[type] = (), data_flags: DataFlags | None = None,
+              default_out: Path | None = None) -> RunStart:
+    """The first steps of a training recipe, in order: check the training flags, open (and lock) the run folder
+    (``--out``, else ``default_out``, else ``runs/<recipe>``), and on ``--resume`` refuse the model and codec flags
+    and restore the recorded data flags; then the device's defaults and the cache folder."""
     flags = training_flags(args)  # checked before anything is read
-    out, resume_from, recorded = open_run(args, recipe)
+    out, resume_from, recorded = open_run(args, recipe, default_out)
     if recorded is not None:
         check_resume_flags(args, recorded, codec_classes)
         if data_flags is not None:
@@ -389,6 +390,26 @@ def model_config_from_args(args: argparse.Namespace, defaults: Mapping[str, Any]
     if max_seq_len is not None and "max_seq_len" not in overrides:
         overrides["max_seq_len"] = max_seq_len(patch)
     return preset_config(name, **overrides)
+
+
+def checkpoint_model_config(checkpoint: str) -> Any:
+    """The model config of a checkpoint or run folder (a fine-tuning run keeps the shape it starts from)."""
+    folder, _, _ = ckpt.open_checkpoint(checkpoint)
+    return MegabyteConfig.load(folder / "config.json")
+
+
+def init_weights(trainer: Any, checkpoint: str) -> None:
+    """Start ``trainer``'s model from the weights of a checkpoint (fine-tuning; the recipe's ``--init``), not from
+    random ones."""
+    from bytemodels.model import Megabyte
+
+    folder, _, _ = ckpt.open_checkpoint(checkpoint)
+    trained = Megabyte.from_pretrained(folder)
+    try:
+        trainer.model.load_state_dict(trained.state_dict())
+    except RuntimeError:  # the model flags changed a shape: the weights cannot be reused
+        raise RecipeError(f"--init {checkpoint}: the model flags change the shape of its model; drop them "
+                          "(dropout is the one that may change)") from None
 
 
 def training_flags(args: argparse.Namespace) -> dict[str, Any]:
