@@ -10,28 +10,20 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-from collections.abc import Callable, Iterator, Sequence
-from itertools import zip_longest
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bytemodels.app.flags import COUNT, NON_NEGATIVE, POSITIVE
-from bytemodels.app.media import (Reader, add_media_run_arguments, array_reader, check_held_out, check_patch_fits,
-                                  files_under, fixed_size_image_options, image_array, image_grid, row_patch_size,
-                                  run_media_command, save_png, source_key, write_records)
-from bytemodels.app.recipe import (DataFlags, RecipeError, add_model_and_training_arguments, defaults_epilog,
-                                    make_trainer, model_config_from_args, recipe_parser, start_run,
-                                    stop_if_interrupted)
-from bytemodels.data import file_key, folder_key, record_ids, record_prompt, whole_document_windows
+from bytemodels.app.media import (add_media_run_arguments, check_held_out, check_patch_fits, fixed_size_image_options,
+                                  image_grid, row_patch_size, run_media_command, save_png, write_records)
+from bytemodels.app.recipe import (DataFlags, add_model_and_training_arguments, defaults_epilog, make_trainer,
+                                    model_config_from_args, recipe_parser, start_run, stop_if_interrupted)
+from bytemodels.data import record_ids, record_prompt, whole_document_windows
+from recipes.mixed_data import RECIPE, SEPARATOR, byte_dataset, sources_from_args
 
-RECIPE = "mixed"
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-"""Real stories, spoken digits and images beside the checkout (when there are some)."""
-SEPARATOR = "<|endoftext|>"
-"""Ends each story in TinyStories-style ``.txt`` files: a text file is split into documents there."""
 MODALITIES = ("text", "audio", "image")
 """In the order of their tags (text 0, audio 1, image 2); a flag per modality names its source."""
 EVAL_WINDOW_CAP = 256
@@ -49,104 +41,7 @@ DATA_FLAGS = DataFlags(names={name: name for name in ("text", "audio", "images",
                        sources=("text", "audio", "images"), paths=("text", "audio", "images"))
 
 
-# -- 1. documents: one reader per modality, interleaved ------------------------------------------------------
-def text_documents(path: Path, codec: Any, limit: int | None) -> tuple[dict[str, Any], Reader]:
-    """(cache key, reader) for text: each file, split into stories where it holds ``<|endoftext|>``."""
-    files = files_under(path, codec, "--text", "text")
-    key = source_key(path, files)
-
-    def read() -> Iterator[bytes]:
-        count = 0
-        for file in files.paths:
-            for story in codec.load(file).split(SEPARATOR):
-                story = story.strip()
-                if story and (limit is None or count < limit):
-                    count += 1
-                    yield codec.encode(story)
-            if limit is not None and count >= limit:
-                return
-
-    return {"text": key, "limit": limit}, read
-
-
-def audio_documents(path: Path, codec: Any, limit: int | None) -> tuple[dict[str, Any], Reader]:
-    """(cache key, reader) for the audio files under ``path``; unusable files are skipped and counted."""
-    files = files_under(path, codec, "--audio", "audio", limit)
-    return {"audio": source_key(path, files), "limit": limit}, files.encoded
-
-
-def image_documents(path: Path, codec_options: dict[str, Any], array_key: str | None,
-                    limit: int | None) -> tuple[Any, dict[str, Any], Reader]:
-    """(codec, cache key, reader) for images: a .npz/.npy array (its images' size is the default) or a folder."""
-    import bytecodecs
-    from bytecodecs.image import ARRAY_SUFFIXES
-
-    if path.is_file() and path.suffix.lower() in ARRAY_SUFFIXES:
-        codec, array = image_array(path, array_key, codec_options, flag="--images")
-        key = {"images": file_key(path), "array_key": array_key, "limit": limit}
-        return codec, key, array_reader(array, codec, limit)
-    codec = bytecodecs.get_codec("image", **codec_options)
-    files = files_under(path, codec, "--images", "image", limit)
-    return codec, {"images": folder_key(path, files.paths), "limit": limit}, files.encoded
-
-
-def interleave(readers: dict[str, Reader],
-               codecs: dict[str, Any]) -> Iterator[tuple[bytes, int]]:
-    """``(bytes, tag)`` documents taking one of each modality in turn, so every stretch of the data (and of
-    the validation windows) holds all of them."""
-    from tqdm.auto import tqdm
-
-    def tagged(reader: Reader, tag: int) -> Iterator[tuple[bytes, int]]:
-        for data in reader():
-            yield data, tag
-
-    streams = [tagged(reader, codecs[name].tag) for name, reader in readers.items()]
-    with tqdm(desc="encoding documents", unit="doc") as bar:
-        for group in zip_longest(*streams):
-            for document in group:
-                if document is not None and document[0]:
-                    bar.update(1)
-                    yield document
-
-
-def byte_dataset(keys: dict[str, Any], readers: dict[str, Reader], codecs: dict[str, Any],
-                 cache_dir: Path, val_fraction: float) -> Any:
-    """Every modality's documents in one records-layout ``ByteDataset``, built once under ``cache_dir``."""
-    from bytemodels.data import ByteDataset
-
-    key = {"recipe": RECIPE, "sources": keys, "codecs": {name: codec.config() for name, codec in codecs.items()}}
-    return ByteDataset.build(interleave(readers, codecs), cache_dir, key=key, layout="records", name=RECIPE,
-                             val_fraction=val_fraction, split_seed=0, progress=False)  # interleave has a bar
-
-
-def sources_from_args(args: argparse.Namespace, codec_options: dict[str, dict[str, Any]]) -> tuple[dict, dict, dict]:
-    """(codecs, cache keys, readers) of the modalities named by --text, --audio and --images."""
-    import bytecodecs
-
-    for flag, path in (("--text", args.text), ("--audio", args.audio), ("--images", args.images)):
-        if path and not Path(path).expanduser().exists():
-            raise RecipeError(f"{flag} {path}: no such file or folder")
-    codecs, keys, readers = {}, {}, {}
-    if args.text:
-        codecs["text"] = bytecodecs.get_codec("text", **codec_options.get("text", {}))
-        keys["text"], readers["text"] = text_documents(Path(args.text).expanduser(), codecs["text"], args.limit)
-    if args.audio:
-        codecs["audio"] = bytecodecs.get_codec("wav", **codec_options.get("audio", {}))
-        keys["audio"], readers["audio"] = audio_documents(Path(args.audio).expanduser(), codecs["audio"], args.limit)
-    if args.images:
-        codecs["image"], keys["image"], readers["image"] = image_documents(
-            Path(args.images).expanduser(), codec_options.get("image", {}), args.array_key, args.limit)
-    if not codecs:
-        example = ""
-        if SHARED_DATA.is_dir():
-            shared = os.path.relpath(SHARED_DATA)
-            example = (f" (e.g. --text {shared}/tinystories/train.txt --audio {shared}/audio/fsdd/recordings "
-                       f"--images {shared}/images/mnist_test.npz)")
-        raise RecipeError(f"nothing to train on: give at least one of --text, --audio and --images{example}")
-    return codecs, keys, readers
-
-
-# -- 2. one patch size for every modality ---------------------------------------------------------------------
+# -- 1. one patch size for every modality ---------------------------------------------------------------------
 def aligned_patch_size(codecs: dict[str, Any], default: int) -> int:
     """One image row per patch when there are images (made a multiple of the audio frame), else ``default``."""
     if "image" not in codecs:
@@ -163,7 +58,7 @@ def check_alignment(patch_size: int, codecs: dict[str, Any]) -> None:
                      frames="audio frames", row=codecs["image"].framing.align if "image" in codecs else None)
 
 
-# -- 3. samples: one set per modality tag, each in its own format ---------------------------------------------
+# -- 2. samples: one set per modality tag, each in its own format ---------------------------------------------
 def sample_writer(codecs: dict[str, Any], patch_size: int, *, count: int, text_bytes: int, audio_seconds: float,
                   temperature: float, seed: int) -> Callable[[Any, int, Path], None]:
     """The ``sample_fn`` the trainer calls: ``count`` samples started from each modality's tag."""
@@ -192,7 +87,7 @@ def sample_writer(codecs: dict[str, Any], patch_size: int, *, count: int, text_b
     return write_samples
 
 
-# -- 4. training ---------------------------------------------------------------------------------------------
+# -- 3. training ---------------------------------------------------------------------------------------------
 def mixed_model_config(args: argparse.Namespace, codecs: dict[str, Any], defaults: dict[str, Any]) -> Any:
     """The preset with the model flags; patches aligned to image rows, windows holding a whole image."""
     from bytemodels.config import MegabyteConfig
@@ -266,7 +161,7 @@ def train(args: argparse.Namespace) -> None:
           f"({', '.join(f'{name}_*{codec.extension}' for name, codec in codecs.items())})")
 
 
-# -- 5. command line ---------------------------------------------------------------------------------------
+# -- 4. command line ---------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """Recipe flags, then one flag per field of the wav and image codecs, the model config and the training config."""
     from bytecodecs import ImageCodec, WavCodec

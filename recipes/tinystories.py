@@ -15,13 +15,12 @@ from typing import Any
 
 from bytemodels.app.flags import COUNT, FRACTION, NON_NEGATIVE, apply_overrides, number, seed as seed_flag
 from bytemodels.app.recipe import (RecipeError, add_model_and_training_arguments, add_run_arguments,
-                                    checkpoint_model_config, defaults_epilog, device_kind, init_weights,
+                                    checkpoint_model_config, defaults_epilog, device_kind, init_from_checkpoint,
                                     make_trainer, model_config_from_args, print_done, recipe_parser, recipe_prog,
                                     resolve_device, run_command, start_run, stop_if_interrupted)
 from bytemodels.config import MegabyteConfig
 from bytemodels.data import prompt_ids
-from recipes.tinystories_data import (HUB_INSTRUCT, RECIPE, SEPARATOR, StorySource, byte_datasets, data_record,
-                                      source_from_args)
+from recipes.tinystories_data import HUB_INSTRUCT, RECIPE, byte_datasets, check_held_out, data_record, source_from_args
 from recipes.tinystories_instruct import STORY_FIELD, is_instruct_entry, story_prompt
 
 DEFAULT_VAL_FRACTION = 0.05
@@ -104,20 +103,6 @@ def story_model_config(args: argparse.Namespace, defaults: dict[str, Any], init:
     return model_config_from_args(args, defaults, fields=None if args.preset else defaults["model"])
 
 
-def check_held_out(train_data: Any, val_data: Any, source: StorySource, val_fraction: float, asked: bool) -> None:
-    """Say so when ``val_fraction`` held out no story (one story in all): a ``RecipeError`` when ``--val-fraction``
-    was given, else a warning on stderr; the run then trains without validation."""
-    if len(val_data) or val_fraction == 0:
-        return
-    problem = (f"--val-fraction {val_fraction:g} holds out none of the {len(train_data):,} stories of "
-               f"{source.description} (each file is one story or more, split at {SEPARATOR} lines)")
-    remedy = "give two stories or more, or a valid.txt beside train.txt in a --data folder"
-    if asked:
-        raise RecipeError(f"{problem}; {remedy}")
-    print(f"warning: {problem}, so the run has no validation; {remedy} (--val-fraction 0 trains without one quietly)",
-          file=sys.stderr)
-
-
 def print_summary(summary: Any, out: Path) -> None:
     """The numbers a run ends with, where its files are, and how to write more stories."""
     print_done(summary)
@@ -173,7 +158,7 @@ def train(args: argparse.Namespace) -> None:
                            flags=run.flags, defaults=defaults, sample_fn=sample_fn, metadata=metadata)
     if init:
         print(f"fine-tuning from {init}")
-        init_weights(trainer, init)
+        init_from_checkpoint(trainer, init)
 
     print(f"run folder: {out} (checkpoints/, metrics.jsonl, curve.png, samples/)")
     summary = trainer.fit()

@@ -10,6 +10,7 @@ import argparse
 import errno
 import os
 import re
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -324,6 +325,21 @@ def byte_datasets(source: StorySource, codec: Any, cache_dir: Path, *, instruct_
         return build("train", 0.0).train, build("validation", 0.0).train
     everything = build("train", val_fraction)
     return everything.train, everything.val
+
+
+def check_held_out(train_data: Any, val_data: Any, source: StorySource, val_fraction: float, asked: bool) -> None:
+    """Say so when ``val_fraction`` held out no story (one story in all): a ``RecipeError`` when ``--val-fraction``
+    was given, else a warning on stderr; the run then trains without validation."""
+    if len(val_data) or val_fraction == 0:
+        return
+    problem = (f"--val-fraction {val_fraction:g} holds out none of the {len(train_data):,} stories of "
+               f"{source.description} (each file is one story or more, split at {SEPARATOR} lines)")
+    remedy = "give two stories or more, or a valid.txt beside train.txt in a --data folder"
+    if asked:
+        raise RecipeError(f"{problem}; {remedy}")
+    print(f"warning: {problem}, so the run has no validation; {remedy} (--val-fraction 0 trains without one quietly)",
+          file=sys.stderr)
+
 
 
 # -- 3. what a checkpoint records, and reading it back ---------------------------------------------

@@ -1,5 +1,6 @@
 """What every recipe does around the one ``Trainer``: shared flags, the run folder and ``--resume``, configs
-from flags and device defaults, the byte cache of one codec's documents, and one-line errors.
+from flags and device defaults (or a checkpoint's, to fine-tune), the byte cache of one codec's documents,
+and one-line errors.
 
 A recipe (``recipes/*.py``) picks data, codecs and a preset and reads as a story; the plumbing it would
 otherwise repeat lives here. Nothing here knows a modality: codecs are passed in, and only their ``tag``,
@@ -398,7 +399,7 @@ def checkpoint_model_config(checkpoint: str) -> Any:
     return MegabyteConfig.load(folder / "config.json")
 
 
-def init_weights(trainer: Any, checkpoint: str) -> None:
+def init_from_checkpoint(trainer: Any, checkpoint: str) -> None:
     """Start ``trainer``'s model from the weights of a checkpoint (fine-tuning; the recipe's ``--init``), not from
     random ones."""
     from bytemodels.model import Megabyte

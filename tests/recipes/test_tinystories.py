@@ -79,22 +79,22 @@ def test_jsonl_and_parquet_are_read_through_datasets(tmp_path):
 
 
 def test_bad_local_data_is_one_clear_error(tmp_path):
-    with pytest.raises(tinystories.RecipeError, match="no such file"):
+    with pytest.raises(tinystories_data.RecipeError, match="no such file"):
         tinystories_data.local_source(tmp_path / "missing.txt")
     (tmp_path / "notes.csv").write_text("a,b\n", encoding="utf-8")
-    with pytest.raises(tinystories.RecipeError, match="unknown file type"):
+    with pytest.raises(tinystories_data.RecipeError, match="unknown file type"):
         tinystories_data.local_source(tmp_path / "notes.csv")
     write_txt(tmp_path / "a.txt", make_stories(2))
     (tmp_path / "b.jsonl").write_text('{"text": "x"}\n', encoding="utf-8")
-    with pytest.raises(tinystories.RecipeError, match="mixes"):
+    with pytest.raises(tinystories_data.RecipeError, match="mixes"):
         tinystories_data.local_source(tmp_path)
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "stories.jsonl").write_text('{"title": "no text column"}\n', encoding="utf-8")
-    with pytest.raises(tinystories.RecipeError, match="no story column"):
+    with pytest.raises(tinystories_data.RecipeError, match="no story column"):
         tinystories_data.local_source(bad, tmp_path / "cache").load()
     (tmp_path / "empty.txt").write_bytes(b"")  # the datasets loader's own error did not say so
-    with pytest.raises(tinystories.RecipeError, match="empty.txt is empty"):
+    with pytest.raises(tinystories_data.RecipeError, match="empty.txt is empty"):
         tinystories_data.local_source(tmp_path / "empty.txt")
 
 
@@ -128,7 +128,7 @@ def test_shared_tinystories_load_as_real_stories(shared_data, tmp_path):
 def test_an_unreachable_hub_says_to_pass_data(monkeypatch):
     # Why the hub is unreachable is the probe's business (tests/test_hub.py); the recipe adds what to do.
     monkeypatch.setattr(tinystories_data, "hub_unreachable_reason", lambda: "cannot connect to huggingface.co:443")
-    with pytest.raises(tinystories.RecipeError, match=r"\(cannot connect to huggingface.co:443\); .*--data"):
+    with pytest.raises(tinystories_data.RecipeError, match=r"\(cannot connect to huggingface.co:443\); .*--data"):
         tinystories_data.hub_source().load()
 
 
@@ -153,7 +153,8 @@ def test_hub_sources_ask_datasets_for_the_right_files(monkeypatch, tmp_path):
 
     def fake_load_dataset(name, **options):
         calls.append((name, options))
-        rows = {"text": lines} if options.get("data_files") or name == tinystories_data.HUB_INSTRUCT else {"text": stories}
+        line_rows = options.get("data_files") or name == tinystories_data.HUB_INSTRUCT
+        rows = {"text": lines} if line_rows else {"text": stories}
         return datasets.DatasetDict({split: datasets.Dataset.from_dict(rows) for split in ("train", "validation")})
 
     monkeypatch.setattr(tinystories_data, "hub_unreachable_reason", lambda: None)
