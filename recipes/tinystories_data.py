@@ -1,7 +1,8 @@
 """TinyStories for the recipe: the stories from local files or the hub, split into stories, and cached as bytes.
 
 ``StorySource`` says where the stories come from (``local_source``, ``hub_source``); ``byte_datasets`` turns them
-into the (train, validation) ``ByteDataset`` the trainer reads, built once under the cache folder.
+into the (train, validation) ``ByteDataset`` the trainer reads, built once under the cache folder; ``data_record``
+is what a checkpoint records of them, so ``--resume`` reads the same stories (``source_from_args``).
 """
 
 from __future__ import annotations
