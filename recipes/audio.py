@@ -1,28 +1,7 @@
 """Train a byte-level MEGABYTE model on audio clips: raw μ-law (or 16-bit) samples, one clip per record.
 
-The wav codec turns every clip into samples at one rate and format; the records layout puts each clip in
-its own record (header patch, samples, EOS), so sampling from the header writes a new clip from its start.
-The loop, checkpoints, metrics and curve are the ``Trainer``'s; this file picks the data, the codec and a
-preset, writes the samples as ``.wav`` and compares the model with FLAC on the held-out clips.
-
-Commands, in the order you would run them (from the checkout)::
-
-    # 1. train on a folder of audio files (searched recursively), here the spoken digits beside the checkout
-    python -m recipes.audio --data ../shared/data/audio/fsdd/recordings --time 10m
-
-    # ... or on a Hugging Face audio data set (GPU), 16-bit samples at 16 kHz
-    python -m recipes.audio --hub-dataset user/speech --hub-split train --sample-format pcm16 --sample-rate 16000
-
-    # 2. continue the run in runs/audio for ten more minutes
-    python -m recipes.audio --resume --time 20m
-
-    # 3. listen: runs/audio/samples/step_*/sample_*.wav (new clips) and continuation_*.wav
-    #    (the first --prompt-seconds of a held-out clip, then the model); held_out_*.wav are the originals
-
-Every stage can be re-run: the clips are encoded once into a byte cache under ``--cache-dir``, reused
-while the files and the codec options stay the same. At the end the recipe prints validation bits/byte
-beside FLAC's size on the same held-out clips (FLAC of exactly the codec's bytes, so both are lossless
-codes of the same samples) and writes that table to ``compression.json`` in the run folder.
+The recipe picks the clips, the wav codec and a preset, writes samples as ``.wav`` and compares the model with
+FLAC of exactly the codec's bytes on the held-out clips (``compression.json``). Commands and flags: docs/recipes.md.
 """
 
 from __future__ import annotations
@@ -39,14 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from bytemodels.app.flags import COUNT, FRACTION, NON_NEGATIVE, POSITIVE
+from bytemodels.app.flags import COUNT, NON_NEGATIVE, POSITIVE
 from bytemodels.app.hub import DEFAULT_SPLIT, HUB_DATA_FLAGS, add_hub_arguments
-from bytemodels.app.media import (Reader, check_one_source, check_patch_fits, comparison, folder_source,
-                                  generate_records, hub_source, print_comparison, save_png, shared_data_hint,
-                                  write_records)
-from bytemodels.app.recipe import (DataFlags, RecipeError, add_model_and_training_arguments, add_run_arguments,
-                                    defaults_epilog, finish_with_comparison, make_trainer, model_config_from_args,
-                                    recipe_prog, records_dataset, run_command, start_run)
+from bytemodels.app.media import (Reader, add_media_run_arguments, check_held_out, check_one_source,
+                                  check_patch_fits, comparison, folder_source, generate_records, hub_source,
+                                  print_comparison, run_media_command, shared_data_hint, spectrograms, write_records)
+from bytemodels.app.recipe import (DataFlags, add_model_and_training_arguments, defaults_epilog,
+                                    finish_with_comparison, make_trainer, model_config_from_args, recipe_parser,
+                                    records_dataset, start_run)
 from bytemodels.data import whole_document_windows
 
 RECIPE = "audio"
@@ -164,39 +143,6 @@ def print_report(report: dict[str, Any]) -> None:
 
 
 # -- 3. samples: new clips and continuations of held-out clips, as .wav (and a picture of them) ----------------
-def spectrograms(rows: list[tuple[str, list[np.ndarray]]], sample_rate: int, path: Path,
-                 marks: list[float] | None = None) -> Path:
-    """One PNG of spectrograms, a row per label (e.g. held out, continued, new), all on one time scale.
-
-    ``marks`` (seconds, one per column) draw a line where the held-out start of a continuation ends."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on training machines
-    import matplotlib.pyplot as plt
-
-    columns = max(len(clips) for _, clips in rows)
-    longest = max((len(clip) for _, clips in rows for clip in clips), default=1) / sample_rate
-    figure, axes = plt.subplots(len(rows), columns, figsize=(2.6 * columns, 1.9 * len(rows)), dpi=100,
-                                squeeze=False, sharex=True, sharey=True)
-    for row, (label, clips) in enumerate(rows):
-        axes[row][0].set_ylabel(f"{label}\nHz")
-        for column in range(columns):
-            axis = axes[row][column]
-            clip = clips[column] if column < len(clips) else np.zeros(0)
-            if len(clip) >= 64:  # shorter clips (an early EOS) have no spectrogram to speak of
-                axis.specgram(clip, NFFT=256 if len(clip) >= 256 else 64, Fs=sample_rate, noverlap=0,
-                              cmap="magma", scale="dB", vmin=-120)
-            axis.set_xlim(0, max(longest, 1e-3))
-            if marks is not None and label.startswith("continued") and column < len(marks):
-                axis.axvline(marks[column], color="cyan", linewidth=1)
-    for axis in axes[-1]:
-        axis.set_xlabel("seconds")
-    figure.tight_layout()
-    save_png(figure, path)
-    plt.close(figure)
-    return path
-
-
 def sample_writer(codec: Any, patch_size: int, held_out: list[bytes], *, count: int, seconds: float,
                   prompt_seconds: float, temperature: float, seed: int) -> Callable[[Any, int, Path], None]:
     """The ``sample_fn`` the trainer calls: ``count`` new clips, ``count`` continuations and their spectrograms."""
@@ -250,9 +196,8 @@ def train(args: argparse.Namespace) -> None:
     key, read = clip_source(args, codec)
     print(f"clips: {args.hub_dataset or args.data}; codec {json.dumps(codec.config())}; byte cache: {run.cache_dir}")
     dataset = records_dataset(read, codec, run.cache_dir, recipe=RECIPE, source=key, val_fraction=args.val_fraction)
+    check_held_out(dataset, args.val_fraction, "clips")
     train_data, val_data = dataset.train, dataset.val
-    if not len(val_data):
-        raise RecipeError(f"--val-fraction {args.val_fraction} holds out none of the {len(dataset)} clips; raise it")
     seconds = 1.0 / (codec.bytes_per_frame * codec.sample_rate)
     print(f"train: {len(train_data):,} clips, {train_data.num_bytes * seconds / 60:.1f} min; "
           f"held out: {len(val_data):,} clips, {val_data.num_bytes * seconds / 60:.1f} min")
@@ -289,20 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
         f"{EVAL_WINDOW_CAP} windows), the clips the FLAC comparison uses.",
         "  --patch-sizes must keep sample frames whole: a multiple of 1 byte for mulaw and linear8, "
         "2 for pcm16, twice that in stereo."])
-    parser = argparse.ArgumentParser(
-        prog=recipe_prog("audio"),
-        description="Train a byte-level MEGABYTE model on audio clips (one clip per record), write new clips and "
-                    "continuations of held-out clips as .wav, and compare validation bits/byte with FLAC.",
-        epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
-    recipe = parser.add_argument_group("recipe")
+    parser, recipe = recipe_parser(
+        RECIPE, "Train a byte-level MEGABYTE model on audio clips (one clip per record), write new clips and "
+                "continuations of held-out clips as .wav, and compare validation bits/byte with FLAC.", epilog)
     example = f" (e.g. {os.path.relpath(SHARED_DATA)})" if SHARED_DATA.is_dir() else ""
     recipe.add_argument("--data", metavar="DIR", help=f"folder of audio files, searched recursively{example}")
     add_hub_arguments(recipe, "Audio",
                       "a Hugging Face audio data set instead of --data (the file bytes are decoded here)")
-    recipe.add_argument("--limit", type=COUNT, metavar="N", help="read at most N clips (default: all)")
-    recipe.add_argument("--val-fraction", type=FRACTION, default=0.05,
-                        help="share of the clips held out for validation and continuations (default: 0.05)")
-    add_run_arguments(recipe, RECIPE, DEVICE_DEFAULTS, documents="clips", recorded="codec and clips")
+    add_media_run_arguments(recipe, RECIPE, DEVICE_DEFAULTS, unit="clips", recorded="codec and clips",
+                            held_out_for="validation and continuations")
     recipe.add_argument("--num-samples", type=COUNT, default=4, metavar="N",
                         help="new clips and continuations written at each sampling (default: 4)")
     recipe.add_argument("--sample-seconds", type=POSITIVE, metavar="S",
@@ -317,9 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m recipes.audio ...``; errors a user can fix are one line, no traceback."""
-    from bytecodecs import CodecError
-
-    run_command(build_parser(), train, argv, errors=(CodecError,))
+    run_media_command(build_parser(), train, argv)
 
 
 if __name__ == "__main__":

@@ -1,30 +1,7 @@
-"""Train a byte-level MEGABYTE model on images at a fixed size: raw pixels, one image per record.
+"""Train a byte-level MEGABYTE model on images at a fixed size: raw pixels, one image per record, a row per patch.
 
-The image codec turns every picture into rows of raw pixels (e.g. 28x28 grey or 32x32 RGB); the patch
-size is aligned to those rows (one row per patch by default), so the global model steps row by row and the
-local model writes the pixels of a row. The loop, checkpoints, metrics and curve are the ``Trainer``'s;
-this file picks the data, the codec and a preset, draws samples and completions as PNG grids and compares
-the model with PNG on the held-out images.
-
-Commands, in the order you would run them (from the checkout)::
-
-    # 1. train on MNIST digits stored as a numpy array beside the checkout (28x28 grey, read from the array)
-    python -m recipes.images --data ../shared/data/images/mnist_test.npz --time 10m
-
-    # ... on CIFAR-10 images (32x32 RGB), a folder of image files, or a Hugging Face image data set
-    python -m recipes.images --data ../shared/data/images/cifar10_test_sample5000.npz --out runs/cifar
-    python -m recipes.images --data photos/ --width 32 --height 32 --mode RGB --out runs/photos
-    python -m recipes.images --hub-dataset ylecun/mnist --width 28 --height 28 --mode L      # GPU, online
-
-    # 2. continue the run in runs/images for ten more minutes
-    python -m recipes.images --resume --time 20m
-
-    # 3. look: runs/images/samples/step_*/grid.png (new images; held-out images; their top halves completed)
-
-Every stage can be re-run: the images are encoded once into a byte cache under ``--cache-dir``, reused while
-the source and the codec options stay the same. At the end the recipe prints validation bits/byte beside
-PNG's size on the same held-out images (bits per raw pixel byte) and writes that table to
-``compression.json`` in the run folder.
+The recipe picks the images, the image codec and a preset, draws samples and completions as PNG grids and
+compares the model with PNG on the held-out images (``compression.json``). Commands and flags: docs/recipes.md.
 """
 
 from __future__ import annotations
@@ -39,14 +16,15 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bytemodels.app.flags import COUNT, FRACTION, NON_NEGATIVE
+from bytemodels.app.flags import COUNT, NON_NEGATIVE
 from bytemodels.app.hub import DEFAULT_SPLIT, HUB_DATA_FLAGS, add_hub_arguments
-from bytemodels.app.media import (Reader, array_reader, check_one_source, check_patch_fits, comparison,
-                                  folder_source, generate_records, hub_source, image_array, image_grid,
-                                  print_comparison, save_png, shared_data_hint, write_records)
-from bytemodels.app.recipe import (DataFlags, RecipeError, add_model_and_training_arguments, add_run_arguments,
-                                    defaults_epilog, finish_with_comparison, make_trainer, model_config_from_args,
-                                    recipe_prog, records_dataset, run_command, start_run)
+from bytemodels.app.media import (Reader, add_media_run_arguments, array_reader, check_held_out, check_one_source,
+                                  check_patch_fits, comparison, fixed_size_image_options, folder_source,
+                                  generate_records, hub_source, image_array, image_grid, print_comparison,
+                                  row_patch_size, run_media_command, save_png, shared_data_hint, write_records)
+from bytemodels.app.recipe import (DataFlags, RecipeError, add_model_and_training_arguments, defaults_epilog,
+                                    finish_with_comparison, make_trainer, model_config_from_args, recipe_parser,
+                                    records_dataset, start_run)
 from bytemodels.data import file_key, record_ids, whole_document_windows
 
 RECIPE = "images"
@@ -111,13 +89,7 @@ def image_source(args: argparse.Namespace, codec_options: dict[str, Any]) -> tup
     return codec, *folder_source(path, codec, args.limit, what="image")
 
 
-# -- 2. patches aligned to rows ----------------------------------------------------------------------------------
-def row_patch_size(row_bytes: int) -> int:
-    """The default patch: one image row (two when a row is a single byte, since a patch holds BOS and a tag)."""
-    return row_bytes if row_bytes >= 2 else 2
-
-
-# -- 3. the comparison: PNG of the same images ------------------------------------------------------------------
+# -- 2. the comparison: PNG of the same images ------------------------------------------------------------------
 def png_bytes(data: bytes, codec: Any) -> bytes:
     """A PNG file (``optimize=True``) of one image's codec bytes."""
     buffer = io.BytesIO()
@@ -161,7 +133,7 @@ def print_report(report: dict[str, Any]) -> None:
                       ("PNG (optimize), pixel data only", report["png_idat_bits_per_byte"])], "raw pixels")
 
 
-# -- 4. samples: new images and completions of held-out images, as PNG ----------------------------------------
+# -- 3. samples: new images and completions of held-out images, as PNG ----------------------------------------
 def sample_writer(codec: Any, patch_size: int, held_out: list[bytes], *, count: int, temperature: float,
                   seed: int) -> Callable[[Any, int, Path], None]:
     """The ``sample_fn`` the trainer calls: ``count`` new images, ``count`` completions and their grid."""
@@ -185,24 +157,13 @@ def sample_writer(codec: Any, patch_size: int, held_out: list[bytes], *, count: 
     return write_samples
 
 
-# -- 5. training -------------------------------------------------------------------------------------------------
+# -- 4. training -------------------------------------------------------------------------------------------------
 def image_model_config(args: argparse.Namespace, codec: Any, defaults: dict[str, Any]) -> Any:
     """The preset with the model flags; by default one row per patch and one whole image per window."""
     row, record = codec.framing.align, codec.framing.record_size
     return model_config_from_args(args, defaults, patch_size=row_patch_size(row),
                                   check_patch=partial(check_patch_fits, row=row),
                                   max_seq_len=lambda patch: record_ids(record, patch))
-
-
-def codec_options_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The image codec flags given on the command line; sizes must be fixed (no ``fit=keep``)."""
-    from bytecodecs import ImageCodec
-    from bytemodels.app.flags import overrides_from_args
-
-    options = overrides_from_args(ImageCodec, args)
-    if options.get("fit") == "keep":
-        raise RecipeError("--fit keep stores each image at its own size; this recipe needs one size: use crop or pad")
-    return options
 
 
 def train(args: argparse.Namespace) -> None:
@@ -213,7 +174,7 @@ def train(args: argparse.Namespace) -> None:
     run = start_run(args, RECIPE, DEVICE_DEFAULTS, codec_classes=[ImageCodec], data_flags=DATA_FLAGS)
     recorded = run.recorded
     codec_options = ({k: v for k, v in recorded.metadata["codec"].items() if k != "name"} if recorded is not None
-                     else codec_options_from_args(args))
+                     else fixed_size_image_options(args))
     codec, key, read = image_source(args, codec_options)
     if recorded is not None:
         model_config = MegabyteConfig.from_dict(recorded.model_config)
@@ -221,9 +182,8 @@ def train(args: argparse.Namespace) -> None:
         model_config = image_model_config(args, codec, run.defaults)
     print(f"images: {args.hub_dataset or args.data}; codec {json.dumps(codec.config())}; byte cache: {run.cache_dir}")
     dataset = records_dataset(read, codec, run.cache_dir, recipe=RECIPE, source=key, val_fraction=args.val_fraction)
+    check_held_out(dataset, args.val_fraction, "images")
     train_data, val_data = dataset.train, dataset.val
-    if not len(val_data):
-        raise RecipeError(f"--val-fraction {args.val_fraction} holds out none of the {len(dataset)} images; raise it")
     patch, seq_len = model_config.patch_size, model_config.max_seq_len
     rows = patch / codec.framing.align
     print(f"train: {len(train_data):,} images; held out: {len(val_data):,}; patch {patch} bytes "
@@ -248,7 +208,7 @@ def train(args: argparse.Namespace) -> None:
               f"samples: {run.out / 'samples'} (grid.png in each step folder); table: {table}")
 
 
-# -- 6. command line ---------------------------------------------------------------------------------------
+# -- 5. command line ---------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """Recipe flags, then one flag per field of the image codec, the model config and the training config."""
     from bytecodecs import ImageCodec
@@ -262,12 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
         "  width, height and mode: those of a .npz/.npy array's images; 32x32 RGB for folders and the hub.",
         "  sample_every follows eval_every; eval_windows covers whole held-out images (about "
         f"{EVAL_WINDOW_CAP}), the images the PNG comparison uses."])
-    parser = argparse.ArgumentParser(
-        prog=recipe_prog("images"),
-        description="Train a byte-level MEGABYTE model on fixed-size images (one image per record, one row per "
-                    "patch), draw samples and completions as PNG grids, and compare validation bits/byte with PNG.",
-        epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
-    recipe = parser.add_argument_group("recipe")
+    parser, recipe = recipe_parser(
+        RECIPE, "Train a byte-level MEGABYTE model on fixed-size images (one image per record, one row per patch), "
+                "draw samples and completions as PNG grids, and compare validation bits/byte with PNG.", epilog)
     example = f" (e.g. {os.path.relpath(SHARED_DATA / 'mnist_test.npz')})" if SHARED_DATA.is_dir() else ""
     recipe.add_argument("--data", metavar="PATH", help="a folder of image files (searched recursively) or images "
                         f"as a .npz or .npy uint8 array{example}")
@@ -276,10 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "image-shaped one)")
     add_hub_arguments(recipe, "Image",
                       "a Hugging Face image data set instead of --data (e.g. ylecun/mnist, uoft-cs/cifar10)")
-    recipe.add_argument("--limit", type=COUNT, metavar="N", help="read at most N images (default: all)")
-    recipe.add_argument("--val-fraction", type=FRACTION, default=0.05,
-                        help="share of the images held out for validation and completions (default: 0.05)")
-    add_run_arguments(recipe, RECIPE, DEVICE_DEFAULTS, documents="images", recorded="codec and images")
+    add_media_run_arguments(recipe, RECIPE, DEVICE_DEFAULTS, unit="images", recorded="codec and images",
+                            held_out_for="validation and completions")
     recipe.add_argument("--num-samples", type=COUNT, default=8, metavar="N",
                         help="new images and completions drawn at each sampling (default: 8)")
     recipe.add_argument("--temperature", type=NON_NEGATIVE, default=1.0, help="sampling temperature (default: 1.0)")
@@ -290,9 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m recipes.images ...``; errors a user can fix are one line, no traceback."""
-    from bytecodecs import CodecError
-
-    run_command(build_parser(), train, argv, errors=(CodecError,))
+    run_media_command(build_parser(), train, argv)
 
 
 if __name__ == "__main__":

@@ -1,25 +1,8 @@
 """Train one byte-level MEGABYTE model on text, audio and images at once, each document led by its modality tag.
 
-Every document is a record (records layout) whose header patch holds BOS and the tag of the codec that
-made it: text 0, audio 1, image 2. Sampling from a header with a tag therefore produces that modality, and
-each sample is written in its own format (``.txt``, ``.wav``, ``.png``). The patch size is aligned to image
-rows (one row per patch, e.g. 28 bytes for MNIST); text and μ-law audio fit any patch size. The loop,
-checkpoints, metrics and curve are the ``Trainer``'s; this file picks the data, the codecs and a preset.
-
-Commands, in the order you would run them (from the checkout)::
-
-    # 1. train on stories, spoken digits and MNIST digits beside the checkout, 2,000 documents of each
-    python -m recipes.mixed --text ../shared/data/tinystories/train.txt \\
-        --audio ../shared/data/audio/fsdd/recordings --images ../shared/data/images/mnist_test.npz \\
-        --limit 2000 --time 10m
-
-    # 2. continue the run in runs/mixed for ten more minutes
-    python -m recipes.mixed --resume --time 20m
-
-    # 3. read, listen, look: runs/mixed/samples/step_*/text_*.txt, audio_*.wav, image_*.png (and images.png)
-
-Any one or two of --text, --audio and --images work too. Every stage can be re-run: the documents are
-encoded once into a byte cache under ``--cache-dir``, reused while the sources and codec options stay the same.
+Every document is a record whose header patch holds BOS and its codec's tag (text 0, audio 1, image 2), so sampling
+from a tag produces that modality, written as ``.txt``, ``.wav`` or ``.png``; patches are aligned to image rows.
+Commands and flags: docs/recipes.md.
 """
 
 from __future__ import annotations
@@ -27,27 +10,21 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-from collections.abc import Callable, Iterator, Sequence
-from itertools import zip_longest
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bytemodels.app.flags import COUNT, FRACTION, NON_NEGATIVE, POSITIVE
-from bytemodels.app.media import (Reader, array_reader, check_patch_fits, folder_files, image_array, image_grid,
-                                  save_png, write_records)
-from bytemodels.app.recipe import (DataFlags, RecipeError, add_model_and_training_arguments, add_run_arguments,
-                                    defaults_epilog, make_trainer, model_config_from_args, no_result_line, print_done,
-                                    recipe_prog, run_command, start_run, stop_if_interrupted)
-from bytemodels.data import file_key, folder_key, record_ids, record_prompt, whole_document_windows
+from bytemodels.app.flags import COUNT, NON_NEGATIVE, POSITIVE
+from bytemodels.app.media import (add_media_run_arguments, check_held_out, check_patch_fits, fixed_size_image_options,
+                                  image_grid, row_patch_size, run_media_command, save_png, write_records)
+from bytemodels.app.recipe import (DataFlags, add_model_and_training_arguments, defaults_epilog, make_trainer,
+                                    model_config_from_args, no_result_line, print_done, recipe_parser,
+                                    start_run, stop_if_interrupted)
+from bytemodels.data import record_ids, record_prompt, whole_document_windows
+from recipes.mixed_data import RECIPE, SEPARATOR, byte_dataset, sources_from_args
 
-RECIPE = "mixed"
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-"""Real stories, spoken digits and images beside the checkout (when there are some)."""
-SEPARATOR = "<|endoftext|>"
-"""Ends each story in TinyStories-style ``.txt`` files: a text file is split into documents there."""
 MODALITIES = ("text", "audio", "image")
 """In the order of their tags (text 0, audio 1, image 2); a flag per modality names its source."""
 EVAL_WINDOW_CAP = 256
@@ -65,119 +42,7 @@ DATA_FLAGS = DataFlags(names={name: name for name in ("text", "audio", "images",
                        sources=("text", "audio", "images"), paths=("text", "audio", "images"))
 
 
-# -- 1. documents: one reader per modality, interleaved ------------------------------------------------------
-def files_under(path: Path, codec: Any, flag: str, what: str, limit: int | None = None) -> Any:
-    """The files ``codec`` reads as a ``bytecodecs.FolderFiles``: ``path`` itself when it is a file, else the
-    first ``limit`` files under it (recursively)."""
-    import bytecodecs
-
-    if path.is_file():
-        return bytecodecs.FolderFiles(root=path.parent, codec=codec, paths=[path])
-    return folder_files(path, codec, limit, flag=flag, what=what)
-
-
-def source_key(path: Path, files: Any) -> dict[str, Any]:
-    """Identifies ``path`` in a cache key: the file, or the files read under the folder."""
-    return file_key(path) if path.is_file() else folder_key(path, files.paths)
-
-
-def text_documents(path: Path, codec: Any, limit: int | None) -> tuple[dict[str, Any], Reader]:
-    """(cache key, reader) for text: each file, split into stories where it holds ``<|endoftext|>``."""
-    files = files_under(path, codec, "--text", "text")
-    key = source_key(path, files)
-
-    def read() -> Iterator[bytes]:
-        count = 0
-        for file in files.paths:
-            for story in codec.load(file).split(SEPARATOR):
-                story = story.strip()
-                if story and (limit is None or count < limit):
-                    count += 1
-                    yield codec.encode(story)
-            if limit is not None and count >= limit:
-                return
-
-    return {"text": key, "limit": limit}, read
-
-
-def audio_documents(path: Path, codec: Any, limit: int | None) -> tuple[dict[str, Any], Reader]:
-    """(cache key, reader) for the audio files under ``path``; unusable files are skipped and counted."""
-    files = files_under(path, codec, "--audio", "audio", limit)
-    return {"audio": source_key(path, files), "limit": limit}, files.encoded
-
-
-def image_documents(path: Path, codec_options: dict[str, Any], array_key: str | None,
-                    limit: int | None) -> tuple[Any, dict[str, Any], Reader]:
-    """(codec, cache key, reader) for images: a .npz/.npy array (its images' size is the default) or a folder."""
-    import bytecodecs
-    from bytecodecs.image import ARRAY_SUFFIXES
-
-    if path.is_file() and path.suffix.lower() in ARRAY_SUFFIXES:
-        codec, array = image_array(path, array_key, codec_options, flag="--images")
-        key = {"images": file_key(path), "array_key": array_key, "limit": limit}
-        return codec, key, array_reader(array, codec, limit)
-    codec = bytecodecs.get_codec("image", **codec_options)
-    files = files_under(path, codec, "--images", "image", limit)
-    return codec, {"images": folder_key(path, files.paths), "limit": limit}, files.encoded
-
-
-def interleave(readers: dict[str, Reader],
-               codecs: dict[str, Any]) -> Iterator[tuple[bytes, int]]:
-    """``(bytes, tag)`` documents taking one of each modality in turn, so every stretch of the data (and of
-    the validation windows) holds all of them."""
-    from tqdm.auto import tqdm
-
-    def tagged(reader: Reader, tag: int) -> Iterator[tuple[bytes, int]]:
-        for data in reader():
-            yield data, tag
-
-    streams = [tagged(reader, codecs[name].tag) for name, reader in readers.items()]
-    with tqdm(desc="encoding documents", unit="doc") as bar:
-        for group in zip_longest(*streams):
-            for document in group:
-                if document is not None and document[0]:
-                    bar.update(1)
-                    yield document
-
-
-def byte_dataset(keys: dict[str, Any], readers: dict[str, Reader], codecs: dict[str, Any],
-                 cache_dir: Path, val_fraction: float) -> Any:
-    """Every modality's documents in one records-layout ``ByteDataset``, built once under ``cache_dir``."""
-    from bytemodels.data import ByteDataset
-
-    key = {"recipe": RECIPE, "sources": keys, "codecs": {name: codec.config() for name, codec in codecs.items()}}
-    return ByteDataset.build(interleave(readers, codecs), cache_dir, key=key, layout="records", name=RECIPE,
-                             val_fraction=val_fraction, split_seed=0, progress=False)  # interleave has a bar
-
-
-def sources_from_args(args: argparse.Namespace, codec_options: dict[str, dict[str, Any]]) -> tuple[dict, dict, dict]:
-    """(codecs, cache keys, readers) of the modalities named by --text, --audio and --images."""
-    import bytecodecs
-
-    for flag, path in (("--text", args.text), ("--audio", args.audio), ("--images", args.images)):
-        if path and not Path(path).expanduser().exists():
-            raise RecipeError(f"{flag} {path}: no such file or folder")
-    codecs, keys, readers = {}, {}, {}
-    if args.text:
-        codecs["text"] = bytecodecs.get_codec("text", **codec_options.get("text", {}))
-        keys["text"], readers["text"] = text_documents(Path(args.text).expanduser(), codecs["text"], args.limit)
-    if args.audio:
-        codecs["audio"] = bytecodecs.get_codec("wav", **codec_options.get("audio", {}))
-        keys["audio"], readers["audio"] = audio_documents(Path(args.audio).expanduser(), codecs["audio"], args.limit)
-    if args.images:
-        codecs["image"], keys["image"], readers["image"] = image_documents(
-            Path(args.images).expanduser(), codec_options.get("image", {}), args.array_key, args.limit)
-    if not codecs:
-        example = ""
-        if SHARED_DATA.is_dir():
-            shared = os.path.relpath(SHARED_DATA)
-            example = (f" (e.g. --text {shared}/tinystories/train.txt --audio {shared}/audio/fsdd/recordings "
-                       f"--images {shared}/images/mnist_test.npz)")
-        raise RecipeError(f"nothing to train on: give at least one of --text, --audio and --images{example}")
-    return codecs, keys, readers
-
-
-# -- 2. one patch size for every modality ---------------------------------------------------------------------
+# -- 1. one patch size for every modality ---------------------------------------------------------------------
 def aligned_patch_size(codecs: dict[str, Any], default: int) -> int:
     """One image row per patch when there are images (made a multiple of the audio frame), else ``default``."""
     if "image" not in codecs:
@@ -185,7 +50,7 @@ def aligned_patch_size(codecs: dict[str, Any], default: int) -> int:
     patch = codecs["image"].framing.align
     if "audio" in codecs:
         patch = math.lcm(patch, codecs["audio"].framing.align)
-    return patch if patch >= 2 else 2
+    return row_patch_size(patch)
 
 
 def check_alignment(patch_size: int, codecs: dict[str, Any]) -> None:
@@ -194,7 +59,7 @@ def check_alignment(patch_size: int, codecs: dict[str, Any]) -> None:
                      frames="audio frames", row=codecs["image"].framing.align if "image" in codecs else None)
 
 
-# -- 3. samples: one set per modality tag, each in its own format ---------------------------------------------
+# -- 2. samples: one set per modality tag, each in its own format ---------------------------------------------
 def sample_writer(codecs: dict[str, Any], patch_size: int, *, count: int, text_bytes: int, audio_seconds: float,
                   temperature: float, seed: int) -> Callable[[Any, int, Path], None]:
     """The ``sample_fn`` the trainer calls: ``count`` samples started from each modality's tag."""
@@ -223,7 +88,7 @@ def sample_writer(codecs: dict[str, Any], patch_size: int, *, count: int, text_b
     return write_samples
 
 
-# -- 4. training ---------------------------------------------------------------------------------------------
+# -- 3. training ---------------------------------------------------------------------------------------------
 def mixed_model_config(args: argparse.Namespace, codecs: dict[str, Any], defaults: dict[str, Any]) -> Any:
     """The preset with the model flags; patches aligned to image rows, windows holding a whole image."""
     from bytemodels.config import MegabyteConfig
@@ -241,13 +106,10 @@ def mixed_model_config(args: argparse.Namespace, codecs: dict[str, Any], default
 
 def codec_options_from_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """The audio and image codec flags given on the command line, by modality."""
-    from bytecodecs import ImageCodec, WavCodec
+    from bytecodecs import WavCodec
     from bytemodels.app.flags import overrides_from_args
 
-    image = overrides_from_args(ImageCodec, args)
-    if image.get("fit") == "keep":
-        raise RecipeError("--fit keep stores each image at its own size; this recipe needs one size: use crop or pad")
-    return {"audio": overrides_from_args(WavCodec, args), "image": image}
+    return {"audio": overrides_from_args(WavCodec, args), "image": fixed_size_image_options(args)}
 
 
 def train(args: argparse.Namespace) -> None:
@@ -270,10 +132,8 @@ def train(args: argparse.Namespace) -> None:
               f"(tag {codec.tag}, codec {json.dumps(codec.config())})")
     print(f"byte cache: {cache_dir}")
     dataset = byte_dataset(keys, readers, codecs, cache_dir, args.val_fraction)
+    check_held_out(dataset, args.val_fraction, "documents")
     train_data, val_data = dataset.train, dataset.val
-    if not len(val_data):
-        raise RecipeError(f"--val-fraction {args.val_fraction} holds out none of the {len(dataset)} documents; "
-                          "raise it")
     tags = np.array([train_data.document(i)[1] for i in range(len(train_data))])
     counts = ", ".join(f"{int((tags == codec.tag).sum()):,} {name}" for name, codec in codecs.items())
     patch, seq_len = model_config.patch_size, model_config.max_seq_len
@@ -304,7 +164,7 @@ def train(args: argparse.Namespace) -> None:
           f"({', '.join(f'{name}_*{codec.extension}' for name, codec in codecs.items())})")
 
 
-# -- 5. command line ---------------------------------------------------------------------------------------
+# -- 4. command line ---------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """Recipe flags, then one flag per field of the wav and image codecs, the model config and the training config."""
     from bytecodecs import ImageCodec, WavCodec
@@ -317,23 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
         "  width, height and mode: those of a .npz/.npy array's images; 32x32 RGB for a folder.",
         "  sample_every follows eval_every; eval_windows covers whole held-out documents (about "
         f"{EVAL_WINDOW_CAP} windows)."])
-    parser = argparse.ArgumentParser(
-        prog=recipe_prog("mixed"),
-        description="Train one byte-level MEGABYTE model on text, audio and images, each document led by its "
-                    "modality tag; samples of each modality are written as .txt, .wav and .png.",
-        epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
-    recipe = parser.add_argument_group("recipe")
+    parser, recipe = recipe_parser(
+        RECIPE, "Train one byte-level MEGABYTE model on text, audio and images, each document led by its modality "
+                "tag; samples of each modality are written as .txt, .wav and .png.", epilog)
     recipe.add_argument("--text", metavar="PATH", help="a .txt file or a folder of text files; a file is split into "
                         f"documents at {SEPARATOR} (TinyStories style) when it holds that marker")
     recipe.add_argument("--audio", metavar="DIR", help="a folder of audio files, searched recursively")
     recipe.add_argument("--images", metavar="PATH", help="a folder of image files or images as a .npz or .npy array")
     recipe.add_argument("--array-key", metavar="NAME",
                         help="array of an --images .npz file (default: images, else the first image-shaped one)")
-    recipe.add_argument("--limit", type=COUNT, metavar="N", help="read at most N documents of each modality "
-                        "(default: all)")
-    recipe.add_argument("--val-fraction", type=FRACTION, default=0.05,
-                        help="share of the documents held out for validation (default: 0.05)")
-    add_run_arguments(recipe, RECIPE, DEVICE_DEFAULTS, documents="documents", recorded="codecs and data")
+    add_media_run_arguments(recipe, RECIPE, DEVICE_DEFAULTS, unit="documents", recorded="codecs and data",
+                            per=" of each modality")
     recipe.add_argument("--num-samples", type=COUNT, default=3, metavar="N",
                         help="samples of each modality written at each sampling (default: 3)")
     recipe.add_argument("--text-bytes", type=COUNT, default=400, metavar="N",
@@ -349,9 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m recipes.mixed ...``; errors a user can fix are one line, no traceback."""
-    from bytecodecs import CodecError
-
-    run_command(build_parser(), train, argv, errors=(CodecError,))
+    run_media_command(build_parser(), train, argv)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # recipes/ runs from the checkout; it is never installed into site-packages
     sys.path.insert(0, str(REPO))
 
-from recipes import mixed, tinystories  # noqa: E402
+from recipes import mixed_data, tinystories, tinystories_data  # noqa: E402
 
 SEPARATOR = "\n<|endoftext|>\n"
 # A model small enough that a step takes well under a second on one CPU core.
@@ -53,8 +53,8 @@ def edit_keeping_size_and_time(path: Path, old: str, new: str) -> None:
 
 
 def byte_datasets(data: Path, cache: Path, val_fraction: float = 0.05):
-    source = tinystories.local_source(data, cache)
-    return tinystories.byte_datasets(source, bytecodecs.get_codec("text"), cache, instruct_seed=None,
+    source = tinystories_data.local_source(data, cache)
+    return tinystories_data.byte_datasets(source, bytecodecs.get_codec("text"), cache, instruct_seed=None,
                                      val_fraction=val_fraction, split_seed=0)
 
 
@@ -147,7 +147,7 @@ def test_the_mixed_recipe_reads_each_text_file_as_its_own_story(tmp_path):
     data.mkdir()
     for index in range(3):
         (data / f"{index}.txt").write_text(f"story {index}", encoding="utf-8")
-    _, read = mixed.text_documents(data, bytecodecs.get_codec("text"), limit=None)
+    _, read = mixed_data.text_documents(data, bytecodecs.get_codec("text"), limit=None)
     assert list(read()) == [b"story 0", b"story 1", b"story 2"]
 
 

@@ -12,7 +12,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 
 from bytemodels import Megabyte, MegabyteConfig, ModelFileError
 from bytemodels.hub_models import is_repo_id, model_card, model_folder

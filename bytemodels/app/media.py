@@ -1,6 +1,6 @@
 """What the media recipes (audio, images, mixed) share: where their files come from (a folder, an image array, a
 Hugging Face data set), the table comparing the model with a classic codec, generated records written as
-files, and a grid of images.
+files, a grid of images and a picture of spectrograms.
 
 Nothing here picks data, a codec or a preset: a recipe does, and passes in what is its own (how to read one
 hub file, which classic codec to compare with).
@@ -8,20 +8,43 @@ hub file, which classic codec to compare with).
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bytemodels.app.hub import media_documents
-from bytemodels.app.recipe import RecipeError
-from bytemodels.data import folder_key, record_prompt
+from bytemodels.app.flags import COUNT, FRACTION
+from bytemodels.app.recipe import RecipeError, add_run_arguments, run_command
+from bytemodels.data import file_key, folder_key, record_prompt
 
 Reader = Callable[[], Iterator[bytes]]
 """Yields the codec bytes of each document; only called when the byte cache has to be built."""
 CELL_PIXELS = 84
 """Grids scale each image up (nearest neighbour) to about this many pixels on its longer side."""
+
+
+# -- the command line -------------------------------------------------------------------------------------------
+def add_media_run_arguments(group: argparse._ArgumentGroup, recipe: str, device_defaults: Mapping[str, Any], *,
+                            unit: str, recorded: str, held_out_for: str = "validation", per: str = "") -> None:
+    """``--limit`` and ``--val-fraction`` of the ``unit`` read (``"clips"``; ``per`` adds to the limit's help, and
+    ``held_out_for`` says what held-out ones serve), then the run flags of every recipe (``add_run_arguments``)."""
+    group.add_argument("--limit", type=COUNT, metavar="N", help=f"read at most N {unit}{per} (default: all)")
+    group.add_argument("--val-fraction", type=FRACTION, default=0.05,
+                       help=f"share of the {unit} held out for {held_out_for} (default: 0.05)")
+    add_run_arguments(group, recipe, device_defaults, documents=unit, recorded=recorded)
+
+
+def run_media_command(parser: argparse.ArgumentParser, train: Callable[[argparse.Namespace], None],
+                      argv: Sequence[str] | None) -> None:
+    """``run_command`` with codec errors (an unreadable file, a bad codec option) as one-line errors too."""
+    from bytecodecs import CodecError
+
+    run_command(parser, train, argv, errors=(CodecError,))
 
 
 # -- sources ----------------------------------------------------------------------------------------------------
@@ -47,6 +70,32 @@ def folder_source(root: Path, codec: Any, limit: int | None, *, what: str) -> tu
     files = folder_files(root, codec, limit, flag="--data", what=what)
     progress = partial(tqdm, desc=f"encoding {root}", unit="file")
     return folder_key(root, files.paths), partial(files.encoded, progress)
+
+
+def files_under(path: Path, codec: Any, flag: str, what: str, limit: int | None = None) -> Any:
+    """The files ``codec`` reads as a ``bytecodecs.FolderFiles``: ``path`` itself when it is a file, else the
+    first ``limit`` files under it (recursively)."""
+    import bytecodecs
+
+    if path.is_file():
+        return bytecodecs.FolderFiles(root=path.parent, codec=codec, paths=[path])
+    return folder_files(path, codec, limit, flag=flag, what=what)
+
+
+def source_key(path: Path, files: Any) -> dict[str, Any]:
+    """Identifies ``path`` in a cache key: the file, or the files read under the folder."""
+    return file_key(path) if path.is_file() else folder_key(path, files.paths)
+
+
+def fixed_size_image_options(args: Any) -> dict[str, Any]:
+    """The image codec flags given on the command line; sizes must be fixed (no ``fit=keep``)."""
+    from bytecodecs import ImageCodec
+    from bytemodels.app.flags import overrides_from_args
+
+    options = overrides_from_args(ImageCodec, args)
+    if options.get("fit") == "keep":
+        raise RecipeError("--fit keep stores each image at its own size; this recipe needs one size: use crop or pad")
+    return options
 
 
 def image_array(path: Path, array_key: str | None, codec_options: Mapping[str, Any], *, flag: str) -> tuple[Any, Any]:
@@ -121,7 +170,18 @@ def check_one_source(args: Any, *, metavar: str, what: str, hint: str) -> None:
         raise RecipeError(f"no {what} to train on; {hint} or --hub-dataset NAME")
 
 
+def check_held_out(dataset: Any, val_fraction: float, unit: str) -> None:
+    """A ``RecipeError`` when ``val_fraction`` held out none of ``dataset``'s documents (``unit``: ``"clips"``)."""
+    if not len(dataset.val):
+        raise RecipeError(f"--val-fraction {val_fraction} holds out none of the {len(dataset)} {unit}; raise it")
+
+
 # -- patches that keep frames and rows whole ----------------------------------------------------------------------
+def row_patch_size(row_bytes: int) -> int:
+    """The default patch: one image row (two when a row is a single byte, since a patch holds BOS and a tag)."""
+    return row_bytes if row_bytes >= 2 else 2
+
+
 def check_patch_fits(patch_size: int, *, frame: int | None = None, frames: str = "sample frames",
                      row: int | None = None) -> None:
     """A patch holds whole ``frame``-byte audio frames, and whole image rows of ``row`` bytes or a whole fraction
@@ -209,3 +269,36 @@ def image_grid(rows: Sequence[tuple[str, Sequence[Any]]], split_row: int | None 
                 draw.line([(x - gap + 1, tick), (x - 2, tick)], fill="red", width=2)
                 draw.line([(x + cell_w + 1, tick), (x + cell_w + gap - 2, tick)], fill="red", width=2)
     return canvas
+
+
+def spectrograms(rows: list[tuple[str, list[np.ndarray]]], sample_rate: int, path: Path,
+                 marks: list[float] | None = None) -> Path:
+    """One PNG of spectrograms, a row per label (e.g. held out, continued, new), all on one time scale.
+
+    ``marks`` (seconds, one per column) draw a line where the held-out start of a continuation ends."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on training machines
+    import matplotlib.pyplot as plt
+
+    columns = max(len(clips) for _, clips in rows)
+    longest = max((len(clip) for _, clips in rows for clip in clips), default=1) / sample_rate
+    figure, axes = plt.subplots(len(rows), columns, figsize=(2.6 * columns, 1.9 * len(rows)), dpi=100,
+                                squeeze=False, sharex=True, sharey=True)
+    for row, (label, clips) in enumerate(rows):
+        axes[row][0].set_ylabel(f"{label}\nHz")
+        for column in range(columns):
+            axis = axes[row][column]
+            clip = clips[column] if column < len(clips) else np.zeros(0)
+            if len(clip) >= 64:  # shorter clips (an early EOS) have no spectrogram to speak of
+                axis.specgram(clip, NFFT=256 if len(clip) >= 256 else 64, Fs=sample_rate, noverlap=0,
+                              cmap="magma", scale="dB", vmin=-120)
+            axis.set_xlim(0, max(longest, 1e-3))
+            if marks is not None and label.startswith("continued") and column < len(marks):
+                axis.axvline(marks[column], color="cyan", linewidth=1)
+    for axis in axes[-1]:
+        axis.set_xlabel("seconds")
+    figure.tight_layout()
+    save_png(figure, path)
+    plt.close(figure)
+    return path

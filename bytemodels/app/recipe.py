@@ -1,5 +1,6 @@
 """What every recipe does around the one ``Trainer``: shared flags, the run folder and ``--resume``, configs
-from flags and device defaults, the byte cache of one codec's documents, and one-line errors.
+from flags and device defaults (or a checkpoint's, to fine-tune), the byte cache of one codec's documents,
+and one-line errors.
 
 A recipe (``recipes/*.py``) picks data, codecs and a preset and reads as a story; the plumbing it would
 otherwise repeat lives here. Nothing here knows a modality: codecs are passed in, and only their ``tag``,
@@ -131,6 +132,15 @@ def defaults_epilog(device_defaults: Mapping[str, Mapping[str, Any]], notes: Seq
         lines.append(f"  {label}: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
     lines += notes
     return "\n".join(textwrap.fill(line, width=110, subsequent_indent="      ") for line in lines)
+
+
+def recipe_parser(name: str, description: str, epilog: str | None = None,
+                  subcommand: str = "") -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
+    """A recipe's parser (``prog`` ``python -m recipes.<name>``, ``epilog`` shown as written) and its ``recipe``
+    flag group."""
+    parser = argparse.ArgumentParser(prog=recipe_prog(name, subcommand), description=description, epilog=epilog,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    return parser, parser.add_argument_group("recipe")
 
 
 def run_command(parser: argparse.ArgumentParser, command: Callable[[argparse.Namespace], None],
@@ -315,12 +325,13 @@ class RunStart:
 
 
 def start_run(args: argparse.Namespace, recipe: str, device_defaults: Mapping[str, Mapping[str, Any]], *,
-              codec_classes: Sequence[type] = (), data_flags: DataFlags | None = None) -> RunStart:
-    """The first steps of a training recipe, in order: check the training flags, open (and lock) the run folder,
-    and on ``--resume`` refuse the model and codec flags and restore the recorded data flags; then the device's
-    defaults and the cache folder."""
+              codec_classes: Sequence[type] = (), data_flags: DataFlags | None = None,
+              default_out: Path | None = None) -> RunStart:
+    """The first steps of a training recipe, in order: check the training flags, open (and lock) the run folder
+    (``--out``, else ``default_out``, else ``runs/<recipe>``), and on ``--resume`` refuse the model and codec flags
+    and restore the recorded data flags; then the device's defaults and the cache folder."""
     flags = training_flags(args)  # checked before anything is read
-    out, resume_from, recorded = open_run(args, recipe)
+    out, resume_from, recorded = open_run(args, recipe, default_out)
     if recorded is not None:
         check_resume_flags(args, recorded, codec_classes)
         if data_flags is not None:
@@ -380,6 +391,26 @@ def model_config_from_args(args: argparse.Namespace, defaults: Mapping[str, Any]
     if max_seq_len is not None and "max_seq_len" not in overrides:
         overrides["max_seq_len"] = max_seq_len(patch)
     return preset_config(name, **overrides)
+
+
+def checkpoint_model_config(checkpoint: str) -> Any:
+    """The model config of a checkpoint or run folder (a fine-tuning run keeps the shape it starts from)."""
+    folder, _, _ = ckpt.open_checkpoint(checkpoint)
+    return MegabyteConfig.load(folder / "config.json")
+
+
+def init_from_checkpoint(trainer: Any, checkpoint: str) -> None:
+    """Start ``trainer``'s model from the weights of a checkpoint (fine-tuning; the recipe's ``--init``), not from
+    random ones."""
+    from bytemodels.model import Megabyte
+
+    folder, _, _ = ckpt.open_checkpoint(checkpoint)
+    trained = Megabyte.from_pretrained(folder)
+    try:
+        trainer.model.load_state_dict(trained.state_dict())
+    except RuntimeError:  # the model flags changed a shape: the weights cannot be reused
+        raise RecipeError(f"--init {checkpoint}: the model flags change the shape of its model; drop them "
+                          "(dropout is the one that may change)") from None
 
 
 def training_flags(args: argparse.Namespace) -> dict[str, Any]:

@@ -19,6 +19,7 @@ if str(REPO) not in sys.path:  # recipes/ runs from the checkout; it is never in
 
 import bytecodecs  # noqa: E402
 from bytemodels import tokens  # noqa: E402
+from bytemodels.app.recipe import RecipeError  # noqa: E402
 from bytemodels.data import ByteDataset  # noqa: E402
 from recipes import mixed  # noqa: E402
 
@@ -104,7 +105,7 @@ def test_patch_follows_image_rows_and_audio_frames():
               "image": bytecodecs.get_codec("image", width=7, height=7, mode="L")}
     assert mixed.aligned_patch_size(codecs, default=8) == 14  # a 7-byte row and 2-byte frames
     assert mixed.aligned_patch_size({"text": bytecodecs.get_codec("text")}, default=8) == 8
-    with pytest.raises(mixed.RecipeError, match="--patch-sizes 7 would split 2-byte audio frames"):
+    with pytest.raises(RecipeError, match="--patch-sizes 7 would split 2-byte audio frames"):
         mixed.check_alignment(7, codecs)
 
 

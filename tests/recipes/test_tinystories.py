@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # recipes/ runs from the checkout; it is never installed into site-packages
     sys.path.insert(0, str(REPO))
 
-from recipes import tinystories, tinystories_instruct  # noqa: E402
+from recipes import tinystories, tinystories_data, tinystories_instruct  # noqa: E402
 
 SHARED_STORIES = REPO.parent / "shared" / "data" / "tinystories"
 # A model small enough that a few steps take a second or two on two CPU cores.
@@ -50,7 +50,7 @@ def write_txt(path: Path, stories: list[str]) -> Path:
 # -- loading stories ----------------------------------------------------------------------------------------
 def test_txt_file_is_split_on_endoftext_lines(tmp_path):
     stories = make_stories(30) + ["A story\n\nwith a blank line inside."]
-    source = tinystories.local_source(write_txt(tmp_path / "stories.txt", stories), tmp_path / "cache")
+    source = tinystories_data.local_source(write_txt(tmp_path / "stories.txt", stories), tmp_path / "cache")
     assert source.splits == ("train",)
     assert source.load()["train"]["text"] == stories
 
@@ -59,7 +59,7 @@ def test_folder_with_train_and_valid_gives_both_splits(tmp_path):
     write_txt(tmp_path / "train.txt", make_stories(20))
     write_txt(tmp_path / "valid.txt", make_stories(5, seed=1))
     (tmp_path / "sources.json").write_text("{}", encoding="utf-8")  # not a split: ignored
-    source = tinystories.local_source(tmp_path, tmp_path / "cache")
+    source = tinystories_data.local_source(tmp_path, tmp_path / "cache")
     assert source.splits == ("train", "validation")
     loaded = source.load()
     assert loaded["train"]["text"] == make_stories(20) and loaded["validation"]["text"] == make_stories(5, seed=1)
@@ -69,33 +69,33 @@ def test_jsonl_and_parquet_are_read_through_datasets(tmp_path):
     stories = make_stories(12)
     jsonl = tmp_path / "stories.jsonl"
     jsonl.write_text("".join(json.dumps({"text": s, "id": i}) + "\n" for i, s in enumerate(stories)), encoding="utf-8")
-    assert tinystories.local_source(jsonl, tmp_path / "cache").load()["train"]["text"] == stories
+    assert tinystories_data.local_source(jsonl, tmp_path / "cache").load()["train"]["text"] == stories
 
     import datasets
 
     parquet = tmp_path / "stories.parquet"
     datasets.Dataset.from_dict({"story": stories}).to_parquet(str(parquet))  # a "story" column works too
-    assert tinystories.local_source(parquet, tmp_path / "cache").load()["train"]["text"] == stories
+    assert tinystories_data.local_source(parquet, tmp_path / "cache").load()["train"]["text"] == stories
 
 
 def test_bad_local_data_is_one_clear_error(tmp_path):
-    with pytest.raises(tinystories.RecipeError, match="no such file"):
-        tinystories.local_source(tmp_path / "missing.txt")
+    with pytest.raises(tinystories_data.RecipeError, match="no such file"):
+        tinystories_data.local_source(tmp_path / "missing.txt")
     (tmp_path / "notes.csv").write_text("a,b\n", encoding="utf-8")
-    with pytest.raises(tinystories.RecipeError, match="unknown file type"):
-        tinystories.local_source(tmp_path / "notes.csv")
+    with pytest.raises(tinystories_data.RecipeError, match="unknown file type"):
+        tinystories_data.local_source(tmp_path / "notes.csv")
     write_txt(tmp_path / "a.txt", make_stories(2))
     (tmp_path / "b.jsonl").write_text('{"text": "x"}\n', encoding="utf-8")
-    with pytest.raises(tinystories.RecipeError, match="mixes"):
-        tinystories.local_source(tmp_path)
+    with pytest.raises(tinystories_data.RecipeError, match="mixes"):
+        tinystories_data.local_source(tmp_path)
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "stories.jsonl").write_text('{"title": "no text column"}\n', encoding="utf-8")
-    with pytest.raises(tinystories.RecipeError, match="no story column"):
-        tinystories.local_source(bad, tmp_path / "cache").load()
+    with pytest.raises(tinystories_data.RecipeError, match="no story column"):
+        tinystories_data.local_source(bad, tmp_path / "cache").load()
     (tmp_path / "empty.txt").write_bytes(b"")  # the datasets loader's own error did not say so
-    with pytest.raises(tinystories.RecipeError, match="empty.txt is empty"):
-        tinystories.local_source(tmp_path / "empty.txt")
+    with pytest.raises(tinystories_data.RecipeError, match="empty.txt is empty"):
+        tinystories_data.local_source(tmp_path / "empty.txt")
 
 
 def test_ctrl_c_while_the_loader_reads_is_an_interrupt_not_a_data_error(tmp_path, monkeypatch):
@@ -113,11 +113,11 @@ def test_ctrl_c_while_the_loader_reads_is_an_interrupt_not_a_data_error(tmp_path
     monkeypatch.setattr(datasets.Dataset, "from_generator", interrupted_load)
     for name in ("a.txt", "b.jsonl"):
         with pytest.raises(KeyboardInterrupt):
-            tinystories.local_source(tmp_path / name, tmp_path / "cache").load()
+            tinystories_data.local_source(tmp_path / name, tmp_path / "cache").load()
 
 
 def test_shared_tinystories_load_as_real_stories(shared_data, tmp_path):
-    source = tinystories.local_source(shared_data / "tinystories", tmp_path / "cache")
+    source = tinystories_data.local_source(shared_data / "tinystories", tmp_path / "cache")
     loaded = source.load()
     expected = read_txt(shared_data / "tinystories" / "train.txt")
     assert len(loaded["train"]) == len(expected) and loaded["train"][0]["text"] == expected[0]
@@ -127,9 +127,9 @@ def test_shared_tinystories_load_as_real_stories(shared_data, tmp_path):
 # -- offline: fail fast with a message saying what to pass --------------------------------------------------
 def test_an_unreachable_hub_says_to_pass_data(monkeypatch):
     # Why the hub is unreachable is the probe's business (tests/test_hub.py); the recipe adds what to do.
-    monkeypatch.setattr(tinystories, "hub_unreachable_reason", lambda: "cannot connect to huggingface.co:443")
-    with pytest.raises(tinystories.RecipeError, match=r"\(cannot connect to huggingface.co:443\); .*--data"):
-        tinystories.hub_source().load()
+    monkeypatch.setattr(tinystories_data, "hub_unreachable_reason", lambda: "cannot connect to huggingface.co:443")
+    with pytest.raises(tinystories_data.RecipeError, match=r"\(cannot connect to huggingface.co:443\); .*--data"):
+        tinystories_data.hub_source().load()
 
 
 def test_without_network_and_data_the_recipe_fails_fast(tmp_path):
@@ -153,17 +153,18 @@ def test_hub_sources_ask_datasets_for_the_right_files(monkeypatch, tmp_path):
 
     def fake_load_dataset(name, **options):
         calls.append((name, options))
-        rows = {"text": lines} if options.get("data_files") or name == tinystories.HUB_INSTRUCT else {"text": stories}
+        line_rows = options.get("data_files") or name == tinystories_data.HUB_INSTRUCT
+        rows = {"text": lines} if line_rows else {"text": stories}
         return datasets.DatasetDict({split: datasets.Dataset.from_dict(rows) for split in ("train", "validation")})
 
-    monkeypatch.setattr(tinystories, "hub_unreachable_reason", lambda: None)
+    monkeypatch.setattr(tinystories_data, "hub_unreachable_reason", lambda: None)
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    for source in (tinystories.hub_source(), tinystories.hub_source(v2=True, revision="abc"),
-                   tinystories.hub_source(instruct=True)):
+    for source in (tinystories_data.hub_source(), tinystories_data.hub_source(v2=True, revision="abc"),
+                   tinystories_data.hub_source(instruct=True)):
         assert source.load()["train"]["text"] == stories and source.load()["validation"]["text"] == stories
-    assert calls[0] == (tinystories.HUB_DATASET, {"data_files": None, "revision": "main"})
-    assert calls[1] == (tinystories.HUB_DATASET, {"data_files": tinystories.HUB_V2_FILES, "revision": "abc"})
-    assert calls[2][0] == tinystories.HUB_INSTRUCT
+    assert calls[0] == (tinystories_data.HUB_DATASET, {"data_files": None, "revision": "main"})
+    assert calls[1] == (tinystories_data.HUB_DATASET, {"data_files": tinystories_data.HUB_V2_FILES, "revision": "abc"})
+    assert calls[2][0] == tinystories_data.HUB_INSTRUCT
 
 
 # -- instruct entries ---------------------------------------------------------------------------------------
