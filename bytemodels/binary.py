@@ -23,6 +23,7 @@ MAGIC = b"\x89BMZ\r\n\x1a\n"  # PNG-style: a text-mode transfer or a truncated f
 VERSION = 1
 MAX_HEADER_BYTES = 1 << 20
 MAX_CHUNK_SIZE = 1 << 24
+MAX_BATCH_SIZE = 256  # rows the model decodes at once: its caches grow with them
 _RECORD = struct.Struct("<III")
 
 
@@ -68,7 +69,7 @@ def _check_header(header: Any, name: str) -> None:
     """The fields decoding relies on exist and have sane values (the CRC passed: this catches foreign writers)."""
     if not isinstance(header, dict):
         raise CompressedFileError(f"{name}: damaged .bmz file (the header is not an object)")
-    for key, low, high in (("length", 0, 1 << 62), ("chunk_size", 1, MAX_CHUNK_SIZE), ("batch_size", 1, 1 << 16)):
+    for key, low, high in (("length", 0, 1 << 62), ("chunk_size", 1, MAX_CHUNK_SIZE), ("batch_size", 1, MAX_BATCH_SIZE)):
         value = header.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
             raise CompressedFileError(f"{name}: damaged .bmz file (header field {key!r} is {value!r})")

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from bytemodels import tokens
-from bytemodels.binary import CompressedFileError, check_end, read_chunk, read_header, write_chunk, write_header
+from bytemodels.binary import (MAX_BATCH_SIZE, MAX_CHUNK_SIZE, CompressedFileError, check_end, read_chunk, read_header,
+                               write_chunk, write_header)
 from bytemodels.generate import WindowedDecoder
 
 DEFAULT_CHUNK_SIZE = 4096
@@ -130,8 +131,9 @@ def _compress_stream(model, read: Callable[[int], bytes], length: int, sha256: s
     it against ``sha256``, the header's, for a file that changed meanwhile)."""
     import constriction
 
-    if chunk_size < 1 or batch_size < 1:
-        raise ValueError(f"chunk_size and batch_size must be >= 1, got {chunk_size} and {batch_size}")
+    if not 1 <= chunk_size <= MAX_CHUNK_SIZE or not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise ValueError(f"chunk_size must be in 1..{MAX_CHUNK_SIZE} and batch_size in 1..{MAX_BATCH_SIZE}, got "
+                         f"{chunk_size} and {batch_size}")
     was_training = model.training
     model.eval()
     try:
@@ -211,18 +213,21 @@ def _decompress_stream(model, source: BinaryIO, name: str, out: BinaryIO, progre
                     records = [read_chunk(source, name, index + row, size) for row, size in enumerate(lengths)]
                     decoders = [constriction.stream.queue.RangeDecoder(np.frombuffer(coded, dtype="<u4")
                                                                        .astype(np.uint32)) for coded, _ in records]
-                    decoded = np.zeros((len(lengths), max(lengths)), dtype=np.uint8)
+                    # Grown byte by byte: memory follows the decoding done, not the lengths a header claims.
+                    decoded = [bytearray() for _ in lengths]
 
                     def choose(step: int, frequencies: np.ndarray) -> np.ndarray:
                         probabilities = frequencies / float(1 << PRECISION_BITS)
+                        chosen = np.zeros(len(lengths), dtype=np.int64)
                         for row, size in enumerate(lengths):
                             if step < size:
-                                decoded[row, step] = decoders[row].decode(family, probabilities[row:row + 1])[0]
-                        return decoded[:, step]
+                                chosen[row] = decoders[row].decode(family, probabilities[row:row + 1])[0]
+                                decoded[row].append(int(chosen[row]))
+                        return chosen
 
                     _drive(model, lengths, choose)
                     for row, ((_, crc), size) in enumerate(zip(records, lengths)):
-                        chunk = decoded[row, :size].tobytes()
+                        chunk = bytes(decoded[row])
                         if _crc32(chunk) != crc:
                             raise CompressedFileError(f"{name}: damaged .bmz file (chunk {index + row} does not "
                                                       "decode to its checksum)")

@@ -207,3 +207,60 @@ def test_cli_decompress_needs_the_suffix_or_an_output(model_dir, tmp_path, capsy
     source.write_bytes(b"x")
     assert main(["decompress", "--model", str(model_dir), str(source), "-q"]) == 2
     assert "no .bmz suffix" in capsys.readouterr().err
+
+
+def test_a_zero_byte_chunk_record_is_refused(model):
+    """A record whose length disagrees with the header (here 0 bytes of 5) is named, not decoded to garbage."""
+    from bytemodels.binary import write_chunk, write_header
+
+    header = read_header(io.BytesIO(compress(model, b"abcde")), "x")
+    forged = io.BytesIO()
+    write_header(forged, header)
+    write_chunk(forged, b"", b"")
+    with pytest.raises(CompressedFileError, match="chunk 0 claims 0 bytes"):
+        decompress(model, forged.getvalue())
+
+
+def test_a_disk_full_leaves_no_output(model, tmp_path, monkeypatch):
+    import errno
+
+    from bytemodels.compress import decompress_file
+
+    packed = tmp_path / "a.bmz"
+    packed.write_bytes(compress(model, b"some bytes"))
+
+    def full(descriptor):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space"):
+        decompress_file(model, packed, tmp_path / "a")
+    assert sorted(os.listdir(tmp_path)) == ["a.bmz"]
+
+
+def test_files_are_read_a_batch_at_a_time(model, tmp_path, monkeypatch):
+    """Memory follows the batch, not the file: no read asks for more than chunk_size * batch_size bytes."""
+    from bytemodels.compress import compress_file
+
+    source = tmp_path / "big.bin"
+    source.write_bytes(random.Random(1).randbytes(900))
+    sizes = []
+    real_open = open
+
+    class Recording(io.BufferedReader):
+        def read(self, size=-1):
+            sizes.append(size)
+            return super().read(size)
+
+    def recording_open(path, mode="r", *args, **kwargs):
+        if str(path) == str(source) and "b" in mode:
+            return Recording(real_open(path, "rb", buffering=0))
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", recording_open)
+    out = io.BytesIO()
+    compress_file(model, source, out, chunk_size=100, batch_size=2)
+    monkeypatch.undo()
+    assert sizes and all(0 <= size <= 1 << 20 for size in sizes)  # the hashing pass reads MiB blocks
+    assert max(size for size in sizes if size != 1 << 20) <= 200
+    assert decompress(model, out.getvalue()) == source.read_bytes()

@@ -656,6 +656,7 @@ def command_decompress(args: argparse.Namespace) -> int:
 
 def add_compression_commands(commands) -> None:
     """The ``compress`` and ``decompress`` subcommands (gzip's habits: the input is kept, -c, --force)."""
+    from bytemodels.binary import MAX_BATCH_SIZE, MAX_CHUNK_SIZE
     from bytemodels.compress import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE
 
     for name, run, helptext in (("compress", command_compress, "losslessly compress a file with a model "
@@ -674,10 +675,10 @@ def add_compression_commands(commands) -> None:
         sub.add_argument("--device", default="cpu",
                          help="cpu (default) or cuda: decompress on the device (and torch) that compressed")
         if name == "compress":
-            sub.add_argument("--chunk-size", type=number(int, at_least=1, at_most=1 << 24),
+            sub.add_argument("--chunk-size", type=number(int, at_least=1, at_most=MAX_CHUNK_SIZE),
                              default=DEFAULT_CHUNK_SIZE, help=f"bytes per independent chunk (default "
                              f"{DEFAULT_CHUNK_SIZE})")
-            sub.add_argument("--batch-size", type=number(int, at_least=1, at_most=1 << 16),
+            sub.add_argument("--batch-size", type=number(int, at_least=1, at_most=MAX_BATCH_SIZE),
                              default=DEFAULT_BATCH_SIZE, help=f"chunks coded at once (default {DEFAULT_BATCH_SIZE})")
         sub.set_defaults(run=run)
 
