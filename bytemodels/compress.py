@@ -316,3 +316,11 @@ def decompress_file(model, source: str | Path, output: str | Path | None, *, pro
             _decompress_stream(model, file, str(source), out, progress)
             out.flush()
             os.fsync(out.fileno())
+            usual_file_mode(temporary)
+
+
+def usual_file_mode(path: str | Path) -> None:
+    """Give a temporary file (``mkstemp``: private, 0600) the permissions of a new file under the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)

@@ -264,3 +264,21 @@ def test_files_are_read_a_batch_at_a_time(model, tmp_path, monkeypatch):
     assert sizes and all(0 <= size <= 1 << 20 for size in sizes)  # the hashing pass reads MiB blocks
     assert max(size for size in sizes if size != 1 << 20) <= 200
     assert decompress(model, out.getvalue()) == source.read_bytes()
+
+
+def test_cli_wrong_model_and_conflicting_flags_are_one_line(model_dir, tmp_path, capsys):
+    source = tmp_path / "a.bin"
+    source.write_bytes(b"abc")
+    other = tmp_path / "other"
+    tiny_model(seed=9).save_pretrained(other)
+    assert main(["compress", "--model", str(model_dir), str(source), "-q"]) == 0
+    packed = tmp_path / "a.bin.bmz"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert packed.stat().st_mode & 0o777 == 0o666 & ~umask  # a new file's usual mode, not mkstemp's 0600
+    capsys.readouterr()
+    assert main(["decompress", "--model", str(other), str(packed), "-q", "-o", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "another model" in error and not (tmp_path / "out").exists()
+    assert main(["decompress", "--model", str(model_dir), str(packed), "-q", "-c", "-o", "x"]) == 2
+    assert "not both" in capsys.readouterr().err

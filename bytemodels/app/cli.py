@@ -610,7 +610,7 @@ def _compression_output(args: argparse.Namespace, default: Path) -> Path | None:
 
 
 def command_compress(args: argparse.Namespace) -> int:
-    from bytemodels.compress import compress_file
+    from bytemodels.compress import compress_file, usual_file_mode
     from bytemodels.runfolder import atomic_file
 
     source = Path(args.input)
@@ -629,6 +629,7 @@ def command_compress(args: argparse.Namespace) -> int:
         length = compress_file(model, source, out, **options)
         out.flush()
         os.fsync(out.fileno())
+        usual_file_mode(temporary)
     size = output.stat().st_size
     ratio = f" ({8 * size / length:.3f} bits per byte)" if length else ""
     print(f"{source} -> {output}: {length:,} -> {size:,} bytes{ratio}")
