@@ -1,7 +1,9 @@
 """bytemodels: small byte-level generative models (MEGABYTE) for any modality."""
 
 from bytemodels import tokens
+from bytemodels.binary import CompressedFileError
 from bytemodels.checkpoint import CheckpointError
+from bytemodels.compress import compress, decompress  # the functions shadow the module name
 from bytemodels.config import PRESETS, MegabyteConfig
 from bytemodels.data import ByteDataset, DataCacheError, record_prompt
 from bytemodels.model import Megabyte, MegabyteOutput
@@ -12,6 +14,7 @@ from bytemodels.train import TrainConfig, Trainer, TrainingDiverged, TrainSummar
 __all__ = [
     "ByteDataset",
     "CheckpointError",
+    "CompressedFileError",
     "DataCacheError",
     "Megabyte",
     "MegabyteConfig",
@@ -23,6 +26,8 @@ __all__ = [
     "TrainSummary",
     "Trainer",
     "TrainingDiverged",
+    "compress",
+    "decompress",
     "record_prompt",
     "tokens",
 ]

@@ -591,6 +591,99 @@ def command_codecs(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- compress / decompress ---------------------------------------------------------------------------
+BMZ_SUFFIX = ".bmz"
+
+
+def _compression_output(args: argparse.Namespace, default: Path) -> Path | None:
+    """Where compress or decompress writes: None for -c (stdout); an existing file only with --force."""
+    if args.stdout:
+        if args.output is not None:
+            raise CommandError("give -c (write to stdout) or -o OUT, not both")
+        return None
+    output = Path(args.output) if args.output is not None else default
+    if output.exists() and not args.force:
+        raise CommandError(f"{output}: already exists; pass --force to overwrite it")
+    if output.resolve() == Path(args.input).resolve():
+        raise CommandError(f"{output}: is the input too; give another -o")
+    return output
+
+
+def command_compress(args: argparse.Namespace) -> int:
+    from bytemodels.compress import compress_file, usual_file_mode
+    from bytemodels.runfolder import atomic_file
+
+    source = Path(args.input)
+    if not source.is_file():
+        raise CommandError(f"{source}: no such file")
+    if source.suffix == BMZ_SUFFIX and not args.force:
+        raise CommandError(f"{source}: already has the {BMZ_SUFFIX} suffix; pass --force to compress it again")
+    output = _compression_output(args, source.with_name(source.name + BMZ_SUFFIX))
+    model = load_model(open_checkpoint(args.model)[0], args.device)
+    options = dict(chunk_size=args.chunk_size, batch_size=args.batch_size, progress=not args.quiet)
+    if output is None:
+        compress_file(model, source, sys.stdout.buffer, **options)
+        sys.stdout.buffer.flush()
+        return 0
+    with atomic_file(output) as temporary, open(temporary, "wb") as out:
+        length = compress_file(model, source, out, **options)
+        out.flush()
+        os.fsync(out.fileno())
+        usual_file_mode(temporary)
+    size = output.stat().st_size
+    ratio = f" ({8 * size / length:.3f} bits per byte)" if length else ""
+    print(f"{source} -> {output}: {length:,} -> {size:,} bytes{ratio}")
+    return 0
+
+
+def command_decompress(args: argparse.Namespace) -> int:
+    from bytemodels.compress import decompress_file
+
+    source = Path(args.input)
+    if not source.is_file():
+        raise CommandError(f"{source}: no such file")
+    if args.output is None and not args.stdout and source.suffix != BMZ_SUFFIX:
+        raise CommandError(f"{source}: has no {BMZ_SUFFIX} suffix to remove; give -o OUT or -c")
+    output = _compression_output(args, source.with_suffix(""))
+    model = load_model(open_checkpoint(args.model)[0], args.device)
+    if output is None:
+        decompress_file(model, source, None, progress=not args.quiet, write_to=sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+        return 0
+    decompress_file(model, source, output, progress=not args.quiet)
+    print(f"{source} -> {output}: {output.stat().st_size:,} bytes")
+    return 0
+
+
+def add_compression_commands(commands) -> None:
+    """The ``compress`` and ``decompress`` subcommands (gzip's habits: the input is kept, -c, --force)."""
+    from bytemodels.binary import MAX_BATCH_SIZE, MAX_CHUNK_SIZE
+    from bytemodels.compress import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE
+
+    for name, run, helptext in (("compress", command_compress, "losslessly compress a file with a model "
+                                                               "(FILE.bmz)"),
+                                ("decompress", command_decompress, "restore a .bmz file with the model that made "
+                                                                   "it")):
+        sub = commands.add_parser(name, help=helptext)
+        sub.add_argument("input", metavar="FILE")
+        sub.add_argument("--model", required=True, metavar="CKPT",
+                         help="checkpoint folder, run folder, model folder or hub model id (the same for both)")
+        sub.add_argument("-o", "--output", metavar="OUT",
+                         help="output file (default: FILE.bmz; for decompress FILE without .bmz)")
+        sub.add_argument("-c", "--stdout", action="store_true", help="write to standard output")
+        sub.add_argument("-f", "--force", action="store_true", help="overwrite the output file when it exists")
+        sub.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+        sub.add_argument("--device", default="cpu",
+                         help="cpu (default) or cuda: decompress on the device (and torch) that compressed")
+        if name == "compress":
+            sub.add_argument("--chunk-size", type=number(int, at_least=1, at_most=MAX_CHUNK_SIZE),
+                             default=DEFAULT_CHUNK_SIZE, help=f"bytes per independent chunk (default "
+                             f"{DEFAULT_CHUNK_SIZE})")
+            sub.add_argument("--batch-size", type=number(int, at_least=1, at_most=MAX_BATCH_SIZE),
+                             default=DEFAULT_BATCH_SIZE, help=f"chunks coded at once (default {DEFAULT_BATCH_SIZE})")
+        sub.set_defaults(run=run)
+
+
 # -- parser ----------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from bytemodels import __version__
@@ -692,6 +785,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     codecs_command = commands.add_parser("codecs", help="the registered codecs, third-party ones included")
     codecs_command.set_defaults(run=command_codecs)
+
+    add_compression_commands(commands)
     return parser
 
 

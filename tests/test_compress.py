@@ -1,0 +1,287 @@
+"""Lossless compression with a byte model: the .bmz round trip, damaged and foreign input, the command line."""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import random
+import sys
+
+import pytest
+import torch
+
+from bytemodels import CompressedFileError, Megabyte, MegabyteConfig, compress, decompress, tokens
+from bytemodels.app.cli import main
+from bytemodels.binary import read_chunk, read_header
+from bytemodels.compress import quantised_frequencies
+from model_helpers import use_input_skip
+
+# max_seq_len 64: chunks longer than that exercise the decoder's window crop
+SHAPE = dict(patch_sizes=(4,), dims=(32, 16), layers=(2, 1), heads=(2, 1), max_seq_len=64)
+TEXT = b"".join(b"The cat number %d sat on the mat and the dog sat on the log. " % (i % 7) for i in range(40))
+
+
+def tiny_model(seed: int = 0) -> Megabyte:
+    torch.manual_seed(seed)
+    return use_input_skip(Megabyte(MegabyteConfig.preset("tiny", **SHAPE)).eval())
+
+
+@pytest.fixture(scope="module")
+def model() -> Megabyte:
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def trained() -> Megabyte:
+    """A tiny model trained briefly on TEXT (a few seconds): it must then code TEXT in fewer bytes."""
+    torch.manual_seed(1)
+    model = Megabyte(MegabyteConfig.preset("tiny", **SHAPE))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    generator = random.Random(0)
+    for _ in range(120):
+        starts = [generator.randrange(len(TEXT) - 63) for _ in range(8)]
+        ids = torch.tensor([[tokens.BOS_ID] + list(TEXT[s:s + 63]) for s in starts])
+        loss = model(ids, ids.masked_fill(ids == tokens.BOS_ID, tokens.PAD_ID)).loss  # logits[:, t] score ids[:, t]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+@pytest.mark.parametrize("data", [b"", b"x", bytes(range(256)) * 3, TEXT[:700]], ids=["empty", "one", "all", "text"])
+@pytest.mark.parametrize("chunk_size,batch_size", [(100, 1), (100, 3), (1000, 4)])
+def test_round_trip(model, data, chunk_size, batch_size):
+    blob = compress(model, data, chunk_size=chunk_size, batch_size=batch_size)
+    assert decompress(model, blob) == data
+
+
+def test_random_bytes_round_trip_across_several_batches(model):
+    data = random.Random(3).randbytes(530)  # not a multiple of the chunk; 6 chunks in batches of 4 and 2
+    blob = compress(model, data, chunk_size=97, batch_size=4)
+    assert read_header(io.BytesIO(blob), "x")["length"] == 530
+    assert decompress(model, blob) == data
+
+
+def test_frequencies_are_positive_and_sum_to_the_precision():
+    logits = torch.tensor([[0.0] * 272, [1000.0] + [-1000.0] * 271])
+    frequencies = quantised_frequencies(logits)
+    assert frequencies.shape == (2, 256)
+    assert (frequencies >= 1).all() and (frequencies.sum(axis=1) == 1 << 24).all()
+
+
+def test_a_trained_model_compresses_text(trained):
+    blob = compress(trained, TEXT, chunk_size=1024)
+    assert len(blob) < len(TEXT) / 2
+    assert decompress(trained, blob) == TEXT
+
+
+@pytest.mark.parametrize("which", ["trained", "model"])
+def test_coded_bits_match_the_models_cross_entropy(which, request):
+    """Chunks within the window: a parallel forward gives the very probabilities the coder used (the random model
+    spends about 8 bits a byte, the trained one a fraction of a bit)."""
+    trained = request.getfixturevalue(which)
+    data = TEXT[:48 * 5]
+    blob = compress(trained, data, chunk_size=48, batch_size=5)
+    stream = io.BytesIO(blob)
+    read_header(stream, "x")
+    coded_bytes = sum(len(read_chunk(stream, "x", i, 48)[0]) for i in range(5))
+    bits = 0.0
+    with torch.inference_mode():
+        for start in range(0, len(data), 48):
+            chunk = list(data[start:start + 48])
+            logits = trained(torch.tensor([[tokens.BOS_ID] + chunk])).logits[0, 1:, :256].double()
+            log_probs = torch.log_softmax(logits, dim=-1)[torch.arange(48), torch.tensor(chunk)]
+            bits -= float(log_probs.sum()) / math.log(2)
+    # a range coder ends each stream with at most 64 bits; 2**-24 floors cost a fraction of a bit a byte
+    assert bits / 8 - 4 <= coded_bytes <= bits / 8 + 5 * 8 + 0.01 * len(data)
+
+
+def test_another_model_is_refused(model):
+    blob = compress(model, b"hello")
+    with pytest.raises(CompressedFileError, match="another model"):
+        decompress(tiny_model(seed=5), blob)
+
+
+def test_a_foreign_file_is_refused(model):
+    with pytest.raises(CompressedFileError, match="not a .bmz file"):
+        decompress(model, b"\x1f\x8b\x08\x00 a gzip file")
+
+
+@pytest.mark.parametrize("keep", [0, 5, 12, 40, -1])
+def test_a_truncated_file_is_refused(model, keep):
+    blob = compress(model, TEXT[:300], chunk_size=100)
+    cut = blob[:keep] if keep >= 0 else blob[:-1]
+    with pytest.raises(CompressedFileError, match="truncated|not a .bmz"):
+        decompress(model, cut)
+
+
+def test_every_flipped_bit_is_refused_or_harmless(model):
+    data = TEXT[:200]
+    blob = compress(model, data, chunk_size=64, batch_size=2)
+    generator = random.Random(7)
+    for position in [generator.randrange(len(blob)) for _ in range(40)] + [len(blob) - 1, 9, 20]:
+        damaged = bytearray(blob)
+        damaged[position] ^= 1 << generator.randrange(8)
+        try:
+            result = decompress(model, bytes(damaged))
+        except CompressedFileError as error:
+            assert "\n" not in str(error)
+        else:
+            assert result == data  # a flip in a coder's unused tail bits: still the original, never other bytes
+
+
+def test_trailing_data_is_refused(model):
+    with pytest.raises(CompressedFileError, match="after the last chunk"):
+        decompress(model, compress(model, b"abc") + b"\0")
+
+
+def test_a_setup_that_computes_other_probabilities_is_refused(model, monkeypatch):
+    blob = compress(model, b"hello world")
+    compress_module = sys.modules["bytemodels.compress"]  # the package's ``compress`` is the function
+
+    original = compress_module.quantised_frequencies
+
+    def shifted(logits):  # another torch or CPU kernel: logits off by a rounding error
+        return original(logits + 1e-3 * torch.arange(logits.shape[-1]))
+
+    monkeypatch.setattr(compress_module, "quantised_frequencies", shifted)
+    with pytest.raises(CompressedFileError, match="other probabilities"):
+        decompress(model, blob)
+
+
+# -- the command line -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, model):
+    folder = tmp_path_factory.mktemp("model") / "tiny"
+    model.save_pretrained(folder)
+    return folder
+
+
+def test_cli_round_trip_keeps_the_input(model_dir, tmp_path, capsys):
+    source = tmp_path / "story.txt"
+    source.write_bytes(TEXT[:300])
+    assert main(["compress", "--model", str(model_dir), str(source), "-q", "--chunk-size", "128"]) == 0
+    packed = tmp_path / "story.txt.bmz"
+    assert packed.is_file() and source.is_file()
+    source.rename(tmp_path / "original.txt")
+    assert main(["decompress", "--model", str(model_dir), str(packed), "-q"]) == 0
+    assert source.read_bytes() == TEXT[:300] and packed.is_file()
+
+
+def test_cli_refuses_to_overwrite_without_force(model, model_dir, tmp_path, capsys):
+    source = tmp_path / "a.bin"
+    source.write_bytes(b"abc")
+    (tmp_path / "a.bin.bmz").write_bytes(b"old")
+    assert main(["compress", "--model", str(model_dir), str(source), "-q"]) == 2
+    assert "already exists; pass --force" in capsys.readouterr().err
+    assert (tmp_path / "a.bin.bmz").read_bytes() == b"old"
+    assert main(["compress", "--model", str(model_dir), str(source), "-q", "--force"]) == 0
+    assert decompress(model, (tmp_path / "a.bin.bmz").read_bytes()) == b"abc"
+
+
+def test_cli_stdout(model_dir, tmp_path, capfdbinary):
+    source = tmp_path / "a.bin"
+    source.write_bytes(b"hello hello")
+    assert main(["compress", "--model", str(model_dir), str(source), "-q", "-c"]) == 0
+    blob = capfdbinary.readouterr().out
+    (tmp_path / "b.bmz").write_bytes(blob)
+    assert not (tmp_path / "a.bin.bmz").exists()
+    assert main(["decompress", "--model", str(model_dir), str(tmp_path / "b.bmz"), "-q", "-c"]) == 0
+    assert capfdbinary.readouterr().out == b"hello hello"
+
+
+def test_cli_damaged_file_is_one_line_and_writes_nothing(model_dir, tmp_path, capsys):
+    source = tmp_path / "a.bin"
+    source.write_bytes(TEXT[:100])
+    assert main(["compress", "--model", str(model_dir), str(source), "-q"]) == 0
+    packed = tmp_path / "a.bin.bmz"
+    packed.write_bytes(packed.read_bytes()[:-3])
+    source.unlink()
+    capsys.readouterr()
+    assert main(["decompress", "--model", str(model_dir), str(packed), "-q"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("bytemodels: error: ") and error.count("\n") == 1 and "truncated" in error
+    assert sorted(os.listdir(tmp_path)) == ["a.bin.bmz"]
+
+
+def test_cli_decompress_needs_the_suffix_or_an_output(model_dir, tmp_path, capsys):
+    source = tmp_path / "a.bin"
+    source.write_bytes(b"x")
+    assert main(["decompress", "--model", str(model_dir), str(source), "-q"]) == 2
+    assert "no .bmz suffix" in capsys.readouterr().err
+
+
+def test_a_zero_byte_chunk_record_is_refused(model):
+    """A record whose length disagrees with the header (here 0 bytes of 5) is named, not decoded to garbage."""
+    from bytemodels.binary import write_chunk, write_header
+
+    header = read_header(io.BytesIO(compress(model, b"abcde")), "x")
+    forged = io.BytesIO()
+    write_header(forged, header)
+    write_chunk(forged, b"", b"")
+    with pytest.raises(CompressedFileError, match="chunk 0 claims 0 bytes"):
+        decompress(model, forged.getvalue())
+
+
+def test_a_disk_full_leaves_no_output(model, tmp_path, monkeypatch):
+    import errno
+
+    from bytemodels.compress import decompress_file
+
+    packed = tmp_path / "a.bmz"
+    packed.write_bytes(compress(model, b"some bytes"))
+
+    def full(descriptor):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space"):
+        decompress_file(model, packed, tmp_path / "a")
+    assert sorted(os.listdir(tmp_path)) == ["a.bmz"]
+
+
+def test_files_are_read_a_batch_at_a_time(model, tmp_path, monkeypatch):
+    """Memory follows the batch, not the file: no read asks for more than chunk_size * batch_size bytes."""
+    from bytemodels.compress import compress_file
+
+    source = tmp_path / "big.bin"
+    source.write_bytes(random.Random(1).randbytes(900))
+    sizes = []
+    real_open = open
+
+    class Recording(io.BufferedReader):
+        def read(self, size=-1):
+            sizes.append(size)
+            return super().read(size)
+
+    def recording_open(path, mode="r", *args, **kwargs):
+        if str(path) == str(source) and "b" in mode:
+            return Recording(real_open(path, "rb", buffering=0))
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", recording_open)
+    out = io.BytesIO()
+    compress_file(model, source, out, chunk_size=100, batch_size=2)
+    monkeypatch.undo()
+    assert sizes and all(0 <= size <= 1 << 20 for size in sizes)  # the hashing pass reads MiB blocks
+    assert max(size for size in sizes if size != 1 << 20) <= 200
+    assert decompress(model, out.getvalue()) == source.read_bytes()
+
+
+def test_cli_wrong_model_and_conflicting_flags_are_one_line(model_dir, tmp_path, capsys):
+    source = tmp_path / "a.bin"
+    source.write_bytes(b"abc")
+    other = tmp_path / "other"
+    tiny_model(seed=9).save_pretrained(other)
+    assert main(["compress", "--model", str(model_dir), str(source), "-q"]) == 0
+    packed = tmp_path / "a.bin.bmz"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert packed.stat().st_mode & 0o777 == 0o666 & ~umask  # a new file's usual mode, not mkstemp's 0600
+    capsys.readouterr()
+    assert main(["decompress", "--model", str(other), str(packed), "-q", "-o", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "another model" in error and not (tmp_path / "out").exists()
+    assert main(["decompress", "--model", str(model_dir), str(packed), "-q", "-c", "-o", "x"]) == 2
+    assert "not both" in capsys.readouterr().err
