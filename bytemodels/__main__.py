@@ -2,6 +2,6 @@
 
 import sys
 
-from bytemodels.app.cli import main
+from bytemodels.cli import main
 
 sys.exit(main())

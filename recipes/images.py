@@ -18,7 +18,7 @@ from typing import Any
 
 from bytemodels.app.flags import COUNT, NON_NEGATIVE
 from bytemodels.app.hub import DEFAULT_SPLIT, HUB_DATA_FLAGS, add_hub_arguments
-from bytemodels.app.media import (Reader, add_media_run_arguments, array_reader, check_held_out, check_one_source,
+from recipes.media import (Reader, add_media_run_arguments, array_reader, check_held_out, check_one_source,
                                   check_patch_fits, comparison, fixed_size_image_options, folder_source,
                                   generate_records, hub_source, image_array, image_grid, print_comparison,
                                   row_patch_size, run_media_command, save_png, shared_data_hint, write_records)

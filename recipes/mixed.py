@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from bytemodels.app.flags import COUNT, NON_NEGATIVE, POSITIVE
-from bytemodels.app.media import (add_media_run_arguments, check_held_out, check_patch_fits, fixed_size_image_options,
+from recipes.media import (add_media_run_arguments, check_held_out, check_patch_fits, fixed_size_image_options,
                                   image_grid, row_patch_size, run_media_command, save_png, write_records)
 from bytemodels.app.recipe import (DataFlags, add_model_and_training_arguments, defaults_epilog, make_trainer,
                                     model_config_from_args, no_result_line, print_done, recipe_parser,

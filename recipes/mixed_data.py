@@ -11,7 +11,7 @@ from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
-from bytemodels.app.media import Reader, array_reader, files_under, image_array, source_key
+from recipes.media import Reader, array_reader, files_under, image_array, source_key
 from bytemodels.app.recipe import RecipeError
 from bytemodels.data import file_key, folder_key
 

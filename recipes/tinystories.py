@@ -176,8 +176,8 @@ def sample(args: argparse.Namespace) -> None:
     """Stream one story from a checkpoint to stdout (and save it with ``--output``)."""
     import bytecodecs
     import torch
-    from bytemodels.app.checkpoint_codecs import checkpoint_codec
-    from bytemodels.app.cli import stream_sample
+    from bytemodels.cli import checkpoint_codec
+    from bytemodels.cli import stream_sample
     from bytemodels.checkpoint import open_checkpoint
     from bytemodels.model import Megabyte
 

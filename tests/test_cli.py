@@ -13,7 +13,7 @@ import soundfile
 
 import bytecodecs
 from bytemodels import ByteDataset, MegabyteConfig, TrainConfig, Trainer
-from bytemodels.app.cli import main
+from bytemodels.cli import main
 
 STORIES = [f"Once upon a time there was a cat number {i}. The cat liked to play." for i in range(60)]
 
@@ -147,7 +147,7 @@ def test_checkpoint_json_that_is_not_an_object_is_one_line(run_dir, tmp_path, ca
 
 
 def test_codec_options_take_the_command_line_spellings_of_booleans_and_none():
-    from bytemodels.app.cli import parse_options
+    from bytemodels.cli import parse_options
 
     options = parse_options(["strict=False", "header=TRUE", "normalize=None", "fill=null", "width=28", "mode=L"])
     assert options == {"strict": False, "header": True, "normalize": None, "fill": None, "width": 28, "mode": "L"}

@@ -16,7 +16,7 @@ import soundfile
 
 import bytecodecs
 from bytemodels import ByteDataset, MegabyteConfig, TrainConfig, Trainer
-from bytemodels.app.cli import main
+from bytemodels.cli import main
 
 STORIES = [f"Once upon a time there was a dog number {i}. The dog liked to run." for i in range(40)]
 TINY = dict(dims=(32, 16), layers=(1, 1), heads=(2, 1), max_seq_len=64)
@@ -186,7 +186,7 @@ def test_chat_refuses_a_checkpoint_that_is_not_text(image_run, capsys):
 
 
 def test_chat_uses_the_instruct_prompt_format_of_an_instruct_checkpoint():
-    from bytemodels.app.cli import chat_prompt_format
+    from bytemodels.cli import chat_prompt_format
 
     instruct = chat_prompt_format({"recipe": "tinystories", "instruct": True})
     assert instruct("a dog finds a ball") == "Summary: a dog finds a ball\nStory: "

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import bytemodels
-from bytemodels.app.cli import main
+from bytemodels.cli import main
 
 SHARED_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinystories"
 TINY_FLAGS = ["--preset", "tiny", "--dims", "32,16", "--layers", "1,1", "--heads", "2,1", "--max-seq-len", "64",

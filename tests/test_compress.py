@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from bytemodels import CompressedFileError, Megabyte, MegabyteConfig, compress, decompress, tokens
-from bytemodels.app.cli import main
+from bytemodels.cli import main
 from bytemodels.binary import read_chunk, read_header
 from bytemodels.compress import quantised_frequencies
 from model_helpers import use_input_skip

@@ -185,8 +185,8 @@ def test_a_validation_file_without_a_story_is_an_error_naming_the_split(tmp_path
 # -- a checkpoint naming a huge image codec ---------------------------------------------------------------------
 def test_sampling_a_checkpoint_with_a_huge_image_codec_fails_at_the_codec(tmp_path, capsys, monkeypatch):
     from bytemodels import ByteDataset, MegabyteConfig, TrainConfig, Trainer
-    from bytemodels.app import cli
-    from bytemodels.app.cli import main
+    from bytemodels import cli
+    from bytemodels.cli import main
 
     dataset = ByteDataset.build([bytes(range(40))] * 4, tmp_path / "cache", key={"bytes": 1}, layout="records",
                                 progress=False)
@@ -217,7 +217,7 @@ def test_sampling_a_checkpoint_with_a_huge_image_codec_fails_at_the_codec(tmp_pa
 def test_decode_with_a_huge_codec_option_is_one_line_before_decoding(tmp_path, capsys, monkeypatch, options, message):
     from bytecodecs.image import ImageCodec
     from bytecodecs.wav import WavCodec
-    from bytemodels.app.cli import main
+    from bytemodels.cli import main
 
     def no_decoding(*args, **kwargs):  # without the limits, decoding allocated 12.9 GB (a MemoryError at best)
         raise AssertionError("decoding started: the codec option was not refused first")

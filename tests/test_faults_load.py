@@ -23,7 +23,7 @@ import torch.nn.functional as F
 import bytecodecs
 from bytemodels import MegabyteConfig, tokens
 from bytemodels.checkpoint import CheckpointError, save_checkpoint
-from bytemodels.app.cli import main
+from bytemodels.cli import main
 from bytemodels.model import Megabyte
 from bytemodels.pretrained import ModelFileError
 
@@ -116,7 +116,7 @@ def test_a_bogus_config_fails_fast_without_allocating(model_folder, tmp_path, fi
     (model_folder / "config.json").write_text(json.dumps({**config, field: value}))
     out = tmp_path / "out.bin"
     done = run_limited(f"""
-        from bytemodels.app.cli import main
+        from bytemodels.cli import main
         codes = [main(["info", {str(model_folder)!r}]),
                  main(["sample", {str(model_folder)!r}, "--max-bytes", "4", "--quiet", "-o", {str(out)!r}])]
         print(codes)
@@ -198,7 +198,7 @@ def test_a_huge_request_streams_to_the_file_in_bounded_memory(checkpoint, tmp_pa
     never_eos = ("import torch\nfrom bytemodels import sampling, tokens\nmask = sampling.producible_mask\n"
                  "sampling.producible_mask = lambda *a: mask(*a).index_fill(0, torch.tensor([tokens.EOS_ID]), "
                  "-float('inf'))\n")
-    script = prelude + never_eos + (f"import sys\nfrom bytemodels.app.cli import main\n"
+    script = prelude + never_eos + (f"import sys\nfrom bytemodels.cli import main\n"
                         f"sys.exit(main(['sample', {str(checkpoint)!r}, '--max-bytes', str(10**12), '--quiet', "
                         f"'-o', {str(out)!r}]))")
     process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -219,7 +219,7 @@ def test_a_huge_request_streams_to_the_file_in_bounded_memory(checkpoint, tmp_pa
 def test_a_media_codec_caps_max_bytes_in_one_line(tmp_path):
     wav = write_checkpoint(tmp_path / "checkpoints", {"codec": bytecodecs.get_codec("wav").config()})
     done = run_limited(f"""
-        from bytemodels.app.cli import main
+        from bytemodels.cli import main
         print(main(["sample", {str(wav)!r}, "--max-bytes", str(10**12), "-o", {str(tmp_path / "out.wav")!r}]))
     """)
     assert done.stdout.strip() == "2", done.stderr[-2000:]

@@ -349,7 +349,7 @@ def test_a_seed_too_large_is_one_line_naming_the_flag(tmp_path, capsys, command)
 
 
 def test_bytemodels_sample_refuses_a_seed_too_large_in_one_line(tmp_path, capsys):
-    from bytemodels.app.cli import main
+    from bytemodels.cli import main
 
     with pytest.raises(SystemExit) as stopped:
         main(["sample", str(tmp_path), "--seed", str(2**70)])

@@ -159,7 +159,7 @@ def test_bytemodels_push_uploads_a_run_with_its_card_and_sample_reads_it_back(tm
             metadata={"recipe": "tinystories", "codec": codec, "layout": "packed"}).fit()
     with stand_in_hub() as hub:
         done = run(f"""
-            from bytemodels.app.cli import main
+            from bytemodels.cli import main
             codes = [main(["push", {str(tmp_path / "run")!r}, "org/stories"]),
                      main(["sample", "org/stories", "--prompt", "Once", "--max-bytes", "5", "--seed", "1", "--quiet",
                            "-o", {str(tmp_path / "story.txt")!r}])]
@@ -176,7 +176,7 @@ def test_bytemodels_push_uploads_a_run_with_its_card_and_sample_reads_it_back(tm
 
 
 def test_pushing_somewhere_that_is_no_repo_id_is_one_line(tmp_path, capsys):
-    from bytemodels.app.cli import main
+    from bytemodels.cli import main
 
     model = Megabyte(MegabyteConfig.preset("tiny", **TINY))
     model.save_pretrained(tmp_path / "model")

@@ -1,9 +1,8 @@
-"""The app layer: the ``bytemodels`` command, the recipes' flags, run folders and ``--resume``, the hub probe,
-and the codec a checkpoint recorded.
+"""The app layer: the recipes' flags, run folders and ``--resume``, and the hub probe.
 
-It sits above the core: modules here import the core (``bytemodels.*``) and the codecs (``bytecodecs``); the
-core imports neither (``tests/test_layers_wall.py`` checks it). Recipes and benchmarks import from here and
-from the core.
+It sits above the core: modules here import the core (``bytemodels.*``), never the codecs or the recipes (only
+``bytemodels/cli.py``, the command, does); the core imports none of it (``tests/test_layers_wall.py`` checks
+both). Recipes, benchmarks and the command import from here and from the core.
 """
 
 from __future__ import annotations

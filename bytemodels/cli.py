@@ -1,8 +1,10 @@
-"""The ``bytemodels`` command: sample, chat, evaluate, inspect checkpoints; encode and decode with codecs.
+"""The ``bytemodels`` command: train, sample, chat, evaluate, inspect and share checkpoints; encode and decode with
+codecs; compress.
 
 A face over the core, not a library: what recipes and benchmarks also need lives in the core (``open_checkpoint``
-and ``load_model`` in ``bytemodels.checkpoint``, ``prompt_ids`` in ``bytemodels.data``) or beside this module
-(``checkpoint_codec`` in ``bytemodels.app.checkpoint_codecs``).
+and ``load_model`` in ``bytemodels.checkpoint``, ``prompt_ids`` in ``bytemodels.data``). This is the one module of
+``bytemodels/`` that imports the codecs and the recipes: a checkpoint records its codec's configuration as opaque
+JSON, and only here does it become a codec again (``checkpoint_codec``).
 """
 
 from __future__ import annotations
@@ -23,10 +25,45 @@ from typing import Any
 
 import bytecodecs
 from bytemodels.app import CommandError
-from bytemodels.app.checkpoint_codecs import checkpoint_codec, checkpoint_layout
 from bytemodels.app.flags import COUNT, NON_NEGATIVE, number, one_line_errors, seed as seed_flag
 from bytemodels.checkpoint import load_model, open_checkpoint
 from bytemodels.data import prompt_ids
+
+
+# -- the codec a checkpoint recorded ---------------------------------------------------------------
+LAYOUT_BY_MODALITY = {"audio": "records", "image": "records"}
+"""The layout of a checkpoint that recorded none (older runs): what its codec's modality was trained in."""
+
+
+def checkpoint_codec(metadata: dict[str, Any], modality: str | None = None) -> bytecodecs.ByteCodec | None:
+    """The codec a checkpoint was trained with, or None when it recorded none (raw bytes).
+
+    A checkpoint trained on several modalities records one codec per modality (``"codecs"``);
+    ``modality`` picks one, and its tag makes the model produce that modality."""
+    several = metadata.get("codecs")
+    if several:
+        if modality not in several:
+            raise CommandError(f"this checkpoint was trained on several modalities: pass --modality "
+                               f"{' or '.join(sorted(several))}")
+        return _codec_from_config(several[modality])
+    if modality is not None:
+        raise CommandError("--modality is for checkpoints trained on several modalities; this one has one codec")
+    config = metadata.get("codec")
+    return _codec_from_config(config) if config else None
+
+
+def _codec_from_config(config: dict[str, Any]) -> bytecodecs.ByteCodec:
+    try:
+        return bytecodecs.codec_from_config(config)
+    except (bytecodecs.CodecError, TypeError, AttributeError, KeyError) as error:  # e.g. an option of a wrong type
+        raise CommandError(f"metadata.json: codec config {config!r} cannot be rebuilt ({error})") from None
+
+
+def checkpoint_layout(metadata: dict[str, Any], codec: bytecodecs.ByteCodec | None) -> str:
+    """``packed`` or ``records``: what the checkpoint recorded, else what its codec's modality implies."""
+    if "layout" in metadata:
+        return metadata["layout"]
+    return LAYOUT_BY_MODALITY.get(codec.modality if codec else "", "packed")
 
 
 # -- sample ----------------------------------------------------------------------------------------
