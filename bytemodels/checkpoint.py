@@ -24,7 +24,6 @@ as it was; what a killed writer left (``.step_*.tmp-*``, ``.best.tmp-*``, ``.*.o
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -41,7 +40,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from bytemodels.jsonfile import read_json
-from bytemodels.runfolder import atomic_write, disk_error, remove_leftovers, write_error, writing
+from bytemodels.runfolder import atomic_write, disk_error, file_sha256, remove_leftovers, write_error, writing
 
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -68,14 +67,6 @@ class CheckpointError(ValueError):
 
 def step_dir_name(step: int) -> str:
     return f"step_{step:06d}"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -130,7 +121,7 @@ def save_checkpoint(root: str | Path, step: int, *, write_model: Callable[[Path]
         files = {}
         for path in sorted(temp.iterdir()):
             _fsync(path)
-            files[path.name] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+            files[path.name] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
         doing = f"writing {STATE_FILE}"
         _write_json(temp / STATE_FILE, {"format": FORMAT_VERSION, **state, "step": step, "files": files})
         _fsync(temp / STATE_FILE)
@@ -288,7 +279,7 @@ def verify_checkpoint(path: str | Path, only: Collection[str] | None = None) -> 
         if size != expected["bytes"]:
             raise CheckpointError(f"{file}: {size} bytes where the checkpoint recorded {expected['bytes']} "
                                   "(truncated or overwritten)")
-        if _sha256(file) != expected["sha256"]:
+        if file_sha256(file) != expected["sha256"]:
             raise CheckpointError(f"{file}: contents do not match the checksum recorded in {STATE_FILE} (corrupted)")
     return state
 

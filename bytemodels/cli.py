@@ -281,11 +281,7 @@ def command_chat(args: argparse.Namespace) -> int:
         ids = torch.tensor([prompt_ids(tag, layout, config.patch_size, data, config.num_tags)], device=device)
         pieces = model.generate_stream(ids, args.max_bytes, temperature=args.temperature, top_k=args.top_k,
                                        top_p=args.top_p, seed=args.seed, stop=stop)
-        terminal = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        for piece in pieces:
-            sys.stdout.write(terminal.decode(piece))
-            sys.stdout.flush()
-        sys.stdout.write(terminal.decode(b"", final=True) + "\n")
+        stream_sample(b"", pieces, None, codec, show=True, total=args.max_bytes)
         sys.stdout.flush()
     return 0
 

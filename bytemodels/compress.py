@@ -31,6 +31,7 @@ from bytemodels import tokens
 from bytemodels.binary import (MAX_BATCH_SIZE, MAX_CHUNK_SIZE, CompressedFileError, check_end, read_chunk, read_header,
                                write_chunk, write_header)
 from bytemodels.generate import WindowedDecoder
+from bytemodels.runfolder import file_sha256
 
 DEFAULT_CHUNK_SIZE = 4096
 DEFAULT_BATCH_SIZE = 4
@@ -198,11 +199,10 @@ def _decompress_stream(model, source: BinaryIO, name: str, out: BinaryIO, progre
         with torch.inference_mode(), _threads(threads if isinstance(threads, int) and threads > 0
                                                else torch.get_num_threads()):
             if _probe(model) != setup.get("probe"):
-                here = _setup(model)
                 raise CompressedFileError(
                     f"{name}: this setup computes other probabilities than the compressor's (made with torch "
                     f"{setup.get('torch')} on {setup.get('device')}, {setup.get('threads')} threads; here torch "
-                    f"{here['torch']} on {here['device']}): decompress it on the machine and torch that made it")
+                    f"{torch.__version__} on {next(model.parameters()).device.type}): decompress it on the machine and torch that made it")
             family, digest = _coder_model(), hashlib.sha256()
             index, position = 0, 0
             with _progress(length, progress, "decompress") as bar:
@@ -272,21 +272,12 @@ def decompress(model, blob: bytes, *, progress: bool = False) -> bytes:
     return out.getvalue()
 
 
-def _file_sha256(path: Path) -> tuple[int, str]:
-    digest, length = hashlib.sha256(), 0
-    with open(path, "rb") as file:
-        while block := file.read(1 << 20):
-            digest.update(block)
-            length += len(block)
-    return length, digest.hexdigest()
-
-
 def compress_file(model, source: str | Path, output: BinaryIO, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
                   batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = False) -> int:
     """Compress the file ``source`` into the open binary ``output``, streaming (memory: one batch of chunks).
     Returns the original's length."""
     source = Path(source)
-    length, sha256 = _file_sha256(source)  # the header needs both before the first chunk
+    length, sha256 = source.stat().st_size, file_sha256(source)  # the header needs both before the first chunk
     with open(source, "rb") as file:
         read_sha = _compress_stream(model, file.read, length, sha256, output, chunk_size, batch_size, progress)
         if read_sha != sha256 or file.read(1):

@@ -46,7 +46,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from bytemodels import tokens
-from bytemodels.runfolder import lock_folder, remove_leftovers, write_error, writing
+from bytemodels.runfolder import file_sha256, lock_folder, remove_leftovers, write_error, writing
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -79,22 +79,13 @@ def key_digest(key: dict[str, Any], layout: str) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-HASH_BLOCK = 1 << 20
-"""Bytes read at a time when a source file is hashed for a cache key."""
-
-
 def content_digest(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (SHA-256 runs at over 1 GB/s on CPUs with SHA
-    instructions, faster than BLAKE2b there); ``"unreadable: <reason>"`` for a file that cannot be read, which
-    the reader of the data then reports or skips."""
-    digest = hashlib.sha256()
+    """Hex SHA-256 of a file's bytes (``runfolder.file_sha256``); ``"unreadable: <reason>"`` for a file that cannot
+    be read, which the reader of the data then reports or skips."""
     try:
-        with open(path, "rb") as file:
-            while block := file.read(HASH_BLOCK):
-                digest.update(block)
+        return file_sha256(path)
     except OSError as error:
         return f"unreadable: {error.strerror or error}"
-    return digest.hexdigest()
 
 
 def file_key(path: Path) -> dict[str, Any]:

@@ -8,9 +8,8 @@ from typing import TYPE_CHECKING
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from bytemodels.config import MegabyteConfig, OlderFormatError
+from bytemodels.config import MegabyteConfig
 from bytemodels.distributed import choose_device
-from bytemodels.jsonfile import read_json_object
 from bytemodels.runfolder import atomic_file, atomic_write
 
 if TYPE_CHECKING:
@@ -36,13 +35,10 @@ def save_pretrained(model: "Megabyte", directory: str | Path) -> None:
 def read_config(path: Path) -> MegabyteConfig:
     """A folder's ``config.json``; a file that is not JSON, or whose values are wrong or beyond the config's
     limits, raises ``ModelFileError`` naming it (before anything is allocated for the model)."""
-    values = read_json_object(path, ModelFileError)
     try:
-        return MegabyteConfig.from_dict(values)
-    except OlderFormatError as error:
-        raise ModelFileError(f"{path}: {error}") from None
-    except (ValueError, TypeError, OverflowError) as error:  # a wrong type reaches int() or a comparison
-        raise ModelFileError(f"{path}: not a valid model config ({error})") from None
+        return MegabyteConfig.load(path)
+    except ValueError as error:  # the message names the file
+        raise ModelFileError(str(error)) from None
 
 
 def weights_header(path: Path) -> dict[str, tuple[int, ...]]:

@@ -13,6 +13,7 @@ file system is read-only); its message is one line naming the folder or file and
 from __future__ import annotations
 
 import errno
+import hashlib
 import fcntl
 import os
 import re
@@ -236,3 +237,13 @@ def remove_leftovers(folder: str | Path, pattern: str) -> list[str]:
                 entry.unlink(missing_ok=True)
             removed.append(entry.name)
     return removed
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (SHA-256 runs at over 1 GB/s on CPUs with SHA
+    instructions, faster than BLAKE2b there)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while block := file.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()

@@ -41,6 +41,7 @@ from bytemodels.fields import config_from_dict, config_to_dict, seed as seed_fla
 from bytemodels.config import MegabyteConfig
 from bytemodels.distributed import DistributedContext, all_reduce_sum, choose_device, environment_rank, \
     setup_distributed, teardown
+from bytemodels.jsonfile import read_json_object
 from bytemodels.model import Megabyte
 from bytemodels.plot import plot_curves, read_metrics
 from bytemodels.resume import check_model_config, warn_if_batch_changed, warn_if_data_changed
@@ -82,10 +83,9 @@ def compile_record_path() -> Path:
 
 def _read_compile_records() -> dict[str, Any]:
     try:
-        records = json.loads(compile_record_path().read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # none yet, or unreadable: the defaults decide
+        return read_json_object(compile_record_path())
+    except ValueError:  # none yet, unreadable or not an object: the defaults decide
         return {}
-    return records if isinstance(records, dict) else {}
 
 SampleFn = Callable[[Megabyte, int, Path], None]
 
@@ -403,6 +403,7 @@ class Trainer:
         (False again after a failed compile)."""
         self._compile_phase = "probe" if train_config.compile else "off"  # probe, measure, then done
         self._costs: dict[str, float] = {}  # seconds of the latest evaluation, checkpoint and sample call
+        self._checkpoint_guess_s = 0.5 + 12 * self.model.num_parameters() / 200e6  # until one is timed
         self.train_model = self._training_module()
 
     def _clean_run_folder(self, fresh: bool) -> None:
@@ -511,7 +512,7 @@ class Trainer:
         if kind in self._costs:
             return self._costs[kind]
         if kind == "checkpoint":  # weights and AdamW's two moments in fp32, at a slow disk's 200 MB/s
-            return 0.5 + 12 * self.model.num_parameters() / 200e6
+            return self._checkpoint_guess_s
         # An evaluation's forward passes, each about half a training micro-step (forward and backward) at most.
         # A sample function never timed yet is guessed at twice an evaluation (the TinyStories recipe's two
         # 600-byte stories took 1.6 times its evaluation on a busy 2-core CPU).
@@ -621,14 +622,14 @@ class Trainer:
                 self._save_compile_record(max(pace.first - pace.seconds, 0.0), self._eager_step_s / pace.seconds)
 
     def _save_compile_record(self, compile_s: float, speedup: float) -> None:
-        records = _read_compile_records()
+        records, path = _read_compile_records(), compile_record_path()
         records[self._compile_key()] = {"compile_s": round(compile_s, 2), "speedup": round(speedup, 3),
                                         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         try:
-            compile_record_path().parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(compile_record_path(), json.dumps(records, indent=1) + "\n")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, json.dumps(records, indent=1) + "\n")
         except OSError as error:  # a cache: the next run decides from the defaults again
-            warnings.warn(f"{compile_record_path()}: could not record the compile time: {error}", RuntimeWarning,
+            warnings.warn(f"{path}: could not record the compile time: {error}", RuntimeWarning,
                           stacklevel=2)
 
     def _no_result(self) -> str | None:

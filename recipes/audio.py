@@ -20,9 +20,9 @@ import numpy as np
 
 from bytemodels.app.flags import COUNT, NON_NEGATIVE, POSITIVE
 from bytemodels.app.hub import DEFAULT_SPLIT, HUB_DATA_FLAGS, add_hub_arguments
-from recipes.media import (Reader, add_media_run_arguments, check_held_out, check_one_source,
-                                  check_patch_fits, comparison, folder_source, generate_records, hub_source,
-                                  print_comparison, run_media_command, shared_data_hint, spectrograms, write_records)
+from recipes.media import (Reader, add_media_run_arguments, check_held_out, check_one_source, check_patch_fits,
+                           comparison, folder_source, generate_records, hub_source, print_comparison,
+                           run_media_command, shared_data_hint, spectrograms, write_records)
 from bytemodels.app.recipe import (DataFlags, add_model_and_training_arguments, defaults_epilog,
                                     finish_with_comparison, make_trainer, model_config_from_args, recipe_parser,
                                     records_dataset, start_run)

@@ -19,9 +19,9 @@ from typing import Any
 from bytemodels.app.flags import COUNT, NON_NEGATIVE
 from bytemodels.app.hub import DEFAULT_SPLIT, HUB_DATA_FLAGS, add_hub_arguments
 from recipes.media import (Reader, add_media_run_arguments, array_reader, check_held_out, check_one_source,
-                                  check_patch_fits, comparison, fixed_size_image_options, folder_source,
-                                  generate_records, hub_source, image_array, image_grid, print_comparison,
-                                  row_patch_size, run_media_command, save_png, shared_data_hint, write_records)
+                           check_patch_fits, comparison, fixed_size_image_options, folder_source, generate_records,
+                           hub_source, image_array, image_grid, print_comparison, row_patch_size, run_media_command,
+                           save_png, shared_data_hint, write_records)
 from bytemodels.app.recipe import (DataFlags, RecipeError, add_model_and_training_arguments, defaults_epilog,
                                     finish_with_comparison, make_trainer, model_config_from_args, recipe_parser,
                                     records_dataset, start_run)

@@ -18,11 +18,11 @@ import numpy as np
 
 from bytemodels.app.flags import COUNT, NON_NEGATIVE, POSITIVE
 from recipes.media import (add_media_run_arguments, check_held_out, check_patch_fits, fixed_size_image_options,
-                                  image_grid, row_patch_size, run_media_command, save_png, write_records)
+                           generate_records, image_grid, row_patch_size, run_media_command, save_png, write_records)
 from bytemodels.app.recipe import (DataFlags, add_model_and_training_arguments, defaults_epilog, make_trainer,
                                     model_config_from_args, no_result_line, print_done, recipe_parser,
                                     start_run, stop_if_interrupted)
-from bytemodels.data import record_ids, record_prompt, whole_document_windows
+from bytemodels.data import record_ids, whole_document_windows
 from recipes.mixed_data import RECIPE, SEPARATOR, byte_dataset, sources_from_args
 
 MODALITIES = ("text", "audio", "image")
@@ -75,8 +75,8 @@ def sample_writer(codecs: dict[str, Any], patch_size: int, *, count: int, text_b
     def write_samples(model: Any, step: int, samples_dir: Path) -> None:
         folder = samples_dir / f"step_{step:06d}"
         for name, codec in codecs.items():
-            generated = model.generate([b""] * count, lengths[name], temperature=temperature, seed=seed,
-                                       prefix_ids=record_prompt(patch_size, codec.tag))
+            generated = generate_records(model, codec, patch_size, [b""] * count, lengths[name],
+                                         temperature=temperature, seed=seed)
             paths = write_records(codec, generated, folder, name)
             if name == "text":
                 for index, (path, data) in enumerate(zip(paths, generated)):

@@ -176,15 +176,13 @@ def sample(args: argparse.Namespace) -> None:
     """Stream one story from a checkpoint to stdout (and save it with ``--output``)."""
     import bytecodecs
     import torch
-    from bytemodels.cli import checkpoint_codec
-    from bytemodels.cli import stream_sample
-    from bytemodels.checkpoint import open_checkpoint
-    from bytemodels.model import Megabyte
+    from bytemodels.checkpoint import load_model, open_checkpoint
+    from bytemodels.cli import checkpoint_codec, stream_sample
 
     device = resolve_device(args.device)  # before loading: a device this machine lacks is one line
     folder, metadata, _ = open_checkpoint(args.checkpoint)
     codec = checkpoint_codec(metadata) or bytecodecs.get_codec("text")
-    model = Megabyte.from_pretrained(folder, map_location=device)
+    model = load_model(folder, device)  # open_checkpoint has checked the model files
     config = model.config
     data = codec.encode(story_prompt(args.prompt))
     ids = torch.tensor([prompt_ids(codec.tag, "packed", config.patch_size, data, config.num_tags)],

@@ -76,7 +76,7 @@ def test_cache_keys_see_an_edit_that_keeps_size_and_time(tmp_path):
 def test_a_file_that_cannot_be_read_is_keyed_as_such_not_a_crash(tmp_path, monkeypatch):
     import builtins
 
-    from bytemodels import data as data_module
+    from bytemodels import runfolder  # where a source file is hashed (file_sha256)
 
     folder = tmp_path / "clips"
     folder.mkdir()
@@ -88,7 +88,7 @@ def test_a_file_that_cannot_be_read_is_keyed_as_such_not_a_crash(tmp_path, monke
             raise PermissionError(13, "Permission denied", str(path))
         return builtins.open(path, *args, **kwargs)
 
-    monkeypatch.setattr(data_module, "open", refuse, raising=False)
+    monkeypatch.setattr(runfolder, "open", refuse, raising=False)
     assert file_key(files[1]) == {"sha256": "unreadable: Permission denied"}  # the folder loader skips it later
     assert folder_key(folder, files) != readable
 
