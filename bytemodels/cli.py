@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import codecs
 import contextlib
+import hashlib
 import itertools
 import json
 import math
@@ -349,6 +350,15 @@ def _raw_document(path: Path):
     return np.memmap(path, dtype=np.uint8, mode="r") if path.stat().st_size else b""
 
 
+def raw_records(data, layout: str, codec: bytecodecs.ByteCodec | None):
+    """A file's raw bytes as the documents ``bytemodels compress`` codes them: one, or for a records checkpoint
+    whose codec has a fixed record size (an image codec) records of that size."""
+    size = (codec.framing.record_size or 0) if codec is not None and layout == "records" else 0
+    if not size or len(data) <= size:
+        return data
+    return [data[start:start + size] for start in range(0, len(data), size)]
+
+
 def _encoded_document(codec, path: Path, folder: Path):
     """The bytes ``codec`` makes of the file at ``path``, written a piece at a time to a file in ``folder`` and
     mapped from there: a large text file is never held in memory whole."""
@@ -367,11 +377,13 @@ def command_eval(args: argparse.Namespace) -> int:
     layout = checkpoint_layout(metadata, codec)
     model = load_model(folder, args.device)
     rows, skipped = [], []
-    for path in tqdm(collect_files(args.files, codec), desc="evaluating", unit="file", delay=2,
+    for path in tqdm(collect_files(args.files, None if args.raw else codec), desc="evaluating", unit="file", delay=2,
                      disable=args.json):
         with tempfile.TemporaryDirectory() as scratch:
             try:
-                if is_image_array(path, codec):
+                if args.raw:
+                    document = raw_records(_raw_document(path), layout, codec)
+                elif is_image_array(path, codec):
                     document = list(array_records(codec, _load_array(path, args.array_key)))
                 else:
                     document = _encoded_document(codec, path, Path(scratch)) if codec else _raw_document(path)
@@ -642,6 +654,47 @@ def _compression_output(args: argparse.Namespace, default: Path) -> Path | None:
     return output
 
 
+def _codec_record(codec: bytecodecs.ByteCodec, suffix: str) -> dict[str, str]:
+    """What a ``.bmz`` header records of the codec a file went through: its name, a hash of its options (the
+    model's weights hash already pins the checkpoint, so the options need not be spelled out) and the file's
+    suffix, which tells the codec's ``save`` the format to write."""
+    options = json.dumps(codec.config(), sort_keys=True, separators=(",", ":")).encode()
+    return {"name": codec.name, "options": hashlib.sha256(options).hexdigest()[:8], "suffix": suffix}
+
+
+def _codec_restore(codec: bytecodecs.ByteCodec | None):
+    """``restore`` for ``decompress_file``: the codec's bytes back into the file, through ``codec.save``."""
+    from bytemodels.compress import CompressedFileError
+
+    def restore(form: bytes, record: dict[str, str]) -> bytes:
+        if codec is None or record != _codec_record(codec, record.get("suffix", "")):
+            raise CompressedFileError(f"made through the {record.get('name')!r} codec with other options than "
+                                      "this checkpoint's; pass the --model it was made with")
+        with tempfile.TemporaryDirectory() as scratch:
+            path = Path(scratch) / f"restored{record['suffix']}"
+            codec.save(codec.decode(form), path)
+            return path.read_bytes()
+
+    return restore
+
+
+def _codec_form(codec: bytecodecs.ByteCodec | None, source: Path) -> tuple[bytes, dict[str, str]] | None:
+    """The bytes ``codec`` makes of ``source`` and its record, when the codec gives the file back byte for byte
+    (a WAV clip in the codec's own format); None when it cannot (raw bytes are coded instead)."""
+    from bytemodels.compress import MAX_CODEC_BYTES
+
+    if codec is None or not source.suffix or ":" in source.suffix or source.stat().st_size > MAX_CODEC_BYTES:
+        return None
+    record = _codec_record(codec, source.suffix.lower())
+    try:
+        form = codec.encode_file(source)
+        if len(form) <= MAX_CODEC_BYTES and _codec_restore(codec)(form, record) == source.read_bytes():
+            return form, record
+    except (bytecodecs.CodecError, ValueError, OSError):  # not the codec's kind of file
+        pass
+    return None
+
+
 def command_compress(args: argparse.Namespace) -> int:
     from bytemodels.compress import compress_file, usual_file_mode
     from bytemodels.runfolder import atomic_file
@@ -652,20 +705,29 @@ def command_compress(args: argparse.Namespace) -> int:
     if source.suffix == BMZ_SUFFIX and not args.force:
         raise CommandError(f"{source}: already has the {BMZ_SUFFIX} suffix; pass --force to compress it again")
     output = _compression_output(args, source.with_name(source.name + BMZ_SUFFIX))
-    model = load_model(open_checkpoint(args.model)[0], args.device)
-    options = dict(chunk_size=args.chunk_size, batch_size=args.batch_size, progress=not args.quiet)
+    folder, metadata, _ = open_checkpoint(args.model)
+    codec = checkpoint_codec(metadata)
+    layout = checkpoint_layout(metadata, codec)
+    model = load_model(folder, args.device)
+    record_size = (codec.framing.record_size or 0) if codec is not None and layout == "records" else 0
+    form = None if args.raw else _codec_form(codec, source)
+    options = dict(layout=layout, tag=codec.tag if codec is not None else None, record_size=record_size,
+                   batch_size=args.batch_size, progress=not args.quiet, codec_form=form)
     if output is None:
         compress_file(model, source, sys.stdout.buffer, **options)
         sys.stdout.buffer.flush()
         return 0
     with atomic_file(output) as temporary, open(temporary, "wb") as out:
-        length = compress_file(model, source, out, **options)
+        bits = compress_file(model, source, out, **options)
         out.flush()
         os.fsync(out.fileno())
         usual_file_mode(temporary)
-    size = output.stat().st_size
-    ratio = f" ({8 * size / length:.3f} bits per byte)" if length else ""
-    print(f"{source} -> {output}: {length:,} -> {size:,} bytes{ratio}")
+    length, size = source.stat().st_size, output.stat().st_size
+    coded = len(form[0]) if form is not None else length
+    through = f"through the {codec.name} codec" if form is not None else "as raw bytes"
+    rates = (f"; {8 * size / length:.3f} bits per byte, the model's probabilities {bits / coded:.3f} bits per "
+             f"coded byte" if length and coded else "")
+    print(f"{source} -> {output}: {length:,} -> {size:,} bytes, {through}{rates}")
     return 0
 
 
@@ -678,20 +740,22 @@ def command_decompress(args: argparse.Namespace) -> int:
     if args.output is None and not args.stdout and source.suffix != BMZ_SUFFIX:
         raise CommandError(f"{source}: has no {BMZ_SUFFIX} suffix to remove; give -o OUT or -c")
     output = _compression_output(args, source.with_suffix(""))
-    model = load_model(open_checkpoint(args.model)[0], args.device)
+    folder, metadata, _ = open_checkpoint(args.model)
+    model = load_model(folder, args.device)
+    restore = _codec_restore(checkpoint_codec(metadata))
     if output is None:
-        decompress_file(model, source, None, progress=not args.quiet, write_to=sys.stdout.buffer)
+        decompress_file(model, source, None, progress=not args.quiet, write_to=sys.stdout.buffer, restore=restore)
         sys.stdout.buffer.flush()
         return 0
-    decompress_file(model, source, output, progress=not args.quiet)
+    decompress_file(model, source, output, progress=not args.quiet, restore=restore)
     print(f"{source} -> {output}: {output.stat().st_size:,} bytes")
     return 0
 
 
 def add_compression_commands(commands) -> None:
     """The ``compress`` and ``decompress`` subcommands (gzip's habits: the input is kept, -c, --force)."""
-    from bytemodels.binary import MAX_BATCH_SIZE, MAX_CHUNK_SIZE
-    from bytemodels.compress import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE
+    from bytemodels.binary import MAX_BATCH_SIZE
+    from bytemodels.compress import DEFAULT_BATCH_SIZE
 
     for name, run, helptext in (("compress", command_compress, "losslessly compress a file with a model "
                                                                "(FILE.bmz)"),
@@ -709,11 +773,11 @@ def add_compression_commands(commands) -> None:
         sub.add_argument("--device", default="cpu",
                          help="cpu (default) or cuda: decompress on the device (and torch) that compressed")
         if name == "compress":
-            sub.add_argument("--chunk-size", type=number(int, at_least=1, at_most=MAX_CHUNK_SIZE),
-                             default=DEFAULT_CHUNK_SIZE, help=f"bytes per independent chunk (default "
-                             f"{DEFAULT_CHUNK_SIZE})")
             sub.add_argument("--batch-size", type=number(int, at_least=1, at_most=MAX_BATCH_SIZE),
-                             default=DEFAULT_BATCH_SIZE, help=f"chunks coded at once (default {DEFAULT_BATCH_SIZE})")
+                             default=DEFAULT_BATCH_SIZE, help=f"windows coded at once, one block of the file "
+                             f"(default {DEFAULT_BATCH_SIZE}; more is faster, up to the cores' limit)")
+            sub.add_argument("--raw", action="store_true",
+                             help="code the file's bytes even when the model's codec could restore it exactly")
         sub.set_defaults(run=run)
 
 
@@ -779,6 +843,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=COUNT, default=8)
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--modality", help="for a checkpoint trained on several modalities: the files' modality")
+    evaluate.add_argument("--raw", action="store_true",
+                          help="score each file's raw bytes, as `bytemodels compress` codes a file its codec "
+                               "cannot restore exactly (default: the bytes the codec makes of it)")
     evaluate.add_argument("--array-key", metavar="NAME", help="the array of .npz files holding the images (default: "
                           "images, else the first array shaped like images)")
     evaluate.set_defaults(run=command_eval)

@@ -1,17 +1,21 @@
 """Lossless compression with a trained byte model: bytes in, ``.bmz`` bytes out (and back).
 
-The data is cut into chunks of ``chunk_size`` bytes; each chunk is framed like a training document (BOS, then
-its bytes) and range-coded (``constriction``) under the model's next-byte distribution, position by position.
-``batch_size`` chunks are decoded together, one row each, through the cached decoder of generation
-(:class:`bytemodels.generate.WindowedDecoder`, whose window crop keeps memory bounded).
+The data is framed as the model was trained (``layout``: one packed document, or records of ``record_size``
+bytes, with the codec's ``tag``) and cut into the very windows validation scores
+(:func:`bytemodels.data.document_windows`). Each byte is range-coded (``constriction``) under the model's
+next-byte distribution in its window, so the coded size is the model's cross-entropy as ``bytemodels eval``
+reports it, plus the coder's and the container's few bytes. ``batch_size`` windows form a block: they run through
+the cached decoder of generation as one batch, one position at a time, and their bytes go into one coded stream
+(position by position, window by window), so a block's coder ends once, not once per window. Blocks are
+independent.
 
-Decompression must see the very probabilities the compressor saw. Both sides therefore run the same calls
-with the same shapes: the same batches, one ``logits()`` call per position over the bytes known so far (a
-finished row is fed byte 0 on both sides), on the thread count the header records. The logits are turned into
-integer frequencies deterministically in numpy (:func:`quantised_frequencies`): every byte keeps a frequency
-of at least 1, so any byte can be coded. A setup that computes other logits (another torch, device or CPU
-kernel) is caught before anything is written: the header holds a hash of the frequencies of a fixed probe
-sequence, and the original's SHA-256, checked before the output is moved into place.
+Decompression must see the very probabilities the compressor saw. Both sides therefore run the same calls with
+the same shapes (the same blocks, one ``logits()`` call per position, the same ids fed), on the thread count the
+header records. The logits are turned into integer frequencies deterministically in numpy
+(:func:`quantised_frequencies`): every byte keeps a frequency of at least 1, so any byte can be coded. A setup that
+computes other logits (another torch, device or CPU kernel) is caught before anything is decoded: the header holds
+a hash of the frequencies of a fixed probe sequence; and the original's SHA-256 is checked before the output is
+moved into place.
 """
 
 from __future__ import annotations
@@ -28,18 +32,23 @@ import numpy as np
 import torch
 
 from bytemodels import tokens
-from bytemodels.binary import (MAX_BATCH_SIZE, MAX_CHUNK_SIZE, CompressedFileError, check_end, read_chunk, read_header,
-                               write_chunk, write_header)
-from bytemodels.generate import WindowedDecoder
+from bytemodels.binary import (HASH_BYTES, MAX_BATCH_SIZE, MAX_RECORD_SIZE, CompressedFileError, Header, check_end,
+                               read_block, read_header, write_block, write_header)
+from bytemodels.data import LAYOUTS, document_windows
+from bytemodels.generate import IncrementalDecoder
 from bytemodels.runfolder import file_sha256
 
-DEFAULT_CHUNK_SIZE = 4096
-DEFAULT_BATCH_SIZE = 4
+DEFAULT_BATCH_SIZE = 32
 PRECISION_BITS = 24  # the frequencies sum to 2**24 (constriction's range coder codes at 24-bit precision)
 PROBE = bytes((37 * i + 11) % 256 for i in range(24))  # a fixed sequence whose frequencies the header hashes
+#: Most bytes a codec's form of a file may take: it is held in memory whole, to check it restores the file.
+MAX_CODEC_BYTES = 64 << 20
 
 __all__ = ["CompressedFileError", "compress", "compress_file", "decompress", "decompress_file",
            "quantised_frequencies"]
+
+Restore = Callable[[bytes, dict[str, Any]], bytes]
+"""Turns the decoded bytes of a file that went through a codec, and the header's codec record, into the file."""
 
 
 def quantised_frequencies(logits: torch.Tensor) -> np.ndarray:
@@ -65,17 +74,47 @@ def _coder_model():
     return constriction.stream.model.Categorical(perfect=False)
 
 
-def _drive(model, lengths: list[int], choose: Callable[[int, np.ndarray], np.ndarray]) -> None:
-    """Run the model over a batch of chunks of ``lengths`` bytes, one position at a time. ``choose(step,
-    frequencies)`` returns the (batch,) bytes at that position (the known ones when compressing, the decoded ones
-    when decompressing); rows past their end are fed 0. The one code path both directions share."""
+def _run_block(model, windows: np.ndarray, choose: Callable[[int, np.ndarray, np.ndarray], np.ndarray]) -> None:
+    """Run the model over a block of windows (batch, seq_len ids), one position at a time, from no context (as
+    validation scores a window). At each position where some windows hold a byte, ``choose(position, rows, frequencies)``
+    returns those rows' bytes (the known ones when compressing, the decoded ones when decompressing) and they are
+    written into ``windows``; special ids are fed as they are. The one code path both directions share."""
     device = next(model.parameters()).device
-    batch, longest = len(lengths), max(lengths)
-    ids = torch.full((batch, 1), tokens.BOS_ID, dtype=torch.long, device=device)
-    decoder = WindowedDecoder(model, ids, torch.zeros(batch, dtype=torch.long, device=device), False, longest + 1)
-    for step in range(longest):
-        chosen = choose(step, quantised_frequencies(decoder.logits()))
-        decoder.append(torch.from_numpy(chosen.astype(np.int64)).to(device))
+    is_byte = windows < tokens.NUM_BYTES
+    positions = np.flatnonzero(is_byte.any(axis=0))
+    if not len(positions):
+        return
+    ids = torch.from_numpy(windows[:, :0]).to(device)
+    decoder = IncrementalDecoder(model, ids, None, False, windows.shape[1])
+    for position in range(int(positions[-1]) + 1):
+        logits = decoder.logits()
+        rows = np.flatnonzero(is_byte[:, position])
+        if len(rows):
+            windows[rows, position] = choose(position, rows, quantised_frequencies(logits[torch.from_numpy(rows).to(device)]))
+        decoder.append(torch.from_numpy(windows[:, position]).to(device))
+
+
+def _windows(model, data: np.ndarray, header: Header) -> Iterator[np.ndarray]:
+    """Every window of ``data`` (uint8) framed as ``header`` says, in order: one document, or records of
+    ``header.record_size`` bytes; generated lazily, so memory holds a window, whatever the length."""
+    config = model.config
+    size = header.record_size or max(len(data), 1)
+    for start in range(0, len(data), size):
+        windows = document_windows(data[start:start + size], header.tag, header.layout, config.max_seq_len,
+                                   config.patch_size, config.num_tags)
+        for index in range(len(windows)):
+            yield windows.window(index)
+
+
+def _blocks(windows: Iterator[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
+    block: list[np.ndarray] = []
+    for window in windows:
+        block.append(window)
+        if len(block) == batch_size:
+            yield np.stack(block)
+            block = []
+    if block:
+        yield np.stack(block)
 
 
 @contextlib.contextmanager
@@ -91,6 +130,17 @@ def _threads(count: int) -> Iterator[None]:
             torch.set_num_threads(before)
 
 
+@contextlib.contextmanager
+def _evaluating(model) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
+
+
 def weights_sha256(model) -> str:
     """SHA-256 of the model's parameters and buffers (names, dtypes, shapes and values) in name order."""
     digest = hashlib.sha256()
@@ -101,23 +151,22 @@ def weights_sha256(model) -> str:
     return digest.hexdigest()
 
 
-def _probe(model) -> str:
+def _probe(model) -> bytes:
     """Hash of the frequencies the model gives the fixed ``PROBE`` sequence through the coding path."""
     digest = hashlib.sha256()
+    window = np.array([[tokens.BOS_ID, *PROBE]], dtype=np.int64)[:, :model.config.max_seq_len]
 
-    def choose(step: int, frequencies: np.ndarray) -> np.ndarray:
+    def choose(position: int, rows: np.ndarray, frequencies: np.ndarray) -> np.ndarray:
         digest.update(frequencies.tobytes())
-        return np.array([PROBE[step]])
+        return window[rows, position]
 
-    _drive(model, [len(PROBE)], choose)
-    return digest.hexdigest()[:32]
+    _run_block(model, window.copy(), choose)
+    return digest.digest()[:HASH_BYTES["probe"]]
 
 
-def _setup(model) -> dict[str, Any]:
-    """What decoding needs to reproduce the probabilities: recorded by the compressor, checked on decoding."""
+def _setup(model) -> str:
     parameter = next(model.parameters())
-    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": parameter.device.type,
-            "dtype": str(parameter.dtype).removeprefix("torch."), "probe": _probe(model)}
+    return f"{torch.__version__} {parameter.device.type} {str(parameter.dtype).removeprefix('torch.')}"
 
 
 def _progress(total: int, enabled: bool, what: str):
@@ -126,167 +175,168 @@ def _progress(total: int, enabled: bool, what: str):
     return tqdm(total=total, unit="B", unit_scale=True, desc=what, disable=not enabled, leave=False)
 
 
-def _compress_stream(model, read: Callable[[int], bytes], length: int, sha256: str, out: BinaryIO,
-                     chunk_size: int, batch_size: int, progress: bool) -> str:
-    """Code ``length`` bytes from ``read`` into ``out``; returns the SHA-256 of what was read (the caller checks
-    it against ``sha256``, the header's, for a file that changed meanwhile)."""
+def _check_framing(model, layout: str, tag: int | None, record_size: int, batch_size: int) -> None:
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    if not 0 <= record_size <= MAX_RECORD_SIZE or not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise ValueError(f"record_size must be in 0..{MAX_RECORD_SIZE} and batch_size in 1..{MAX_BATCH_SIZE}, got "
+                         f"{record_size} and {batch_size}")
+    if tag is not None:
+        tokens.tag_id(tag, model.config.num_tags)  # raises for a tag outside the model's vocabulary
+
+
+def _compress_array(model, data: np.ndarray, sha256: bytes, out: BinaryIO, *, layout: str, tag: int | None,
+                    record_size: int, batch_size: int, codec: dict[str, Any] | None, progress: bool) -> float:
+    """Code ``data`` (uint8, e.g. a memory map) into ``out``; returns the ideal coded size in bits (the sum of
+    -log2 of each byte's quantised probability)."""
     import constriction
 
-    if not 1 <= chunk_size <= MAX_CHUNK_SIZE or not 1 <= batch_size <= MAX_BATCH_SIZE:
-        raise ValueError(f"chunk_size must be in 1..{MAX_CHUNK_SIZE} and batch_size in 1..{MAX_BATCH_SIZE}, got "
-                         f"{chunk_size} and {batch_size}")
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            header = {"format": "bmz", "codec": "none", "codec_options": {}, "length": length, "sha256": sha256,
-                      "chunk_size": chunk_size, "batch_size": batch_size, "precision_bits": PRECISION_BITS,
-                      "model": {"weights_sha256": weights_sha256(model), "vocab_size": model.config.vocab_size},
-                      "setup": _setup(model)}
-            write_header(out, header)
-            family, digest, remaining = _coder_model(), hashlib.sha256(), length
-            with _progress(length, progress, "compress") as bar:
-                while remaining:
-                    block = read(min(remaining, chunk_size * batch_size))
-                    if not block:
-                        raise CompressedFileError(f"the input ended {remaining:,} bytes early (it changed while "
-                                                  "being compressed)")
-                    remaining -= len(block)
-                    digest.update(block)
-                    chunks = [block[i:i + chunk_size] for i in range(0, len(block), chunk_size)]
-                    if remaining and len(chunks[-1]) < chunk_size:  # a short read: finish the chunk first
-                        rest = read(min(remaining, chunk_size - len(chunks[-1])))
-                        remaining -= len(rest)
-                        digest.update(rest)
-                        chunks[-1] += rest
-                    encoders = [constriction.stream.queue.RangeEncoder() for _ in chunks]
-                    symbols = np.zeros((len(chunks), max(map(len, chunks))), dtype=np.int32)
-                    for row, chunk in enumerate(chunks):
-                        symbols[row, :len(chunk)] = np.frombuffer(chunk, dtype=np.uint8)
+    _check_framing(model, layout, tag, record_size, batch_size)
+    with _evaluating(model):
+        header = Header(length=len(data), sha256=sha256[:HASH_BYTES["sha256"]], layout=layout, tag=tag,
+                        record_size=record_size, batch_size=batch_size, threads=torch.get_num_threads(),
+                        weights=bytes.fromhex(weights_sha256(model))[:HASH_BYTES["weights"]], probe=_probe(model),
+                        setup=_setup(model), codec=codec)
+        write_header(out, header)
+        family, bits = _coder_model(), 0.0
+        with _progress(len(data), progress, "compress") as bar:
+            for block in _blocks(_windows(model, data, header), batch_size):
+                encoder = constriction.stream.queue.RangeEncoder()
 
-                    def choose(step: int, frequencies: np.ndarray) -> np.ndarray:
-                        probabilities = frequencies / float(1 << PRECISION_BITS)
-                        for row, chunk in enumerate(chunks):
-                            if step < len(chunk):
-                                encoders[row].encode(symbols[row, step:step + 1], family,
-                                                     probabilities[row:row + 1])
-                        return symbols[:, step]
+                def choose(position: int, rows: np.ndarray, frequencies: np.ndarray) -> np.ndarray:
+                    nonlocal bits
+                    symbols = block[rows, position]
+                    chosen = frequencies[np.arange(len(rows)), symbols]
+                    bits -= float(np.log2(chosen / float(1 << PRECISION_BITS)).sum())
+                    encoder.encode(symbols.astype(np.int32), family, frequencies / float(1 << PRECISION_BITS))
+                    return symbols
 
-                    _drive(model, [len(chunk) for chunk in chunks], choose)
-                    for chunk, encoder in zip(chunks, encoders):
-                        write_chunk(out, chunk, encoder.get_compressed().astype("<u4").tobytes())
-                    bar.update(len(block))
-        return digest.hexdigest()
-    finally:
-        model.train(was_training)
+                _run_block(model, block.copy(), choose)
+                write_block(out, _trimmed(encoder.get_compressed()))
+                bar.update(int((block < tokens.NUM_BYTES).sum()))
+    return bits
 
 
-def _decompress_stream(model, source: BinaryIO, name: str, out: BinaryIO, progress: bool) -> None:
+def _trimmed(words: np.ndarray) -> bytes:
+    """The coder's 32-bit words as little-endian bytes without trailing zero bytes (put back when decoding)."""
+    return words.astype("<u4").tobytes().rstrip(b"\0")
+
+
+def _words(coded: bytes) -> np.ndarray:
+    return np.frombuffer(coded + b"\0" * (-len(coded) % 4), dtype="<u4").astype(np.uint32)
+
+
+def _decompress_stream(model, source: BinaryIO, name: str, out: BinaryIO, progress: bool,
+                       restore: Restore | None) -> None:
     """Decode the ``.bmz`` stream ``source`` into ``out``; raises ``CompressedFileError`` unless what was written
     is exactly the original (its SHA-256 checked at the end: the caller must not publish ``out`` before)."""
     import constriction
 
     header = read_header(source, name)
-    model_info, setup = header.get("model") or {}, header.get("setup") or {}
-    if model_info.get("weights_sha256") != weights_sha256(model):
+    if header.weights != bytes.fromhex(weights_sha256(model))[:HASH_BYTES["weights"]]:
         raise CompressedFileError(f"{name}: compressed with another model (its weights differ from this one's); "
                                   "pass the --model it was made with")
-    length, chunk_size, batch_size = header["length"], header["chunk_size"], header["batch_size"]
-    threads = setup.get("threads")
-    was_training = model.training
-    model.eval()
+    if header.codec is not None:
+        if restore is None:
+            raise CompressedFileError(f"{name}: went through the {header.codec['name']!r} codec; restore it with "
+                                      "`bytemodels decompress`, which knows the model's codec")
+        if header.length > MAX_CODEC_BYTES:
+            raise CompressedFileError(f"{name}: damaged .bmz file (a codec form of {header.length:,} bytes)")
     try:
-        with torch.inference_mode(), _threads(threads if isinstance(threads, int) and threads > 0
-                                               else torch.get_num_threads()):
-            if _probe(model) != setup.get("probe"):
-                raise CompressedFileError(
-                    f"{name}: this setup computes other probabilities than the compressor's (made with torch "
-                    f"{setup.get('torch')} on {setup.get('device')}, {setup.get('threads')} threads; here torch "
-                    f"{torch.__version__} on {next(model.parameters()).device.type}): decompress it on the machine and torch that made it")
-            family, digest = _coder_model(), hashlib.sha256()
-            index, position = 0, 0
-            with _progress(length, progress, "decompress") as bar:
-                while position < length:
-                    lengths = []
-                    while position + sum(lengths) < length and len(lengths) < batch_size:
-                        lengths.append(min(chunk_size, length - position - sum(lengths)))
-                    records = [read_chunk(source, name, index + row, size) for row, size in enumerate(lengths)]
-                    decoders = [constriction.stream.queue.RangeDecoder(np.frombuffer(coded, dtype="<u4")
-                                                                       .astype(np.uint32)) for coded, _ in records]
-                    # Grown byte by byte: memory follows the decoding done, not the lengths a header claims.
-                    decoded = [bytearray() for _ in lengths]
+        _check_framing(model, header.layout, header.tag, header.record_size, header.batch_size)
+    except ValueError as error:
+        raise CompressedFileError(f"{name}: damaged .bmz file ({error})") from None
+    with _evaluating(model), _threads(header.threads):
+        if _probe(model) != header.probe:
+            raise CompressedFileError(
+                f"{name}: this setup computes other probabilities than the compressor's (made with torch "
+                f"{header.setup}, {header.threads} threads; here torch {_setup(model)}): decompress it on the machine "
+                "and torch that made it")
+        family, digest = _coder_model(), hashlib.sha256()
+        payload = io.BytesIO() if header.codec is not None else None
+        layout = np.broadcast_to(np.uint8(0), (header.length,))  # where bytes fall, without memory for them
+        with _progress(header.length, progress, "decompress") as bar:
+            for index, block in enumerate(_blocks(_windows(model, layout, header), header.batch_size)):
+                is_byte = block < tokens.NUM_BYTES
+                decoder = constriction.stream.queue.RangeDecoder(_words(read_block(source, name, index,
+                                                                                   int(is_byte.sum()))))
 
-                    def choose(step: int, frequencies: np.ndarray) -> np.ndarray:
-                        probabilities = frequencies / float(1 << PRECISION_BITS)
-                        chosen = np.zeros(len(lengths), dtype=np.int64)
-                        for row, size in enumerate(lengths):
-                            if step < size:
-                                chosen[row] = decoders[row].decode(family, probabilities[row:row + 1])[0]
-                                decoded[row].append(int(chosen[row]))
-                        return chosen
+                def choose(position: int, rows: np.ndarray, frequencies: np.ndarray) -> np.ndarray:
+                    return decoder.decode(family, frequencies / float(1 << PRECISION_BITS)).astype(np.int64)
 
-                    _drive(model, lengths, choose)
-                    for row, ((_, crc), size) in enumerate(zip(records, lengths)):
-                        chunk = bytes(decoded[row])
-                        if _crc32(chunk) != crc:
-                            raise CompressedFileError(f"{name}: damaged .bmz file (chunk {index + row} does not "
-                                                      "decode to its checksum)")
-                        digest.update(chunk)
-                        out.write(chunk)
-                    index += len(lengths)
-                    position += sum(lengths)
-                    bar.update(sum(lengths))
-            check_end(source, name)
-            if digest.hexdigest() != header.get("sha256"):
-                raise CompressedFileError(f"{name}: the decoded data does not match the original's SHA-256 "
-                                          "(damaged file or another setup); nothing was written")
-    finally:
-        model.train(was_training)
+                _run_block(model, block, choose)
+                decoded = block[is_byte].astype(np.uint8).tobytes()  # window by window, in order
+                (payload or out).write(decoded)
+                if payload is None:
+                    digest.update(decoded)
+                bar.update(len(decoded))
+        check_end(source, name)
+        if payload is not None:
+            try:
+                restored = restore(payload.getvalue(), header.codec)
+            except CompressedFileError as error:
+                raise CompressedFileError(f"{name}: {error}") from None
+            except (ValueError, OSError) as error:
+                raise CompressedFileError(f"{name}: the {header.codec['name']!r} codec cannot restore the decoded "
+                                          f"data ({error}); damaged file or another setup") from None
+            digest.update(restored)
+            out.write(restored)
+        if digest.digest()[:HASH_BYTES["sha256"]] != header.sha256:
+            raise CompressedFileError(f"{name}: the decoded data does not match the original's SHA-256 "
+                                      "(damaged file or another setup); nothing was written")
 
 
-def _crc32(data: bytes) -> int:
-    import zlib
-
-    return zlib.crc32(data)
-
-
-def compress(model, data: bytes, *, chunk_size: int = DEFAULT_CHUNK_SIZE, batch_size: int = DEFAULT_BATCH_SIZE,
-             progress: bool = False) -> bytes:
+def compress(model, data: bytes, *, layout: str = "packed", tag: int | None = None, record_size: int = 0,
+             batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = False) -> bytes:
     """``data`` losslessly compressed under ``model``'s next-byte probabilities: a ``.bmz`` blob.
 
-    ``chunk_size`` bytes are coded per independent chunk, ``batch_size`` chunks at once. Decompress with the
-    same model (its weights hash is checked) on the same torch, device and thread count."""
+    Frame it as the model was trained: ``layout`` ``"packed"`` (text: one document) or ``"records"`` (clips,
+    images: records of ``record_size`` bytes, 0 for one record), with the codec's ``tag`` index if it had one.
+    ``batch_size`` windows are coded at once. Decompress with the same model (its weights hash is checked) on the
+    same torch, device and thread count."""
     data = bytes(data)
     out = io.BytesIO()
-    _compress_stream(model, io.BytesIO(data).read, len(data), hashlib.sha256(data).hexdigest(), out, chunk_size,
-                     batch_size, progress)
+    _compress_array(model, np.frombuffer(data, dtype=np.uint8), hashlib.sha256(data).digest(), out, layout=layout,
+                    tag=tag, record_size=record_size, batch_size=batch_size, codec=None, progress=progress)
     return out.getvalue()
 
 
-def decompress(model, blob: bytes, *, progress: bool = False) -> bytes:
+def decompress(model, blob: bytes, *, progress: bool = False, restore: Restore | None = None) -> bytes:
     """The original bytes of a ``.bmz`` blob made by :func:`compress` with this ``model``. Raises
     ``CompressedFileError`` (one line) for a damaged or foreign blob, another model, or a setup that does not
-    reproduce the compressor's probabilities."""
+    reproduce the compressor's probabilities. ``restore``: for a blob that went through a codec (made by
+    ``bytemodels compress``), what turns the codec's bytes back into the file."""
     out = io.BytesIO()
-    _decompress_stream(model, io.BytesIO(bytes(blob)), "the .bmz data", out, progress)
+    _decompress_stream(model, io.BytesIO(bytes(blob)), "the .bmz data", out, progress, restore)
     return out.getvalue()
 
 
-def compress_file(model, source: str | Path, output: BinaryIO, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                  batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = False) -> int:
-    """Compress the file ``source`` into the open binary ``output``, streaming (memory: one batch of chunks).
-    Returns the original's length."""
+def compress_file(model, source: str | Path, output: BinaryIO, *, layout: str = "packed", tag: int | None = None,
+                  record_size: int = 0, batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = False,
+                  codec_form: tuple[bytes, dict[str, Any]] | None = None) -> float:
+    """Compress the file ``source`` into the open binary ``output``, streaming from a memory map (memory: one
+    block of windows). ``codec_form``: the bytes a codec makes of the file and the codec's record, coded instead
+    of the file's bytes (the caller has checked they restore it exactly). Returns the ideal coded size in bits."""
     source = Path(source)
-    length, sha256 = source.stat().st_size, file_sha256(source)  # the header needs both before the first chunk
-    with open(source, "rb") as file:
-        read_sha = _compress_stream(model, file.read, length, sha256, output, chunk_size, batch_size, progress)
-        if read_sha != sha256 or file.read(1):
-            raise CompressedFileError(f"{source}: the file changed while being compressed; try again")
-    return length
+    sha256 = bytes.fromhex(file_sha256(source))
+    options = dict(layout=layout, tag=tag, record_size=record_size, batch_size=batch_size, progress=progress)
+    if codec_form is not None:
+        form, record = codec_form
+        return _compress_array(model, np.frombuffer(form, dtype=np.uint8), sha256, output, codec=record, **options)
+    if not source.stat().st_size:  # an empty file cannot be mapped
+        return _compress_array(model, np.zeros(0, np.uint8), sha256, output, codec=None, **options)
+    data = np.memmap(source, dtype=np.uint8, mode="r")
+    try:
+        bits = _compress_array(model, data, sha256, output, codec=None, **options)
+    finally:
+        del data
+    if bytes.fromhex(file_sha256(source)) != sha256:
+        raise CompressedFileError(f"{source}: the file changed while being compressed; try again")
+    return bits
 
 
 def decompress_file(model, source: str | Path, output: str | Path | None, *, progress: bool = False,
-                    write_to: BinaryIO | None = None) -> None:
+                    write_to: BinaryIO | None = None, restore: Restore | None = None) -> None:
     """Decompress the ``.bmz`` file ``source`` to ``output``, written atomically: decoded to a temporary file
     beside it, checked against the original's SHA-256, then renamed into place (nothing is left on a failure).
     With ``write_to`` (a binary stream, e.g. stdout) the checked result is copied there instead."""
@@ -298,13 +348,13 @@ def decompress_file(model, source: str | Path, output: str | Path | None, *, pro
             import tempfile
 
             with tempfile.TemporaryFile() as temporary:
-                _decompress_stream(model, file, str(source), temporary, progress)
+                _decompress_stream(model, file, str(source), temporary, progress, restore)
                 temporary.seek(0)
                 while block := temporary.read(1 << 20):
                     write_to.write(block)
             return
         with atomic_file(output) as temporary, open(temporary, "wb") as out:
-            _decompress_stream(model, file, str(source), out, progress)
+            _decompress_stream(model, file, str(source), out, progress, restore)
             out.flush()
             os.fsync(out.fileno())
             usual_file_mode(temporary)

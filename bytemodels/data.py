@@ -382,6 +382,18 @@ class ByteDataset:
                 f"documents={len(self)}, bytes={self.num_bytes})")
 
 
+def document_windows(document: np.ndarray, tag: int | None, layout: str, seq_len: int, patch_size: int,
+                     num_tags: int = tokens.DEFAULT_NUM_TAGS) -> "Windows":
+    """The fixed windows of one document (a uint8 array) framed in ``layout``, as validation reads them from a
+    cache holding only it, without writing one: ``np.broadcast_to(np.uint8(0), (n,))`` lays out where the bytes
+    and the special ids of an ``n``-byte document fall without memory for its bytes."""
+    manifest = {"layout": layout, "name": "document", "documents": 1}
+    offsets = np.array([0, len(document)], dtype=np.int64)
+    tags = np.array([NO_TAG if tag is None else tag], dtype=np.int16)
+    view = ByteDataset(Path(), manifest, document, offsets, tags, np.arange(1), "all", 0.0, 0)
+    return view.windows(seq_len, patch_size, num_tags)
+
+
 def record_prompt(patch_size: int, tag: int | None = None, num_tags: int = tokens.DEFAULT_NUM_TAGS) -> list[int]:
     """The header patch that starts a record in the ``records`` layout: ``[BOS, tag or PAD, PAD, ...]``.
 

@@ -8,12 +8,13 @@ import os
 import random
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 from bytemodels import CompressedFileError, Megabyte, MegabyteConfig, compress, decompress, tokens
 from bytemodels.cli import main
-from bytemodels.binary import read_chunk, read_header
+from bytemodels.binary import read_header
 from bytemodels.compress import quantised_frequencies
 from model_helpers import use_input_skip
 
@@ -49,17 +50,23 @@ def trained() -> Megabyte:
     return model.eval()
 
 
+FRAMINGS = {"packed": {}, "packed, tag": {"tag": 2}, "records": {"layout": "records"},
+            "records of 50, tag": {"layout": "records", "record_size": 50, "tag": 1}}
+
+
 @pytest.mark.parametrize("data", [b"", b"x", bytes(range(256)) * 3, TEXT[:700]], ids=["empty", "one", "all", "text"])
-@pytest.mark.parametrize("chunk_size,batch_size", [(100, 1), (100, 3), (1000, 4)])
-def test_round_trip(model, data, chunk_size, batch_size):
-    blob = compress(model, data, chunk_size=chunk_size, batch_size=batch_size)
+@pytest.mark.parametrize("framing", FRAMINGS.values(), ids=FRAMINGS.keys())
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_round_trip(model, data, framing, batch_size):
+    blob = compress(model, data, batch_size=batch_size, **framing)
     assert decompress(model, blob) == data
 
 
-def test_random_bytes_round_trip_across_several_batches(model):
-    data = random.Random(3).randbytes(530)  # not a multiple of the chunk; 6 chunks in batches of 4 and 2
-    blob = compress(model, data, chunk_size=97, batch_size=4)
-    assert read_header(io.BytesIO(blob), "x")["length"] == 530
+def test_random_bytes_round_trip_across_several_blocks(model):
+    data = random.Random(3).randbytes(530)  # not a multiple of the record; 6 records (windows) in blocks of 4 and 2
+    blob = compress(model, data, layout="records", record_size=97, batch_size=4)
+    header = read_header(io.BytesIO(blob), "x")
+    assert (header.length, header.record_size, header.batch_size) == (530, 97, 4)
     assert decompress(model, blob) == data
 
 
@@ -71,30 +78,43 @@ def test_frequencies_are_positive_and_sum_to_the_precision():
 
 
 def test_a_trained_model_compresses_text(trained):
-    blob = compress(trained, TEXT, chunk_size=1024)
+    blob = compress(trained, TEXT)
     assert len(blob) < len(TEXT) / 2
     assert decompress(trained, blob) == TEXT
 
 
+def window_bits(model, data: bytes, framing: dict) -> float:
+    """The bits a perfect coder spends on ``data`` under the model's byte probabilities, from one parallel forward
+    of each window (the windows validation scores), the byte logits renormalised as the coder does."""
+    from bytemodels.data import document_windows
+
+    config, bits = model.config, 0.0
+    size = framing.get("record_size") or len(data)
+    for start in range(0, len(data), size):
+        windows = document_windows(np.frombuffer(data[start:start + size], np.uint8), framing.get("tag"),
+                                   framing.get("layout", "packed"), config.max_seq_len, config.patch_size)
+        ids = torch.from_numpy(np.stack([windows.window(i) for i in range(len(windows))]))
+        with torch.inference_mode():
+            logits = model(ids).logits[..., :256].double()
+        is_byte = ids < 256
+        log_probs = torch.log_softmax(logits, dim=-1).gather(-1, ids.clamp(max=255)[..., None])[..., 0]
+        bits -= float(log_probs[is_byte].sum()) / math.log(2)
+    return bits
+
+
 @pytest.mark.parametrize("which", ["trained", "model"])
-def test_coded_bits_match_the_models_cross_entropy(which, request):
-    """Chunks within the window: a parallel forward gives the very probabilities the coder used (the random model
-    spends about 8 bits a byte, the trained one a fraction of a bit)."""
-    trained = request.getfixturevalue(which)
-    data = TEXT[:48 * 5]
-    blob = compress(trained, data, chunk_size=48, batch_size=5)
+@pytest.mark.parametrize("framing", FRAMINGS.values(), ids=FRAMINGS.keys())
+def test_coded_bytes_match_the_models_cross_entropy(which, framing, request):
+    """The random model spends about 8 bits a byte, the trained one a fraction of a bit: either way the blocks
+    hold what the model's probabilities cost, within the coder's last words and the 2**-24 floors."""
+    model = request.getfixturevalue(which)
+    data = TEXT[:600]
+    blob = compress(model, data, batch_size=4, **framing)
     stream = io.BytesIO(blob)
     read_header(stream, "x")
-    coded_bytes = sum(len(read_chunk(stream, "x", i, 48)[0]) for i in range(5))
-    bits = 0.0
-    with torch.inference_mode():
-        for start in range(0, len(data), 48):
-            chunk = list(data[start:start + 48])
-            logits = trained(torch.tensor([[tokens.BOS_ID] + chunk])).logits[0, 1:, :256].double()
-            log_probs = torch.log_softmax(logits, dim=-1)[torch.arange(48), torch.tensor(chunk)]
-            bits -= float(log_probs.sum()) / math.log(2)
-    # a range coder ends each stream with at most 64 bits; 2**-24 floors cost a fraction of a bit a byte
-    assert bits / 8 - 4 <= coded_bytes <= bits / 8 + 5 * 8 + 0.01 * len(data)
+    coded, blocks = len(blob) - stream.tell(), -(-len(data) // 64 // 4) + 2
+    bits = window_bits(model, data, framing)
+    assert bits / 8 <= coded <= bits / 8 + 10 * blocks + 0.002 * len(data)
 
 
 def test_another_model_is_refused(model):
@@ -108,9 +128,9 @@ def test_a_foreign_file_is_refused(model):
         decompress(model, b"\x1f\x8b\x08\x00 a gzip file")
 
 
-@pytest.mark.parametrize("keep", [0, 5, 12, 40, -1])
+@pytest.mark.parametrize("keep", [0, 3, 5, 12, 40, -1])
 def test_a_truncated_file_is_refused(model, keep):
-    blob = compress(model, TEXT[:300], chunk_size=100)
+    blob = compress(model, TEXT[:300], batch_size=2)
     cut = blob[:keep] if keep >= 0 else blob[:-1]
     with pytest.raises(CompressedFileError, match="truncated|not a .bmz"):
         decompress(model, cut)
@@ -118,7 +138,7 @@ def test_a_truncated_file_is_refused(model, keep):
 
 def test_every_flipped_bit_is_refused_or_harmless(model):
     data = TEXT[:200]
-    blob = compress(model, data, chunk_size=64, batch_size=2)
+    blob = compress(model, data, batch_size=2)
     generator = random.Random(7)
     for position in [generator.randrange(len(blob)) for _ in range(40)] + [len(blob) - 1, 9, 20]:
         damaged = bytearray(blob)
@@ -132,7 +152,7 @@ def test_every_flipped_bit_is_refused_or_harmless(model):
 
 
 def test_trailing_data_is_refused(model):
-    with pytest.raises(CompressedFileError, match="after the last chunk"):
+    with pytest.raises(CompressedFileError, match="after the last block"):
         decompress(model, compress(model, b"abc") + b"\0")
 
 
@@ -161,7 +181,7 @@ def model_dir(tmp_path_factory, model):
 def test_cli_round_trip_keeps_the_input(model_dir, tmp_path, capsys):
     source = tmp_path / "story.txt"
     source.write_bytes(TEXT[:300])
-    assert main(["compress", "--model", str(model_dir), str(source), "-q", "--chunk-size", "128"]) == 0
+    assert main(["compress", "--model", str(model_dir), str(source), "-q", "--batch-size", "2"]) == 0
     packed = tmp_path / "story.txt.bmz"
     assert packed.is_file() and source.is_file()
     source.rename(tmp_path / "original.txt")
@@ -212,16 +232,31 @@ def test_cli_decompress_needs_the_suffix_or_an_output(model_dir, tmp_path, capsy
     assert "no .bmz suffix" in capsys.readouterr().err
 
 
-def test_a_zero_byte_chunk_record_is_refused(model):
-    """A record whose length disagrees with the header (here 0 bytes of 5) is named, not decoded to garbage."""
-    from bytemodels.binary import write_chunk, write_header
+def test_a_zero_byte_block_record_is_refused(model):
+    """A block whose coded length is 0 decodes to bytes that fail the original's checksum: an error, not output."""
+    from bytemodels.binary import write_block, write_header
 
     header = read_header(io.BytesIO(compress(model, b"abcde")), "x")
     forged = io.BytesIO()
     write_header(forged, header)
-    write_chunk(forged, b"", b"")
-    with pytest.raises(CompressedFileError, match="chunk 0 claims 0 bytes"):
+    write_block(forged, b"")
+    with pytest.raises(CompressedFileError, match="does not match the original"):
         decompress(model, forged.getvalue())
+
+
+def test_a_header_claiming_a_huge_length_allocates_nothing(model):
+    """Memory follows the blocks present, not the length a header claims: 2**50 bytes and no blocks is a
+    truncated file at once."""
+    import dataclasses
+
+    from bytemodels.binary import write_header
+
+    header = read_header(io.BytesIO(compress(model, b"abcde")), "x")
+    for framing in ({}, {"layout": "records", "record_size": 7}):
+        forged = io.BytesIO()
+        write_header(forged, dataclasses.replace(header, length=1 << 50, **framing))
+        with pytest.raises(CompressedFileError, match="truncated .bmz file .it ends inside block 0"):
+            decompress(model, forged.getvalue())
 
 
 def test_a_disk_full_leaves_no_output(model, tmp_path, monkeypatch):
@@ -241,31 +276,18 @@ def test_a_disk_full_leaves_no_output(model, tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["a.bmz"]
 
 
-def test_files_are_read_a_batch_at_a_time(model, tmp_path, monkeypatch):
-    """Memory follows the batch, not the file: no read asks for more than chunk_size * batch_size bytes."""
+def test_files_are_read_from_a_memory_map(model, tmp_path, monkeypatch):
+    """Memory follows the block, not the file: the file is mapped, never read whole."""
+    from pathlib import Path
+
     from bytemodels.compress import compress_file
 
     source = tmp_path / "big.bin"
     source.write_bytes(random.Random(1).randbytes(900))
-    sizes = []
-    real_open = open
-
-    class Recording(io.BufferedReader):
-        def read(self, size=-1):
-            sizes.append(size)
-            return super().read(size)
-
-    def recording_open(path, mode="r", *args, **kwargs):
-        if str(path) == str(source) and "b" in mode:
-            return Recording(real_open(path, "rb", buffering=0))
-        return real_open(path, mode, *args, **kwargs)
-
-    monkeypatch.setattr("builtins.open", recording_open)
+    monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail(f"{self} read whole"))
     out = io.BytesIO()
-    compress_file(model, source, out, chunk_size=100, batch_size=2)
+    compress_file(model, source, out, batch_size=2)
     monkeypatch.undo()
-    assert sizes and all(0 <= size <= 1 << 20 for size in sizes)  # the hashing pass reads MiB blocks
-    assert max(size for size in sizes if size != 1 << 20) <= 200
     assert decompress(model, out.getvalue()) == source.read_bytes()
 
 
