@@ -60,12 +60,23 @@ def _zstd_or_none() -> Compressor | None:
     return compressor.compress
 
 
-def general_compressors() -> dict[str, Compressor]:
-    """The general-purpose compressors available here, by the name shown in tables."""
+def _zstd_long_or_none() -> Compressor | None:
+    """``zstd -19 --long`` (long-distance matching, a 128 MiB window) when zstandard is installed, else None."""
+    try:
+        import zstandard
+    except ImportError:
+        return None
+    parameters = zstandard.ZstdCompressionParameters.from_level(19, enable_ldm=True, window_log=27)
+    return zstandard.ZstdCompressor(compression_params=parameters).compress
+
+
+def general_compressors(long_zstd: bool = False) -> dict[str, Compressor]:
+    """The general-purpose compressors available here, by the name shown in tables; ``long_zstd``: ``zstd -19
+    --long`` in place of ``zstd -22``."""
     compressors: dict[str, Compressor] = {"gzip -9": _gzip, "bzip2 -9": _bzip2, "xz -9e": _xz}
-    zstd = _zstd_or_none()
+    zstd = _zstd_long_or_none() if long_zstd else _zstd_or_none()
     if zstd is not None:
-        compressors["zstd -22"] = zstd
+        compressors["zstd -19 --long" if long_zstd else "zstd -22"] = zstd
     return compressors
 
 

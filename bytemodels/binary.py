@@ -5,13 +5,14 @@ Layout (varints are unsigned LEB128, as in protobuf; fixed integers little-endia
     magic (4 bytes) · version (1 byte) · header (below) · CRC-32 of the header (u32)
     then one record per block of windows: coded length (varint) · the range coder's output
 
-    header: flags (1 byte: records layout, has a tag, went through a codec)
+    header: flags (1 byte: records layout, has a tag, went through a codec, has documents)
             · original length · record size · tag (when flagged) · windows per block · threads   (varints)
             · SHA-256 of the original (first 8 bytes) · weights hash (8 bytes) · probe hash (4 bytes)
-            · setup (varint length + UTF-8: torch version, device, dtype)
+            · setup (varint length + UTF-8: the torch version, and the device and dtype unless CPU float32)
+            · documents (when flagged: their count, varint, and the separator: varint length + bytes)
             · codec (when flagged: varint length + "name:options hash:file suffix")
 
-A few dozen bytes in all: small files (a speech clip of a few KB) pay almost nothing for the container. Every
+About 60 bytes in all (FLAC keeps 86 bytes of metadata in a file), so small files pay little for it. Every
 size is checked against limits before anything is allocated, and a block's coded length against the most its
 bytes can take, so memory is bounded by one block, never by what a damaged file claims.
 """
@@ -31,7 +32,7 @@ MAX_STRING_BYTES = 4096
 #: Prefix lengths of the hashes kept: enough to tell a damaged file, another model or another setup (a chance of
 #: 2**-64, 2**-64, 2**-32 of missing one, and the original's hash catches a wrong setup too), small for small files.
 HASH_BYTES = {"sha256": 8, "weights": 8, "probe": 4}
-_RECORDS, _TAG, _CODEC = 1, 2, 4
+_RECORDS, _TAG, _CODEC, _SEPARATOR = 1, 2, 4, 8
 CODEC_FIELDS = ("name", "options", "suffix")
 
 
@@ -53,7 +54,11 @@ class Header:
     threads: int  #: torch threads the probabilities were computed on
     weights: bytes  #: hash of the model's weights
     probe: bytes  #: hash of the probabilities of a fixed probe sequence (bytemodels.compress)
-    setup: str  #: torch version, device and dtype of the compressor (for messages)
+    setup: str  #: the compressor's torch version (and device and dtype unless CPU float32), for messages
+    #: Packed documents separated by these bytes in the original (each coded as a training document, its end
+    #: coded as the model's EOS), or None for one document.
+    separator: bytes | None = None
+    documents: int = 1  #: how many documents the separator separates
     #: The codec the file went through (``name``, ``options``: a hash of them, ``suffix``: the file's), or None
     #: for its raw bytes.
     codec: dict[str, str] | None = None
@@ -91,12 +96,14 @@ def _string(text: str) -> bytes:
 def write_header(out: BinaryIO, header: Header) -> None:
     """Write the magic, the version, the header and its CRC-32."""
     flags = (_RECORDS if header.layout == "records" else 0) | (_TAG if header.tag is not None else 0) | \
-        (_CODEC if header.codec is not None else 0)
+        (_CODEC if header.codec is not None else 0) | (_SEPARATOR if header.separator is not None else 0)
     body = bytes([flags]) + varint(header.length) + varint(header.record_size)
     if header.tag is not None:
         body += varint(header.tag)
     body += varint(header.batch_size) + varint(header.threads) + header.sha256 + header.weights + header.probe
     body += _string(header.setup)
+    if header.separator is not None:
+        body += varint(header.documents) + varint(len(header.separator)) + header.separator
     if header.codec is not None:
         body += _string(":".join(header.codec[key] for key in CODEC_FIELDS))
     out.write(MAGIC + bytes([VERSION]) + body + struct.pack("<I", zlib.crc32(body)))
@@ -140,15 +147,21 @@ def read_header(source: BinaryIO, name: str) -> Header:
     threads = _read_varint(read, name, "the thread count", 4096)
     hashes = {key: exactly(size, "the header") for key, size in HASH_BYTES.items()}
     setup = string("the setup")
+    separator, documents = None, 1
+    if flags & _SEPARATOR:
+        documents = _read_varint(read, name, "the document count", 1 << 62)
+        separator = exactly(_read_varint(read, name, "the separator", MAX_STRING_BYTES), "the separator")
     codec_text = string("the codec") if flags & _CODEC else None
     crc = source.read(4)
     if len(crc) < 4:
         raise CompressedFileError(f"{name}: truncated .bmz file (it ends inside the header)")
     if struct.unpack("<I", crc)[0] != zlib.crc32(bytes(body)):
         raise CompressedFileError(f"{name}: damaged .bmz file (the header's checksum does not match)")
-    if flags & ~(_RECORDS | _TAG | _CODEC) or batch_size < 1 or threads < 1:
+    if flags & ~(_RECORDS | _TAG | _CODEC | _SEPARATOR) or batch_size < 1 or threads < 1 or documents < 1 or \
+            (separator is not None and (not separator or flags & _RECORDS
+                                        or (documents - 1) * len(separator) > length)):
         raise CompressedFileError(f"{name}: damaged .bmz file (header flags {flags}, {batch_size} windows per "
-                                  f"block, {threads} threads)")
+                                  f"block, {threads} threads, {documents} documents)")
     codec = None
     if codec_text is not None:
         fields = codec_text.split(":")
@@ -157,7 +170,8 @@ def read_header(source: BinaryIO, name: str) -> Header:
         codec = dict(zip(CODEC_FIELDS, fields))
     return Header(length=length, sha256=hashes["sha256"], layout="records" if flags & _RECORDS else "packed",
                   tag=tag, record_size=record_size, batch_size=batch_size, threads=threads,
-                  weights=hashes["weights"], probe=hashes["probe"], setup=setup, codec=codec)
+                  weights=hashes["weights"], probe=hashes["probe"], setup=setup, separator=separator,
+                  documents=documents, codec=codec)
 
 
 def write_block(out: BinaryIO, coded: bytes) -> None:

@@ -359,6 +359,14 @@ def raw_records(data, layout: str, codec: bytecodecs.ByteCodec | None):
     return [data[start:start + size] for start in range(0, len(data), size)]
 
 
+def _separated_documents(codec, path: Path, separator: str):
+    """The documents of a text file split at ``separator`` (as ``bytemodels compress`` codes them), or the file as one
+    document when it holds none; held in memory, as compress holds them."""
+    data = codec.encode_file(path)
+    between = document_separator(data, separator)
+    return data.split(between) if between else data
+
+
 def _encoded_document(codec, path: Path, folder: Path):
     """The bytes ``codec`` makes of the file at ``path``, written a piece at a time to a file in ``folder`` and
     mapped from there: a large text file is never held in memory whole."""
@@ -376,6 +384,7 @@ def command_eval(args: argparse.Namespace) -> int:
     codec = checkpoint_codec(metadata, args.modality)
     layout = checkpoint_layout(metadata, codec)
     model = load_model(folder, args.device)
+    separator = metadata.get("separator") if args.separator is None else args.separator
     rows, skipped = [], []
     for path in tqdm(collect_files(args.files, None if args.raw else codec), desc="evaluating", unit="file", delay=2,
                      disable=args.json):
@@ -385,6 +394,8 @@ def command_eval(args: argparse.Namespace) -> int:
                     document = raw_records(_raw_document(path), layout, codec)
                 elif is_image_array(path, codec):
                     document = list(array_records(codec, _load_array(path, args.array_key)))
+                elif codec is not None and layout == "packed" and separator:
+                    document = _separated_documents(codec, path, separator)
                 else:
                     document = _encoded_document(codec, path, Path(scratch)) if codec else _raw_document(path)
             except (bytecodecs.CodecError, OSError) as error:
@@ -695,8 +706,48 @@ def _codec_form(codec: bytecodecs.ByteCodec | None, source: Path) -> tuple[bytes
     return None
 
 
+def document_separator(data: bytes, separator: str | None) -> bytes | None:
+    """The bytes between the documents of ``data``: ``separator`` (a checkpoint's recorded one, such as the TinyStories
+    recipe's ``<|endoftext|>``, or ``--separator``) with the line ends around it where it first occurs; None when
+    there is none (one document)."""
+    if not separator:
+        return None
+    found = data.find(separator.encode())
+    if found < 0:
+        return None
+    start, end = found, found + len(separator.encode())
+    while start > 0 and data[start - 1:start] in (b"\n", b"\r"):
+        start -= 1
+    while end < len(data) and data[end:end + 1] in (b"\n", b"\r"):
+        end += 1
+    return data[start:end]
+
+
+def compress_with_checkpoint(model, metadata: dict[str, Any], source: Path, out, *, batch_size: int, raw: bool = False,
+                             progress: bool = False, separator: str | None = None) -> tuple[float, int, str | None]:
+    """Compress the file ``source`` into the binary stream ``out`` as the checkpoint's model was trained (its layout,
+    its codec's tag and record size; text split into documents at ``separator``, default the checkpoint's), through
+    the codec when it restores the file exactly (unless ``raw``). Returns (ideal coded bits, bytes coded, the codec's
+    name or None for raw bytes)."""
+    from bytemodels.compress import compress_file
+
+    codec = checkpoint_codec(metadata)
+    layout = checkpoint_layout(metadata, codec)
+    record_size = (codec.framing.record_size or 0) if codec is not None and layout == "records" else 0
+    form = None if raw else _codec_form(codec, source)
+    between = None
+    if form is not None and layout == "packed":
+        between = document_separator(form[0], metadata.get("separator") if separator is None else separator)
+    bits = compress_file(model, source, out, layout=layout, tag=codec.tag if codec is not None else None,
+                         record_size=record_size, separator=between, batch_size=batch_size, progress=progress,
+                         codec_form=form)
+    if form is None:
+        return bits, source.stat().st_size, None
+    return bits, len(form[0]), codec.name
+
+
 def command_compress(args: argparse.Namespace) -> int:
-    from bytemodels.compress import compress_file, usual_file_mode
+    from bytemodels.compress import usual_file_mode
     from bytemodels.runfolder import atomic_file
 
     source = Path(args.input)
@@ -706,25 +757,19 @@ def command_compress(args: argparse.Namespace) -> int:
         raise CommandError(f"{source}: already has the {BMZ_SUFFIX} suffix; pass --force to compress it again")
     output = _compression_output(args, source.with_name(source.name + BMZ_SUFFIX))
     folder, metadata, _ = open_checkpoint(args.model)
-    codec = checkpoint_codec(metadata)
-    layout = checkpoint_layout(metadata, codec)
     model = load_model(folder, args.device)
-    record_size = (codec.framing.record_size or 0) if codec is not None and layout == "records" else 0
-    form = None if args.raw else _codec_form(codec, source)
-    options = dict(layout=layout, tag=codec.tag if codec is not None else None, record_size=record_size,
-                   batch_size=args.batch_size, progress=not args.quiet, codec_form=form)
+    options = dict(batch_size=args.batch_size, raw=args.raw, progress=not args.quiet, separator=args.separator)
     if output is None:
-        compress_file(model, source, sys.stdout.buffer, **options)
+        compress_with_checkpoint(model, metadata, source, sys.stdout.buffer, **options)
         sys.stdout.buffer.flush()
         return 0
     with atomic_file(output) as temporary, open(temporary, "wb") as out:
-        bits = compress_file(model, source, out, **options)
+        bits, coded, codec_name = compress_with_checkpoint(model, metadata, source, out, **options)
         out.flush()
         os.fsync(out.fileno())
         usual_file_mode(temporary)
     length, size = source.stat().st_size, output.stat().st_size
-    coded = len(form[0]) if form is not None else length
-    through = f"through the {codec.name} codec" if form is not None else "as raw bytes"
+    through = f"through the {codec_name} codec" if codec_name else "as raw bytes"
     rates = (f"; {8 * size / length:.3f} bits per byte, the model's probabilities {bits / coded:.3f} bits per "
              f"coded byte" if length and coded else "")
     print(f"{source} -> {output}: {length:,} -> {size:,} bytes, {through}{rates}")
@@ -778,6 +823,10 @@ def add_compression_commands(commands) -> None:
                              f"(default {DEFAULT_BATCH_SIZE}; more is faster, up to the cores' limit)")
             sub.add_argument("--raw", action="store_true",
                              help="code the file's bytes even when the model's codec could restore it exactly")
+            sub.add_argument("--separator", metavar="TEXT",
+                             help="text between the documents of a text file, each then coded as a training "
+                                  "document (default: the one the checkpoint recorded, e.g. <|endoftext|>; '' for "
+                                  "none)")
         sub.set_defaults(run=run)
 
 
@@ -846,6 +895,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--raw", action="store_true",
                           help="score each file's raw bytes, as `bytemodels compress` codes a file its codec "
                                "cannot restore exactly (default: the bytes the codec makes of it)")
+    evaluate.add_argument("--separator", metavar="TEXT",
+                          help="text between the documents of text files, scored each as a training document "
+                               "(default: the one the checkpoint recorded, e.g. <|endoftext|>; '' for none)")
     evaluate.add_argument("--array-key", metavar="NAME", help="the array of .npz files holding the images (default: "
                           "images, else the first array shaped like images)")
     evaluate.set_defaults(run=command_eval)

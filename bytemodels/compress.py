@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import itertools
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,7 +33,8 @@ import numpy as np
 import torch
 
 from bytemodels import tokens
-from bytemodels.binary import (HASH_BYTES, MAX_BATCH_SIZE, MAX_RECORD_SIZE, CompressedFileError, Header, check_end,
+from bytemodels.binary import (HASH_BYTES, MAX_BATCH_SIZE, MAX_RECORD_SIZE, MAX_STRING_BYTES, CompressedFileError,
+                               Header, check_end,
                                read_block, read_header, write_block, write_header)
 from bytemodels.data import LAYOUTS, document_windows
 from bytemodels.generate import IncrementalDecoder
@@ -41,6 +43,8 @@ from bytemodels.runfolder import file_sha256
 DEFAULT_BATCH_SIZE = 32
 PRECISION_BITS = 24  # the frequencies sum to 2**24 (constriction's range coder codes at 24-bit precision)
 PROBE = bytes((37 * i + 11) % 256 for i in range(24))  # a fixed sequence whose frequencies the header hashes
+SYMBOL, BOS_NEXT, TAG_NEXT = 0, 1, 2  # documents mode: what the next id of a window is
+UNIFORM_KINDS = np.full((1, 3), 1 / 3)  # the coded start of each window, in documents mode
 #: Most bytes a codec's form of a file may take: it is held in memory whole, to check it restores the file.
 MAX_CODEC_BYTES = 64 << 20
 
@@ -51,16 +55,19 @@ Restore = Callable[[bytes, dict[str, Any]], bytes]
 """Turns the decoded bytes of a file that went through a codec, and the header's codec record, into the file."""
 
 
-def quantised_frequencies(logits: torch.Tensor) -> np.ndarray:
-    """(batch, 256) integer frequencies of the next byte, each >= 1, every row summing to ``2**PRECISION_BITS``:
-    a float64 softmax of the byte logits, floored, the remainder given to the most likely byte. Pure numpy on
-    float32 input, so the same logits give the same integers."""
-    scores = logits[:, :tokens.NUM_BYTES].detach().to("cpu", torch.float32).numpy().astype(np.float64)
+def quantised_frequencies(logits: torch.Tensor, with_eos: bool = False) -> np.ndarray:
+    """(batch, 256) integer frequencies of the next byte (257 ``with_eos``: the document's end last), each >= 1,
+    every row summing to ``2**PRECISION_BITS``: a float64 softmax of those logits, floored, the remainder given to
+    the most likely symbol. Pure numpy on float32 input, so the same logits give the same integers."""
+    scores = logits[:, :tokens.NUM_BYTES]
+    if with_eos:
+        scores = torch.cat((scores, logits[:, tokens.EOS_ID:tokens.EOS_ID + 1]), dim=1)
+    scores = scores.detach().to("cpu", torch.float32).numpy().astype(np.float64)
     scores -= scores.max(axis=1, keepdims=True)
     probabilities = np.exp(scores)
     probabilities /= probabilities.sum(axis=1, keepdims=True)
     total = 1 << PRECISION_BITS
-    frequencies = np.floor(probabilities * (total - tokens.NUM_BYTES)).astype(np.int64) + 1
+    frequencies = np.floor(probabilities * (total - scores.shape[1])).astype(np.int64) + 1
     rows = np.arange(len(frequencies))
     frequencies[rows, frequencies.argmax(axis=1)] += total - frequencies.sum(axis=1)
     return frequencies
@@ -74,34 +81,50 @@ def _coder_model():
     return constriction.stream.model.Categorical(perfect=False)
 
 
-def _run_block(model, windows: np.ndarray, choose: Callable[[int, np.ndarray, np.ndarray], np.ndarray]) -> None:
-    """Run the model over a block of windows (batch, seq_len ids), one position at a time, from no context (as
-    validation scores a window). At each position where some windows hold a byte, ``choose(position, rows, frequencies)``
-    returns those rows' bytes (the known ones when compressing, the decoded ones when decompressing) and they are
-    written into ``windows``; special ids are fed as they are. The one code path both directions share."""
+def _run_block(model, rows: int, length: int, feed: Callable[[int, torch.Tensor], np.ndarray]) -> None:
+    """Run the model over a block of ``rows`` windows for ``length`` positions, one position at a time, from no
+    context (as validation scores a window). ``feed(position, logits)`` gets the (rows, vocab) logits for that
+    position and returns the (rows,) ids there (known when compressing, decoded when decompressing), which are fed
+    back. The one code path both directions share: the same calls, the same shapes."""
     device = next(model.parameters()).device
-    is_byte = windows < tokens.NUM_BYTES
-    positions = np.flatnonzero(is_byte.any(axis=0))
-    if not len(positions):
-        return
-    ids = torch.from_numpy(windows[:, :0]).to(device)
-    decoder = IncrementalDecoder(model, ids, None, False, windows.shape[1])
-    for position in range(int(positions[-1]) + 1):
-        logits = decoder.logits()
-        rows = np.flatnonzero(is_byte[:, position])
-        if len(rows):
-            windows[rows, position] = choose(position, rows, quantised_frequencies(logits[torch.from_numpy(rows).to(device)]))
-        decoder.append(torch.from_numpy(windows[:, position]).to(device))
+    decoder = IncrementalDecoder(model, torch.zeros((rows, 0), dtype=torch.long, device=device), None, False, length)
+    for position in range(length):
+        decoder.append(torch.from_numpy(feed(position, decoder.logits())).to(device))
 
 
-def _windows(model, data: np.ndarray, header: Header) -> Iterator[np.ndarray]:
-    """Every window of ``data`` (uint8) framed as ``header`` says, in order: one document, or records of
-    ``header.record_size`` bytes; generated lazily, so memory holds a window, whatever the length."""
+def _extent(block: np.ndarray) -> int:
+    """Positions up to the last id that is not padding, in any window of ``block``."""
+    used = np.flatnonzero((block != tokens.PAD_ID).any(axis=0))
+    return int(used[-1]) + 1 if len(used) else 0
+
+
+def _start_kinds(block: np.ndarray) -> np.ndarray:
+    """Documents mode: what each window starts with (a coded symbol, BOS, or the tag after a BOS)."""
+    first = block[:, 0]
+    return np.where(first == tokens.BOS_ID, BOS_NEXT, np.where(first >= tokens.FIRST_TAG_ID, TAG_NEXT, SYMBOL))
+
+
+def _documents(data: np.ndarray, separator: bytes | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The documents' bytes back to back and their offsets (None for one document)."""
+    if separator is None:
+        return data, None
+    pieces = data.tobytes().split(separator)
+    offsets = np.concatenate(([0], np.cumsum([len(piece) for piece in pieces])))
+    return np.frombuffer(b"".join(pieces), dtype=np.uint8), offsets
+
+
+def _windows(model, data: np.ndarray, header: Header, offsets: np.ndarray | None = None) -> Iterator[np.ndarray]:
+    """Every window of ``data`` (uint8) framed as ``header`` says, in order: packed documents (``offsets``), or
+    records of ``header.record_size`` bytes; generated lazily, so memory holds a window, whatever the length."""
     config = model.config
-    size = header.record_size or max(len(data), 1)
-    for start in range(0, len(data), size):
-        windows = document_windows(data[start:start + size], header.tag, header.layout, config.max_seq_len,
-                                   config.patch_size, config.num_tags)
+    if offsets is not None:
+        pieces = [(data, offsets)]
+    else:
+        size = header.record_size or max(len(data), 1)
+        pieces = ((data[start:start + size], None) for start in range(0, len(data), size))
+    for piece, piece_offsets in pieces:
+        windows = document_windows(piece, header.tag, header.layout, config.max_seq_len, config.patch_size,
+                                   config.num_tags, piece_offsets)
         for index in range(len(windows)):
             yield windows.window(index)
 
@@ -115,6 +138,14 @@ def _blocks(windows: Iterator[np.ndarray], batch_size: int) -> Iterator[np.ndarr
             block = []
     if block:
         yield np.stack(block)
+
+
+def _document_extents(header: Header, window: int) -> Iterator[int]:
+    """Documents mode: the ids in each window of the packed stream (all of a window but in the last), lazily."""
+    total = header.length - (header.documents - 1) * len(header.separator)
+    total += header.documents * (3 if header.tag is not None else 2)  # BOS [tag] ... EOS around each
+    for start in range(0, total, window):
+        yield min(window, total - start)
 
 
 @contextlib.contextmanager
@@ -156,17 +187,20 @@ def _probe(model) -> bytes:
     digest = hashlib.sha256()
     window = np.array([[tokens.BOS_ID, *PROBE]], dtype=np.int64)[:, :model.config.max_seq_len]
 
-    def choose(position: int, rows: np.ndarray, frequencies: np.ndarray) -> np.ndarray:
-        digest.update(frequencies.tobytes())
-        return window[rows, position]
+    def feed(position: int, logits: torch.Tensor) -> np.ndarray:
+        digest.update(quantised_frequencies(logits, with_eos=True).tobytes())
+        return window[:, position]
 
-    _run_block(model, window.copy(), choose)
+    _run_block(model, 1, window.shape[1], feed)
     return digest.digest()[:HASH_BYTES["probe"]]
 
 
 def _setup(model) -> str:
+    """The torch version, and the device and dtype where they are not the CPU's float32: for messages (the probe
+    hash is what detects another setup)."""
     parameter = next(model.parameters())
-    return f"{torch.__version__} {parameter.device.type} {str(parameter.dtype).removeprefix('torch.')}"
+    device, dtype = parameter.device.type, str(parameter.dtype).removeprefix("torch.")
+    return torch.__version__ + ("" if (device, dtype) == ("cpu", "float32") else f" {device} {dtype}")
 
 
 def _progress(total: int, enabled: bool, what: str):
@@ -175,7 +209,8 @@ def _progress(total: int, enabled: bool, what: str):
     return tqdm(total=total, unit="B", unit_scale=True, desc=what, disable=not enabled, leave=False)
 
 
-def _check_framing(model, layout: str, tag: int | None, record_size: int, batch_size: int) -> None:
+def _check_framing(model, layout: str, tag: int | None, record_size: int, batch_size: int,
+                   separator: bytes | None) -> None:
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     if not 0 <= record_size <= MAX_RECORD_SIZE or not 1 <= batch_size <= MAX_BATCH_SIZE:
@@ -183,35 +218,50 @@ def _check_framing(model, layout: str, tag: int | None, record_size: int, batch_
                          f"{record_size} and {batch_size}")
     if tag is not None:
         tokens.tag_id(tag, model.config.num_tags)  # raises for a tag outside the model's vocabulary
+    if separator is not None and (not separator or len(separator) > MAX_STRING_BYTES or layout != "packed"):
+        raise ValueError(f"a separator of documents is 1..{MAX_STRING_BYTES} bytes and for the packed layout, got "
+                         f"{len(separator)} bytes and {layout!r}")
 
 
 def _compress_array(model, data: np.ndarray, sha256: bytes, out: BinaryIO, *, layout: str, tag: int | None,
-                    record_size: int, batch_size: int, codec: dict[str, Any] | None, progress: bool) -> float:
+                    record_size: int, separator: bytes | None, batch_size: int, codec: dict[str, str] | None,
+                    progress: bool) -> float:
     """Code ``data`` (uint8, e.g. a memory map) into ``out``; returns the ideal coded size in bits (the sum of
-    -log2 of each byte's quantised probability)."""
+    -log2 of each symbol's quantised probability)."""
     import constriction
 
-    _check_framing(model, layout, tag, record_size, batch_size)
+    _check_framing(model, layout, tag, record_size, batch_size, separator)
+    documents, offsets = _documents(data, separator)
     with _evaluating(model):
         header = Header(length=len(data), sha256=sha256[:HASH_BYTES["sha256"]], layout=layout, tag=tag,
                         record_size=record_size, batch_size=batch_size, threads=torch.get_num_threads(),
                         weights=bytes.fromhex(weights_sha256(model))[:HASH_BYTES["weights"]], probe=_probe(model),
-                        setup=_setup(model), codec=codec)
+                        setup=_setup(model), separator=separator,
+                        documents=1 if offsets is None else len(offsets) - 1, codec=codec)
         write_header(out, header)
-        family, bits = _coder_model(), 0.0
+        family, scale, bits = _coder_model(), float(1 << PRECISION_BITS), 0.0
+        with_eos = separator is not None
         with _progress(len(data), progress, "compress") as bar:
-            for block in _blocks(_windows(model, data, header), batch_size):
+            for block in _blocks(_windows(model, documents, header, offsets), batch_size):
                 encoder = constriction.stream.queue.RangeEncoder()
+                coded = (block < tokens.NUM_BYTES) | (with_eos & (block == tokens.EOS_ID))
+                if with_eos:
+                    encoder.encode(_start_kinds(block).astype(np.int32), family,
+                                   np.repeat(UNIFORM_KINDS, len(block), axis=0))
 
-                def choose(position: int, rows: np.ndarray, frequencies: np.ndarray) -> np.ndarray:
+                def feed(position: int, logits: torch.Tensor) -> np.ndarray:
                     nonlocal bits
-                    symbols = block[rows, position]
-                    chosen = frequencies[np.arange(len(rows)), symbols]
-                    bits -= float(np.log2(chosen / float(1 << PRECISION_BITS)).sum())
-                    encoder.encode(symbols.astype(np.int32), family, frequencies / float(1 << PRECISION_BITS))
-                    return symbols
+                    column = block[:, position]
+                    rows = np.flatnonzero(coded[:, position])
+                    if len(rows):
+                        frequencies = quantised_frequencies(logits[torch.from_numpy(rows).to(logits.device)],
+                                                            with_eos)
+                        symbols = np.minimum(column[rows], tokens.NUM_BYTES)  # EOS is the symbol after the bytes
+                        bits -= float(np.log2(frequencies[np.arange(len(rows)), symbols] / scale).sum())
+                        encoder.encode(symbols.astype(np.int32), family, frequencies / scale)
+                    return column
 
-                _run_block(model, block.copy(), choose)
+                _run_block(model, len(block), _extent(block), feed)
                 write_block(out, _trimmed(encoder.get_compressed()))
                 bar.update(int((block < tokens.NUM_BYTES).sum()))
     return bits
@@ -226,12 +276,85 @@ def _words(coded: bytes) -> np.ndarray:
     return np.frombuffer(coded + b"\0" * (-len(coded) % 4), dtype="<u4").astype(np.uint32)
 
 
+def _block_decoder(source: BinaryIO, name: str, index: int, most_symbols: int):
+    import constriction
+
+    return constriction.stream.queue.RangeDecoder(_words(read_block(source, name, index, most_symbols)))
+
+
+def _decode_layout(model, header: Header, source: BinaryIO, name: str, write: Callable[[bytes], None],
+                   advance: Callable[[int], Any]) -> None:
+    """One document or records: where every byte falls is known from the header, so the windows are laid out
+    first (over zeros that take no memory) and the bytes decoded into them."""
+    family, scale = _coder_model(), float(1 << PRECISION_BITS)
+    layout = np.broadcast_to(np.uint8(0), (header.length,))
+    for index, block in enumerate(_blocks(_windows(model, layout, header), header.batch_size)):
+        coded = block < tokens.NUM_BYTES
+        decoder = _block_decoder(source, name, index, int(coded.sum()))
+
+        def feed(position: int, logits: torch.Tensor) -> np.ndarray:
+            rows = np.flatnonzero(coded[:, position])
+            if len(rows):
+                frequencies = quantised_frequencies(logits[torch.from_numpy(rows).to(logits.device)])
+                block[rows, position] = decoder.decode(family, frequencies / scale)
+            return block[:, position]
+
+        _run_block(model, len(block), _extent(block), feed)
+        decoded = block[coded].astype(np.uint8).tobytes()  # window by window, in order
+        write(decoded)
+        advance(len(decoded))
+
+
+def _decode_documents(model, header: Header, source: BinaryIO, name: str, write: Callable[[bytes], None],
+                      advance: Callable[[int], Any]) -> None:
+    """Packed documents: where each ends is decoded (the model's EOS), so every window follows the packed framing as
+    it goes (BOS, the tag, symbols until EOS, BOS, ...) from the start the compressor coded for it."""
+    family, scale = _coder_model(), float(1 << PRECISION_BITS)
+    tag_id = None if header.tag is None else tokens.tag_id(header.tag, model.config.num_tags)
+    window, ended = model.config.max_seq_len, 0
+    extents_left = _document_extents(header, window)
+    for index in itertools.count():
+        extents = np.array(list(itertools.islice(extents_left, header.batch_size)), dtype=np.int64)
+        if not len(extents):
+            return
+        decoder = _block_decoder(source, name, index, int(extents.sum()))
+        kinds = decoder.decode(family, np.repeat(UNIFORM_KINDS, len(extents), axis=0)).astype(np.int64)
+        block = np.full((len(extents), window), tokens.PAD_ID, dtype=np.int64)
+
+        def feed(position: int, logits: torch.Tensor) -> np.ndarray:
+            active, current = position < extents, kinds.copy()
+            column = block[:, position]
+            starts = active & (current == BOS_NEXT)
+            column[starts] = tokens.BOS_ID
+            kinds[starts] = SYMBOL if tag_id is None else TAG_NEXT
+            tagged = active & (current == TAG_NEXT)
+            column[tagged] = tag_id if tag_id is not None else tokens.PAD_ID
+            kinds[tagged] = SYMBOL
+            rows = np.flatnonzero(active & (current == SYMBOL))
+            if len(rows):
+                frequencies = quantised_frequencies(logits[torch.from_numpy(rows).to(logits.device)], True)
+                symbols = decoder.decode(family, frequencies / scale).astype(np.int64)
+                column[rows] = np.where(symbols == tokens.NUM_BYTES, tokens.EOS_ID, symbols)
+                kinds[rows[symbols == tokens.NUM_BYTES]] = BOS_NEXT
+            return column
+
+        _run_block(model, len(extents), int(extents.max()), feed)
+        stream = block[(block < tokens.NUM_BYTES) | (block == tokens.EOS_ID)]  # window by window, in order
+        for piece in np.split(stream, np.flatnonzero(stream == tokens.EOS_ID)):
+            if len(piece) and piece[0] == tokens.EOS_ID:  # a document ended: the separator, unless it was the last
+                ended += 1
+                if ended > header.documents:
+                    raise CompressedFileError(f"{name}: damaged .bmz file (more documents than its header says)")
+                write(header.separator if ended < header.documents else b"")
+                piece = piece[1:]
+            write(piece.astype(np.uint8).tobytes())
+            advance(len(piece))
+
+
 def _decompress_stream(model, source: BinaryIO, name: str, out: BinaryIO, progress: bool,
                        restore: Restore | None) -> None:
     """Decode the ``.bmz`` stream ``source`` into ``out``; raises ``CompressedFileError`` unless what was written
     is exactly the original (its SHA-256 checked at the end: the caller must not publish ``out`` before)."""
-    import constriction
-
     header = read_header(source, name)
     if header.weights != bytes.fromhex(weights_sha256(model))[:HASH_BYTES["weights"]]:
         raise CompressedFileError(f"{name}: compressed with another model (its weights differ from this one's); "
@@ -243,7 +366,7 @@ def _decompress_stream(model, source: BinaryIO, name: str, out: BinaryIO, progre
         if header.length > MAX_CODEC_BYTES:
             raise CompressedFileError(f"{name}: damaged .bmz file (a codec form of {header.length:,} bytes)")
     try:
-        _check_framing(model, header.layout, header.tag, header.record_size, header.batch_size)
+        _check_framing(model, header.layout, header.tag, header.record_size, header.batch_size, header.separator)
     except ValueError as error:
         raise CompressedFileError(f"{name}: damaged .bmz file ({error})") from None
     with _evaluating(model), _threads(header.threads):
@@ -252,24 +375,17 @@ def _decompress_stream(model, source: BinaryIO, name: str, out: BinaryIO, progre
                 f"{name}: this setup computes other probabilities than the compressor's (made with torch "
                 f"{header.setup}, {header.threads} threads; here torch {_setup(model)}): decompress it on the machine "
                 "and torch that made it")
-        family, digest = _coder_model(), hashlib.sha256()
+        digest = hashlib.sha256()
         payload = io.BytesIO() if header.codec is not None else None
-        layout = np.broadcast_to(np.uint8(0), (header.length,))  # where bytes fall, without memory for them
+
+        def write(data: bytes) -> None:
+            (out if payload is None else payload).write(data)
+            if payload is None:
+                digest.update(data)
+
+        decode = _decode_documents if header.separator is not None else _decode_layout
         with _progress(header.length, progress, "decompress") as bar:
-            for index, block in enumerate(_blocks(_windows(model, layout, header), header.batch_size)):
-                is_byte = block < tokens.NUM_BYTES
-                decoder = constriction.stream.queue.RangeDecoder(_words(read_block(source, name, index,
-                                                                                   int(is_byte.sum()))))
-
-                def choose(position: int, rows: np.ndarray, frequencies: np.ndarray) -> np.ndarray:
-                    return decoder.decode(family, frequencies / float(1 << PRECISION_BITS)).astype(np.int64)
-
-                _run_block(model, block, choose)
-                decoded = block[is_byte].astype(np.uint8).tobytes()  # window by window, in order
-                (payload or out).write(decoded)
-                if payload is None:
-                    digest.update(decoded)
-                bar.update(len(decoded))
+            decode(model, header, source, name, write, bar.update)
         check_end(source, name)
         if payload is not None:
             try:
@@ -287,17 +403,20 @@ def _decompress_stream(model, source: BinaryIO, name: str, out: BinaryIO, progre
 
 
 def compress(model, data: bytes, *, layout: str = "packed", tag: int | None = None, record_size: int = 0,
-             batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = False) -> bytes:
+             separator: bytes | None = None, batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = False) -> bytes:
     """``data`` losslessly compressed under ``model``'s next-byte probabilities: a ``.bmz`` blob.
 
-    Frame it as the model was trained: ``layout`` ``"packed"`` (text: one document) or ``"records"`` (clips,
-    images: records of ``record_size`` bytes, 0 for one record), with the codec's ``tag`` index if it had one.
-    ``batch_size`` windows are coded at once. Decompress with the same model (its weights hash is checked) on the
-    same torch, device and thread count."""
+    Frame it as the model was trained: ``layout`` ``"packed"`` (text) or ``"records"`` (clips, images: records of
+    ``record_size`` bytes, 0 for one record), with the codec's ``tag`` index if it had one. ``separator``: the
+    bytes between documents in ``data`` (packed layout; e.g. the TinyStories files' ``b"\\n<|endoftext|>\\n"``):
+    each document is then coded as one in training, its end as the model's end of document, which costs far less
+    than the separator's bytes. ``batch_size`` windows are coded at once. Decompress with the same model (its
+    weights hash is checked) on the same torch, device and thread count."""
     data = bytes(data)
     out = io.BytesIO()
     _compress_array(model, np.frombuffer(data, dtype=np.uint8), hashlib.sha256(data).digest(), out, layout=layout,
-                    tag=tag, record_size=record_size, batch_size=batch_size, codec=None, progress=progress)
+                    tag=tag, record_size=record_size, separator=separator, batch_size=batch_size, codec=None,
+                    progress=progress)
     return out.getvalue()
 
 
@@ -312,14 +431,16 @@ def decompress(model, blob: bytes, *, progress: bool = False, restore: Restore |
 
 
 def compress_file(model, source: str | Path, output: BinaryIO, *, layout: str = "packed", tag: int | None = None,
-                  record_size: int = 0, batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = False,
-                  codec_form: tuple[bytes, dict[str, Any]] | None = None) -> float:
+                  record_size: int = 0, separator: bytes | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                  progress: bool = False, codec_form: tuple[bytes, dict[str, str]] | None = None) -> float:
     """Compress the file ``source`` into the open binary ``output``, streaming from a memory map (memory: one
-    block of windows). ``codec_form``: the bytes a codec makes of the file and the codec's record, coded instead
-    of the file's bytes (the caller has checked they restore it exactly). Returns the ideal coded size in bits."""
+    block of windows; with a ``separator``, the file's documents are held in memory). ``codec_form``: the bytes a
+    codec makes of the file and the codec's record, coded instead of the file's bytes (the caller has checked they
+    restore it exactly). Returns the ideal coded size in bits."""
     source = Path(source)
     sha256 = bytes.fromhex(file_sha256(source))
-    options = dict(layout=layout, tag=tag, record_size=record_size, batch_size=batch_size, progress=progress)
+    options = dict(layout=layout, tag=tag, record_size=record_size, separator=separator, batch_size=batch_size,
+                   progress=progress)
     if codec_form is not None:
         form, record = codec_form
         return _compress_array(model, np.frombuffer(form, dtype=np.uint8), sha256, output, codec=record, **options)

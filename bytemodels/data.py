@@ -382,15 +382,17 @@ class ByteDataset:
                 f"documents={len(self)}, bytes={self.num_bytes})")
 
 
-def document_windows(document: np.ndarray, tag: int | None, layout: str, seq_len: int, patch_size: int,
-                     num_tags: int = tokens.DEFAULT_NUM_TAGS) -> "Windows":
-    """The fixed windows of one document (a uint8 array) framed in ``layout``, as validation reads them from a
-    cache holding only it, without writing one: ``np.broadcast_to(np.uint8(0), (n,))`` lays out where the bytes
-    and the special ids of an ``n``-byte document fall without memory for its bytes."""
-    manifest = {"layout": layout, "name": "document", "documents": 1}
-    offsets = np.array([0, len(document)], dtype=np.int64)
-    tags = np.array([NO_TAG if tag is None else tag], dtype=np.int16)
-    view = ByteDataset(Path(), manifest, document, offsets, tags, np.arange(1), "all", 0.0, 0)
+def document_windows(data: np.ndarray, tag: int | None, layout: str, seq_len: int, patch_size: int,
+                     num_tags: int = tokens.DEFAULT_NUM_TAGS, offsets: np.ndarray | None = None) -> "Windows":
+    """The fixed windows of documents held back to back in ``data`` (uint8; ``offsets``: where each starts, and
+    the end; default one document) framed in ``layout``, as validation reads them from a cache holding only them,
+    without writing one. ``np.broadcast_to(np.uint8(0), (n,))`` lays out where the bytes and the special ids of an
+    ``n``-byte document fall without memory for its bytes."""
+    offsets = np.array([0, len(data)], dtype=np.int64) if offsets is None else np.asarray(offsets, dtype=np.int64)
+    count = len(offsets) - 1
+    manifest = {"layout": layout, "name": "document", "documents": count}
+    tags = np.full(count, NO_TAG if tag is None else tag, dtype=np.int16)
+    view = ByteDataset(Path(), manifest, data, offsets, tags, np.arange(count), "all", 0.0, 0)
     return view.windows(seq_len, patch_size, num_tags)
 
 

@@ -156,7 +156,7 @@ def train(args: argparse.Namespace) -> None:
     else:
         model_config = story_model_config(args, defaults, init)
     metadata = {"recipe": RECIPE, "preset": args.preset or defaults["preset"], "codec": codec.config(),
-                "layout": "packed", "instruct": instruct,
+                "layout": "packed", "separator": SEPARATOR, "instruct": instruct,
                 "init": init, "data": data_record(source, instruct_seed, val_fraction, split_seed)}
     trainer = make_trainer(model_config, train_data, val_data, out=out, resume_from=run.resume_from,
                            flags=run.flags, defaults=defaults, sample_fn=sample_fn, metadata=metadata)

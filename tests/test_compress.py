@@ -62,6 +62,29 @@ def test_round_trip(model, data, framing, batch_size):
     assert decompress(model, blob) == data
 
 
+SEPARATOR = b"\n<|endoftext|>\n"
+DOCUMENTS = {"stories": SEPARATOR.join([TEXT[:50], TEXT[100:300], b"", TEXT[:10]]) + SEPARATOR,
+             "leading": SEPARATOR + TEXT[:200], "only the separator": SEPARATOR, "empty": b"",
+             "three separators": SEPARATOR * 3, "none": TEXT[:500], "long story": TEXT[:300] + SEPARATOR + TEXT}
+
+
+@pytest.mark.parametrize("data", DOCUMENTS.values(), ids=DOCUMENTS.keys())
+@pytest.mark.parametrize("tag,batch_size", [(None, 1), (2, 3)])
+def test_documents_round_trip(model, data, tag, batch_size):
+    """Documents between separators are coded as training documents, each end as EOS; windows that start at a
+    BOS, at the tag after it or inside a document all decode."""
+    blob = compress(model, data, separator=SEPARATOR, tag=tag, batch_size=batch_size)
+    header = read_header(io.BytesIO(blob), "x")
+    assert (header.separator, header.documents) == (SEPARATOR, data.count(SEPARATOR) + 1)
+    assert decompress(model, blob) == data
+
+
+def test_documents_cost_less_than_their_separators(trained):
+    """A separator's 15 bytes cost the model far more than the end of a document does."""
+    stories = SEPARATOR.join(TEXT[i:i + 180] for i in range(0, 1800, 180))
+    assert len(compress(trained, stories, separator=SEPARATOR)) < len(compress(trained, stories)) - 9 * 4
+
+
 def test_random_bytes_round_trip_across_several_blocks(model):
     data = random.Random(3).randbytes(530)  # not a multiple of the record; 6 records (windows) in blocks of 4 and 2
     blob = compress(model, data, layout="records", record_size=97, batch_size=4)
@@ -162,8 +185,8 @@ def test_a_setup_that_computes_other_probabilities_is_refused(model, monkeypatch
 
     original = compress_module.quantised_frequencies
 
-    def shifted(logits):  # another torch or CPU kernel: logits off by a rounding error
-        return original(logits + 1e-3 * torch.arange(logits.shape[-1]))
+    def shifted(logits, with_eos=False):  # another torch or CPU kernel: logits off by a rounding error
+        return original(logits + 1e-3 * torch.arange(logits.shape[-1]), with_eos)
 
     monkeypatch.setattr(compress_module, "quantised_frequencies", shifted)
     with pytest.raises(CompressedFileError, match="other probabilities"):

@@ -153,3 +153,32 @@ def test_eval_reports_what_compress_achieves_on_text(tmp_path, capsys):
     assert stream.tell() < 80  # the container: magic, sizes, hashes, setup, codec
     coded = len(blob) - stream.tell()
     assert abs(8 * coded / size - evaluated) < 0.03, (evaluated, 8 * coded / size)
+
+
+def test_eval_and_compress_split_stories_at_the_recorded_separator(tmp_path, capsys):
+    """A checkpoint that recorded its documents' separator (the TinyStories recipe's): both commands score the
+    stories as training documents, and agree to within the container's bytes and the stories' ends."""
+    folder = tmp_path / "model"
+    model_folder(folder, {"name": "text"}, "packed", train_on=TEXT)
+    metadata = json.loads((folder / "metadata.json").read_text())
+    (folder / "metadata.json").write_text(json.dumps({**metadata, "separator": "<|endoftext|>"}))
+    stories = [TEXT[i:i + 300] for i in range(0, 2400, 300)]
+    source = tmp_path / "stories.txt"
+    source.write_bytes(b"\n<|endoftext|>\n".join(stories) + b"\n<|endoftext|>\n")
+    assert main(["eval", str(folder), str(source), "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)["total"]
+    assert main(["eval", str(folder), str(source), "--json", "--separator", ""]) == 0
+    whole = json.loads(capsys.readouterr().out)["total"]
+    assert evaluated["bytes"] == sum(map(len, stories)) and whole["bytes"] == len(source.read_bytes())
+    assert main(["compress", "--model", str(folder), str(source), "-q"]) == 0
+    capsys.readouterr()
+    blob = (tmp_path / "stories.txt.bmz").read_bytes()
+    stream = io.BytesIO(blob)
+    header = read_header(stream, "x")
+    assert header.separator == b"\n<|endoftext|>\n" and header.documents == len(stories) + 1
+    coded_bits = 8 * (len(blob) - stream.tell())
+    assert coded_bits < whole["bits_per_byte"] * whole["bytes"]  # cheaper than coding the separators' bytes
+    assert abs(coded_bits - evaluated["bits_per_byte"] * evaluated["bytes"]) < 8 * 8 + 30 * len(stories)
+    (tmp_path / "stories.txt").rename(tmp_path / "original.txt")
+    assert main(["decompress", "--model", str(folder), str(tmp_path / "stories.txt.bmz"), "-q"]) == 0
+    assert (tmp_path / "stories.txt").read_bytes() == (tmp_path / "original.txt").read_bytes()
