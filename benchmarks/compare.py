@@ -125,9 +125,9 @@ PEER_TITLES = {
 DEFAULT_BPE_VOCAB = 4096
 #: The model flags' group in ``--help``: which peers each field reaches.
 MODEL_FLAGS_TITLE = ("model: MegabyteConfig fields over the preset and the data set's shape (images: patches of "
-                     "pixel rows, a window of one whole image). All peers take the widths, depths, heads, patch and "
-                     "window; the flat model also token shift and QK-norm; the "
-                     "other fields are bytemodels' own")
+                     "pixel rows, a window of one whole image). All byte peers take the widths, depths, heads, "
+                     "patch and window; the flat model and gpt-bpe also token shift and QK-norm (gpt-bpe: the global "
+                     "width and heads; its context follows the window); the other fields are bytemodels' own")
 #: A model small enough for ``--quick`` (one head size for both stages, as MEGABYTE-pytorch needs).
 QUICK_SHAPE = dict(dims=(32, 16), layers=(1, 1), heads=(2, 1), max_seq_len=64)
 QUICK_DOCUMENTS = (200, 12)
@@ -443,13 +443,14 @@ def loss_function(model: nn.Module, compile_model: bool) -> Callable[[Tensor], T
         return training_loss(peer_logits(model, ids), ids)
 
     # The token GPT's ids are all real tokens (256 is one of them, not PAD): its own loss counts every one.
-    own_loss = isinstance(model, (MegabytePytorch, TokenGpt))
+    if isinstance(model, TokenGpt):
+        return torch.compile(model.loss) if compile_model else model.loss
     if not compile_model:
-        return model.loss if isinstance(model, TokenGpt) else batch_loss
-    return torch.compile(model.loss if own_loss else batch_loss)
+        return batch_loss
+    return torch.compile(model.loss if isinstance(model, MegabytePytorch) else batch_loss)
 
 
-def train(model: nn.Module, windows: Windows, plan: TrainPlan, label: str) -> dict[str, Any]:
+def train(model: nn.Module, windows: Windows | TokenWindows, plan: TrainPlan, label: str) -> dict[str, Any]:
     """Train ``model`` on ``windows`` by ``plan``; returns steps, seconds and the loss curve.
 
     With a time budget the cosine schedule's horizon is the step at which the budget runs out at the
@@ -695,8 +696,8 @@ def prepare_token_peer(data: BenchData, config: MegabyteConfig, seed: int, cache
     tqdm.write(f"{data.name}: BPE of {gpt_config.vocab_size} tokens ({path.name}), {train_bytes_per_token:.2f} "
                f"training and {val.num_bytes / max(int(val.scored.sum()), 1):.2f} validation bytes per token, "
                f"windows of {context} tokens; gpt-bpe {model.num_parameters():,} parameters ({gpt_config.layers} "
-               f"block{'s' * (gpt_config.layers != 1)} of width {gpt_config.dim}) against bytemodels' {ours:,}; causal; untrained loss "
-               f"{untrained:.3f} (ln {gpt_config.vocab_size} = {checks['ln_vocab']:.3f})")
+               f"block{'s' * (gpt_config.layers != 1)} of width {gpt_config.dim}) against bytemodels' {ours:,}; "
+               f"causal; untrained loss {untrained:.3f} (ln {gpt_config.vocab_size} = {checks['ln_vocab']:.3f})")
     return TokenSetup(path, gpt_config, windows, val, train_bytes_per_token, ours, checks)
 
 

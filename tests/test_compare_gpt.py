@@ -24,8 +24,8 @@ WORDS = ("once upon a time there was a little cat dog girl boy who liked to play
          "her his friend mom said happy sad big red ball tree").split()
 #: Text the training stories never show: control bytes, CRLF, tabs, a NUL, accents, CJK, emoji, combining marks,
 #: bidirectional marks, a line separator, the EOS token's own spelling, and spaces at both ends.
-ODD_TEXTS = ["\x00\x01\x7f ÿ\r\n\t end", "日本語のテキスト 🙂👍🏽 e\u0301 \u202eabc\u202c \u2028x", f"a {compare.BPE_EOS} b",
-             "  leading and trailing  ", "", "Ünïcödé ß ſ ﬁ", "\ufeffBOM"]
+ODD_TEXTS = ["\x00\x01\x7f ÿ\r\n\t end", "日本語のテキスト 🙂👍🏽 e\u0301 \u202eabc\u202c \u2028x",
+             f"a {compare.BPE_EOS} b", "  leading and trailing  ", "", "Ünïcödé ß ſ ﬁ", "\ufeffBOM"]
 
 
 def stories(count: int, seed: int) -> list[str]:
