@@ -1,6 +1,6 @@
 """Peers that bytemodels' MEGABYTE is measured against.
 
-Two models, built at the shape of a :class:`bytemodels.MegabyteConfig`:
+Three models, built at the shape of a :class:`bytemodels.MegabyteConfig`:
 
 - :class:`MegabytePytorch` wraps ``MEGABYTE-pytorch`` 0.3.6 (the ``bench`` extra), the reference
   implementation. It is configured as close to ours as its constructor allows: same widths, depths,
@@ -13,6 +13,10 @@ Two models, built at the shape of a :class:`bytemodels.MegabyteConfig`:
   (logits, loss)`` with logits[:, t] predicting ids[:, t], so training and evaluation code can use
   it unchanged. It has no KV cache and no ``generate``.
   :func:`flat_config_matching` sizes it to a given parameter count.
+- :class:`TokenGpt` is the peer a user would pick instead of a byte model: a nanoGPT-style GPT over
+  byte-level BPE tokens (pre-norm blocks, causal ``scaled_dot_product_attention``, tied input and output
+  embeddings), again built from ``bytemodels.layers.Transformer`` so tokenization is the difference.
+  :func:`token_gpt_config_matching` sizes it to a given parameter count.
 """
 
 from __future__ import annotations
@@ -142,6 +146,105 @@ def flat_config_matching(megabyte: MegabyteConfig, num_parameters: int, max_seq_
 
     per_block = flat_parameter_count(at_depth(2)) - flat_parameter_count(at_depth(1))
     shell = flat_parameter_count(at_depth(1)) - per_block  # embeddings, start, norm, head
+    layers = max(1, round((num_parameters - shell) / per_block))
+    return at_depth(layers)
+
+
+# ---------------------------------------------------------------------------------------------
+# The tokenized GPT (nanoGPT-style, byte-level BPE tokens)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TokenGptConfig:
+    """Shape of a :class:`TokenGpt`: a decoder-only transformer over a tokenizer's ids."""
+
+    vocab_size: int = 4096
+    """Token ids, the tokenizer's special tokens included."""
+    dim: int = 512
+    layers: int = 8
+    heads: int = 8
+    """Attention heads; ``dim / heads`` must be even (rotary positions rotate pairs)."""
+    context: int = 256
+    """Longest sequence in tokens."""
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-5
+    token_shift: bool = True
+    qk_norm: bool = True
+
+    def __post_init__(self) -> None:
+        if self.dim % self.heads or (self.dim // self.heads) % 2:
+            raise ValueError(f"dim={self.dim}, heads={self.heads}: the width must split into heads of even size")
+
+
+#: Spread of the tied embedding table at initialisation (nanoGPT's): with a unit-RMS final norm the first
+#: logits then spread by 0.02·sqrt(dim), so the untrained loss is near ln(vocabulary).
+TIED_EMBED_STD = 0.02
+
+
+class TokenGpt(nn.Module):
+    """nanoGPT-style GPT over token ids: pre-norm blocks with causal ``scaled_dot_product_attention``,
+    rotary positions and our MLP (the blocks of ``bytemodels.layers.Transformer``, as the flat baseline
+    and our stages use), and one embedding table that is also the output layer (tied, as in nanoGPT).
+
+    ``forward(ids, targets=None)`` follows the other peers: a learned start vector stands before ids[:, 0],
+    so logits[:, t] predicts ids[:, t] from ids[:, :t]; every id is a real token (no padding id), so the
+    loss, in nats per token, counts all of them.
+    """
+
+    def __init__(self, config: TokenGptConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.dim)
+        self.start = nn.Parameter(torch.randn(config.dim))
+        self.drop = nn.Dropout(config.dropout)
+        self.transformer = Transformer(config.dim, config.layers, config.heads, config.mlp_ratio,
+                                       config.dropout, config.rope_base, config.norm_eps, config.token_shift,
+                                       config.qk_norm)
+        init_weights(self)
+        nn.init.normal_(self.embed.weight, std=TIED_EMBED_STD)  # also the output layer: see TIED_EMBED_STD
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None) -> ModelOutput:
+        batch, time = ids.shape
+        if time > self.config.context:
+            raise ValueError(f"sequence of {time} tokens is longer than context={self.config.context}")
+        x = torch.cat((self.start.expand(batch, 1, -1), self.embed(ids[:, :-1])), dim=1)  # (batch, time, dim)
+        x = self.transformer(self.drop(x))  # final norm included
+        logits = F.linear(x, self.embed.weight)  # (batch, time, vocab): the tied output layer
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        return ModelOutput(logits, loss)
+
+    def loss(self, ids: torch.Tensor) -> torch.Tensor:
+        """Mean next-token loss (nats) over every id of ``ids`` (batch, time)."""
+        return self(ids, targets=ids).loss
+
+
+def token_gpt_parameter_count(config: TokenGptConfig) -> int:
+    """Parameters of a TokenGpt, counted without allocating it."""
+    with torch.device("meta"):
+        return TokenGpt(config).num_parameters()
+
+
+def token_gpt_config_matching(megabyte: MegabyteConfig, num_parameters: int, vocab_size: int,
+                              context: int) -> TokenGptConfig:
+    """The GPT at the global stage's width and head count (and our blocks' switches) whose depth best matches
+    ``num_parameters``; at least one block, so a large vocabulary at a small preset can overshoot."""
+    shape = ("vocab_size", "dim", "layers", "heads", "context")
+    shared = {f.name: getattr(megabyte, f.name) for f in fields(TokenGptConfig) if f.name not in shape}
+
+    def at_depth(layers: int) -> TokenGptConfig:
+        return TokenGptConfig(vocab_size=vocab_size, dim=megabyte.global_dim, layers=layers,
+                              heads=megabyte.heads[0], context=context, **shared)
+
+    per_block = token_gpt_parameter_count(at_depth(2)) - token_gpt_parameter_count(at_depth(1))
+    shell = token_gpt_parameter_count(at_depth(1)) - per_block  # the tied table, start vector and final norm
     layers = max(1, round((num_parameters - shell) / per_block))
     return at_depth(layers)
 

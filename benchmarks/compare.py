@@ -11,6 +11,27 @@ One command measures, on the same held-out bytes of each data set in ``../shared
   pad id moved from 0 to 256 (its default would drop every 0x00 byte from its loss); and a flat
   byte-level transformer with the same parameter count (the MEGABYTE paper's baseline). The peers come
   from ``benchmarks/baselines.py``.
+- on text, the peer a user would pick instead of a byte model: a nanoGPT-style GPT over byte-level BPE
+  tokens, trained and timed by the same loop and scored in bits per byte of the same validation bytes.
+
+====================  ========================================================================  =========
+peer (``--peers``)    what                                                                      data sets
+====================  ========================================================================  =========
+``bytemodels``        bytemodels' ``Megabyte`` at ``--preset`` and the model flags              all
+``megabyte-pytorch``  MEGABYTE-pytorch 0.3.6 at the same shape, pad id 256                      all
+``flat``              one token per byte, our blocks, depth matched to bytemodels' parameters   all
+``gpt-bpe``           nanoGPT-style GPT (our blocks, tied embeddings) over a byte-level BPE     text only
+                      of ``--bpe-vocab`` ids (4,096, EOS included; the ``tokenizers`` package)
+                      trained on the training stories; the global stage's width and heads,
+                      depth matched to bytemodels' parameters; windows of ``--gpt-context``
+                      tokens (default: the byte window over the training bytes per token)
+====================  ========================================================================  =========
+
+The default ``--peers`` is every peer that reads the data set (all four on text, the byte peers elsewhere).
+The GPT is scored on every validation token once (non-overlapping windows of its context, each story's
+tokens then one EOS id; EOS is trained on but, as for the byte peers, not scored), and its bits are divided
+by the validation bytes the byte peers are scored on; the tokens are checked to decode to exactly those
+bytes. ``--eval-windows`` limits the byte peers only. The table also gives its bytes per token.
 
 Held-out data (bytes as the codecs make them; the models are scored on exactly these bytes):
 
@@ -33,6 +54,7 @@ predicted in training but not scored. Images use patches aligned to pixels and r
     python benchmarks/compare.py --skip-models --modality all     # the compressor rows only
     python benchmarks/compare.py --modality text --budget-steps 300
     python benchmarks/compare.py --modality text --time 30m --threads 2   # the issue's 30-minute budget
+    python benchmarks/compare.py --modality text --time 30m --threads 2 --peers bytemodels,gpt-bpe  # vs a BPE GPT
     python benchmarks/compare.py --modality text --time 3m --compile     # every peer's loss compiled
     python benchmarks/compare.py --peers bytemodels --no-cross-patch --no-qk-norm   # any MegabyteConfig field
     python benchmarks/compare.py --modality mnist --budget-steps 200 --lrs 1e-3,2e-3,4e-3,8e-3,16e-3  # each at its best
@@ -49,13 +71,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import math
 import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,13 +95,15 @@ from torch import Tensor, nn  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from benchmarks import compressors  # noqa: E402
-from benchmarks.baselines import FlatTransformer, MegabytePytorch, flat_config_matching  # noqa: E402
+from benchmarks.baselines import (FlatTransformer, MegabytePytorch, TokenGpt, TokenGptConfig,  # noqa: E402
+                                  flat_config_matching, token_gpt_config_matching)
 from bytemodels import tokens  # noqa: E402
 from bytemodels.budget import parse_duration  # noqa: E402
 from bytemodels.config import MegabyteConfig  # noqa: E402
 from bytemodels.data import ByteDataset, Windows  # noqa: E402
 from bytemodels.model import Megabyte  # noqa: E402
 from bytemodels.app.flags import add_config_arguments, overrides_from_args  # noqa: E402
+from bytemodels.runfolder import atomic_write  # noqa: E402
 from bytemodels.schedule import learning_rate  # noqa: E402
 
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
@@ -86,17 +111,23 @@ DEFAULT_OUT_DIR = REPO_ROOT / "outputs" / "benchmarks"
 MODALITIES = ("text", "audio", "audio16", "mnist", "cifar")
 MODALITY_CHOICES = MODALITIES + ("image", "all")
 """``image`` selects both image sets; ``all`` every data set."""
-PEERS = ("bytemodels", "megabyte-pytorch", "flat")
+PEERS = ("bytemodels", "megabyte-pytorch", "flat", "gpt-bpe")
+BYTE_PEERS = PEERS[:3]
+"""The peers that read bytes, on every data set; ``gpt-bpe`` reads BPE tokens of text."""
+TOKEN_PEER = "gpt-bpe"
+TOKEN_PEER_MODALITY = "text"
 PEER_TITLES = {
     "bytemodels": "bytemodels Megabyte",
     "megabyte-pytorch": "MEGABYTE-pytorch 0.3.6 (pad id 256)",
     "flat": "flat byte transformer",
+    "gpt-bpe": "GPT on byte-level BPE tokens (nanoGPT-style)",
 }
+DEFAULT_BPE_VOCAB = 4096
 #: The model flags' group in ``--help``: which peers each field reaches.
 MODEL_FLAGS_TITLE = ("model: MegabyteConfig fields over the preset and the data set's shape (images: patches of "
-                     "pixel rows, a window of one whole image). All peers take the widths, depths, heads, patch and "
-                     "window; the flat model also token shift and QK-norm; the "
-                     "other fields are bytemodels' own")
+                     "pixel rows, a window of one whole image). All byte peers take the widths, depths, heads, "
+                     "patch and window; the flat model and gpt-bpe also token shift and QK-norm (gpt-bpe: the global "
+                     "width and heads; its context follows the window); the other fields are bytemodels' own")
 #: A model small enough for ``--quick`` (one head size for both stages, as MEGABYTE-pytorch needs).
 QUICK_SHAPE = dict(dims=(32, 16), layers=(1, 1), heads=(2, 1), max_seq_len=64)
 QUICK_DOCUMENTS = (200, 12)
@@ -268,7 +299,7 @@ def build_datasets(data: BenchData, cache_dir: Path) -> tuple[ByteDataset, ByteD
 
 
 # =============================================================================================
-# Models: one call convention for the three peers
+# Models: one call convention for the peers
 # =============================================================================================
 
 
@@ -325,7 +356,7 @@ def build_peer(peer: str, config: MegabyteConfig, seed: int) -> nn.Module:
         ours = sum(p.numel() for p in Megabyte(config).parameters())
         torch.manual_seed(seed)
         return FlatTransformer(flat_config_matching(config, ours))
-    raise ValueError(f"unknown peer {peer!r}; choose from {', '.join(PEERS)}")
+    raise ValueError(f"unknown byte peer {peer!r}; choose from {', '.join(BYTE_PEERS)}")
 
 
 def is_causal(model: nn.Module, ids: Tensor, position: int) -> bool:
@@ -344,7 +375,7 @@ def check_peers(config: MegabyteConfig, ids: Tensor, seed: int) -> dict[str, Any
       position inside a patch and at a patch boundary;
     - the untrained losses, which should all be near ln(vocabulary)."""
     with torch.no_grad():
-        models = {peer: build_peer(peer, config, seed) for peer in PEERS}
+        models = {peer: build_peer(peer, config, seed) for peer in BYTE_PEERS}
         reference = models["megabyte-pytorch"]
         ours_of_ref = float(training_loss(reference_logits(reference, ids), ids))
         package = float(reference.loss(ids))
@@ -411,12 +442,15 @@ def loss_function(model: nn.Module, compile_model: bool) -> Callable[[Tensor], T
     def batch_loss(ids: Tensor) -> Tensor:
         return training_loss(peer_logits(model, ids), ids)
 
+    # The token GPT's ids are all real tokens (256 is one of them, not PAD): its own loss counts every one.
+    if isinstance(model, TokenGpt):
+        return torch.compile(model.loss) if compile_model else model.loss
     if not compile_model:
         return batch_loss
     return torch.compile(model.loss if isinstance(model, MegabytePytorch) else batch_loss)
 
 
-def train(model: nn.Module, windows: Windows, plan: TrainPlan, label: str) -> dict[str, Any]:
+def train(model: nn.Module, windows: Windows | TokenWindows, plan: TrainPlan, label: str) -> dict[str, Any]:
     """Train ``model`` on ``windows`` by ``plan``; returns steps, seconds and the loss curve.
 
     With a time budget the cosine schedule's horizon is the step at which the budget runs out at the
@@ -464,8 +498,10 @@ def train(model: nn.Module, windows: Windows, plan: TrainPlan, label: str) -> di
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
     bar.close()
+    # A token window's ids stand for several bytes each (TokenWindows.bytes_per_id), a byte window's for one.
+    ids_per_second = step * plan.batch_size * windows.seq_len / max(seconds, 1e-9)
     return {"steps": step, "train_seconds": seconds, "horizon": horizon, "compile_seconds": compile_seconds,
-            "bytes_per_second": step * plan.batch_size * windows.seq_len / max(seconds, 1e-9),
+            "bytes_per_second": ids_per_second * getattr(windows, "bytes_per_id", 1.0),
             "loss_curve": curve[::max(1, len(curve) // 100)] + curve[-1:]}
 
 
@@ -487,6 +523,199 @@ def evaluate(model: nn.Module, val_ids: np.ndarray, batch_size: int, patch_size:
             "bits_per_byte_by_patch_position": [round(float(v), 4) for v in by_position]}
 
 
+# =============================================================================================
+# The tokenized peer: a GPT over byte-level BPE tokens (text only)
+# =============================================================================================
+
+BPE_EOS = "<|eos|>"
+"""The one special token: it ends every story in the token streams (as EOS ends each in the byte stream)."""
+
+
+def bpe_tokenizer(train_items: list[bytes], vocab_size: int, cache_dir: Path) -> tuple[Any, Path]:
+    """A byte-level BPE of ``vocab_size`` ids (the 256 byte symbols, merges and ``BPE_EOS``) trained on the
+    training text, and its file: cached under ``cache_dir`` by the text's hash and the vocabulary size.
+
+    Byte-level (the ByteLevel pre-tokenizer and decoder, every byte in the initial alphabet), so every byte
+    string has tokens that decode back to it exactly; ``BPE_EOS`` written in a story is read as plain text."""
+    try:
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+        import tokenizers
+    except ImportError:
+        raise ValueError("--peers gpt-bpe needs the tokenizers package: pip install tokenizers") from None
+    digest = hashlib.sha256(f"{vocab_size} {tokenizers.__version__}".encode())
+    for item in train_items:  # length-prefixed, so where one story ends is part of the hash
+        digest.update(len(item).to_bytes(8, "little"))
+        digest.update(item)
+    path = cache_dir / f"bpe-{vocab_size}-{digest.hexdigest()[:20]}.json"
+    if path.exists():
+        try:
+            tokenizer = Tokenizer.from_file(str(path))
+        except Exception as error:  # tokenizers raises plain Exception on a bad file
+            raise ValueError(f"{path}: unreadable tokenizer cache ({error}); delete it") from None
+    else:
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[BPE_EOS], show_progress=False,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        tokenizer.train_from_iterator((utf8_text(item, "training") for item in train_items), trainer,
+                                      length=len(train_items))
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, tokenizer.to_str())
+    if tokenizer.token_to_id(BPE_EOS) is None:
+        raise ValueError(f"{path}: the tokenizer has no {BPE_EOS} token; delete it")
+    tokenizer.encode_special_tokens = True  # not saved in the file: story text never becomes the EOS id
+    return tokenizer, path
+
+
+def utf8_text(item: bytes, split: str) -> str:
+    """A text item's string (the text codec writes UTF-8; anything else cannot be tokenized as text)."""
+    try:
+        return item.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"a {split} item is not UTF-8 ({error}); the gpt-bpe peer reads text only") from None
+
+
+@dataclass
+class TokenStream:
+    """Stories as one token stream: each story's tokens, then the EOS id."""
+
+    ids: np.ndarray
+    """(tokens,) int64."""
+    scored: np.ndarray
+    """(tokens,) bool: story tokens (scored), not EOS (trained on, not scored)."""
+    num_bytes: int
+    """Bytes of the stories, which the scored tokens decode to exactly."""
+
+
+def tokenize_stories(tokenizer: Any, items: list[bytes], eos_id: int, split: str) -> TokenStream:
+    """Each story tokenized on its own and followed by ``eos_id`` (boundaries as in the byte stream); raises
+    ValueError unless every story's tokens decode to exactly its bytes and EOS only ends stories."""
+    encoded = [encoding.ids for encoding in tokenizer.encode_batch([utf8_text(item, split) for item in items])]
+    decoded = tokenizer.decode_batch(encoded, skip_special_tokens=False)
+    for index, (item, ids, text) in enumerate(zip(items, encoded, decoded)):
+        back = text.encode("utf-8")
+        if back != item or eos_id in ids:
+            where = next((i for i, (a, b) in enumerate(zip(back, item)) if a != b), min(len(back), len(item)))
+            raise ValueError(f"BPE round trip failed on {split} story {index} (first difference at byte {where} "
+                             f"of {len(item)}): the GPT would be scored on other bytes than the byte peers")
+    ids = np.fromiter((token for story in encoded for token in (*story, eos_id)), dtype=np.int64,
+                      count=sum(map(len, encoded)) + len(encoded))
+    return TokenStream(ids, ids != eos_id, sum(len(item) for item in items))
+
+
+class TokenWindows:
+    """Training windows of ``seq_len`` ids cut at random positions of a token stream, like the byte peers'
+    ``Windows.batch``: a batch is a pure function of seed and step."""
+
+    def __init__(self, stream: np.ndarray, seq_len: int, bytes_per_id: float) -> None:
+        if len(stream) < seq_len:
+            raise ValueError(f"the training text is {len(stream)} tokens, shorter than one window of {seq_len}; "
+                             "lower --gpt-context")
+        self.stream = stream
+        self.seq_len = seq_len
+        self.bytes_per_id = bytes_per_id
+        """Training bytes per stream id (EOS included): what train() counts its bytes per second in."""
+        self.num_choices = len(stream) - seq_len + 1
+
+    def batch(self, seed: int, step: int, batch_size: int) -> np.ndarray:
+        """Step ``step``'s windows: (batch_size, seq_len) int64."""
+        starts = np.random.default_rng([seed, step, 0xDA7A]).integers(0, self.num_choices, size=batch_size)
+        return np.stack([self.stream[start:start + self.seq_len] for start in starts])
+
+
+@torch.no_grad()
+def evaluate_tokens(model: nn.Module, val: TokenStream, context: int, batch_size: int) -> dict[str, Any]:
+    """Bits per byte of the validation text for a token model: the cross-entropy of every story token, each
+    scored exactly once, over the bytes those tokens decode to (the bytes the byte peers are scored on).
+
+    The stream is cut into non-overlapping windows of ``context`` tokens (the last one shorter), as the byte
+    peers' validation stream is cut into windows of bytes: a token sees the tokens before it in its own window
+    (across story boundaries), and the first token of a window only the start vector. EOS is predicted but not
+    scored, as the byte peers score neither EOS nor BOS: the bits are the stories' only."""
+    model.eval()
+    ids, scored = torch.from_numpy(val.ids), torch.from_numpy(val.scored)
+    full = len(ids) // context * context  # the whole windows; the rest is the last, shorter one
+    step = batch_size * context
+    batches = [(ids[start:min(start + step, full)].view(-1, context),
+                scored[start:min(start + step, full)].view(-1, context)) for start in range(0, full, step)]
+    if full < len(ids):
+        batches.append((ids[None, full:], scored[None, full:]))
+    nats, counted = 0.0, 0
+    for window_ids, window_scored in batches:
+        losses = F.cross_entropy(peer_logits(model, window_ids).float().flatten(0, 1), window_ids.flatten(),
+                                 reduction="none")
+        nats += float(losses.double()[window_scored.flatten()].sum())
+        counted += int(window_scored.sum())
+    model.train()
+    if counted != int(val.scored.sum()):
+        raise RuntimeError(f"scored {counted} of {int(val.scored.sum())} validation tokens")
+    bits = nats / math.log(2)
+    return {"bits_per_byte": bits / max(val.num_bytes, 1), "bits_per_token": bits / max(counted, 1),
+            "scored_bytes": val.num_bytes, "scored_tokens": counted,
+            "bytes_per_token": val.num_bytes / max(counted, 1)}
+
+
+@dataclass
+class TokenSetup:
+    """What the GPT peer's runs on the text share: the tokenizer, its windows and validation stream."""
+
+    tokenizer_file: Path
+    config: TokenGptConfig
+    train_windows: TokenWindows
+    val: TokenStream
+    train_bytes_per_token: float
+    bytemodels_parameters: int
+    checks: dict[str, Any]
+
+
+def prepare_token_peer(data: BenchData, config: MegabyteConfig, seed: int, cache_dir: Path, bpe_vocab: int,
+                       context: int | None) -> TokenSetup:
+    """Train (or load) the BPE on ``data``'s training stories, tokenize both splits, size the GPT to
+    bytemodels' parameter count at ``config`` and check it is causal."""
+    train_items = list(data.train_documents())
+    tokenizer, path = bpe_tokenizer(train_items, bpe_vocab, cache_dir)
+    eos_id = tokenizer.token_to_id(BPE_EOS)
+    train_stream = tokenize_stories(tokenizer, train_items, eos_id, "training")
+    val = tokenize_stories(tokenizer, data.val_items, eos_id, "validation")
+    train_bytes_per_token = train_stream.num_bytes / max(int(train_stream.scored.sum()), 1)
+    # Default: a window spans about as many bytes as the byte peers' window, so a step reads as much text.
+    context = context or max(8, round(config.max_seq_len / train_bytes_per_token))
+    ours = sum(p.numel() for p in Megabyte(config).parameters())
+    gpt_config = token_gpt_config_matching(config, ours, tokenizer.get_vocab_size(), context)
+    windows = TokenWindows(train_stream.ids, context, train_stream.num_bytes / len(train_stream.ids))
+    with torch.no_grad():
+        torch.manual_seed(seed)
+        model = TokenGpt(gpt_config)
+        ids = torch.from_numpy(windows.batch(seed, 0, 2))
+        for position in (context // 2, context - 1):
+            if not is_causal(model, ids, position):
+                raise RuntimeError(f"gpt-bpe: logits before position {position} change with later ids")
+        untrained = float(model.loss(ids))
+    checks = {"causal": True, "untrained_loss": untrained, "ln_vocab": math.log(gpt_config.vocab_size)}
+    tqdm.write(f"{data.name}: BPE of {gpt_config.vocab_size} tokens ({path.name}), {train_bytes_per_token:.2f} "
+               f"training and {val.num_bytes / max(int(val.scored.sum()), 1):.2f} validation bytes per token, "
+               f"windows of {context} tokens; gpt-bpe {model.num_parameters():,} parameters ({gpt_config.layers} "
+               f"block{'s' * (gpt_config.layers != 1)} of width {gpt_config.dim}) against bytemodels' {ours:,}; "
+               f"causal; untrained loss {untrained:.3f} (ln {gpt_config.vocab_size} = {checks['ln_vocab']:.3f})")
+    return TokenSetup(path, gpt_config, windows, val, train_bytes_per_token, ours, checks)
+
+
+def train_token_peer(tokens_setup: TokenSetup, plan: TrainPlan, label: str) -> dict[str, Any]:
+    """Train the GPT by the one training loop and score it on the validation tokens."""
+    torch.manual_seed(plan.seed)
+    model = TokenGpt(tokens_setup.config)
+    record: dict[str, Any] = {"parameters": model.num_parameters(),
+                              "bytemodels_parameters": tokens_setup.bytemodels_parameters,
+                              "gpt_config": dataclasses.asdict(tokens_setup.config),
+                              "tokenizer": tokens_setup.tokenizer_file.name,
+                              "train_bytes_per_token": tokens_setup.train_bytes_per_token,
+                              "checks": tokens_setup.checks}
+    record.update(train(model, tokens_setup.train_windows, plan, label))
+    record.update(evaluate_tokens(model, tokens_setup.val, tokens_setup.config.context, plan.batch_size))
+    return record
+
+
 @dataclass
 class PeerSetup:
     """What every training run on one data set shares: the windows, the held-out ids and the fairness checks."""
@@ -496,11 +725,15 @@ class PeerSetup:
     train_windows: Windows
     val_ids: np.ndarray
     checks: dict[str, Any]
+    tokens: TokenSetup | None = None
+    """The GPT peer's tokenizer and streams, when it is one of the peers."""
 
 
 def prepare_peers(data: BenchData, config: MegabyteConfig, seed: int, cache_dir: Path,
-                  eval_windows: int | None) -> PeerSetup:
-    """Open ``data``'s windows and run ``check_peers`` once, for every peer and learning rate trained on it."""
+                  eval_windows: int | None, peers: Sequence[str] = BYTE_PEERS, bpe_vocab: int = DEFAULT_BPE_VOCAB,
+                  gpt_context: int | None = None) -> PeerSetup:
+    """Open ``data``'s windows and run ``check_peers`` once, for every peer and learning rate trained on it
+    (and, for ``gpt-bpe``, ``prepare_token_peer``)."""
     train_set, val_set = build_datasets(data, cache_dir)
     train_windows = train_set.windows(config.max_seq_len, config.patch_size, config.num_tags)
     val_windows = val_set.windows(config.max_seq_len, config.patch_size, config.num_tags)
@@ -508,9 +741,12 @@ def prepare_peers(data: BenchData, config: MegabyteConfig, seed: int, cache_dir:
     check = check_peers(config, torch.from_numpy(train_windows.batch(seed, 0, 2)), seed)
     tqdm.write(f"{data.name}: MEGABYTE-pytorch's own loss {check['package_loss']:.5f} = ours from its aligned logits "
                f"{check['loss_from_aligned_logits']:.5f}; all peers causal; untrained losses " + ", ".join(
-                   f"{peer} {check['untrained_' + peer]:.3f}" for peer in PEERS) + f" (ln {config.vocab_size} = "
+                   f"{peer} {check['untrained_' + peer]:.3f}" for peer in BYTE_PEERS) + f" (ln {config.vocab_size} = "
                f"{check['ln_vocab']:.3f})")
-    return PeerSetup(data.name, config, train_windows, val_ids, check)
+    token_setup = None
+    if TOKEN_PEER in peers:
+        token_setup = prepare_token_peer(data, config, seed, cache_dir, bpe_vocab, gpt_context)
+    return PeerSetup(data.name, config, train_windows, val_ids, check, token_setup)
 
 
 def train_peers(setup: PeerSetup, plan: TrainPlan, peers: list[str]) -> dict[str, Any]:
@@ -519,6 +755,14 @@ def train_peers(setup: PeerSetup, plan: TrainPlan, peers: list[str]) -> dict[str
     results: dict[str, Any] = {"config": config.to_dict(), "val_windows": len(setup.val_ids), "checks": setup.checks,
                                "peers": {}}
     for peer in peers:
+        if peer == TOKEN_PEER:
+            if setup.tokens is None:
+                raise ValueError(f"{setup.name}: the {TOKEN_PEER} peer was not prepared (prepare_peers' peers)")
+            record = train_token_peer(setup.tokens, plan, f"{setup.name}: {peer}")
+            tqdm.write(f"{setup.name:6s} {peer:17s} {record['bits_per_byte']:.4f} bits/byte after {record['steps']} "
+                       f"steps, {record['train_seconds']:.0f} s, {record['bytes_per_token']:.2f} bytes/token")
+            results["peers"][peer] = record
+            continue
         model = build_peer(peer, config, plan.seed)
         record = {"parameters": sum(p.numel() for p in model.parameters())}
         if isinstance(model, FlatTransformer):
@@ -604,6 +848,7 @@ def table_rows(results: dict[str, Any]) -> dict[str, dict[str, str]]:
                 rows.setdefault(PEER_TITLES[peer], {})[name] = (
                     f"**{record['bits_per_byte']:.3f}** ({record['parameters'] / 1e6:.2f}M params, "
                     f"{record['steps']} steps, {record['train_seconds']:.0f} s"
+                    + (f", {record['bytes_per_token']:.2f} bytes/token" if "bytes_per_token" in record else "")
                     + (f", lr {record['lr']:g}" if "lr" in record else "") + ")")
     return rows
 
@@ -715,7 +960,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile every peer's training loss (the compiling first step is not counted)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads for all peers")
-    parser.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated subset of {', '.join(PEERS)}")
+    parser.add_argument("--peers", default=None,
+                        help=f"comma-separated subset of {', '.join(PEERS)} (default: every peer that reads the data "
+                             f"set; {TOKEN_PEER} reads text only)")
+    parser.add_argument("--bpe-vocab", type=int, default=DEFAULT_BPE_VOCAB,
+                        help=f"{TOKEN_PEER}: BPE vocabulary size, the 256 byte symbols and EOS included")
+    parser.add_argument("--gpt-context", type=int, default=0,
+                        help=f"{TOKEN_PEER}: window length in tokens (0: the byte window's bytes over the training "
+                             "text's bytes per token)")
     parser.add_argument("--skip-models", action="store_true", help="compressor and format rows only")
     parser.add_argument("--skip-compressors", action="store_true", help="model rows only")
     parser.add_argument("--quick", action="store_true",
@@ -724,11 +976,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT_DIR, help="folder for the results JSON")
     add_config_arguments(parser, MegabyteConfig, title=MODEL_FLAGS_TITLE)
     args = parser.parse_args(argv)
-    args.peers = [p.strip() for p in args.peers.split(",") if p.strip()]
-    unknown = sorted(set(args.peers) - set(PEERS))
-    if unknown:
-        parser.error(f"--peers: unknown {unknown}; choose from {', '.join(PEERS)}")
+    if args.peers is not None:
+        args.peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+        unknown = sorted(set(args.peers) - set(PEERS))
+        if unknown:
+            parser.error(f"--peers: unknown {unknown}; choose from {', '.join(PEERS)}")
+        if TOKEN_PEER in args.peers and args.modality != TOKEN_PEER_MODALITY:
+            parser.error(f"--peers {TOKEN_PEER}: the tokenized GPT is measured on --modality {TOKEN_PEER_MODALITY} "
+                         f"only, not {args.modality}")
+    if args.bpe_vocab < 258:  # the 256 byte symbols, EOS and at least one merge
+        parser.error(f"--bpe-vocab {args.bpe_vocab}: give at least 258 (256 byte symbols, EOS, one merge)")
+    if args.gpt_context < 0:
+        parser.error(f"--gpt-context {args.gpt_context}: give a positive number of tokens, or 0 for the default")
     return args
+
+
+def peers_for(name: str, chosen: list[str] | None) -> list[str]:
+    """The peers trained on data set ``name``: those chosen, or by default every peer that reads it."""
+    if chosen is not None:
+        return chosen
+    return list(PEERS) if name == TOKEN_PEER_MODALITY else list(BYTE_PEERS)
 
 
 def train_plan(args: argparse.Namespace) -> TrainPlan:
@@ -759,13 +1026,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not args.skip_compressors:
             result["compressors"] = compressor_rows(data)
         if not args.skip_models:
+            peers = peers_for(name, args.peers)
             try:
                 config = model_config(args.preset, data, overrides, args.quick)
-            except ValueError as error:  # a bad preset or field value: one line, not a traceback
+                setup = prepare_peers(data, config, plan.seed, args.cache_dir, eval_windows, peers, args.bpe_vocab,
+                                      args.gpt_context or None)
+            except ValueError as error:  # a bad preset, field value or tokenizer: one line, not a traceback
                 raise SystemExit(f"compare.py: {name}: {error}") from None
-            setup = prepare_peers(data, config, plan.seed, args.cache_dir, eval_windows)
-            result["models"] = (sweep_peers(setup, plan, args.lrs, args.peers) if args.lrs
-                                else train_peers(setup, plan, args.peers))
+            result["models"] = (sweep_peers(setup, plan, args.lrs, peers) if args.lrs
+                                else train_peers(setup, plan, peers))
         results[name] = result
 
     table = markdown_table(titles, table_rows(results))
