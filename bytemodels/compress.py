@@ -40,7 +40,7 @@ from bytemodels.data import LAYOUTS, document_windows
 from bytemodels.generate import IncrementalDecoder
 from bytemodels.runfolder import file_sha256
 
-DEFAULT_BATCH_SIZE = 32
+DEFAULT_BATCH_SIZE = 128
 PRECISION_BITS = 24  # the frequencies sum to 2**24 (constriction's range coder codes at 24-bit precision)
 PROBE = bytes((37 * i + 11) % 256 for i in range(24))  # a fixed sequence whose frequencies the header hashes
 SYMBOL, BOS_NEXT, TAG_NEXT = 0, 1, 2  # documents mode: what the next id of a window is
