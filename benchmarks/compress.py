@@ -173,11 +173,13 @@ def image_sizes(model: Model, folder: Path) -> dict[str, Any]:
 def speed(model: Model, data_dir: Path, batch_sizes: list[int], size: int) -> list[dict[str, Any]]:
     from bytemodels import compress
 
-    data = (data_dir / "tinystories" / "valid.txt").read_bytes()[:size]
+    text = (data_dir / "tinystories" / "valid.txt").read_bytes()
     tag = model.codec.tag if model.codec else None
-    separator = document_separator(data, model.separator)
     rows = []
     for batch_size in batch_sizes:
+        # Enough text to fill two blocks of windows (a window holds about a KB), at most ``size``.
+        data = text[:min(size, max(16384, 2 * batch_size * model.model.config.max_seq_len))]
+        separator = document_separator(data, model.separator)
         start = time.perf_counter()
         blob = compress(model.model, data, layout=model.layout, tag=tag, separator=separator, batch_size=batch_size)
         middle = time.perf_counter()
@@ -227,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit-clips", type=int, help="only the first N held-out clips")
     parser.add_argument("--skip-sizes", action="store_true")
     parser.add_argument("--speed-batch-sizes", default="1,16,64,128")
-    parser.add_argument("--speed-bytes", type=int, default=65536, help="bytes of valid.txt timed per batch size")
+    parser.add_argument("--speed-bytes", type=int, default=524288,
+                        help="most bytes of valid.txt timed per batch size (two blocks' worth, at least 16 KB)")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "benchmarks")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

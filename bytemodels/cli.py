@@ -747,8 +747,7 @@ def compress_with_checkpoint(model, metadata: dict[str, Any], source: Path, out,
 
 
 def command_compress(args: argparse.Namespace) -> int:
-    from bytemodels.compress import usual_file_mode
-    from bytemodels.runfolder import atomic_file
+    from bytemodels.compress import new_file
 
     source = Path(args.input)
     if not source.is_file():
@@ -763,11 +762,8 @@ def command_compress(args: argparse.Namespace) -> int:
         compress_with_checkpoint(model, metadata, source, sys.stdout.buffer, **options)
         sys.stdout.buffer.flush()
         return 0
-    with atomic_file(output) as temporary, open(temporary, "wb") as out:
+    with new_file(output) as out:
         bits, coded, codec_name = compress_with_checkpoint(model, metadata, source, out, **options)
-        out.flush()
-        os.fsync(out.fileno())
-        usual_file_mode(temporary)
     length, size = source.stat().st_size, output.stat().st_size
     through = f"through the {codec_name} codec" if codec_name else "as raw bytes"
     rates = (f"; {8 * size / length:.3f} bits per byte, the model's probabilities {bits / coded:.3f} bits per "

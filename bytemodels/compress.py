@@ -1,7 +1,7 @@
 """Lossless compression with a trained byte model: bytes in, ``.bmz`` bytes out (and back).
 
-The data is framed as the model was trained (``layout``: one packed document, or records of ``record_size``
-bytes, with the codec's ``tag``) and cut into the very windows validation scores
+The data is framed as the model was trained (``layout``: packed documents, one or those between ``separator``
+bytes, or records of ``record_size`` bytes, with the codec's ``tag``) and cut into the very windows validation scores
 (:func:`bytemodels.data.document_windows`). Each byte is range-coded (``constriction``) under the model's
 next-byte distribution in its window, so the coded size is the model's cross-entropy as ``bytemodels eval``
 reports it, plus the coder's and the container's few bytes. ``batch_size`` windows form a block: they run through
@@ -12,7 +12,9 @@ independent.
 Decompression must see the very probabilities the compressor saw. Both sides therefore run the same calls with
 the same shapes (the same blocks, one ``logits()`` call per position, the same ids fed), on the thread count the
 header records. The logits are turned into integer frequencies deterministically in numpy
-(:func:`quantised_frequencies`): every byte keeps a frequency of at least 1, so any byte can be coded. A setup that
+(:func:`quantised_frequencies`): every byte keeps a frequency of at least 1, so any byte can be coded. In documents
+mode a document's end is coded too, as the model's EOS, and each window's first id; the decompressor then follows
+the packed framing as it decodes. A setup that
 computes other logits (another torch, device or CPU kernel) is caught before anything is decoded: the header holds
 a hash of the frequencies of a fixed probe sequence; and the original's SHA-256 is checked before the output is
 moved into place.
@@ -34,8 +36,7 @@ import torch
 
 from bytemodels import tokens
 from bytemodels.binary import (HASH_BYTES, MAX_BATCH_SIZE, MAX_RECORD_SIZE, MAX_STRING_BYTES, CompressedFileError,
-                               Header, check_end,
-                               read_block, read_header, write_block, write_header)
+                               Header, check_end, read_block, read_header, write_block, write_header)
 from bytemodels.data import LAYOUTS, document_windows
 from bytemodels.generate import IncrementalDecoder
 from bytemodels.runfolder import file_sha256
@@ -51,7 +52,7 @@ MAX_CODEC_BYTES = 64 << 20
 __all__ = ["CompressedFileError", "compress", "compress_file", "decompress", "decompress_file",
            "quantised_frequencies"]
 
-Restore = Callable[[bytes, dict[str, Any]], bytes]
+Restore = Callable[[bytes, dict[str, str]], bytes]
 """Turns the decoded bytes of a file that went through a codec, and the header's codec record, into the file."""
 
 
@@ -461,8 +462,6 @@ def decompress_file(model, source: str | Path, output: str | Path | None, *, pro
     """Decompress the ``.bmz`` file ``source`` to ``output``, written atomically: decoded to a temporary file
     beside it, checked against the original's SHA-256, then renamed into place (nothing is left on a failure).
     With ``write_to`` (a binary stream, e.g. stdout) the checked result is copied there instead."""
-    from bytemodels.runfolder import atomic_file
-
     source = Path(source)
     with open(source, "rb") as file:
         if write_to is not None:
@@ -474,15 +473,20 @@ def decompress_file(model, source: str | Path, output: str | Path | None, *, pro
                 while block := temporary.read(1 << 20):
                     write_to.write(block)
             return
-        with atomic_file(output) as temporary, open(temporary, "wb") as out:
+        with new_file(output) as out:
             _decompress_stream(model, file, str(source), out, progress, restore)
-            out.flush()
-            os.fsync(out.fileno())
-            usual_file_mode(temporary)
 
 
-def usual_file_mode(path: str | Path) -> None:
-    """Give a temporary file (``mkstemp``: private, 0600) the permissions of a new file under the umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+@contextlib.contextmanager
+def new_file(path: str | Path) -> Iterator[BinaryIO]:
+    """A binary file written atomically at ``path``: a temporary file beside it, synced, given a new file's usual
+    permissions and renamed into place when the block ends without an error (removed otherwise)."""
+    from bytemodels.runfolder import atomic_file
+
+    with atomic_file(path) as temporary, open(temporary, "wb") as out:
+        yield out
+        out.flush()
+        os.fsync(out.fileno())
+        umask = os.umask(0)  # mkstemp makes 0600 files; a new file gets 0666 under the umask
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
