@@ -21,7 +21,8 @@ from bytemodels.app.recipe import (RecipeError, add_model_and_training_arguments
                                     recipe_prog, resolve_device, run_command, start_run, stop_if_interrupted)
 from bytemodels.config import MegabyteConfig
 from bytemodels.data import prompt_ids
-from recipes.tinystories_data import HUB_INSTRUCT, RECIPE, byte_datasets, check_held_out, data_record, source_from_args
+from recipes.tinystories_data import (HUB_INSTRUCT, RECIPE, SEPARATOR, byte_datasets, check_held_out, data_record,
+                                      source_from_args)
 from recipes.tinystories_instruct import STORY_FIELD, is_instruct_entry, story_prompt
 
 DEFAULT_VAL_FRACTION = 0.05

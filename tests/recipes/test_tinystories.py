@@ -238,6 +238,7 @@ def test_train_writes_a_story_then_resumes_and_samples(story_data, tmp_path, cap
     assert "--- story 1 at step 2" in out and "--- story 1 at step 4" in out
     metadata = json.loads((run / "checkpoints" / "step_000004" / "metadata.json").read_text(encoding="utf-8"))
     assert metadata["codec"]["name"] == "text" and metadata["recipe"] == "tinystories"
+    assert metadata["separator"] == "<|endoftext|>"  # compress and eval split stories at it
     assert (run / "curve.png").is_file() and (tmp_path / "runs" / "cache").is_dir()
 
     with pytest.raises(SystemExit, match="--resume"):  # the same folder again without --resume
