@@ -29,8 +29,9 @@ peer (``--peers``)    what                                                      
                       patch starts after spacelike bytes; our blocks, bytemodels' widths,
                       global depth matched to bytemodels' parameters
 ``entropybyte``       the same model with BLT's entropy patches: a patch starts where a byte    all
-                      3-gram's next-byte entropy (counted on the training windows) exceeds a
-                      threshold set for a mean patch of ``--mean-patch`` bytes
+                      n-gram's next-byte entropy (``--ngram-order``, 3; counted on the training
+                      windows) exceeds a threshold set for a mean patch of ``--mean-patch``
+                      bytes (default: the space patches' mean on text, 6 elsewhere)
 ====================  ========================================================================  =========
 
 The default ``--peers`` is every peer that reads the data set (the first four on text, the byte peers elsewhere);
@@ -107,8 +108,7 @@ from benchmarks import compressors  # noqa: E402
 from benchmarks.baselines import (FlatTransformer, MegabytePytorch, SpaceByteConfig, SpaceByteModel,  # noqa: E402
                                   TokenGpt, TokenGptConfig, entropy_boundaries, entropy_threshold,
                                   flat_config_matching, mean_patch_size, ngram_entropy_table, ngram_order,
-                                  space_boundaries,
-                                  spacebyte_config_matching, spacebyte_parameter_count,
+                                  space_boundaries, spacebyte_config_matching, spacebyte_parameter_count,
                                   token_gpt_config_matching)
 from bytemodels import tokens  # noqa: E402
 from bytemodels.budget import parse_duration  # noqa: E402
