@@ -423,10 +423,10 @@ def entropy_threshold(windows: np.ndarray, entropy_table: torch.Tensor, mean_pat
         raise ValueError(f"mean patch size {mean_patch}: give 1 or more")
     entropy = next_byte_entropy(torch.from_numpy(np.asarray(windows, dtype=np.int64)), entropy_table)[:, 1:]
     values, counts = np.unique(entropy.numpy(), return_counts=True)
-    above = counts.sum() - np.cumsum(counts)  # starts past position 0 with a threshold of values[i]
+    thresholds = np.concatenate(([values[0] - 1.0], values))  # the first: a start at every position
+    above = counts.sum() - np.concatenate(([0], np.cumsum(counts)))  # starts past position 0 at each threshold
     wanted = windows.size / mean_patch - len(windows)
-    best = int(np.argmin(np.abs(above - wanted)))
-    return float(values[best]) if above[best] < counts.sum() or best else float(values[0]) - 1.0
+    return float(thresholds[int(np.argmin(np.abs(above - wanted)))])
 
 
 def mean_patch_size(starts: torch.Tensor) -> float:
