@@ -17,12 +17,20 @@ Three models, built at the shape of a :class:`bytemodels.MegabyteConfig`:
   byte-level BPE tokens (pre-norm blocks, causal ``scaled_dot_product_attention``, tied input and output
   embeddings), again built from ``bytemodels.layers.Transformer`` so tokenization is the difference.
   :func:`token_gpt_config_matching` sizes it to a given parameter count.
+- :class:`SpaceByteModel` is a byte model whose patches follow the data (SpaceByte, Slagle 2024): local
+  blocks at every byte, wider global blocks only where a patcher starts a patch, their output added back
+  there, then more local blocks. Two patchers: :func:`space_boundaries` (SpaceByte's rule) and
+  :func:`entropy_boundaries` (BLT's global entropy threshold, the entropy from a byte n-gram table:
+  :func:`ngram_entropy_table`, :func:`entropy_threshold`). :func:`spacebyte_config_matching` sizes it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import NamedTuple
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -322,3 +330,244 @@ class MegabytePytorch(nn.Module):
         finally:
             self.model.max_seq_len = saved
         return out.reshape(prompt.shape[0], total)
+
+
+# ---------------------------------------------------------------------------------------------
+# Patches that follow the data: SpaceByte's model, its space patcher and BLT's entropy patcher
+# ---------------------------------------------------------------------------------------------
+#
+# A patcher maps ids (batch, time) to ``starts`` (batch, time) bool: ``starts[:, t]`` means a patch starts at
+# byte t, so position t (which predicts ids[:, t] from ids[:, :t]) runs the global blocks. It must read ids
+# before t only, so that the model stays causal; position 0 always starts a patch.
+
+#: Symbols of the n-gram entropy model: the 256 bytes, then one for every special id and for "before the window".
+NGRAM_SYMBOLS = tokens.NUM_BYTES + 1
+
+
+def is_spacelike(ids: torch.Tensor) -> torch.Tensor:
+    """SpaceByte's "spacelike" bytes: not an ASCII letter or digit and not a UTF-8 continuation byte
+    (0x80-0xBF); so spaces, punctuation, control bytes and UTF-8 lead bytes (0xC0-0xFF). Special ids are too."""
+    digit = (ids >= ord("0")) & (ids <= ord("9"))
+    letter = ((ids >= ord("A")) & (ids <= ord("Z"))) | ((ids >= ord("a")) & (ids <= ord("z")))
+    continuation = (ids >= 0x80) & (ids <= 0xBF)
+    return ~(digit | letter | continuation)
+
+
+def space_boundaries(ids: torch.Tensor) -> torch.Tensor:
+    """SpaceByte's patches: (batch, time) ids → (batch, time) bool patch starts.
+
+    SpaceByte runs its global blocks at each spacelike byte not preceded by another (and at every special id,
+    as it does at BOS), where the model predicts the byte after it: here that is a start at t + 1."""
+    spacelike = is_spacelike(ids)
+    after_other = torch.cat((torch.ones_like(spacelike[:, :1]), ~spacelike[:, :-1]), dim=1)
+    global_at = (spacelike & after_other) | (ids >= tokens.NUM_BYTES)
+    return torch.cat((torch.ones_like(global_at[:, :1]), global_at[:, :-1]), dim=1)
+
+
+def ngram_contexts(ids: torch.Tensor | np.ndarray, order: int):
+    """Each position's context index for an n-gram of ``order``: the ``order - 1`` ids before it (special ids and
+    positions before the window as one extra symbol), as a base-``NGRAM_SYMBOLS`` number. Same shape as ``ids``."""
+    lib = torch if isinstance(ids, torch.Tensor) else np
+    symbols = lib.clip(ids, 0, tokens.NUM_BYTES)  # every special id is symbol 256
+    context = lib.zeros_like(symbols)
+    for back in range(1, order):
+        before = lib.full_like(symbols, tokens.NUM_BYTES)
+        before[:, back:] = symbols[:, :-back]
+        context = context * NGRAM_SYMBOLS + before
+    return context
+
+
+def ngram_entropy_table(windows: np.ndarray, order: int = 3, smoothing: float = 0.1) -> torch.Tensor:
+    """Next-byte entropy in bits for every context of a byte n-gram model counted from ``windows`` (n, time) of
+    training ids, with add-``smoothing`` counts: (NGRAM_SYMBOLS ** (order - 1),) float32.
+
+    BLT trains a small byte transformer for this entropy; a counted n-gram gives the same kind of signal
+    (high where the next byte is hard to guess: word starts, digits) at no training or inference cost on a CPU,
+    so its time does not distort an equal-time comparison."""
+    if order < 1:
+        raise ValueError(f"order={order}: an n-gram needs order 1 or more")
+    windows = np.asarray(windows, dtype=np.int64)
+    joint = ngram_contexts(windows, order) * NGRAM_SYMBOLS + np.clip(windows, 0, tokens.NUM_BYTES)
+    counts = np.bincount(joint.ravel(), minlength=NGRAM_SYMBOLS ** order).reshape(-1, NGRAM_SYMBOLS)
+    probs = (counts + smoothing) / (counts.sum(axis=1, keepdims=True) + smoothing * NGRAM_SYMBOLS)
+    return torch.from_numpy(-(probs * np.log2(probs)).sum(axis=1).astype(np.float32))
+
+
+def ngram_order(entropy_table: torch.Tensor) -> int:
+    """The n-gram order a table from :func:`ngram_entropy_table` was counted at."""
+    order, size = 1, 1
+    while size < len(entropy_table):
+        order, size = order + 1, size * NGRAM_SYMBOLS
+    if size != len(entropy_table):
+        raise ValueError(f"an entropy table of {len(entropy_table)} contexts is not a power of {NGRAM_SYMBOLS}")
+    return order
+
+
+def next_byte_entropy(ids: torch.Tensor, entropy_table: torch.Tensor) -> torch.Tensor:
+    """H(ids[:, t] | the n-gram context before t) in bits for every position: (batch, time) float32."""
+    return entropy_table[ngram_contexts(ids.long(), ngram_order(entropy_table))]
+
+
+def entropy_boundaries(ids: torch.Tensor, entropy_table: torch.Tensor, threshold: float) -> torch.Tensor:
+    """BLT's global-threshold entropy patches: (batch, time) ids → (batch, time) bool patch starts, a start
+    wherever the next-byte entropy (from the bytes before it only) exceeds ``threshold``, and at position 0."""
+    starts = next_byte_entropy(ids, entropy_table) > threshold
+    starts[:, 0] = True
+    return starts
+
+
+def entropy_threshold(windows: np.ndarray, entropy_table: torch.Tensor, mean_patch: float) -> float:
+    """The threshold whose patches on ``windows`` (n, time) have a mean size (positions per start) nearest
+    ``mean_patch``. Entropies take few distinct values (one per context), so the choice is among them."""
+    if not mean_patch >= 1:
+        raise ValueError(f"mean patch size {mean_patch}: give 1 or more")
+    entropy = next_byte_entropy(torch.from_numpy(np.asarray(windows, dtype=np.int64)), entropy_table)[:, 1:]
+    values, counts = np.unique(entropy.numpy(), return_counts=True)
+    thresholds = np.concatenate(([values[0] - 1.0], values))  # the first: a start at every position
+    above = counts.sum() - np.concatenate(([0], np.cumsum(counts)))  # starts past position 0 at each threshold
+    wanted = windows.size / mean_patch - len(windows)
+    return float(thresholds[int(np.argmin(np.abs(above - wanted)))])
+
+
+def mean_patch_size(starts: torch.Tensor) -> float:
+    """Positions per patch start."""
+    return starts.numel() / max(int(starts.sum()), 1)
+
+
+@dataclass
+class SpaceByteConfig:
+    """Shape of a :class:`SpaceByteModel`: local blocks at every byte around wider global blocks at patch starts."""
+
+    local_dim: int = 256
+    """Width of the byte-level (local) blocks."""
+    local_layers_before: int = 2
+    """Local blocks before the global ones."""
+    local_layers_after: int = 2
+    """Local blocks after the global ones."""
+    local_heads: int = 4
+    global_dim: int = 512
+    """Width of the patch-level (global) blocks."""
+    global_layers: int = 4
+    global_heads: int = 8
+    max_seq_len: int = 2048
+    """Longest sequence in bytes."""
+    num_tags: int = tokens.DEFAULT_NUM_TAGS
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-5
+    token_shift: bool = True
+    qk_norm: bool = True
+
+    def __post_init__(self) -> None:
+        for dim, heads in ((self.local_dim, self.local_heads), (self.global_dim, self.global_heads)):
+            if dim % heads or (dim // heads) % 2:
+                raise ValueError(f"dim={dim}, heads={heads}: the width must split into heads of even size")
+
+    @property
+    def vocab_size(self) -> int:
+        return tokens.vocab_size(self.num_tags)
+
+    def flops_per_byte(self, mean_patch: float, training: bool = True) -> float:
+        """Estimated FLOPs per byte with patches of ``mean_patch`` bytes on average (the BLT paper's count):
+        2 x the block matmuls plus causal attention, local blocks at every byte, global blocks and the two
+        projections once per patch, and the output head; x3 for training (forward and backward)."""
+        def blocks(dim: int, layers: int, context: float) -> float:
+            block_matmul = 4 * dim * dim + 2 * dim * int(self.mlp_ratio * dim)
+            return 2 * layers * block_matmul + 2 * layers * 2 * dim * context / 2
+
+        local_layers = self.local_layers_before + self.local_layers_after
+        per_byte = blocks(self.local_dim, local_layers, self.max_seq_len)
+        per_byte += (blocks(self.global_dim, self.global_layers, self.max_seq_len / mean_patch)
+                     + 2 * 2 * self.local_dim * self.global_dim) / mean_patch
+        per_byte += 2 * self.local_dim * self.vocab_size
+        return per_byte * (3 if training else 1)
+
+
+class SpaceByteModel(nn.Module):
+    """SpaceByte-style byte model over any patcher (Slagle 2024, arXiv:2404.14408), built from
+    ``bytemodels.layers.Transformer`` stacks: local blocks over every byte, then at the positions where
+    ``boundaries(ids)`` starts a patch the hidden state is projected to the global width, the global blocks run
+    causally over those positions only, and their output is projected back and added there; then the last local
+    blocks and the output head.
+
+    Batched with different patch counts per row: each row's start positions are gathered in order and padded
+    at the end to the batch's largest count; causal attention keeps real positions from seeing the padding,
+    whose outputs are dropped before the scatter. ``forward(ids, targets=None)`` follows the other peers:
+    logits[:, t] predicts ids[:, t] from ids[:, :t] (a learned start vector stands before ids[:, 0]).
+
+    Differences from SpaceByte's code: learned projections between the widths (it zero-pads and slices),
+    rotary positions (it learns absolute ones), full causal attention in the local blocks (it uses a window of
+    ``local_dim`` bytes) and no cap on the patches of a window (it drops the targets past its cap)."""
+
+    def __init__(self, config: SpaceByteConfig, boundaries: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.config = config
+        self.boundaries = boundaries
+
+        def stack(dim: int, layers: int, heads: int) -> Transformer:
+            return Transformer(dim, layers, heads, config.mlp_ratio, config.dropout, config.rope_base,
+                               config.norm_eps, config.token_shift, config.qk_norm)
+
+        self.embed = ScaledEmbedding(config.vocab_size, config.local_dim, EMBED_GAIN)
+        self.start = nn.Parameter(torch.randn(config.local_dim))
+        self.drop = nn.Dropout(config.dropout)
+        self.local_before = stack(config.local_dim, config.local_layers_before, config.local_heads)
+        self.to_global = nn.Linear(config.local_dim, config.global_dim, bias=False)
+        self.global_blocks = stack(config.global_dim, config.global_layers, config.global_heads)
+        self.from_global = nn.Linear(config.global_dim, config.local_dim, bias=False)
+        self.local_after = stack(config.local_dim, config.local_layers_after, config.local_heads)
+        self.head = ScaledLinear(config.local_dim, config.vocab_size, HEAD_GAIN)
+        init_weights(self)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None) -> ModelOutput:
+        batch, time = ids.shape
+        if time > self.config.max_seq_len:
+            raise ValueError(f"sequence of {time} bytes is longer than max_seq_len={self.config.max_seq_len}")
+        x = torch.cat((self.start.expand(batch, 1, -1), self.embed(ids[:, :-1])), dim=1)  # (batch, time, local)
+        x = self.local_before(self.drop(x))
+        starts = self.boundaries(ids)  # (batch, time) bool, reads ids[:, :t] for position t
+        counts = starts.sum(dim=1)
+        patches = int(counts.max())
+        # Each row's start positions in order, then (padding) the other positions: a stable sort of ~starts.
+        order = torch.sort((~starts).to(torch.uint8), dim=1, stable=True).indices[:, :patches]  # (batch, patches)
+        real = torch.arange(patches, device=ids.device) < counts[:, None]  # (batch, patches)
+        where = order[..., None].expand(-1, -1, x.shape[-1])
+        y = self.global_blocks(self.to_global(x.gather(1, where)))  # (batch, patches, global)
+        x = x.scatter_add(1, where, self.from_global(y) * real[..., None].to(y.dtype))
+        logits = self.head(self.local_after(x))  # (batch, time, vocab)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=tokens.PAD_ID)
+        return ModelOutput(logits, loss)
+
+
+def spacebyte_parameter_count(config: SpaceByteConfig) -> int:
+    """Parameters of a SpaceByteModel, counted without allocating it."""
+    with torch.device("meta"):
+        return SpaceByteModel(config, space_boundaries).num_parameters()
+
+
+def spacebyte_config_matching(megabyte: MegabyteConfig, num_parameters: int,
+                              max_seq_len: int | None = None) -> SpaceByteConfig:
+    """The SpaceByte model at MEGABYTE's two widths and head counts: its local blocks as deep as MEGABYTE's local
+    stage (split before and after the global blocks, at least one each), and the global depth that best matches
+    ``num_parameters``."""
+    shape = ("local_dim", "local_layers_before", "local_layers_after", "local_heads", "global_dim", "global_layers",
+             "global_heads", "max_seq_len")
+    shared = {f.name: getattr(megabyte, f.name) for f in fields(SpaceByteConfig) if f.name not in shape}
+    local_layers = megabyte.layers[-1]
+
+    def at_depth(layers: int) -> SpaceByteConfig:
+        return SpaceByteConfig(local_dim=megabyte.local_dim, local_layers_before=max(1, local_layers // 2),
+                               local_layers_after=max(1, local_layers - local_layers // 2),
+                               local_heads=megabyte.heads[-1], global_dim=megabyte.global_dim, global_layers=layers,
+                               global_heads=megabyte.heads[0], max_seq_len=max_seq_len or megabyte.max_seq_len,
+                               **shared)
+
+    per_block = spacebyte_parameter_count(at_depth(2)) - spacebyte_parameter_count(at_depth(1))
+    shell = spacebyte_parameter_count(at_depth(1)) - per_block
+    return at_depth(max(1, round((num_parameters - shell) / per_block)))

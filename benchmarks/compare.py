@@ -25,9 +25,19 @@ peer (``--peers``)    what                                                      
                       trained on the training stories; the global stage's width and heads,
                       depth matched to bytemodels' parameters; windows of ``--gpt-context``
                       tokens (default: the byte window over the training bytes per token)
+``spacebyte``         SpaceByte (Slagle 2024): local blocks at every byte, global blocks at     text only
+                      patch starts after spacelike bytes; our blocks, bytemodels' widths,
+                      global depth matched to bytemodels' parameters
+``entropybyte``       the same model with BLT's entropy patches: a patch starts where a byte    all
+                      n-gram's next-byte entropy (``--ngram-order``, 3; counted on the training
+                      windows) exceeds a threshold set for a mean patch of ``--mean-patch``
+                      bytes (default: the space patches' mean on text, 6 elsewhere)
 ====================  ========================================================================  =========
 
-The default ``--peers`` is every peer that reads the data set (all four on text, the byte peers elsewhere).
+The default ``--peers`` is every peer that reads the data set (the first four on text, the byte peers elsewhere);
+the patching peers (``spacebyte``, ``entropybyte``) are measured when named. Every model row gives its training
+FLOPs per byte (forward and backward; the patching peers' at the mean patch size reached on the validation windows),
+so equal-FLOPs comparisons can be read beside the equal-time ones.
 The GPT is scored on every validation token once (non-overlapping windows of its context, each story's
 tokens then one EOS id; EOS is trained on but, as for the byte peers, not scored), and its bits are divided
 by the validation bytes the byte peers are scored on; the tokens are checked to decode to exactly those
@@ -95,8 +105,11 @@ from torch import Tensor, nn  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from benchmarks import compressors  # noqa: E402
-from benchmarks.baselines import (FlatTransformer, MegabytePytorch, TokenGpt, TokenGptConfig,  # noqa: E402
-                                  flat_config_matching, token_gpt_config_matching)
+from benchmarks.baselines import (FlatTransformer, MegabytePytorch, SpaceByteConfig, SpaceByteModel,  # noqa: E402
+                                  TokenGpt, TokenGptConfig, entropy_boundaries, entropy_threshold,
+                                  flat_config_matching, mean_patch_size, ngram_entropy_table, ngram_order,
+                                  space_boundaries, spacebyte_config_matching, spacebyte_parameter_count,
+                                  token_gpt_config_matching)
 from bytemodels import tokens  # noqa: E402
 from bytemodels.budget import parse_duration  # noqa: E402
 from bytemodels.config import MegabyteConfig  # noqa: E402
@@ -116,11 +129,23 @@ BYTE_PEERS = PEERS[:3]
 """The peers that read bytes, on every data set; ``gpt-bpe`` reads BPE tokens of text."""
 TOKEN_PEER = "gpt-bpe"
 TOKEN_PEER_MODALITY = "text"
+PATCH_PEERS = ("spacebyte", "entropybyte")
+"""Byte peers whose patches follow the data (measured only when ``--peers`` names them)."""
+TEXT_ONLY_PEERS = (TOKEN_PEER, "spacebyte")
+ALL_PEERS = PEERS + PATCH_PEERS
+DEFAULT_NGRAM_ORDER = 3
+"""Order of the byte n-gram whose next-byte entropy places the entropy peer's patches."""
+DEFAULT_MEAN_PATCH = 6.0
+"""The entropy peer's mean patch size where the data is not text (on text: the space patcher's mean)."""
+PATCH_GAIN_RULE = 0.03
+"""A patcher is worth supporting only if it lowers bits per byte by at least this fraction (at equal time)."""
 PEER_TITLES = {
     "bytemodels": "bytemodels Megabyte",
     "megabyte-pytorch": "MEGABYTE-pytorch 0.3.6 (pad id 256)",
     "flat": "flat byte transformer",
     "gpt-bpe": "GPT on byte-level BPE tokens (nanoGPT-style)",
+    "spacebyte": "SpaceByte (space patches)",
+    "entropybyte": "SpaceByte model, BLT entropy patches (n-gram)",
 }
 DEFAULT_BPE_VOCAB = 4096
 #: The model flags' group in ``--help``: which peers each field reaches.
@@ -345,8 +370,9 @@ def byte_nats(logits: Tensor, ids: Tensor, patch_size: int) -> tuple[np.ndarray,
     return by_position.double().numpy(), counts.numpy()
 
 
-def build_peer(peer: str, config: MegabyteConfig, seed: int) -> nn.Module:
-    """``bytemodels``, ``megabyte-pytorch`` or ``flat`` at the shape of ``config``, seeded the same way."""
+def build_peer(peer: str, config: MegabyteConfig, seed: int, patching: PatchSetup | None = None) -> nn.Module:
+    """``bytemodels``, ``megabyte-pytorch`` or ``flat`` at the shape of ``config``, seeded the same way; with
+    ``patching``, also ``spacebyte`` and ``entropybyte`` (their patchers come from it)."""
     torch.manual_seed(seed)
     if peer == "bytemodels":
         return Megabyte(config)
@@ -356,7 +382,95 @@ def build_peer(peer: str, config: MegabyteConfig, seed: int) -> nn.Module:
         ours = sum(p.numel() for p in Megabyte(config).parameters())
         torch.manual_seed(seed)
         return FlatTransformer(flat_config_matching(config, ours))
-    raise ValueError(f"unknown byte peer {peer!r}; choose from {', '.join(BYTE_PEERS)}")
+    if peer in PATCH_PEERS and patching is not None:
+        return SpaceByteModel(patching.config, patching.patcher(peer))
+    raise ValueError(f"unknown byte peer {peer!r}; choose from {', '.join(BYTE_PEERS + PATCH_PEERS)}")
+
+
+def peer_flops_per_byte(peer: str, model: nn.Module, config: MegabyteConfig,
+                        patching: PatchSetup | None = None) -> float:
+    """Training FLOPs per byte of a byte peer (forward and backward, the nanoGPT/BLT count: 2 x matmul
+    parameters per position plus causal attention); a patching peer's at its mean validation patch size."""
+    if peer == "megabyte-pytorch":  # our shape without cross-patch attention, which the package does not have
+        return dataclasses.replace(config, cross_patch=False).flops_per_byte()
+    if isinstance(model, FlatTransformer):
+        return model.config.flops_per_byte()
+    if isinstance(model, SpaceByteModel) and patching is not None:
+        return model.config.flops_per_byte(patching.val_mean_patch[peer])
+    return config.flops_per_byte()
+
+
+def token_gpt_flops_per_byte(config: TokenGptConfig, bytes_per_token: float) -> float:
+    """Training FLOPs per byte of the token GPT: the flat count per token (its context in tokens, its tied head)
+    over the bytes a token stands for."""
+    hidden = int(config.mlp_ratio * config.dim)
+    block_matmul = 4 * config.dim * config.dim + 2 * config.dim * hidden
+    per_token = (2 * config.layers * block_matmul + 2 * config.layers * 2 * config.dim * config.context / 2
+                 + 2 * config.dim * config.vocab_size)
+    return 3 * per_token / bytes_per_token
+
+
+@dataclass
+class PatchSetup:
+    """What the patching peers share on one data set: the model shape, the entropy model and the patch sizes."""
+
+    config: SpaceByteConfig
+    bytemodels_parameters: int
+    entropy_table: Tensor
+    """(contexts,) next-byte entropy in bits of the byte n-gram counted on the training windows."""
+    threshold: float
+    """Entropy (bits) above which a patch starts, set on the training windows for ``target_mean_patch``."""
+    target_mean_patch: float
+    train_mean_patch: dict[str, float]
+    """Mean patch size (positions per start) of each patcher on the training windows the table was counted on."""
+    val_mean_patch: dict[str, float]
+    """The same on the validation windows the peers are scored on."""
+    checks: dict[str, Any]
+
+    def patcher(self, peer: str) -> Callable[[Tensor], Tensor]:
+        """The patch starts of ``spacebyte`` or ``entropybyte``, as a function of ids."""
+        if peer == "spacebyte":
+            return space_boundaries
+        table, threshold = self.entropy_table, self.threshold
+        return lambda ids: entropy_boundaries(ids, table, threshold)
+
+
+PATCH_STATS_WINDOWS = 4096
+"""Training windows the n-gram is counted on and the thresholds are set on (all of them if fewer)."""
+
+
+def prepare_patch_peers(name: str, config: MegabyteConfig, train_windows: Windows, val_ids: np.ndarray, seed: int,
+                        peers: Sequence[str], mean_patch: float | None, ngram_order: int) -> PatchSetup:
+    """Count the entropy n-gram on the training windows, set its threshold for the mean patch size (``None``:
+    the space patcher's mean on text, ``DEFAULT_MEAN_PATCH`` elsewhere), size the model to bytemodels' parameters,
+    and check each patching peer is causal."""
+    train_ids = train_windows.fixed(PATCH_STATS_WINDOWS)
+    table = ngram_entropy_table(train_ids, ngram_order)
+    space_train = mean_patch_size(space_boundaries(torch.from_numpy(train_ids)))
+    target = mean_patch or (space_train if name == TOKEN_PEER_MODALITY else DEFAULT_MEAN_PATCH)
+    threshold = entropy_threshold(train_ids, table, target)
+    starts = {"spacebyte": space_boundaries, "entropybyte": lambda ids: entropy_boundaries(ids, table, threshold)}
+    train_mean = {peer: mean_patch_size(rule(torch.from_numpy(train_ids))) for peer, rule in starts.items()}
+    val_mean = {peer: mean_patch_size(rule(torch.from_numpy(val_ids))) for peer, rule in starts.items()}
+    ours = sum(p.numel() for p in Megabyte(config).parameters())
+    shape = spacebyte_config_matching(config, ours)
+    setup = PatchSetup(shape, ours, table, threshold, target, train_mean, val_mean, {})
+    ids = torch.from_numpy(train_windows.batch(seed, 0, 2))
+    with torch.no_grad():
+        for peer in (p for p in PATCH_PEERS if p in peers):
+            model = build_peer(peer, config, seed, setup)
+            for position in (ids.shape[1] // 2, ids.shape[1] // 2 + 3):
+                if not is_causal(model, ids, position):
+                    raise RuntimeError(f"{peer}: logits before position {position} change with later ids")
+            setup.checks[f"untrained_{peer}"] = float(training_loss(peer_logits(model, ids), ids))
+    setup.checks["causal"] = True
+    tqdm.write(f"{name}: patching peers {spacebyte_parameter_count(shape):,} parameters (global "
+               f"{shape.global_layers} x {shape.global_dim}, local {shape.local_layers_before}+"
+               f"{shape.local_layers_after} x {shape.local_dim}) against bytemodels' {ours:,}; {ngram_order}-gram "
+               f"entropy threshold {threshold:.3f} bits for a mean patch of {target:.2f}; mean patch on training / "
+               f"validation windows: " + ", ".join(f"{peer} {train_mean[peer]:.2f} / {val_mean[peer]:.2f}"
+                                                   for peer in starts) + "; causal")
+    return setup
 
 
 def is_causal(model: nn.Module, ids: Tensor, position: int) -> bool:
@@ -727,13 +841,16 @@ class PeerSetup:
     checks: dict[str, Any]
     tokens: TokenSetup | None = None
     """The GPT peer's tokenizer and streams, when it is one of the peers."""
+    patching: PatchSetup | None = None
+    """The patching peers' shape, entropy model and patch sizes, when one of them is a peer."""
 
 
 def prepare_peers(data: BenchData, config: MegabyteConfig, seed: int, cache_dir: Path,
                   eval_windows: int | None, peers: Sequence[str] = BYTE_PEERS, bpe_vocab: int = DEFAULT_BPE_VOCAB,
-                  gpt_context: int | None = None) -> PeerSetup:
+                  gpt_context: int | None = None, mean_patch: float | None = None,
+                  ngram_order: int = DEFAULT_NGRAM_ORDER) -> PeerSetup:
     """Open ``data``'s windows and run ``check_peers`` once, for every peer and learning rate trained on it
-    (and, for ``gpt-bpe``, ``prepare_token_peer``)."""
+    (and, for ``gpt-bpe``, ``prepare_token_peer``; for the patching peers, ``prepare_patch_peers``)."""
     train_set, val_set = build_datasets(data, cache_dir)
     train_windows = train_set.windows(config.max_seq_len, config.patch_size, config.num_tags)
     val_windows = val_set.windows(config.max_seq_len, config.patch_size, config.num_tags)
@@ -746,7 +863,10 @@ def prepare_peers(data: BenchData, config: MegabyteConfig, seed: int, cache_dir:
     token_setup = None
     if TOKEN_PEER in peers:
         token_setup = prepare_token_peer(data, config, seed, cache_dir, bpe_vocab, gpt_context)
-    return PeerSetup(data.name, config, train_windows, val_ids, check, token_setup)
+    patching = None
+    if any(peer in PATCH_PEERS for peer in peers):
+        patching = prepare_patch_peers(data.name, config, train_windows, val_ids, seed, peers, mean_patch, ngram_order)
+    return PeerSetup(data.name, config, train_windows, val_ids, check, token_setup, patching)
 
 
 def train_peers(setup: PeerSetup, plan: TrainPlan, peers: list[str]) -> dict[str, Any]:
@@ -759,18 +879,32 @@ def train_peers(setup: PeerSetup, plan: TrainPlan, peers: list[str]) -> dict[str
             if setup.tokens is None:
                 raise ValueError(f"{setup.name}: the {TOKEN_PEER} peer was not prepared (prepare_peers' peers)")
             record = train_token_peer(setup.tokens, plan, f"{setup.name}: {peer}")
+            record["flops_per_byte"] = token_gpt_flops_per_byte(setup.tokens.config, record["bytes_per_token"])
             tqdm.write(f"{setup.name:6s} {peer:17s} {record['bits_per_byte']:.4f} bits/byte after {record['steps']} "
                        f"steps, {record['train_seconds']:.0f} s, {record['bytes_per_token']:.2f} bytes/token")
             results["peers"][peer] = record
             continue
-        model = build_peer(peer, config, plan.seed)
-        record = {"parameters": sum(p.numel() for p in model.parameters())}
+        if peer in PATCH_PEERS and setup.patching is None:
+            raise ValueError(f"{setup.name}: the {peer} peer was not prepared (prepare_peers' peers)")
+        model = build_peer(peer, config, plan.seed, setup.patching)
+        record = {"parameters": sum(p.numel() for p in model.parameters()),
+                  "flops_per_byte": peer_flops_per_byte(peer, model, config, setup.patching)}
         if isinstance(model, FlatTransformer):
             record["flat_config"] = dataclasses.asdict(model.config)
+        if isinstance(model, SpaceByteModel) and setup.patching is not None:
+            patching = setup.patching
+            record.update(spacebyte_config=dataclasses.asdict(model.config),
+                          bytemodels_parameters=patching.bytemodels_parameters,
+                          train_mean_patch=patching.train_mean_patch[peer], val_mean_patch=patching.val_mean_patch[peer],
+                          checks=patching.checks)
+            if peer == "entropybyte":
+                record.update(entropy_threshold_bits=patching.threshold, target_mean_patch=patching.target_mean_patch,
+                              ngram_order=ngram_order(patching.entropy_table))
         record.update(train(model, setup.train_windows, plan, f"{setup.name}: {peer}"))
         record.update(evaluate(model, setup.val_ids, plan.batch_size, config.patch_size))
         tqdm.write(f"{setup.name:6s} {peer:17s} {record['bits_per_byte']:.4f} bits/byte after {record['steps']} "
-                   f"steps, {record['train_seconds']:.0f} s")
+                   f"steps, {record['train_seconds']:.0f} s, {record['flops_per_byte'] / 1e6:.2f} MFLOP/byte"
+                   + (f", mean patch {record['val_mean_patch']:.2f}" if "val_mean_patch" in record else ""))
         results["peers"][peer] = record
     return results
 
@@ -841,13 +975,15 @@ def table_rows(results: dict[str, Any]) -> dict[str, dict[str, str]]:
     for name, result in results.items():
         for method, value in result.get("compressors", {}).items():
             rows.setdefault(method, {})[name] = f"{value:.3f}"
-    for peer in PEERS:
+    for peer in ALL_PEERS:
         for name, result in results.items():
             record = result.get("models", {}).get("peers", {}).get(peer)
             if record:
                 rows.setdefault(PEER_TITLES[peer], {})[name] = (
                     f"**{record['bits_per_byte']:.3f}** ({record['parameters'] / 1e6:.2f}M params, "
                     f"{record['steps']} steps, {record['train_seconds']:.0f} s"
+                    + (f", {record['flops_per_byte'] / 1e6:.2f} MFLOP/byte" if "flops_per_byte" in record else "")
+                    + (f", mean patch {record['val_mean_patch']:.2f}" if "val_mean_patch" in record else "")
                     + (f", {record['bytes_per_token']:.2f} bytes/token" if "bytes_per_token" in record else "")
                     + (f", lr {record['lr']:g}" if "lr" in record else "") + ")")
     return rows
@@ -881,6 +1017,15 @@ def target_lines(results: dict[str, Any], seconds: float | None = None) -> list[
             best_method, best = min(kept.items(), key=lambda item: item[1])
             lines.append(f"{name}: bytemodels {ours:.3f} vs {best_method} {best:.3f} (target: below) "
                          f"-> {'met' if ours < best else 'not met'}")
+        for peer in PATCH_PEERS:
+            theirs = models.get(peer, {}).get("bits_per_byte")
+            if theirs is not None:
+                gain = 1.0 - theirs / ours
+                flops = models[peer]["flops_per_byte"] / models["bytemodels"]["flops_per_byte"]
+                lines.append(f"{name}: {peer} {theirs:.3f} vs bytemodels {ours:.3f}, {100 * abs(gain):.1f}% "
+                             f"{'lower' if gain >= 0 else 'higher'} at {flops:.2f}x its FLOPs per byte (rule: at least "
+                             f"{100 * PATCH_GAIN_RULE:.0f}% lower at equal time) -> "
+                             f"{'met' if gain >= PATCH_GAIN_RULE else 'not met'}")
         if name == "text" and seconds is not None and seconds >= 30 * 60:
             lines.append(f"text: bytemodels {ours:.3f} bits/byte (target after 30 min of CPU training: at most 1.2) "
                          f"-> {'met' if ours <= 1.2 else 'not met'}")
@@ -961,13 +1106,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="torch.compile every peer's training loss (the compiling first step is not counted)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads for all peers")
     parser.add_argument("--peers", default=None,
-                        help=f"comma-separated subset of {', '.join(PEERS)} (default: every peer that reads the data "
-                             f"set; {TOKEN_PEER} reads text only)")
+                        help=f"comma-separated subset of {', '.join(ALL_PEERS)} (default: every peer of "
+                             f"{', '.join(PEERS)} that reads the data set; {', '.join(TEXT_ONLY_PEERS)} read text only)")
     parser.add_argument("--bpe-vocab", type=int, default=DEFAULT_BPE_VOCAB,
                         help=f"{TOKEN_PEER}: BPE vocabulary size, the 256 byte symbols and EOS included")
     parser.add_argument("--gpt-context", type=int, default=0,
                         help=f"{TOKEN_PEER}: window length in tokens (0: the byte window's bytes over the training "
                              "text's bytes per token)")
+    parser.add_argument("--mean-patch", type=float, default=None,
+                        help="entropybyte: mean patch size its entropy threshold aims at on the training windows "
+                             f"(default: the space patcher's mean on text, {DEFAULT_MEAN_PATCH:g} elsewhere)")
+    parser.add_argument("--ngram-order", type=int, default=DEFAULT_NGRAM_ORDER,
+                        help="entropybyte: order of the byte n-gram whose next-byte entropy places the patches")
     parser.add_argument("--skip-models", action="store_true", help="compressor and format rows only")
     parser.add_argument("--skip-compressors", action="store_true", help="model rows only")
     parser.add_argument("--quick", action="store_true",
@@ -978,14 +1128,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.peers is not None:
         args.peers = [p.strip() for p in args.peers.split(",") if p.strip()]
-        unknown = sorted(set(args.peers) - set(PEERS))
+        unknown = sorted(set(args.peers) - set(ALL_PEERS))
         if unknown:
-            parser.error(f"--peers: unknown {unknown}; choose from {', '.join(PEERS)}")
+            parser.error(f"--peers: unknown {unknown}; choose from {', '.join(ALL_PEERS)}")
         if TOKEN_PEER in args.peers and args.modality != TOKEN_PEER_MODALITY:
             parser.error(f"--peers {TOKEN_PEER}: the tokenized GPT is measured on --modality {TOKEN_PEER_MODALITY} "
                          f"only, not {args.modality}")
+        if "spacebyte" in args.peers and args.modality != TOKEN_PEER_MODALITY:
+            parser.error(f"--peers spacebyte: space patches are measured on --modality {TOKEN_PEER_MODALITY} only, "
+                         f"not {args.modality}; entropybyte patches any data")
     if args.bpe_vocab < 258:  # the 256 byte symbols, EOS and at least one merge
         parser.error(f"--bpe-vocab {args.bpe_vocab}: give at least 258 (256 byte symbols, EOS, one merge)")
+    if args.mean_patch is not None and not args.mean_patch >= 1:
+        parser.error(f"--mean-patch {args.mean_patch}: give a mean patch size of 1 byte or more")
+    if not 1 <= args.ngram_order <= 3:  # the table has 257 ** order entries: order 4 would need 4 billion
+        parser.error(f"--ngram-order {args.ngram_order}: give 1, 2 or 3")
     if args.gpt_context < 0:
         parser.error(f"--gpt-context {args.gpt_context}: give a positive number of tokens, or 0 for the default")
     return args
@@ -1030,7 +1187,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             try:
                 config = model_config(args.preset, data, overrides, args.quick)
                 setup = prepare_peers(data, config, plan.seed, args.cache_dir, eval_windows, peers, args.bpe_vocab,
-                                      args.gpt_context or None)
+                                      args.gpt_context or None, args.mean_patch, args.ngram_order)
             except ValueError as error:  # a bad preset, field value or tokenizer: one line, not a traceback
                 raise SystemExit(f"compare.py: {name}: {error}") from None
             result["models"] = (sweep_peers(setup, plan, args.lrs, peers) if args.lrs
