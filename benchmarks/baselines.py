@@ -47,19 +47,9 @@ from bytemodels.layers import EMBED_GAIN, HEAD_GAIN, ScaledEmbedding, ScaledLine
 
 
 @dataclass
-class FlatConfig:
-    """Shape of a flat (one token per byte) decoder-only transformer."""
+class BlockSettings:
+    """What the peers' transformer blocks share with bytemodels' stages (the fields of the same names)."""
 
-    dim: int = 512
-    """Model width."""
-    layers: int = 8
-    """Transformer blocks."""
-    heads: int = 8
-    """Attention heads; ``dim / heads`` must be even (rotary positions rotate pairs)."""
-    max_seq_len: int = 2048
-    """Longest sequence in bytes."""
-    num_tags: int = tokens.DEFAULT_NUM_TAGS
-    """Modality tag ids reserved after PAD, BOS and EOS."""
     mlp_ratio: float = 4.0
     """Hidden width of each MLP as a multiple of the width."""
     dropout: float = 0.0
@@ -73,9 +63,40 @@ class FlatConfig:
     qk_norm: bool = True
     """RMSNorm of each head's queries and keys, as in bytemodels' stages."""
 
+    def stack(self, dim: int, layers: int, heads: int) -> Transformer:
+        """``layers`` blocks of width ``dim`` with these settings."""
+        return Transformer(dim, layers, heads, self.mlp_ratio, self.dropout, self.rope_base, self.norm_eps,
+                           self.token_shift, self.qk_norm)
+
+
+def check_heads(dim: int, heads: int) -> None:
+    if dim % heads or (dim // heads) % 2:
+        raise ValueError(f"dim={dim}, heads={heads}: the width must split into heads of even size")
+
+
+@dataclass
+class StackConfig(BlockSettings):
+    """Shape of one decoder-only transformer stack."""
+
+    dim: int = 512
+    """Model width."""
+    layers: int = 8
+    """Transformer blocks."""
+    heads: int = 8
+    """Attention heads; ``dim / heads`` must be even (rotary positions rotate pairs)."""
+
     def __post_init__(self) -> None:
-        if self.dim % self.heads or (self.dim // self.heads) % 2:
-            raise ValueError(f"dim={self.dim}, heads={self.heads}: the width must split into heads of even size")
+        check_heads(self.dim, self.heads)
+
+
+@dataclass
+class FlatConfig(StackConfig):
+    """Shape of a flat (one token per byte) decoder-only transformer."""
+
+    max_seq_len: int = 2048
+    """Longest sequence in bytes."""
+    num_tags: int = tokens.DEFAULT_NUM_TAGS
+    """Modality tag ids reserved after PAD, BOS and EOS."""
 
     @property
     def vocab_size(self) -> int:
@@ -97,6 +118,14 @@ class ModelOutput(NamedTuple):
     loss: torch.Tensor | None
 
 
+def with_loss(logits: torch.Tensor, targets: torch.Tensor | None) -> ModelOutput:
+    """The peers' output: logits, and with ``targets`` the mean cross-entropy in nats (``PAD_ID`` ignored)."""
+    loss = None
+    if targets is not None:
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=tokens.PAD_ID)
+    return ModelOutput(logits, loss)
+
+
 class FlatTransformer(nn.Module):
     """Decoder-only transformer with one token per byte: the baseline of the MEGABYTE paper.
 
@@ -111,9 +140,7 @@ class FlatTransformer(nn.Module):
         self.embed = ScaledEmbedding(config.vocab_size, config.dim, EMBED_GAIN)
         self.start = nn.Parameter(torch.randn(config.dim))
         self.drop = nn.Dropout(config.dropout)
-        self.transformer = Transformer(config.dim, config.layers, config.heads, config.mlp_ratio,
-                                       config.dropout, config.rope_base, config.norm_eps, config.token_shift,
-                                       config.qk_norm)
+        self.transformer = config.stack(config.dim, config.layers, config.heads)
         self.head = ScaledLinear(config.dim, config.vocab_size, HEAD_GAIN)
         init_weights(self)  # the same initialisation as bytemodels.Megabyte
 
@@ -128,10 +155,7 @@ class FlatTransformer(nn.Module):
         x = torch.cat((self.start.expand(batch, 1, -1), self.embed(ids[:, :-1])), dim=1)  # (batch, time, dim)
         x = self.transformer(self.drop(x))  # (batch, time, dim), final norm included
         logits = self.head(x)  # (batch, time, vocab)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=tokens.PAD_ID)
-        return ModelOutput(logits, loss)
+        return with_loss(logits, targets)
 
 
 def flat_parameter_count(config: FlatConfig) -> int:
@@ -164,27 +188,13 @@ def flat_config_matching(megabyte: MegabyteConfig, num_parameters: int, max_seq_
 
 
 @dataclass
-class TokenGptConfig:
+class TokenGptConfig(StackConfig):
     """Shape of a :class:`TokenGpt`: a decoder-only transformer over a tokenizer's ids."""
 
     vocab_size: int = 4096
     """Token ids, the tokenizer's special tokens included."""
-    dim: int = 512
-    layers: int = 8
-    heads: int = 8
-    """Attention heads; ``dim / heads`` must be even (rotary positions rotate pairs)."""
     context: int = 256
     """Longest sequence in tokens."""
-    mlp_ratio: float = 4.0
-    dropout: float = 0.0
-    rope_base: float = 10000.0
-    norm_eps: float = 1e-5
-    token_shift: bool = True
-    qk_norm: bool = True
-
-    def __post_init__(self) -> None:
-        if self.dim % self.heads or (self.dim // self.heads) % 2:
-            raise ValueError(f"dim={self.dim}, heads={self.heads}: the width must split into heads of even size")
 
 
 #: Spread of the tied embedding table at initialisation (nanoGPT's): with a unit-RMS final norm the first
@@ -208,9 +218,7 @@ class TokenGpt(nn.Module):
         self.embed = nn.Embedding(config.vocab_size, config.dim)
         self.start = nn.Parameter(torch.randn(config.dim))
         self.drop = nn.Dropout(config.dropout)
-        self.transformer = Transformer(config.dim, config.layers, config.heads, config.mlp_ratio,
-                                       config.dropout, config.rope_base, config.norm_eps, config.token_shift,
-                                       config.qk_norm)
+        self.transformer = config.stack(config.dim, config.layers, config.heads)
         init_weights(self)
         nn.init.normal_(self.embed.weight, std=TIED_EMBED_STD)  # also the output layer: see TIED_EMBED_STD
 
@@ -435,7 +443,7 @@ def mean_patch_size(starts: torch.Tensor) -> float:
 
 
 @dataclass
-class SpaceByteConfig:
+class SpaceByteConfig(BlockSettings):
     """Shape of a :class:`SpaceByteModel`: local blocks at every byte around wider global blocks at patch starts."""
 
     local_dim: int = 256
@@ -452,17 +460,10 @@ class SpaceByteConfig:
     max_seq_len: int = 2048
     """Longest sequence in bytes."""
     num_tags: int = tokens.DEFAULT_NUM_TAGS
-    mlp_ratio: float = 4.0
-    dropout: float = 0.0
-    rope_base: float = 10000.0
-    norm_eps: float = 1e-5
-    token_shift: bool = True
-    qk_norm: bool = True
 
     def __post_init__(self) -> None:
-        for dim, heads in ((self.local_dim, self.local_heads), (self.global_dim, self.global_heads)):
-            if dim % heads or (dim // heads) % 2:
-                raise ValueError(f"dim={dim}, heads={heads}: the width must split into heads of even size")
+        check_heads(self.local_dim, self.local_heads)
+        check_heads(self.global_dim, self.global_heads)
 
     @property
     def vocab_size(self) -> int:
@@ -504,11 +505,7 @@ class SpaceByteModel(nn.Module):
         super().__init__()
         self.config = config
         self.boundaries = boundaries
-
-        def stack(dim: int, layers: int, heads: int) -> Transformer:
-            return Transformer(dim, layers, heads, config.mlp_ratio, config.dropout, config.rope_base,
-                               config.norm_eps, config.token_shift, config.qk_norm)
-
+        stack = config.stack
         self.embed = ScaledEmbedding(config.vocab_size, config.local_dim, EMBED_GAIN)
         self.start = nn.Parameter(torch.randn(config.local_dim))
         self.drop = nn.Dropout(config.dropout)
@@ -539,10 +536,7 @@ class SpaceByteModel(nn.Module):
         y = self.global_blocks(self.to_global(x.gather(1, where)))  # (batch, patches, global)
         x = x.scatter_add(1, where, self.from_global(y) * real[..., None].to(y.dtype))
         logits = self.head(self.local_after(x))  # (batch, time, vocab)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=tokens.PAD_ID)
-        return ModelOutput(logits, loss)
+        return with_loss(logits, targets)
 
 
 def spacebyte_parameter_count(config: SpaceByteConfig) -> int:
