@@ -118,6 +118,21 @@ class ModelOutput(NamedTuple):
     loss: torch.Tensor | None
 
 
+class ShiftedPeer(nn.Module):
+    """What the peers built from our blocks share: a parameter count, and inputs shifted by one inside the model (a
+    learned start vector, then the embedding of the id before each position), so logits[:, t] predict ids[:, t]."""
+
+    start: nn.Parameter
+    embed: nn.Module
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def shifted_inputs(self, ids: torch.Tensor) -> torch.Tensor:
+        """(batch, time, width): the start vector, then the embeddings of ``ids[:, :-1]``."""
+        return torch.cat((self.start.expand(ids.shape[0], 1, -1), self.embed(ids[:, :-1])), dim=1)
+
+
 def with_loss(logits: torch.Tensor, targets: torch.Tensor | None) -> ModelOutput:
     """The peers' output: logits, and with ``targets`` the mean cross-entropy in nats (``PAD_ID`` ignored)."""
     loss = None
@@ -126,7 +141,7 @@ def with_loss(logits: torch.Tensor, targets: torch.Tensor | None) -> ModelOutput
     return ModelOutput(logits, loss)
 
 
-class FlatTransformer(nn.Module):
+class FlatTransformer(ShiftedPeer):
     """Decoder-only transformer with one token per byte: the baseline of the MEGABYTE paper.
 
     ``forward(ids, targets=None)`` matches :class:`bytemodels.Megabyte`: position t sees
@@ -144,15 +159,11 @@ class FlatTransformer(nn.Module):
         self.head = ScaledLinear(config.dim, config.vocab_size, HEAD_GAIN)
         init_weights(self)  # the same initialisation as bytemodels.Megabyte
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
     def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None) -> ModelOutput:
-        batch, time = ids.shape
+        time = ids.shape[1]
         if time > self.config.max_seq_len:
             raise ValueError(f"sequence of {time} bytes is longer than max_seq_len={self.config.max_seq_len}")
-        # Shift by one inside the model: the start vector, then the embedding of the id before each position.
-        x = torch.cat((self.start.expand(batch, 1, -1), self.embed(ids[:, :-1])), dim=1)  # (batch, time, dim)
+        x = self.shifted_inputs(ids)  # (batch, time, dim)
         x = self.transformer(self.drop(x))  # (batch, time, dim), final norm included
         logits = self.head(x)  # (batch, time, vocab)
         return with_loss(logits, targets)
@@ -202,7 +213,7 @@ class TokenGptConfig(StackConfig):
 TIED_EMBED_STD = 0.02
 
 
-class TokenGpt(nn.Module):
+class TokenGpt(ShiftedPeer):
     """nanoGPT-style GPT over token ids: pre-norm blocks with causal ``scaled_dot_product_attention``,
     rotary positions and our MLP (the blocks of ``bytemodels.layers.Transformer``, as the flat baseline
     and our stages use), and one embedding table that is also the output layer (tied, as in nanoGPT).
@@ -222,14 +233,11 @@ class TokenGpt(nn.Module):
         init_weights(self)
         nn.init.normal_(self.embed.weight, std=TIED_EMBED_STD)  # also the output layer: see TIED_EMBED_STD
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
     def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None) -> ModelOutput:
-        batch, time = ids.shape
+        time = ids.shape[1]
         if time > self.config.context:
             raise ValueError(f"sequence of {time} tokens is longer than context={self.config.context}")
-        x = torch.cat((self.start.expand(batch, 1, -1), self.embed(ids[:, :-1])), dim=1)  # (batch, time, dim)
+        x = self.shifted_inputs(ids)  # (batch, time, dim)
         x = self.transformer(self.drop(x))  # final norm included
         logits = F.linear(x, self.embed.weight)  # (batch, time, vocab): the tied output layer
         loss = None
@@ -485,7 +493,7 @@ class SpaceByteConfig(BlockSettings):
         return per_byte * (3 if training else 1)
 
 
-class SpaceByteModel(nn.Module):
+class SpaceByteModel(ShiftedPeer):
     """SpaceByte-style byte model over any patcher (Slagle 2024, arXiv:2404.14408), built from
     ``bytemodels.layers.Transformer`` stacks: local blocks over every byte, then at the positions where
     ``boundaries(ids)`` starts a patch the hidden state is projected to the global width, the global blocks run
@@ -517,14 +525,11 @@ class SpaceByteModel(nn.Module):
         self.head = ScaledLinear(config.local_dim, config.vocab_size, HEAD_GAIN)
         init_weights(self)
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
     def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None) -> ModelOutput:
-        batch, time = ids.shape
+        time = ids.shape[1]
         if time > self.config.max_seq_len:
             raise ValueError(f"sequence of {time} bytes is longer than max_seq_len={self.config.max_seq_len}")
-        x = torch.cat((self.start.expand(batch, 1, -1), self.embed(ids[:, :-1])), dim=1)  # (batch, time, local)
+        x = self.shifted_inputs(ids)  # (batch, time, local)
         x = self.local_before(self.drop(x))
         starts = self.boundaries(ids)  # (batch, time) bool, reads ids[:, :t] for position t
         counts = starts.sum(dim=1)
