@@ -44,8 +44,9 @@ from compressors import flac_size, general_compressors, png_size  # noqa: E402
 import bytecodecs  # noqa: E402
 from bytemodels import decompress  # noqa: E402
 from bytemodels.checkpoint import load_model, open_checkpoint  # noqa: E402
-from bytemodels.cli import _codec_restore, bits_per_byte, checkpoint_codec, checkpoint_layout, compress_with_checkpoint  # noqa: E402
-from bytemodels.cli import _separated_documents, document_separator, raw_records  # noqa: E402
+from bytemodels.documents import bits_per_byte, checkpoint_layout, document_separator, raw_records  # noqa: E402
+from bytemodels.documents import separated_documents  # noqa: E402
+from bytemodels.file_compression import codec_restore, compress_with_checkpoint  # noqa: E402
 from bytemodels.data import split_documents  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,14 +75,14 @@ class Model:
         self.folder, self.metadata, self.state = open_checkpoint(path)
         self.separator = self.metadata.get("separator") if separator is None else separator
         self.model = load_model(self.folder, "cpu")
-        self.codec = checkpoint_codec(self.metadata)
+        self.codec = bytecodecs.codec_from_config(self.metadata["codec"]) if self.metadata.get("codec") else None
         self.layout = checkpoint_layout(self.metadata, self.codec)
         self.batch_size = batch_size
-        self.restore = _codec_restore(self.codec)
+        self.restore = codec_restore(self.codec)
 
     def compress(self, path: Path) -> tuple[bytes, float, int, str | None]:
         out = io.BytesIO()
-        bits, coded, through = compress_with_checkpoint(self.model, self.metadata, path, out,
+        bits, coded, through = compress_with_checkpoint(self.model, self.metadata, self.codec, path, out,
                                                         batch_size=self.batch_size, separator=self.separator)
         return out.getvalue(), bits, coded, through
 
@@ -90,7 +91,7 @@ class Model:
         if through is None:
             documents = raw_records(np.fromfile(path, dtype=np.uint8), self.layout, self.codec)
         elif self.layout == "packed" and self.separator:
-            documents = _separated_documents(self.codec, path, self.separator)
+            documents = separated_documents(self.codec, path, self.separator)
         else:
             documents = self.codec.encode_file(path)
         bits, _ = bits_per_byte(self.model, documents, self.codec.tag if self.codec else None, self.layout, 16)
@@ -205,7 +206,8 @@ def size_table(results: dict[str, Any]) -> str:
         lines.append(f"| {title} | " + " | ".join(cell(name) for name in columns) + " |")
 
     row("**bytemodels compress (.bmz files)**", lambda name: f"**{results[name]['bmz_bits_per_byte']:.3f}**")
-    row("the model's cross-entropy (bytemodels eval)", lambda name: f"{results[name]['eval_bits'] / results[name]['bytes'] * 1:.3f}")
+    row("the model's cross-entropy (bytemodels eval)",
+        lambda name: f"{results[name]['eval_bits'] / results[name]['bytes']:.3f}")
     row("overhead of the files over it", lambda name: f"{100 * results[name]['overhead']:.2f}%")
     for title, key in other.values():
         row(title, lambda name, key=key: f"{results[name][key]:.3f}" if key in results[name] else "-")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 MAGIC = b"\x89BMZ"  # PNG-style: a 7-bit transfer or a text-mode copy shows at once
 VERSION = 2

@@ -178,11 +178,12 @@ def sample(args: argparse.Namespace) -> None:
     import bytecodecs
     import torch
     from bytemodels.checkpoint import load_model, open_checkpoint
-    from bytemodels.cli import checkpoint_codec, stream_sample
+    from bytemodels.streaming import stream_sample
 
     device = resolve_device(args.device)  # before loading: a device this machine lacks is one line
     folder, metadata, _ = open_checkpoint(args.checkpoint)
-    codec = checkpoint_codec(metadata) or bytecodecs.get_codec("text")
+    recorded = metadata.get("codec")  # open_checkpoint checked its type; the codec says what is wrong with it
+    codec = bytecodecs.codec_from_config(recorded) if recorded else bytecodecs.get_codec("text")
     model = load_model(folder, device)  # open_checkpoint has checked the model files
     config = model.config
     data = codec.encode(story_prompt(args.prompt))

@@ -62,3 +62,12 @@ def test_the_wall_check_sees_lazy_and_from_imports():
               "from bytemodels import app\nfrom bytemodels.data import ByteDataset\n")
     assert sorted(m for m in imported_modules(source) if crosses_wall(m)) == ["bytecodecs.wav", "bytemodels.app"]
     assert len(CORE_MODULES) > 10  # the glob found the core
+
+
+FACE_USERS = sorted([*(CORE.parent / "recipes").glob("*.py"), *(CORE.parent / "benchmarks").glob("*.py")])
+
+
+@pytest.mark.parametrize("path", FACE_USERS, ids=lambda path: f"{path.parent.name}/{path.name}")
+def test_recipes_and_benchmarks_do_not_import_the_command(path):
+    """The command line is a face: what recipes and benchmarks share with it lives in core modules."""
+    assert "bytemodels.cli" not in imported_modules(path.read_text(encoding="utf-8")), path
