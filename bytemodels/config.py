@@ -53,9 +53,14 @@ class MegabyteConfig:
     previous patch's last byte (cross-patch attention); no new weights."""
     qk_norm: bool = True
     """RMSNorm of each attention head's queries and keys before rotary (QK-norm, as in OLMo 2)."""
+    hash_ngrams: tuple[int, ...] = ()
+    """Lengths of the byte n-grams (each at least 2) whose hashed embeddings are added to every byte's embedding,
+    the n-gram ending at that byte (the Byte Latent Transformer's hash n-gram embeddings); empty: none."""
+    hash_buckets: int = 16384
+    """Rows of each ``hash_ngrams`` table: n-grams share a row where their hashes collide."""
 
     def __post_init__(self) -> None:
-        for name in ("patch_sizes", "dims", "layers", "heads"):
+        for name in ("patch_sizes", "dims", "layers", "heads", "hash_ngrams"):
             value = getattr(self, name)
             if isinstance(value, int):
                 value = (value,)
@@ -143,6 +148,11 @@ class MegabyteConfig:
             raise ValueError(f"embed_dim={self.embed_dim} must be at least 1 (None: the local width)")
         if int(self.mlp_ratio * min(self.dims)) < 1:
             raise ValueError(f"mlp_ratio={self.mlp_ratio} leaves an MLP without hidden units at width {min(self.dims)}")
+        if self.hash_ngrams and (min(self.hash_ngrams) < 2 or max(self.hash_ngrams) > LIMITS["ngram"]
+                                 or len(set(self.hash_ngrams)) != len(self.hash_ngrams)):
+            raise ValueError(f"hash_ngrams={self.hash_ngrams}: give distinct n-gram lengths from 2 to {LIMITS['ngram']}")
+        if not 1 <= self.hash_buckets <= LIMITS["hash_buckets"]:
+            raise ValueError(f"hash_buckets={self.hash_buckets} must be in 1 .. {LIMITS['hash_buckets']:,}")
         for name in ("rope_base", "norm_eps"):
             if not getattr(self, name) > 0:  # also refuses nan
                 raise ValueError(f"{name}={getattr(self, name)} must be positive")
@@ -243,7 +253,7 @@ class OlderFormatError(ValueError):
 #: Upper bounds that ``validate`` checks, far above any real model (the largest preset has 15 blocks, width 1,024,
 #: 8,192 bytes of context); the data cache stores tags as int16.
 LIMITS: dict[str, float] = {"stages": 16, "dim": 1 << 16, "layers": 1 << 12, "max_seq_len": 1 << 26,
-                            "num_tags": (1 << 15) - 1, "mlp_ratio": 64}
+                            "num_tags": (1 << 15) - 1, "mlp_ratio": 64, "ngram": 64, "hash_buckets": 1 << 24}
 
 #: Named model shapes. ``tiny`` is for tests and CPU smoke runs; ``base`` is what a GPU user trains.
 PRESETS: dict[str, dict[str, Any]] = {

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from bytemodels import tokens
 from bytemodels.layers import StaticCache
+from bytemodels.ngrams import hash_ngrams
 from bytemodels.sampling import Sampler, producible_mask
 from bytemodels.stage_step import step_function
 
@@ -183,7 +184,10 @@ class IncrementalDecoder:
         if index == 0 and self.pad_units is not None:  # a left-padded row begins at its first real unit
             starts = starts | (positions[None, :] == self.pad_units[:, None])
         context = state.context[:, first: current + 1] if state.context is not None else None
-        x = stage.inputs(before.reshape(batch, time, unit), starts, context)
+        ngrams = self._ngrams(low, start + current * unit)
+        if ngrams is not None:
+            ngrams = ngrams.reshape(batch, time, unit, -1)
+        x = stage.inputs(before.reshape(batch, time, unit), starts, context, ngrams)
         if step is not None:
             hidden = step(x, *view, cos, sin)
         else:
@@ -204,15 +208,31 @@ class IncrementalDecoder:
             self._constants[name] = torch.full(shape, value, dtype=dtype, device=self.ids.device)
         return self._constants[name]
 
-    def _byte_inputs(self, state: _StageState) -> tuple[Tensor, Tensor, Tensor]:
+    def _byte_inputs(self, state: _StageState) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
         """The id before the local stage's next byte (at a group's first byte, the byte before the group; PAD
-        for none), the group's contexts and the byte's index among them: what ``ByteStep`` takes."""
+        for none), the rows of the hashed n-grams ending at it (None without them), the group's contexts and the
+        byte's index among them: what ``ByteStep`` takes."""
         first, start = state.processed, state.group_start
         # The group's contexts whole and the byte's index: a slice would be a new storage offset every byte.
         unit = self._constant(f"unit {first}", (1,), first, torch.long)
-        if start + first > 0:
-            return self._id_at(start + first - 1), state.context, unit
-        return self._constant("no byte", (self.ids.shape[0], 1), tokens.PAD_ID, self.ids.dtype), state.context, unit
+        position = start + first - 1
+        if position >= 0:
+            return self._id_at(position), self._ngrams(position, position + 1), state.context, unit
+        none = self._constant("no byte", (self.ids.shape[0], 1), tokens.PAD_ID, self.ids.dtype)
+        return none, self._ngrams(position, position + 1), state.context, unit
+
+    def _ngrams(self, low: int, high: int) -> Tensor | None:
+        """(batch, high - low, lengths) the table rows of the hashed n-grams ending at positions ``low .. high - 1``
+        (``Megabyte.forward``'s, PAD before the sequence), contiguous; None for a model without them."""
+        powers = self.model.ngram_powers
+        if powers is None:
+            return None
+        reach = powers.shape[0] - 1  # the ids before ``low`` that its n-grams read
+        first = low - reach
+        window = self.ids[:, max(first, 0):max(high, 0)]
+        if first < 0:
+            window = F.pad(window, (-first - max(0, -high), 0), value=tokens.PAD_ID)
+        return hash_ngrams(window, powers, self.model.config.hash_buckets)[:, reach:].contiguous()
 
     def _id_at(self, position: int) -> Tensor:
         """(batch, 1) the ids at ``position``, contiguous: a compiled step would recompile for every new stride

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from bytemodels import tokens
 from bytemodels.config import MegabyteConfig
 from bytemodels.layers import EMBED_GAIN, HEAD_GAIN, ScaledEmbedding, ScaledLinear, Transformer, init_weights
+from bytemodels.ngrams import hash_ngrams, ngram_powers
 
 
 class MegabyteOutput(NamedTuple):
@@ -34,23 +35,28 @@ class MegabyteOutput(NamedTuple):
 
 class UnitEmbedder(nn.Module):
     """Embeds the units of one stage: a byte, or a patch of ``unit`` bytes whose byte embeddings are
-    concatenated and projected to the stage width (the paper's patch embedder)."""
+    concatenated and projected to the stage width (the paper's patch embedder). With hashed n-grams, each
+    byte's embedding is the mean of its own and those of the n-grams ending at it (one table per length)."""
 
-    def __init__(self, vocab_size: int, unit: int, byte_dim: int, dim: int, gain: float = 1.0) -> None:
+    def __init__(self, vocab_size: int, unit: int, byte_dim: int, dim: int, gain: float = 1.0,
+                 ngram_tables: int = 0, buckets: int = 0) -> None:
         super().__init__()
         self.unit = unit
-        if unit == 1:
-            self.bytes = ScaledEmbedding(vocab_size, dim, gain)
-            self.project = None
-        else:
-            self.bytes = ScaledEmbedding(vocab_size, byte_dim, gain)
-            self.project = nn.Linear(unit * byte_dim, dim, bias=False)
+        width = dim if unit == 1 else byte_dim
+        self.bytes = ScaledEmbedding(vocab_size, width, gain)
+        self.project = None if unit == 1 else nn.Linear(unit * byte_dim, dim, bias=False)
+        # One table holds every length's rows, length k's from k * buckets (hash_ngrams gives the offsets).
+        self.ngrams = ScaledEmbedding(ngram_tables * buckets, width, gain) if ngram_tables else None
 
-    def forward(self, units: Tensor) -> Tensor:
-        """``units`` (..., unit) ids → (..., dim)."""
+    def forward(self, units: Tensor, ngrams: Tensor | None = None) -> Tensor:
+        """``units`` (..., unit) ids and, with n-gram tables, ``ngrams`` (..., unit, lengths) rows → (..., dim)."""
+        vectors = self.bytes(units)  # (..., unit, width)
+        if self.ngrams is not None:
+            # The mean keeps the embedding's spread that of one table's rows, whatever the number of lengths.
+            vectors = (vectors + self.ngrams(ngrams).sum(-2)) / (1 + ngrams.shape[-1])
         if self.project is None:
-            return self.bytes(units.squeeze(-1))
-        return self.project(rearrange(self.bytes(units), "... u e -> ... (u e)"))
+            return vectors.squeeze(-2)
+        return self.project(rearrange(vectors, "... u e -> ... (u e)"))
 
 
 class Stage(nn.Module):
@@ -63,7 +69,8 @@ class Stage(nn.Module):
         units, dims = config.unit_sizes, config.dims
         self.unit = units[index]
         dim = dims[index]
-        self.embed = UnitEmbedder(config.vocab_size, self.unit, config.byte_embed_dim, dim, EMBED_GAIN)
+        self.embed = UnitEmbedder(config.vocab_size, self.unit, config.byte_embed_dim, dim, EMBED_GAIN,
+                                  len(config.hash_ngrams), config.hash_buckets)
         self.start = nn.Parameter(torch.randn(dim))
         self.drop = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
         self.transformer = Transformer(dim, config.layers[index], config.heads[index], config.mlp_ratio,
@@ -78,15 +85,16 @@ class Stage(nn.Module):
             self.sub_units = self.unit // units[index + 1]
             self.to_next = nn.Linear(dim, self.sub_units * dims[index + 1], bias=False)
 
-    def inputs(self, before: Tensor, starts: Tensor, context: Tensor | None) -> Tensor:
+    def inputs(self, before: Tensor, starts: Tensor, context: Tensor | None, ngrams: Tensor | None = None) -> Tensor:
         """The inputs of some positions of a group, for training, a prompt's prefill and decoding alike.
 
         ``before`` (batch, time, unit) ids of the unit before each position; ``starts`` (bool, broadcast to
         (batch, time)) marks positions that begin a row (a group's first, or a left-padded row's first real
         unit); ``context`` (batch, time, d) or None. A position's input is the embedding of the unit before it,
         or at a start the learned start vector, plus, in the local stage, the embedding of the byte before the
-        group where it is real (not PAD); then its context is added."""
-        embedded = self.embed(before)  # (batch, time, d)
+        group where it is real (not PAD); then its context is added. With hashed n-grams, ``ngrams`` (batch, time,
+        unit, lengths) are the table rows of the n-grams ending at each id of ``before`` (``hash_ngrams``)."""
+        embedded = self.embed(before, ngrams)  # (batch, time, d)
         starts = starts.expand(embedded.shape[:2])[..., None]
         seen = ~starts
         if self.is_local:  # the byte before the group: PAD means none (sequence start, padding)
@@ -115,6 +123,9 @@ class Megabyte(nn.Module):
         self.config = config
         self.stages = nn.ModuleList(Stage(config, index) for index in range(config.num_stages))
         self.head = ScaledLinear(config.local_dim, config.vocab_size, HEAD_GAIN)
+        # The hash's weights (not saved: ngram_powers rebuilds them from the config); none without n-grams.
+        self.register_buffer("ngram_powers", ngram_powers(config.hash_ngrams) if config.hash_ngrams else None,
+                             persistent=False)
         init_weights(self)
 
     # -- training forward ------------------------------------------------------------------
@@ -134,14 +145,20 @@ class Megabyte(nn.Module):
         # The global stage's group is the whole sequence; each stage below runs on the units of one
         # unit of the stage above, folded into the batch.
         local_groups = padded_time // self.config.unit_sizes[-2]  # groups of the local stage per sequence
+        ngrams = hash_ngrams(ids, self.ngram_powers, self.config.hash_buckets) if self.config.hash_ngrams else None
         rows, context = batch, None
         for stage in self.stages:
             # Each stage's inputs read the unit before each of its positions (PAD before the sequence): the ids
             # shifted by one unit, grouped as the stage runs them.
             before = F.pad(ids, (stage.unit, -stage.unit), value=tokens.PAD_ID)
             before = rearrange(before, "b (n g u) -> (b n) g u", b=batch, u=stage.unit, n=rows // batch)
+            before_ngrams = None
+            if ngrams is not None:  # shifted alike; the rows before the sequence are never read (start vectors)
+                before_ngrams = F.pad(ngrams, (0, 0, stage.unit, -stage.unit))
+                before_ngrams = rearrange(before_ngrams, "b (n g u) k -> (b n) g u k", b=batch, u=stage.unit,
+                                          n=rows // batch)
             starts = torch.arange(before.shape[1], device=ids.device) == 0
-            x = stage.inputs(before, starts, context)
+            x = stage.inputs(before, starts, context, before_ngrams)
             if stage.is_local:
                 hidden = stage.transformer(x, groups=local_groups if stage.cross_patch else None)
                 break

@@ -47,7 +47,8 @@ class ByteStep(nn.Module):
     """The local stage's step: from the id before the new byte to the new byte's logits and a draw of it.
 
     ``previous`` (batch, 1) is the id before the new byte (at a group's first byte the byte before the group,
-    PAD for none), ``contexts`` (batch, group, dim) the whole group's, ``unit`` (1,) the new byte's index in it:
+    PAD for none), ``previous_ngrams`` (batch, 1, lengths) the table rows of the hashed n-grams ending at it (None
+    without them), ``contexts`` (batch, group, dim) the whole group's, ``unit`` (1,) the new byte's index in it:
     the input is ``Stage.inputs`` of them, as in training."""
 
     def __init__(self, stage: nn.Module, head: nn.Module) -> None:
@@ -56,7 +57,8 @@ class ByteStep(nn.Module):
         self.blocks = StageStep(stage.transformer)
         self.head = head
 
-    def forward(self, previous: Tensor, contexts: Tensor, unit: Tensor, keys: list[Tensor], values: list[Tensor],
+    def forward(self, previous: Tensor, previous_ngrams: Tensor | None, contexts: Tensor, unit: Tensor,
+                keys: list[Tensor], values: list[Tensor],
                 last_attn: list[Tensor], last_mlp: list[Tensor], slot: Tensor, readable: Tensor, cos: Tensor,
                 sin: Tensor, producible: Tensor | None = None, temperature: Tensor | None = None,
                 uniform: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
@@ -64,7 +66,8 @@ class ByteStep(nn.Module):
         ``temperature`` (0-d; 0 is greedy) with ``uniform`` (batch, 1) float64 among the ids ``producible``
         allows (``bytemodels.sampling.producible_mask``), or None without them; see :meth:`StageStep.forward`
         for the cache."""
-        x = self.stage.inputs(previous[..., None], (unit == 0)[None], contexts.index_select(1, unit))
+        ngrams = previous_ngrams[..., None, :] if previous_ngrams is not None else None
+        x = self.stage.inputs(previous[..., None], (unit == 0)[None], contexts.index_select(1, unit), ngrams)
         hidden = self.blocks(x, keys, values, last_attn, last_mlp, slot, readable, cos, sin)
         logits = self.head(hidden[:, 0]).float()
         if temperature is None:

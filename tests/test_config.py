@@ -43,6 +43,10 @@ def test_unknown_override_names_the_field():
     (dict(mlp_ratio=0.0), "mlp_ratio"),
     (dict(rope_base=-10.0), "rope_base"),
     (dict(norm_eps=0.0), "norm_eps"),
+    (dict(hash_ngrams=(1, 3)), "hash_ngrams"),  # a 1-gram is the byte's own embedding
+    (dict(hash_ngrams=(3, 3)), "hash_ngrams"),
+    (dict(hash_ngrams=(2, 100)), "hash_ngrams"),
+    (dict(hash_ngrams=(2,), hash_buckets=0), "hash_buckets"),
 ])
 def test_inconsistent_shapes_name_the_field(overrides, field):
     with pytest.raises(ValueError, match=field):

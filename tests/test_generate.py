@@ -15,6 +15,9 @@ SHAPES = {
                     max_seq_len=64),
     # Three local layers: with cross-patch attention a patch depends on the three patches before it.
     "deep local": dict(patch_sizes=(PATCH,), dims=(32, 16), layers=(1, 3), heads=(2, 1), max_seq_len=64),
+    # N-grams longer than a patch: a unit's rows read ids of the units before it, and before the prompt.
+    "hashed n-grams": dict(patch_sizes=(PATCH * 2, 2), dims=(32, 16, 16), layers=(1, 1, 1), heads=(2, 1, 1),
+                           max_seq_len=64, hash_ngrams=(2, 3, PATCH * 2 + 3), hash_buckets=61),
 }
 
 

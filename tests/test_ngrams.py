@@ -1,0 +1,72 @@
+"""Hashed byte n-gram embeddings: the rows the n-grams select, and a model with them through save, load,
+compiled decoding and compression (generation equality is in test_generate.py, causality in test_model.py)."""
+
+from __future__ import annotations
+
+import torch
+
+from bytemodels import Megabyte, MegabyteConfig, compress, decompress, tokens
+from bytemodels.ngrams import hash_ngrams, ngram_powers
+from model_helpers import use_input_skip
+
+SHAPE = dict(patch_sizes=(4,), dims=(32, 16), layers=(2, 1), heads=(2, 1), max_seq_len=64,
+             hash_ngrams=(2, 3, 6), hash_buckets=97)
+
+
+def ngram_model() -> Megabyte:
+    torch.manual_seed(0)
+    return use_input_skip(Megabyte(MegabyteConfig.preset("tiny", **SHAPE)).eval())
+
+
+def test_a_row_depends_on_the_n_ids_ending_at_its_position_and_no_others():
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 256, (3, 40), generator=generator)
+    rows = hash_ngrams(ids, ngram_powers((2, 5)), 97)
+    assert rows.shape == (3, 40, 2)
+    assert (rows[..., 0] < 97).all() and (rows[..., 1] >= 97).all() and (rows[..., 1] < 2 * 97).all()
+    # The same 5 ids before position 30 in another context: the same 5-gram row there, and the same 2-gram row.
+    other = torch.randint(0, 256, (3, 40), generator=generator)
+    other[:, 26:31] = ids[:, 26:31]
+    assert torch.equal(hash_ngrams(other, ngram_powers((2, 5)), 97)[:, 30], rows[:, 30])
+    # One id changed: the rows of the n-grams that hold it change (bar a collision), none before it.
+    changed = ids.clone()
+    changed[:, 20] = (changed[:, 20] + 1) % 256
+    new = hash_ngrams(changed, ngram_powers((2, 5)), 97)
+    assert torch.equal(new[:, :20], rows[:, :20]) and torch.equal(new[:, 25:, 1], rows[:, 25:, 1])
+    assert (new[:, 20:22, 0] != rows[:, 20:22, 0]).float().mean() > 0.9
+    # Before the sequence the ids are PAD: a short row hashes as a longer one with PAD in front of it.
+    padded = torch.cat((torch.full((3, 4), tokens.PAD_ID), ids), dim=1)
+    assert torch.equal(hash_ngrams(padded, ngram_powers((2, 5)), 97)[:, 4:], rows)
+
+
+def test_the_tables_add_parameters_but_a_model_without_them_keeps_its_weights():
+    plain = Megabyte(MegabyteConfig.preset("tiny", **{**SHAPE, "hash_ngrams": ()}))
+    hashed = ngram_model()
+    tables = [name for name in hashed.state_dict() if "ngrams" in name]
+    assert tables == ["stages.0.embed.ngrams.weight", "stages.1.embed.ngrams.weight"]
+    assert set(plain.state_dict()) == set(hashed.state_dict()) - set(tables)
+    assert hashed.state_dict()[tables[0]].shape == (3 * 97, 16)  # patch stage: the byte-embedding width
+
+
+def test_save_and_load_keep_the_n_grams(tmp_path):
+    model = ngram_model()
+    model.save_pretrained(tmp_path / "model")
+    loaded = Megabyte.from_pretrained(tmp_path / "model")
+    assert loaded.config.hash_ngrams == (2, 3, 6) and loaded.config.hash_buckets == 97
+    ids = torch.randint(0, 256, (2, 30))
+    torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)
+
+
+def test_compiled_decoding_matches_the_uncompiled():
+    model = ngram_model()
+    prompts = [b"a", b"The cat sat on", b"mat and the do"]
+    eager = model.generate(prompts, 14, temperature=0)
+    assert model.generate(prompts, 14, temperature=0, compile=True) == eager
+    assert model.generate(prompts, 14, temperature=0, use_cache=False) == eager
+
+
+def test_compression_round_trips_with_n_grams():
+    model = ngram_model()
+    data = b"".join(b"the dog %d sat on the log. " % (i % 5) for i in range(12))
+    blob = compress(model, data, batch_size=2)
+    assert decompress(model, blob) == data
