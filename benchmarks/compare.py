@@ -370,6 +370,13 @@ def byte_nats(logits: Tensor, ids: Tensor, patch_size: int) -> tuple[np.ndarray,
     return by_position.double().numpy(), counts.numpy()
 
 
+def sized_parameters(config: MegabyteConfig) -> int:
+    """The parameter count the other peers are sized to: bytemodels' at ``config`` without hashed n-gram tables.
+    Those cost a lookup, not a multiply, so the peers keep the size of the network that does the arithmetic
+    (and the GPT its own token table) rather than growing to millions of looked-up rows."""
+    return Megabyte(dataclasses.replace(config, hash_ngrams=())).num_parameters()
+
+
 def build_peer(peer: str, config: MegabyteConfig, seed: int, patching: PatchSetup | None = None) -> nn.Module:
     """``bytemodels``, ``megabyte-pytorch`` or ``flat`` at the shape of ``config``, seeded the same way; with
     ``patching``, also ``spacebyte`` and ``entropybyte`` (their patchers come from it)."""
@@ -379,7 +386,7 @@ def build_peer(peer: str, config: MegabyteConfig, seed: int, patching: PatchSetu
     if peer == "megabyte-pytorch":
         return MegabytePytorch(config)
     if peer == "flat":
-        ours = sum(p.numel() for p in Megabyte(config).parameters())
+        ours = sized_parameters(config)
         torch.manual_seed(seed)
         return FlatTransformer(flat_config_matching(config, ours))
     if peer in PATCH_PEERS and patching is not None:
@@ -452,7 +459,7 @@ def prepare_patch_peers(name: str, config: MegabyteConfig, train_windows: Window
     starts = {"spacebyte": space_boundaries, "entropybyte": lambda ids: entropy_boundaries(ids, table, threshold)}
     train_mean = {peer: mean_patch_size(rule(torch.from_numpy(train_ids))) for peer, rule in starts.items()}
     val_mean = {peer: mean_patch_size(rule(torch.from_numpy(val_ids))) for peer, rule in starts.items()}
-    ours = sum(p.numel() for p in Megabyte(config).parameters())
+    ours = sized_parameters(config)
     shape = spacebyte_config_matching(config, ours)
     setup = PatchSetup(shape, ours, table, threshold, target, train_mean, val_mean, {})
     ids = torch.from_numpy(train_windows.batch(seed, 0, 2))
@@ -795,7 +802,7 @@ def prepare_token_peer(data: BenchData, config: MegabyteConfig, seed: int, cache
     train_bytes_per_token = train_stream.num_bytes / max(int(train_stream.scored.sum()), 1)
     # Default: a window spans about as many bytes as the byte peers' window, so a step reads as much text.
     context = context or max(8, round(config.max_seq_len / train_bytes_per_token))
-    ours = sum(p.numel() for p in Megabyte(config).parameters())
+    ours = sized_parameters(config)
     gpt_config = token_gpt_config_matching(config, ours, tokenizer.get_vocab_size(), context)
     windows = TokenWindows(train_stream.ids, context, train_stream.num_bytes / len(train_stream.ids))
     with torch.no_grad():

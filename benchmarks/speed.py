@@ -408,8 +408,10 @@ class Bench:
             from bytemodels import MegabyteConfig
 
             config = MegabyteConfig.preset(args.preset).to_dict()
-            return {k: config[k] for k in ("patch_sizes", "dims", "layers", "heads")}
-        return dict(BENCH_SHAPE)
+            shape = {k: config[k] for k in ("patch_sizes", "dims", "layers", "heads")}
+        else:
+            shape = dict(BENCH_SHAPE)
+        return {**shape, "hash_ngrams": args.hash_ngrams} if args.hash_ngrams else shape
 
     def config(self, max_seq_len: int) -> dict[str, Any]:
         """Our configuration at this shape, for sequences of up to ``max_seq_len`` bytes."""
@@ -677,6 +679,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="torch.set_num_threads for every peer (default: all cores)")
     parser.add_argument("--preset", default=None, help="a MegabyteConfig preset instead of global 512x6, local 256x2")
+    parser.add_argument("--hash-ngrams", type=lambda text: tuple(int(n) for n in text.split(",")), default=(),
+                        metavar="A,B,...", help="our model with hashed n-gram embeddings of these lengths")
     parser.add_argument("--seq-len", type=int, default=2048, help="training sequence length of part 1")
     parser.add_argument("--batch", type=int, default=4, help="training batch of part 1")
     parser.add_argument("--prompts", type=int, nargs="+", default=[1024, 8192], help="prompt lengths for generation")
@@ -729,7 +733,9 @@ def main(argv: list[str] | None = None) -> None:
         from bytemodels import Megabyte, MegabyteConfig
 
         with torch.device("meta"):
-            our_parameters = Megabyte(MegabyteConfig(**bench.config(args.seq_len))).num_parameters()
+            # The flat model matches the network, not the hashed n-gram tables (lookups, no multiplies).
+            network = {**bench.config(args.seq_len), "hash_ngrams": ()}
+            our_parameters = Megabyte(MegabyteConfig(**network)).num_parameters()
         results["lengths"] = rows = bench.part_lengths(our_parameters)
         output += ["Training cost against length, bytemodels against a flat transformer of equal size:", ""]
         output += report_lengths(bench, rows) + [""]

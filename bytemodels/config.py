@@ -163,7 +163,8 @@ class MegabyteConfig:
 
         Counts the matrix multiplies of every stage (each stage's token covers ``unit`` bytes),
         its attention over the stage's context, the patch embedders, the stage-to-stage
-        projections and the output head: the nanoGPT/PaLM ``6N + 12·L·d·T`` estimate per stage.
+        projections and the output head: the nanoGPT/PaLM ``6N + 12·L·d·T`` estimate per stage. Hashed n-gram
+        tables cost their additions only (a lookup multiplies nothing), as the BLT paper counts them.
         """
         units = self.unit_sizes
         flops = 0.0
@@ -177,6 +178,8 @@ class MegabyteConfig:
             per_token = 2 * depth * block_matmul + 2 * depth * 2 * dim * attended
             if unit > 1:  # patch embedder: concat ``unit`` byte embeddings, project to ``dim``
                 per_token += 2 * unit * self.byte_embed_dim * dim
+            # Hashed n-grams: table lookups, and one addition per length to each byte's embedding.
+            per_token += unit * len(self.hash_ngrams) * (self.byte_embed_dim if unit > 1 else dim)
             if stage + 1 < self.num_stages:  # projection into the next stage's positions
                 per_token += 2 * dim * (unit // units[stage + 1]) * self.dims[stage + 1]
             flops += per_token / unit

@@ -208,36 +208,35 @@ class IncrementalDecoder:
             self._constants[name] = torch.full(shape, value, dtype=dtype, device=self.ids.device)
         return self._constants[name]
 
-    def _byte_inputs(self, state: _StageState) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
-        """The id before the local stage's next byte (at a group's first byte, the byte before the group; PAD
-        for none), the rows of the hashed n-grams ending at it (None without them), the group's contexts and the
-        byte's index among them: what ``ByteStep`` takes."""
+    def _byte_inputs(self, state: _StageState) -> tuple[Tensor, Tensor, Tensor]:
+        """The ids up to the one before the local stage's next byte (at a group's first byte, the byte before the
+        group; PAD before the sequence): the last one, or as many as the longest hashed n-gram; the group's
+        contexts and the byte's index among them: what ``ByteStep`` takes."""
         first, start = state.processed, state.group_start
         # The group's contexts whole and the byte's index: a slice would be a new storage offset every byte.
         unit = self._constant(f"unit {first}", (1,), first, torch.long)
-        position = start + first - 1
-        if position >= 0:
-            return self._id_at(position), self._ngrams(position, position + 1), state.context, unit
-        none = self._constant("no byte", (self.ids.shape[0], 1), tokens.PAD_ID, self.ids.dtype)
-        return none, self._ngrams(position, position + 1), state.context, unit
+        powers = self.model.ngram_powers
+        return self._ids_up_to(start + first - 1, 1 if powers is None else powers.shape[0]), state.context, unit
+
+    def _ids_up_to(self, position: int, count: int) -> Tensor:
+        """(batch, count) the ids at ``position - count + 1 .. position``, PAD before the sequence, contiguous: a
+        compiled step would recompile for every new stride of a slice of the growing ``ids``."""
+        low = position - count + 1
+        if low >= 0:
+            return self.ids[:, low:position + 1].clone(memory_format=torch.contiguous_format)
+        if position < 0:
+            return self._constant(f"no ids {count}", (self.ids.shape[0], count), tokens.PAD_ID, self.ids.dtype)
+        return F.pad(self.ids[:, :position + 1], (-low, 0), value=tokens.PAD_ID)
 
     def _ngrams(self, low: int, high: int) -> Tensor | None:
         """(batch, high - low, lengths) the table rows of the hashed n-grams ending at positions ``low .. high - 1``
-        (``Megabyte.forward``'s, PAD before the sequence), contiguous; None for a model without them."""
+        (``Megabyte.forward``'s, PAD before the sequence); None for a model without them."""
         powers = self.model.ngram_powers
         if powers is None:
             return None
         reach = powers.shape[0] - 1  # the ids before ``low`` that its n-grams read
-        first = low - reach
-        window = self.ids[:, max(first, 0):max(high, 0)]
-        if first < 0:
-            window = F.pad(window, (-first - max(0, -high), 0), value=tokens.PAD_ID)
-        return hash_ngrams(window, powers, self.model.config.hash_buckets)[:, reach:].contiguous()
-
-    def _id_at(self, position: int) -> Tensor:
-        """(batch, 1) the ids at ``position``, contiguous: a compiled step would recompile for every new stride
-        of a slice of the growing ``ids``."""
-        return self.ids[:, position:position + 1].clone(memory_format=torch.contiguous_format)
+        window = self._ids_up_to(high - 1, high - low + reach)
+        return hash_ngrams(window, powers, self.model.config.hash_buckets)[:, reach:]
 
     def _new_cache(self, index: int, stage) -> StaticCache:
         """A stage's static cache: the global stage holds every patch of the generation (within the window),

@@ -20,10 +20,16 @@ def hash_ngrams(ids: Tensor, powers: Tensor, buckets: int) -> Tensor:
     The hash is a polynomial in the ids modulo a prime, ``sum((id + 1) * MULTIPLIER**back) % PRIME`` over the n ids
     (``back`` positions before), computed for every length at once: a few operations whatever the lengths, which
     keeps a decoding step's share small."""
-    reach, count = powers.shape
+    reach = powers.shape[0]
     windows = F.pad(ids, (reach - 1, 0), value=tokens.PAD_ID).unfold(-1, reach, 1)  # (..., time, reach), oldest first
-    code = ((windows + 1)[..., None] * powers).sum(-2) % _HASH_PRIME  # (..., time, lengths)
-    return code % buckets + torch.arange(count, device=ids.device) * buckets
+    return hash_windows(windows, powers, buckets)
+
+
+def hash_windows(windows: Tensor, powers: Tensor, buckets: int) -> Tensor:
+    """(..., longest length) ids, oldest first → (..., lengths) table rows of the n-grams ending at each window's last
+    id: ``hash_ngrams`` for one position (a decoding step hashes the last ids it has)."""
+    code = ((windows + 1)[..., None] * powers).sum(-2) % _HASH_PRIME
+    return code % buckets + torch.arange(powers.shape[1], device=windows.device) * buckets
 
 
 def ngram_powers(lengths: tuple[int, ...]) -> Tensor:

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from bytemodels.layers import CacheView
+from bytemodels.ngrams import hash_windows
 from bytemodels.sampling import draw_or_greedy
 
 
@@ -46,19 +47,21 @@ class StageStep(nn.Module):
 class ByteStep(nn.Module):
     """The local stage's step: from the id before the new byte to the new byte's logits and a draw of it.
 
-    ``previous`` (batch, 1) is the id before the new byte (at a group's first byte the byte before the group,
-    PAD for none), ``previous_ngrams`` (batch, 1, lengths) the table rows of the hashed n-grams ending at it (None
-    without them), ``contexts`` (batch, group, dim) the whole group's, ``unit`` (1,) the new byte's index in it:
-    the input is ``Stage.inputs`` of them, as in training."""
+    ``previous`` (batch, reach) are the ids up to the one before the new byte (at a group's first byte the byte
+    before the group; PAD before the sequence), the last one alone without hashed n-grams, as many as the longest
+    n-gram with them (their rows are hashed here, in the step); ``contexts`` (batch, group, dim) the whole group's,
+    ``unit`` (1,) the new byte's index in it: the input is ``Stage.inputs`` of them, as in training."""
 
-    def __init__(self, stage: nn.Module, head: nn.Module) -> None:
+    def __init__(self, stage: nn.Module, head: nn.Module, ngram_powers: Tensor | None = None,
+                 buckets: int = 0) -> None:
         super().__init__()
         self.stage = stage
         self.blocks = StageStep(stage.transformer)
         self.head = head
+        self.ngram_powers = ngram_powers
+        self.buckets = buckets
 
-    def forward(self, previous: Tensor, previous_ngrams: Tensor | None, contexts: Tensor, unit: Tensor,
-                keys: list[Tensor], values: list[Tensor],
+    def forward(self, previous: Tensor, contexts: Tensor, unit: Tensor, keys: list[Tensor], values: list[Tensor],
                 last_attn: list[Tensor], last_mlp: list[Tensor], slot: Tensor, readable: Tensor, cos: Tensor,
                 sin: Tensor, producible: Tensor | None = None, temperature: Tensor | None = None,
                 uniform: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
@@ -66,8 +69,10 @@ class ByteStep(nn.Module):
         ``temperature`` (0-d; 0 is greedy) with ``uniform`` (batch, 1) float64 among the ids ``producible``
         allows (``bytemodels.sampling.producible_mask``), or None without them; see :meth:`StageStep.forward`
         for the cache."""
-        ngrams = previous_ngrams[..., None, :] if previous_ngrams is not None else None
-        x = self.stage.inputs(previous[..., None], (unit == 0)[None], contexts.index_select(1, unit), ngrams)
+        ngrams = None
+        if self.ngram_powers is not None:  # (batch, 1 position, 1 id, lengths)
+            ngrams = hash_windows(previous, self.ngram_powers, self.buckets)[:, None, None]
+        x = self.stage.inputs(previous[:, -1:, None], (unit == 0)[None], contexts.index_select(1, unit), ngrams)
         hidden = self.blocks(x, keys, values, last_attn, last_mlp, slot, readable, cos, sin)
         logits = self.head(hidden[:, 0]).float()
         if temperature is None:
@@ -136,7 +141,10 @@ def step_function(model: nn.Module, index: int, compile: bool) -> StageStep | By
     """The one-position step of stage ``index`` of ``model`` (a :class:`ByteStep` for the local stage):
     eager, or compiled once per model and kept for later calls."""
     stage = model.stages[index]
-    step = ByteStep(stage, model.head) if stage.is_local else StageStep(stage.transformer)
+    if stage.is_local:
+        step = ByteStep(stage, model.head, model.ngram_powers, model.config.hash_buckets)
+    else:
+        step = StageStep(stage.transformer)
     if not compile:
         return step
     compiled = _COMPILED.setdefault(model, {})

@@ -193,3 +193,11 @@ def test_quick_run_measures_bytemodels_and_the_gpt_side_by_side(tmp_path: Path) 
     assert json.loads(written.read_text())["results"]["text"]["models"]["peers"]["gpt-bpe"]["bits_per_byte"] \
         == gpt["bits_per_byte"]
     assert list((tmp_path / "cache").glob("bpe-300-*.json"))
+
+
+def test_peers_are_sized_to_the_network_not_to_hashed_n_gram_tables():
+    plain = MegabyteConfig.preset("tiny", dims=(32, 16), layers=(1, 1), heads=(2, 1), max_seq_len=64)
+    hashed = MegabyteConfig.preset("tiny", dims=(32, 16), layers=(1, 1), heads=(2, 1), max_seq_len=64,
+                                   hash_ngrams=(2, 3), hash_buckets=512)
+    assert Megabyte(hashed).num_parameters() > Megabyte(plain).num_parameters() + 2 * 512 * 16
+    assert compare.sized_parameters(hashed) == compare.sized_parameters(plain) == Megabyte(plain).num_parameters()
