@@ -404,14 +404,15 @@ class Bench:
 
     @staticmethod
     def model_shape(args: argparse.Namespace) -> dict[str, Any]:
-        if args.preset:
-            from bytemodels import MegabyteConfig
+        from bytemodels import MegabyteConfig
+        from bytemodels.app.flags import overrides_from_args
 
+        if args.preset:
             config = MegabyteConfig.preset(args.preset).to_dict()
             shape = {k: config[k] for k in ("patch_sizes", "dims", "layers", "heads")}
         else:
             shape = dict(BENCH_SHAPE)
-        return {**shape, "hash_ngrams": args.hash_ngrams} if args.hash_ngrams else shape
+        return {**shape, **overrides_from_args(MegabyteConfig, args)}
 
     def config(self, max_seq_len: int) -> dict[str, Any]:
         """Our configuration at this shape, for sequences of up to ``max_seq_len`` bytes."""
@@ -679,8 +680,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="torch.set_num_threads for every peer (default: all cores)")
     parser.add_argument("--preset", default=None, help="a MegabyteConfig preset instead of global 512x6, local 256x2")
-    parser.add_argument("--hash-ngrams", type=lambda text: tuple(int(n) for n in text.split(",")), default=(),
-                        metavar="A,B,...", help="our model with hashed n-gram embeddings of these lengths")
     parser.add_argument("--seq-len", type=int, default=2048, help="training sequence length of part 1")
     parser.add_argument("--batch", type=int, default=4, help="training batch of part 1")
     parser.add_argument("--prompts", type=int, nargs="+", default=[1024, 8192], help="prompt lengths for generation")
@@ -701,6 +700,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip", nargs="*", default=[], choices=["peers", "lengths"], help="parts to leave out")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "outputs" / "speed", help="folder for the JSON results")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    from bytemodels import MegabyteConfig
+    from bytemodels.app.flags import add_config_arguments
+
+    # The window follows each measurement's length; every other field may change our model (e.g. --hash-ngrams).
+    add_config_arguments(parser, MegabyteConfig, exclude=("max_seq_len",),
+                         title="our model: MegabyteConfig fields over --preset or the benchmark shape")
     if "--quick" in (sys.argv[1:] if argv is None else argv):
         parser.set_defaults(**QUICK)
     return parser.parse_args(argv)

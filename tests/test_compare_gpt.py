@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import sys
 from pathlib import Path
 
@@ -19,19 +18,12 @@ pytest.importorskip("tokenizers")
 from benchmarks import compare  # noqa: E402
 from benchmarks.baselines import ModelOutput, TokenGpt, TokenGptConfig, token_gpt_config_matching  # noqa: E402
 from bytemodels import Megabyte, MegabyteConfig  # noqa: E402
+from story_helpers import stories, write_story_data  # noqa: E402
 
-WORDS = ("once upon a time there was a little cat dog girl boy who liked to play in the sun park with "
-         "her his friend mom said happy sad big red ball tree").split()
 #: Text the training stories never show: control bytes, CRLF, tabs, a NUL, accents, CJK, emoji, combining marks,
 #: bidirectional marks, a line separator, the EOS token's own spelling, and spaces at both ends.
 ODD_TEXTS = ["\x00\x01\x7f ÿ\r\n\t end", "日本語のテキスト 🙂👍🏽 e\u0301 \u202eabc\u202c \u2028x",
              f"a {compare.BPE_EOS} b", "  leading and trailing  ", "", "Ünïcödé ß ſ ﬁ", "\ufeffBOM"]
-
-
-def stories(count: int, seed: int) -> list[str]:
-    """Generated stories of a few dozen words each."""
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(10, 40))).capitalize() + "." for _ in range(count)]
 
 
 @pytest.fixture(scope="module")
@@ -173,11 +165,7 @@ def test_gpt_peer_flags(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_quick_run_measures_bytemodels_and_the_gpt_side_by_side(tmp_path: Path) -> None:
-    folder = tmp_path / "data" / "tinystories"
-    folder.mkdir(parents=True)
-    for split, count in (("train", 120), ("valid", 12)):
-        text = "".join(story + "\n<|endoftext|>\n" for story in stories(count, {"train": 3, "valid": 4}[split]))
-        (folder / f"{split}.txt").write_text(text, encoding="utf-8")
+    write_story_data(tmp_path / "data")
     record = compare.main(["--quick", "--peers", "bytemodels,gpt-bpe", "--skip-compressors", "--bpe-vocab", "300",
                            "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
                            "--cache-dir", str(tmp_path / "cache"), "--threads", "1"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import numpy as np
@@ -15,17 +14,10 @@ from benchmarks.baselines import (SpaceByteConfig, SpaceByteModel, entropy_bound
                                   mean_patch_size, next_byte_entropy, ngram_entropy_table, space_boundaries,
                                   spacebyte_config_matching, spacebyte_parameter_count)
 from bytemodels import Megabyte, MegabyteConfig, tokens
+from story_helpers import stories, write_story_data
 
-WORDS = ("once upon a time there was a little cat dog girl boy who liked to play in the sun park with "
-         "her his friend mom said happy sad big red ball tree").split()
 TINY = SpaceByteConfig(local_dim=16, local_layers_before=1, local_layers_after=1, local_heads=2, global_dim=32,
                        global_layers=2, global_heads=2, max_seq_len=64)
-
-
-def stories(count: int, seed: int) -> list[str]:
-    """Generated stories of a few dozen words each."""
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(10, 40))).capitalize() + "." for _ in range(count)]
 
 
 def ids_of(data: bytes) -> torch.Tensor:
@@ -158,11 +150,7 @@ def test_patching_peer_flags(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_quick_run_measures_the_patching_peers_beside_bytemodels(tmp_path: Path) -> None:
-    folder = tmp_path / "data" / "tinystories"
-    folder.mkdir(parents=True)
-    for split, count in (("train", 120), ("valid", 12)):
-        text = "".join(story + "\n<|endoftext|>\n" for story in stories(count, {"train": 3, "valid": 4}[split]))
-        (folder / f"{split}.txt").write_text(text, encoding="utf-8")
+    write_story_data(tmp_path / "data")
     record = compare.main(["--quick", "--peers", "bytemodels,spacebyte,entropybyte", "--skip-compressors",
                            "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
                            "--cache-dir", str(tmp_path / "cache"), "--threads", "1"])
