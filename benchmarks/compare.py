@@ -115,6 +115,7 @@ from bytemodels.budget import parse_duration  # noqa: E402
 from bytemodels.config import MegabyteConfig  # noqa: E402
 from bytemodels.data import ByteDataset, Windows  # noqa: E402
 from bytemodels.model import Megabyte  # noqa: E402
+from bytemodels.optim import adamw  # noqa: E402
 from bytemodels.app.flags import add_config_arguments, overrides_from_args  # noqa: E402
 from bytemodels.runfolder import atomic_write  # noqa: E402
 from bytemodels.schedule import learning_rate  # noqa: E402
@@ -537,11 +538,6 @@ class TrainPlan:
     """torch.compile every peer's training loss (the first step, which compiles, is not counted)."""
 
 
-def adamw(model: nn.Module, plan: TrainPlan) -> torch.optim.AdamW:
-    """AdamW with weight decay on Linear weights only (not on norms, embeddings or start vectors)."""
-    # Every peer gets our model's groups: the rule reads only modules() and parameters(), so it applies to any.
-    groups = Megabyte.param_groups(model, plan.weight_decay)
-    return torch.optim.AdamW(groups, lr=plan.lr, betas=plan.betas)
 
 
 TIMED_STEPS = 10
@@ -578,7 +574,8 @@ def train(model: nn.Module, windows: Windows | TokenWindows, plan: TrainPlan, la
     mean pace since step 2, re-estimated every step from step 12 on, so the decay ends when the time
     does even when other processes slow the machine down. Seconds count training steps only (compiled,
     not the first step, which compiles)."""
-    optimizer = adamw(model, plan)
+    # Every peer gets the trainer's optimizer: its rules read only modules() and parameters(), so apply to any.
+    optimizer = adamw(model, plan.lr, weight_decay=plan.weight_decay, betas=plan.betas)
     batch_loss = loss_function(model, plan.compile)
     compile_seconds = None
     model.train()

@@ -43,6 +43,7 @@ from bytemodels.distributed import DistributedContext, all_reduce_sum, choose_de
     setup_distributed, teardown
 from bytemodels.jsonfile import read_json_object
 from bytemodels.model import Megabyte
+from bytemodels.optim import adamw
 from bytemodels.plot import plot_curves, read_metrics
 from bytemodels.resume import check_model_config, warn_if_batch_changed, warn_if_data_changed
 from bytemodels.runfolder import FolderLock, atomic_write, lock_folder, remove_leftovers, writing
@@ -363,9 +364,8 @@ class Trainer:
 
         torch.manual_seed(train_config.seed)  # same initial weights on every rank
         self.model = Megabyte(model_config).to(self.device)
-        fused = self.device.type == "cuda"
-        self.optimizer = torch.optim.AdamW(self.model.param_groups(train_config.weight_decay), lr=train_config.lr,
-                                           betas=train_config.betas, **({"fused": True} if fused else {}))
+        self.optimizer = adamw(self.model, train_config.lr, weight_decay=train_config.weight_decay,
+                               betas=train_config.betas, fused=self.device.type == "cuda")
         # Run state: everything a checkpoint restores besides weights, optimizer and RNG.
         self.step = 0
         self.bytes_seen = 0
