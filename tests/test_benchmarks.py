@@ -77,6 +77,17 @@ def test_compare_reports_a_bad_model_shape_in_one_line(tmp_path) -> None:
                       "--out", str(tmp_path)])
 
 
+def test_peer_checks_build_only_the_peers_trained() -> None:
+    # Two head sizes (32 and 16): the reference cannot take them, so it is checked only when it is trained.
+    config = MegabyteConfig.preset("tiny", dims=(64, 32), layers=(1, 1), heads=(2, 2), max_seq_len=32)
+    ids = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(0))
+    checks = compare.check_peers(config, ids, seed=0, peers=("bytemodels", "gpt-bpe"))
+    assert checks["causal"] and set(k for k in checks if k.startswith("untrained_")) == {"untrained_bytemodels"}
+    assert "package_loss" not in checks
+    with pytest.raises(ValueError, match="one head size"):
+        compare.check_peers(config, ids, seed=0, peers=("bytemodels", "megabyte-pytorch"))
+
+
 def test_learning_rate_sweep_scores_each_peer_at_its_own_best_rate(monkeypatch: pytest.MonkeyPatch) -> None:
     # The training itself needs the peer package; the sweep's bookkeeping is checked with a stand-in that
     # makes bytemodels best at the highest rate and the reference best at the middle one.
