@@ -1,4 +1,4 @@
-"""Bits per byte on held-out data (issue 6): bytemodels against its peers and against compressors.
+"""Bits per byte on held-out data: bytemodels against its peers and against compressors.
 
 One command measures, on the same held-out bytes of each data set in ``../shared/data``:
 

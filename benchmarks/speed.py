@@ -1,4 +1,4 @@
-"""Speed benchmark (issue 2): bytemodels' MEGABYTE against MEGABYTE-pytorch 0.3.6 and a flat transformer.
+"""Speed benchmark: bytemodels' MEGABYTE against MEGABYTE-pytorch 0.3.6 and a flat transformer.
 
 Part 1, peers at one shape (global 512x6, local 256x2, patch 8; training on 4 x 2048 bytes):
 parameters, training bytes/s, generation bytes/s after a 1024-byte and an 8192-byte prompt, time
