@@ -375,7 +375,8 @@ def sized_parameters(config: MegabyteConfig) -> int:
     """The parameter count the other peers are sized to: bytemodels' at ``config`` without hashed n-gram tables.
     Those cost a lookup, not a multiply, so the peers keep the size of the network that does the arithmetic
     (and the GPT its own token table) rather than growing to millions of looked-up rows."""
-    return Megabyte(dataclasses.replace(config, hash_ngrams=())).num_parameters()
+    with torch.device("meta"):  # a count only: no memory for the tables
+        return Megabyte(config).num_parameters(tables=False)
 
 
 def build_peer(peer: str, config: MegabyteConfig, seed: int, patching: PatchSetup | None = None) -> nn.Module:

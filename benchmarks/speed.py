@@ -741,8 +741,7 @@ def main(argv: list[str] | None = None) -> None:
 
         with torch.device("meta"):
             # The flat model matches the network, not the hashed n-gram tables (lookups, no multiplies).
-            network = {**bench.config(args.seq_len), "hash_ngrams": ()}
-            our_parameters = Megabyte(MegabyteConfig(**network)).num_parameters()
+            our_parameters = Megabyte(MegabyteConfig(**bench.config(args.seq_len))).num_parameters(tables=False)
         results["lengths"] = rows = bench.part_lengths(our_parameters)
         output += ["Training cost against length, bytemodels against a flat transformer of equal size:", ""]
         output += report_lengths(bench, rows) + [""]

@@ -59,6 +59,13 @@ class UnitEmbedder(nn.Module):
         return self.project(rearrange(vectors, "... u e -> ... (u e)"))
 
 
+def lookup_tables(model: nn.Module) -> list[Tensor]:
+    """The hashed n-gram tables of ``model`` (what ``bytemodels.optim.TableAdamW`` updates by rows); none in
+    other models."""
+    return [module.ngrams.weight for module in model.modules()
+            if isinstance(module, UnitEmbedder) and module.ngrams is not None]
+
+
 class Stage(nn.Module):
     """One level of the hierarchy: embeds its units, runs its transformer over a group of units
     (shifted right by one unit, a learned start vector in front) and hands a context vector to each
@@ -176,9 +183,11 @@ class Megabyte(nn.Module):
         return MegabyteOutput(logits, loss)
 
     # -- bookkeeping ---------------------------------------------------------------------------
-    def num_parameters(self) -> int:
-        """Number of trainable parameters."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+    def num_parameters(self, tables: bool = True) -> int:
+        """Number of trainable parameters; ``tables=False`` leaves out the hashed n-gram tables (looked up, never
+        multiplied: peers of the same size match the network without them)."""
+        left_out = set() if tables else {id(table) for table in lookup_tables(self)}
+        return sum(p.numel() for p in self.parameters() if p.requires_grad and id(p) not in left_out)
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """AdamW parameter groups: decay on Linear weights only, none on norms, embeddings or start vectors."""

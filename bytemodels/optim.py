@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bytemodels.model import Megabyte, UnitEmbedder
+from bytemodels.model import Megabyte, lookup_tables
 
 
 class TableAdamW(torch.optim.AdamW):
@@ -25,7 +25,7 @@ class TableAdamW(torch.optim.AdamW):
     def __init__(self, params: Iterable[Any], *, tables: Iterable[Tensor] = (), **options: Any) -> None:
         super().__init__(params, **options)
         self.tables = list(tables)
-        table_ids = {id(table) for table in self.tables}
+        self._table_ids = table_ids = {id(table) for table in self.tables}
         grouped = {id(p) for group in self.param_groups for p in group["params"]}
         if not table_ids <= grouped:
             raise ValueError("TableAdamW: every table must be one of the optimizer's parameters")
@@ -41,12 +41,11 @@ class TableAdamW(torch.optim.AdamW):
         gradient, so the tables' gradients are hidden from it for the call)."""
         if closure is not None:
             raise ValueError("TableAdamW.step takes no closure")
-        table_ids = {id(table) for table in self.tables}
         hidden: list[tuple[Tensor, Tensor]] = []
         try:
             for group in self.param_groups:
                 for param in group["params"]:
-                    if id(param) in table_ids and param.grad is not None:
+                    if id(param) in self._table_ids and param.grad is not None:
                         self._row_step(param, group)
                         hidden.append((param, param.grad))
                         param.grad = None
@@ -83,12 +82,6 @@ class TableAdamW(torch.optim.AdamW):
             weights.mul_(1 - lr * weight_decay)
         weights.addcdiv_(exp_avg, denominator, value=-lr / (1 - beta1 ** step))
         table.index_copy_(0, rows, weights)
-
-
-def lookup_tables(model: nn.Module) -> list[Tensor]:
-    """The hashed n-gram tables of ``model`` (those :class:`TableAdamW` updates by rows); none in other models."""
-    return [module.ngrams.weight for module in model.modules()
-            if isinstance(module, UnitEmbedder) and module.ngrams is not None]
 
 
 def adamw(model: nn.Module, lr: float, *, weight_decay: float, betas: tuple[float, float] = (0.9, 0.95),
