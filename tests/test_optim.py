@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from bytemodels.config import MegabyteConfig
-from bytemodels.model import Megabyte
-from bytemodels.optim import TableAdamW, adamw, lookup_tables
+from bytemodels.model import Megabyte, lookup_tables
+from bytemodels.optim import TableAdamW, adamw
 
 
 def table_and_weight(seed: int = 0) -> tuple[torch.nn.Parameter, torch.nn.Parameter]:
