@@ -544,6 +544,8 @@ class TrainPlan:
     seed: int = 0
     compile: bool = False
     """torch.compile every peer's training loss (the first step, which compiles, is not counted)."""
+    dtype: str = "fp32"
+    """fp32, or bf16: every peer's training loss under bf16 autocast (evaluation stays in fp32)."""
 
 
 
@@ -602,7 +604,8 @@ def train(model: nn.Module, windows: Windows | TokenWindows, plan: TrainPlan, la
         for group in optimizer.param_groups:
             group["lr"] = lr
         ids = torch.from_numpy(windows.batch(plan.seed, step, plan.batch_size))
-        loss = batch_loss(ids)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=plan.dtype == "bf16"):
+            loss = batch_loss(ids)
         loss.backward()
         loss_value = loss.item()
         if not math.isfinite(loss_value):
@@ -1119,6 +1122,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="fixed validation windows to score (0: all, i.e. every held-out byte)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile every peer's training loss (the compiling first step is not counted)")
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
+                        help="train every peer in fp32 or under bf16 autocast (evaluation stays in fp32)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads for all peers")
     parser.add_argument("--peers", default=None,
                         help=f"comma-separated subset of {', '.join(ALL_PEERS)} (default: every peer of "
@@ -1177,7 +1182,7 @@ def train_plan(args: argparse.Namespace) -> TrainPlan:
                          seed=args.seed)
     steps = None if args.time is not None else args.budget_steps
     return TrainPlan(steps=steps, seconds=args.time, batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr,
-                     warmup_steps=args.warmup_steps, seed=args.seed, compile=args.compile)
+                     warmup_steps=args.warmup_steps, seed=args.seed, compile=args.compile, dtype=args.dtype)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -39,8 +39,8 @@ from bytemodels import rng_state, tokens
 from bytemodels.budget import StepPace, TimeBudget, compile_pays, parse_duration, step_limit
 from bytemodels.fields import config_from_dict, config_to_dict, seed as seed_flag
 from bytemodels.config import MegabyteConfig
-from bytemodels.distributed import DistributedContext, all_reduce_sum, choose_device, environment_rank, \
-    setup_distributed, teardown
+from bytemodels.distributed import DistributedContext, all_reduce_sum, bf16_is_fast, choose_device, \
+    environment_rank, setup_distributed, teardown
 from bytemodels.jsonfile import read_json_object
 from bytemodels.model import Megabyte
 from bytemodels.optim import adamw
@@ -147,7 +147,7 @@ class TrainConfig:
     device: str = "auto"
     """auto (cuda, then mps, then cpu) or a torch device such as cuda:1 or cpu."""
     dtype: str = "auto"
-    """auto (bf16 autocast on CUDA, fp32 elsewhere), bf16 (autocast) or fp32."""
+    """auto (bf16 autocast on CUDA and on CPUs with AMX, fp32 elsewhere), bf16 (autocast) or fp32."""
     compile: bool = False
     """Compile the model with torch.compile where it pays: the first steps train uncompiled and are timed, and the
     run compiles only if the time or steps left make up for compiling (measured on this machine before, else a
@@ -349,7 +349,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        self.use_bf16 = train_config.dtype == "bf16" or (train_config.dtype == "auto" and self.device.type == "cuda")
+        self.use_bf16 = train_config.dtype == "bf16" or (train_config.dtype == "auto" and bf16_is_fast(self.device))
         self.precision = "bf16 autocast" if self.use_bf16 else "fp32"
 
         seq_len, patch = model_config.max_seq_len, model_config.patch_size

@@ -281,3 +281,22 @@ def test_a_static_cache_written_in_chunks_gives_the_whole_sequence_outputs(shift
             cache.advance(end - start)
     torch.testing.assert_close(torch.cat(outputs, dim=1), whole, rtol=1e-5, atol=1e-5)
     assert cache.length == 11 and not cache.keys[0][:, :, 11].any()  # the last slot never written
+
+
+def test_masked_attention_runs_in_fp32_under_cpu_autocast_and_keeps_the_input_dtype():
+    from bytemodels.layers import masked_attention
+
+    generator = torch.Generator().manual_seed(8)
+    q, keys, values = (torch.randn(2, 2, 4, 8, generator=generator).to(torch.bfloat16).requires_grad_()
+                       for _ in range(3))
+    allowed = torch.rand(4, 4, generator=generator) > 0.3
+    allowed[:, 0] = True  # every query sees a key
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = masked_attention(q, keys, values, allowed, 0.0)
+    exact = torch.nn.functional.scaled_dot_product_attention(q.float(), keys.float(), values.float(),
+                                                             attn_mask=allowed)
+    assert y.dtype == torch.bfloat16 and torch.equal(y, exact.to(torch.bfloat16))
+    y.float().sum().backward()
+    assert all(t.grad is not None and t.grad.dtype == torch.bfloat16 for t in (q, keys, values))
+    plain = masked_attention(q.float(), keys.float(), values.float(), allowed, 0.0)  # no autocast: as given
+    assert plain.dtype == torch.float32 and torch.equal(plain, exact)

@@ -421,3 +421,23 @@ def test_resuming_with_another_global_batch_warns_and_says_how_to_keep_it(tmp_pa
                 r"to keep it with 1 process\(es\), set grad_accum=2 \(batch_size 2\)")
     with pytest.warns(RuntimeWarning, match=expected):
         Trainer.resume(checkpoint, data.train, data.val, batch_size=2, max_steps=3)
+
+
+@pytest.mark.parametrize("amx", [True, False, None])
+def test_auto_dtype_trains_in_bf16_on_cpus_with_amx_and_in_fp32_on_others(tmp_path, monkeypatch, amx):
+    from bytemodels.distributed import bf16_is_fast
+
+    if amx is None:  # a PyTorch without the private probe: bf16 is not assumed to be fast
+        monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    else:
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    assert bf16_is_fast(torch.device("cpu")) is bool(amx)
+    assert bf16_is_fast(torch.device("cuda")) and not bf16_is_fast(torch.device("mps"))
+    data = text_dataset(tmp_path / "cache")
+    trainer = Trainer(tiny_config(), train_config(tmp_path / "run", max_steps=2, device="cpu"), data.train, data.val)
+    assert trainer.precision == ("bf16 autocast" if amx else "fp32")
+    forced = Trainer(tiny_config(), train_config(tmp_path / "forced", max_steps=2, device="cpu", dtype="fp32"),
+                     data.train, data.val)
+    assert forced.precision == "fp32"
+    summary = trainer.fit()
+    assert summary.step == 2 and math.isfinite(summary.val_bpb)
