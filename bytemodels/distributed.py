@@ -48,7 +48,7 @@ def _mps_available() -> bool:
 def bf16_is_fast(device: torch.device) -> bool:
     """Whether bf16 matmuls are faster than fp32 on ``device``: on CUDA, and on CPUs with AMX tiles (Intel Xeon
     since Sapphire Rapids, where a bf16 matmul ran 7x faster than fp32 and the TinyStories recipe trained 1.3x
-    more bytes per second); not on other CPUs, which emulate bf16 arithmetic, nor on MPS."""
+    more bytes per second); not on other CPUs, which have no bf16 matrix units, nor on MPS."""
     if device.type == "cuda":
         return True
     if device.type == "cpu":

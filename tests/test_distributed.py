@@ -35,7 +35,7 @@ SCRIPT = textwrap.dedent("""
     budget = dict(max_steps=None, time=sys.argv[4], compile=True, sample_every=2) if len(sys.argv) > 4 else {}
     train = TrainConfig(**{**dict(out_dir=out, batch_size=batch_size, max_steps=6, lr=3e-3, warmup_steps=2,
                                   eval_every=3, eval_windows=7, checkpoint_every=3, log_every=1, progress=False,
-                                  device="cpu"), **budget})
+                                  device="cpu", dtype="fp32"), **budget})  # fp32: bf16 rounds by batch split
     trainer = Trainer(model, train, data.train, data.val, sample_fn=lambda model, step, folder: time.sleep(0.2))
     summary = trainer.fit()
     rank = int(os.environ.get("RANK", 0))
