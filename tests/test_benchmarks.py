@@ -170,6 +170,27 @@ def test_every_peer_decays_exactly_its_linear_weights() -> None:
     assert len(decay["params"]) + len(rest["params"]) == len(list(flat.parameters())) and rest["weight_decay"] == 0
 
 
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_compare_dtype_flag_trains_every_peer_under_the_asked_precision(dtype: str) -> None:
+    plan = compare.train_plan(compare.parse_args(["--budget-steps", "2", "--warmup-steps", "1", "--dtype", dtype]))
+    config = MegabyteConfig.preset("tiny", dims=(32, 16), layers=(1, 1), heads=(2, 1), max_seq_len=32)
+    model = compare.build_peer("bytemodels", config, seed=0)
+    seen: list[bool] = []
+    model.register_forward_pre_hook(lambda module, inputs: seen.append(torch.is_autocast_enabled("cpu")))
+
+    class Windows:  # the one method and field train() reads
+        seq_len = 32
+
+        def batch(self, seed: int, step: int, batch_size: int):
+            return torch.randint(0, 256, (batch_size, 32), generator=torch.Generator().manual_seed(step)).numpy()
+
+    result = compare.train(model, Windows(), plan, "toy")
+    assert result["steps"] == 2 and seen == [dtype == "bf16"] * 2
+    assert all(parameter.dtype == torch.float32 for parameter in model.parameters())  # autocast, not a cast
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--dtype", "fp16"])
+
+
 GPU_CHECK = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
 
 
