@@ -58,6 +58,9 @@ class MegabyteConfig:
     the n-gram ending at that byte (the Byte Latent Transformer's hash n-gram embeddings); empty: none."""
     hash_buckets: int = 16384
     """Rows of each ``hash_ngrams`` table: n-grams share a row where their hashes collide."""
+    ngram_dropout: float = 0.0
+    """Probability, while training, that a hashed n-gram's row is left out of a byte's embedding (each byte and
+    length drawn alone, the kept rows scaled up to match): keeps the tables from memorising a small training text."""
 
     def __post_init__(self) -> None:
         for name in ("patch_sizes", "dims", "layers", "heads", "hash_ngrams"):
@@ -140,8 +143,9 @@ class MegabyteConfig:
             raise ValueError(
                 f"max_seq_len={self.max_seq_len} must be a positive multiple of the patch size {self.patch_size}"
             )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
+        for name in ("dropout", "ngram_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:  # also refuses nan
+                raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1)")
         if self.num_tags < 0:
             raise ValueError(f"num_tags={self.num_tags} must not be negative")
         if self.embed_dim is not None and self.embed_dim < 1:

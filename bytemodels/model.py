@@ -39,9 +39,10 @@ class UnitEmbedder(nn.Module):
     byte's embedding is the mean of its own and those of the n-grams ending at it (one table per length)."""
 
     def __init__(self, vocab_size: int, unit: int, byte_dim: int, dim: int, gain: float = 1.0,
-                 ngram_tables: int = 0, buckets: int = 0) -> None:
+                 ngram_tables: int = 0, buckets: int = 0, ngram_dropout: float = 0.0) -> None:
         super().__init__()
         self.unit = unit
+        self.ngram_dropout = ngram_dropout
         width = dim if unit == 1 else byte_dim
         self.bytes = ScaledEmbedding(vocab_size, width, gain)
         self.project = None if unit == 1 else nn.Linear(unit * byte_dim, dim, bias=False)
@@ -53,7 +54,13 @@ class UnitEmbedder(nn.Module):
         vectors = self.bytes(units)  # (..., unit, width)
         if self.ngrams is not None:
             # The mean keeps the embedding's spread that of one table's rows, whatever the number of lengths.
-            vectors = (vectors + self.ngrams(ngrams).sum(-2)) / (1 + ngrams.shape[-1])
+            found = self.ngrams(ngrams)  # (..., unit, lengths, width)
+            if self.training and self.ngram_dropout:
+                # Whole n-grams left out: tables of millions of weights learn a few MB of text by heart, and a byte
+                # read without some of its contexts has to lean on what generalises.
+                keep = torch.rand(found.shape[:-1] + (1,), device=found.device) >= self.ngram_dropout
+                found = found * keep / (1 - self.ngram_dropout)
+            vectors = (vectors + found.sum(-2)) / (1 + ngrams.shape[-1])
         if self.project is None:
             return vectors.squeeze(-2)
         return self.project(rearrange(vectors, "... u e -> ... (u e)"))
@@ -77,7 +84,7 @@ class Stage(nn.Module):
         self.unit = units[index]
         dim = dims[index]
         self.embed = UnitEmbedder(config.vocab_size, self.unit, config.byte_embed_dim, dim, EMBED_GAIN,
-                                  len(config.hash_ngrams), config.hash_buckets)
+                                  len(config.hash_ngrams), config.hash_buckets, config.ngram_dropout)
         self.start = nn.Parameter(torch.randn(dim))
         self.drop = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
         self.transformer = Transformer(dim, config.layers[index], config.heads[index], config.mlp_ratio,

@@ -70,3 +70,27 @@ def test_compression_round_trips_with_n_grams():
     data = b"".join(b"the dog %d sat on the log. " % (i % 5) for i in range(12))
     blob = compress(model, data, batch_size=2)
     assert decompress(model, blob) == data
+
+
+def test_n_gram_dropout_leaves_rows_out_in_training_only():
+    torch.manual_seed(0)
+    dropped = use_input_skip(Megabyte(MegabyteConfig.preset("tiny", **SHAPE, ngram_dropout=0.5)))
+    model = ngram_model()
+    dropped.load_state_dict(model.state_dict())
+    ids = torch.randint(0, 256, (2, 64))
+    # Evaluation and generation see every row: the same output as a model trained without the dropout.
+    torch.testing.assert_close(dropped.eval()(ids).logits, model(ids).logits, rtol=0, atol=0)
+    dropped.train()
+    torch.manual_seed(1)
+    first = dropped(ids, ids).loss
+    torch.manual_seed(1)
+    again = dropped(ids, ids).loss  # the trainer reseeds every step, so a resumed run draws the same rows
+    torch.manual_seed(2)
+    other = dropped(ids, ids).loss
+    assert first == again and first != other
+    # About half of the rows a batch looks up get no gradient; a table row is a unit, never a part of one.
+    first.backward()
+    table = dropped.stages[1].embed.ngrams.weight
+    used = hash_ngrams(ids, dropped.ngram_powers, 97).flatten().unique()
+    reached = table.grad.abs().amax(dim=1).ne(0)
+    assert 0 < reached[used].float().mean() < 1 and not reached[~torch.isin(torch.arange(3 * 97), used)].any()
