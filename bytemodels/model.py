@@ -58,8 +58,7 @@ class UnitEmbedder(nn.Module):
             if self.training and self.ngram_dropout:
                 # Whole n-grams left out: tables of millions of weights learn a few MB of text by heart, and a byte
                 # read without some of its contexts has to lean on what generalises.
-                keep = torch.rand(found.shape[:-1] + (1,), device=found.device) >= self.ngram_dropout
-                found = found * keep / (1 - self.ngram_dropout)
+                found = found * F.dropout(found.new_ones(found.shape[:-1] + (1,)), self.ngram_dropout)
             vectors = (vectors + found.sum(-2)) / (1 + ngrams.shape[-1])
         if self.project is None:
             return vectors.squeeze(-2)
