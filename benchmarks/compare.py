@@ -503,6 +503,8 @@ def check_peers(config: MegabyteConfig, ids: Tensor, seed: int,
     with torch.no_grad():
         # Only the peers trained: the reference, say, takes one head size for all stages, which others need not.
         models = {peer: build_peer(peer, config, seed) for peer in BYTE_PEERS if peer in peers}
+        for model in models.values():  # causality is the function's; dropout would draw anew on each call
+            model.eval()
         if "megabyte-pytorch" in models:
             reference = models["megabyte-pytorch"]
             ours_of_ref = float(training_loss(reference_logits(reference, ids), ids))

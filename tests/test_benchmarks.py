@@ -88,6 +88,14 @@ def test_peer_checks_build_only_the_peers_trained() -> None:
         compare.check_peers(config, ids, seed=0, peers=("bytemodels", "megabyte-pytorch"))
 
 
+def test_peer_checks_pass_for_a_model_that_drops_ngram_rows_while_training() -> None:
+    # The rows dropped are drawn anew on every call, so the causality check must compare the model in eval mode.
+    config = MegabyteConfig.preset("tiny", dims=(32, 32), layers=(1, 1), heads=(2, 2), max_seq_len=32,
+                                   hash_ngrams=(2, 3), hash_buckets=64, ngram_dropout=0.5)
+    ids = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(0))
+    assert compare.check_peers(config, ids, seed=0, peers=("bytemodels",))["causal"]
+
+
 def test_learning_rate_sweep_scores_each_peer_at_its_own_best_rate(monkeypatch: pytest.MonkeyPatch) -> None:
     # The training itself needs the peer package; the sweep's bookkeeping is checked with a stand-in that
     # makes bytemodels best at the highest rate and the reference best at the middle one.
