@@ -115,7 +115,7 @@ from bytemodels.budget import parse_duration  # noqa: E402
 from bytemodels.config import MegabyteConfig  # noqa: E402
 from bytemodels.data import ByteDataset, Windows  # noqa: E402
 from bytemodels.model import Megabyte  # noqa: E402
-from bytemodels.optim import adamw  # noqa: E402
+from bytemodels.optim import OPTIMIZERS, build_optimizer  # noqa: E402
 from bytemodels.app.flags import add_config_arguments, overrides_from_args  # noqa: E402
 from bytemodels.runfolder import atomic_write  # noqa: E402
 from bytemodels.schedule import learning_rate  # noqa: E402
@@ -542,6 +542,8 @@ class TrainPlan:
     warmup_steps: int = 50
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
+    optimizer: str = "adamw"
+    """adamw, or muon for every peer's hidden matrices (``bytemodels.optim.build_optimizer``)."""
     grad_clip: float = 1.0
     seed: int = 0
     compile: bool = False
@@ -587,7 +589,8 @@ def train(model: nn.Module, windows: Windows | TokenWindows, plan: TrainPlan, la
     does even when other processes slow the machine down. Seconds count training steps only (compiled,
     not the first step, which compiles)."""
     # Every peer gets the trainer's optimizer: its rules read only modules() and parameters(), so apply to any.
-    optimizer = adamw(model, plan.lr, weight_decay=plan.weight_decay, betas=plan.betas)
+    optimizer = build_optimizer(model, plan.lr, weight_decay=plan.weight_decay, betas=plan.betas,
+                                optimizer=plan.optimizer)
     batch_loss = loss_function(model, plan.compile)
     compile_seconds = None
     model.train()
@@ -1119,6 +1122,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="train every peer at each of these peak learning rates (the floor keeps the ratio "
                              "--min-lr/--lr) and score each peer at its best one")
     parser.add_argument("--warmup-steps", type=int, default=50)
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw",
+                        help="every peer's optimizer: adamw, or muon for the hidden matrices (AdamW for the rest)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-windows", type=int, default=0,
                         help="fixed validation windows to score (0: all, i.e. every held-out byte)")
@@ -1184,7 +1189,8 @@ def train_plan(args: argparse.Namespace) -> TrainPlan:
                          seed=args.seed)
     steps = None if args.time is not None else args.budget_steps
     return TrainPlan(steps=steps, seconds=args.time, batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr,
-                     warmup_steps=args.warmup_steps, seed=args.seed, compile=args.compile, dtype=args.dtype)
+                     warmup_steps=args.warmup_steps, seed=args.seed, compile=args.compile, dtype=args.dtype,
+                     optimizer=args.optimizer)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -194,6 +194,7 @@ class Attention(nn.Module):
         super().__init__()
         self.heads = heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.qkv.fused_matrices = 3  # queries, keys and values: Muon orthogonalises each on its own
         self.out = nn.Linear(dim, dim, bias=False)
         self.dropout = dropout
         # RMSNorm of each head's queries and keys (one gain per channel, shared by the heads): bounded

@@ -1,10 +1,17 @@
-"""The optimizer: AdamW, with lookup tables updated lazily (only the rows a batch looked up).
+"""The optimizer: AdamW, with lookup tables updated lazily (only the rows a batch looked up), or Muon for the
+hidden matrices beside it.
 
 A hashed n-gram table holds tens of thousands of rows, of which a batch looks up a fraction; dense AdamW reads and
 writes every row's weight and both moments at every step, which on a CPU costs more than the network's update.
 :class:`TableAdamW` updates a table's looked-up rows only (the rows whose gradient is not zero), as TensorFlow's
 LazyAdam does: a row's moments and weight move when the row is used, and stand still otherwise. Every other
-parameter gets torch's AdamW unchanged."""
+parameter gets torch's AdamW unchanged.
+
+:class:`MuonTableAdamW` (``optimizer="muon"``) updates the hidden matrices, the weights of every ``nn.Linear``
+but the output head, by Muon (Jordan et al. 2024): the momentum of the gradient, orthogonalised by a
+Newton-Schulz iteration, the rule of ``torch.optim.Muon`` with Moonshot's scale (``adjust_lr_fn=
+"match_rms_adamw"``: the update's RMS is AdamW's, so the same learning rate, schedule and weight decay apply).
+One optimizer holds both, so the trainer's schedule, checkpoints and resume treat it as any other."""
 
 from __future__ import annotations
 
@@ -14,7 +21,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bytemodels.layers import ScaledLinear
 from bytemodels.model import Megabyte, lookup_tables
+
+#: The optimizers a training run can use (``TrainConfig.optimizer``).
+OPTIMIZERS = ("adamw", "muon")
+#: Muon's momentum and Newton-Schulz steps (``torch.optim.Muon``'s defaults) and the RMS its update is scaled to.
+MUON_MOMENTUM = 0.95
+NEWTON_SCHULZ_STEPS = 5
+MUON_RMS = 0.2
 
 
 class TableAdamW(torch.optim.AdamW):
@@ -45,14 +60,20 @@ class TableAdamW(torch.optim.AdamW):
         try:
             for group in self.param_groups:
                 for param in group["params"]:
-                    if id(param) in self._table_ids and param.grad is not None:
-                        self._row_step(param, group)
+                    if param.grad is not None and self._own_step(param, group):
                         hidden.append((param, param.grad))
                         param.grad = None
             return super().step()
         finally:
             for param, grad in hidden:
                 param.grad = grad
+
+    def _own_step(self, param: Tensor, group: dict[str, Any]) -> bool:
+        """Update ``param`` here and return True, or leave it to AdamW (False)."""
+        if id(param) in self._table_ids:
+            self._row_step(param, group)
+            return True
+        return False
 
     def _row_step(self, table: Tensor, group: dict[str, Any]) -> None:
         grad = table.grad
@@ -84,9 +105,78 @@ class TableAdamW(torch.optim.AdamW):
         table.index_copy_(0, rows, weights)
 
 
-def adamw(model: nn.Module, lr: float, *, weight_decay: float, betas: tuple[float, float] = (0.9, 0.95),
-          fused: bool = False) -> TableAdamW:
+def orthogonalize(matrices: Tensor, steps: int = NEWTON_SCHULZ_STEPS) -> Tensor:
+    """The nearest semi-orthogonal matrix (``U V^T`` of the SVD ``U S V^T``, approximately) of each matrix of
+    ``(..., rows, cols)``: Newton-Schulz's quintic iteration with Jordan's coefficients, as ``torch.optim.Muon``
+    runs it (its singular values land between about 0.7 and 1.2, which trains as well as exact ones)."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    wide = matrices.mT if matrices.size(-2) > matrices.size(-1) else matrices  # the smaller Gram matrix
+    x = wide / (wide.norm(dim=(-2, -1), keepdim=True) + 1e-7)
+    for _ in range(steps):
+        gram = x @ x.mT
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.mT if matrices.size(-2) > matrices.size(-1) else x
+
+
+class MuonTableAdamW(TableAdamW):
+    """:class:`TableAdamW` whose groups marked ``muon=True`` are updated by Muon instead (each of their weights a
+    2-D matrix; in a group with ``fused_matrices=n``, each weight is ``n`` matrices stacked by rows, such as
+    attention's queries, keys and values, orthogonalised each on its own). ``momentum`` is Muon's, Nesterov style;
+    Muon's state is a ``momentum_buffer`` and a ``step`` count per matrix."""
+
+    def __init__(self, params: Iterable[Any], *, momentum: float = MUON_MOMENTUM, **options: Any) -> None:
+        super().__init__(params, **options)
+        if not 0 <= momentum < 1:
+            raise ValueError(f"MuonTableAdamW: momentum={momentum} must be in [0, 1)")
+        self.momentum = momentum
+        for group in self.param_groups:
+            if group.get("muon") and any(param.dim() != 2 for param in group["params"]):
+                raise ValueError("MuonTableAdamW: a Muon group holds 2-D matrices only")
+
+    def _own_step(self, param: Tensor, group: dict[str, Any]) -> bool:
+        if not group.get("muon"):
+            return super()._own_step(param, group)
+        state = self.state[param]
+        if not state:  # a step count as AdamW keeps one (its load_state_dict reads it); Muon itself needs none
+            state["step"] = torch.tensor(0.0)
+            state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        state["step"] += 1
+        buffer = state["momentum_buffer"].lerp_(param.grad, 1 - self.momentum)
+        update = param.grad.lerp(buffer, self.momentum)  # Nesterov: the gradient pulled towards the momentum
+        fused = group.get("fused_matrices", 1)
+        rows, cols = param.shape
+        update = orthogonalize(update.view(fused, rows // fused, cols).float()).view(rows, cols)
+        lr = float(group["lr"])
+        if group["weight_decay"]:
+            param.mul_(1 - lr * group["weight_decay"])
+        # An orthogonal (r x c) matrix has RMS 1/sqrt(max(r, c)): scaled to AdamW's typical 0.2 x lr per weight
+        param.add_(update.to(param.dtype), alpha=-lr * MUON_RMS * max(rows // fused, cols) ** 0.5)
+        return True
+
+
+def hidden_matrices(model: nn.Module) -> list[nn.Linear]:
+    """The layers whose weights Muon updates: every ``nn.Linear`` but the output head (a :class:`ScaledLinear`,
+    which, like the embeddings, reads or writes one row per symbol and stays with AdamW). A layer's
+    ``fused_matrices`` attribute says how many matrices its weight stacks (1 if it has none)."""
+    return [m for m in model.modules() if isinstance(m, nn.Linear) and not isinstance(m, ScaledLinear)]
+
+
+def build_optimizer(model: nn.Module, lr: float, *, weight_decay: float, betas: tuple[float, float] = (0.9, 0.95),
+                    optimizer: str = "adamw", fused: bool = False) -> TableAdamW:
     """The optimizer every training loop uses: AdamW with decay on Linear weights only (``Megabyte.param_groups``,
-    which reads any module), and the n-gram tables updated by rows."""
-    return TableAdamW(Megabyte.param_groups(model, weight_decay), tables=lookup_tables(model), lr=lr, betas=betas,
-                      **({"fused": True} if fused else {}))
+    which reads any module), and the n-gram tables updated by rows; with ``optimizer="muon"``, the hidden
+    matrices (:func:`hidden_matrices`, decayed alike) updated by Muon."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer={optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
+    groups = Megabyte.param_groups(model, weight_decay)
+    options: dict[str, Any] = dict(tables=lookup_tables(model), lr=lr, betas=betas,
+                                   **({"fused": True} if fused else {}))
+    if optimizer == "adamw":
+        return TableAdamW(groups, **options)
+    layers = hidden_matrices(model)
+    matrices = {id(layer.weight) for layer in layers}
+    groups = [{**group, "params": [p for p in group["params"] if id(p) not in matrices]} for group in groups]
+    for fused in sorted({getattr(layer, "fused_matrices", 1) for layer in layers}):
+        groups.append({"params": [layer.weight for layer in layers if getattr(layer, "fused_matrices", 1) == fused],
+                       "weight_decay": weight_decay, "muon": True, "fused_matrices": fused})
+    return MuonTableAdamW([group for group in groups if group["params"]], **options)

@@ -172,7 +172,7 @@ def test_every_peer_decays_exactly_its_linear_weights() -> None:
     config = MegabyteConfig.preset("tiny", dims=(32, 16), layers=(1, 1), heads=(2, 1), max_seq_len=32)
     flat = compare.build_peer("flat", config, seed=0)
     plan = compare.TrainPlan()
-    decay, rest = compare.adamw(flat, plan.lr, weight_decay=plan.weight_decay).param_groups
+    decay, rest = compare.build_optimizer(flat, plan.lr, weight_decay=plan.weight_decay).param_groups
     linear = {id(m.weight) for m in flat.modules() if isinstance(m, torch.nn.Linear)}
     assert {id(p) for p in decay["params"]} == linear and decay["weight_decay"] == 0.1
     assert len(decay["params"]) + len(rest["params"]) == len(list(flat.parameters())) and rest["weight_decay"] == 0

@@ -5,7 +5,7 @@ import torch
 
 from bytemodels.config import MegabyteConfig
 from bytemodels.model import Megabyte, lookup_tables
-from bytemodels.optim import TableAdamW, adamw
+from bytemodels.optim import MuonTableAdamW, TableAdamW, build_optimizer, orthogonalize
 
 
 def table_and_weight(seed: int = 0) -> tuple[torch.nn.Parameter, torch.nn.Parameter]:
@@ -86,7 +86,7 @@ def test_model_tables_are_found_and_trained_by_rows():
     tables = lookup_tables(model)
     assert len(tables) == 2 and all(t.shape[0] == 2 * 64 for t in tables)
     assert lookup_tables(Megabyte(MegabyteConfig.preset("tiny", max_seq_len=32))) == []
-    optimizer = adamw(model, 1e-2, weight_decay=0.1)
+    optimizer = build_optimizer(model, 1e-2, weight_decay=0.1)
     before = [t.detach().clone() for t in tables]
     ids = torch.full((1, 32), 65)  # one repeated byte: a few n-gram rows only
     model(ids, ids).loss.backward()
@@ -95,3 +95,70 @@ def test_model_tables_are_found_and_trained_by_rows():
         moved = (table.detach() != old).any(dim=1)
         # 2-grams "AA" and PAD A; 3-grams "AAA", PAD A A and PAD PAD A: five rows of 128 at most.
         assert 0 < int(moved.sum()) <= 5
+
+
+# -- Muon for the hidden matrices --------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(48, 16), (16, 48), (3, 16, 16)])
+def test_orthogonalize_brings_every_singular_value_near_one(shape):
+    matrices = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    singular = torch.linalg.svdvals(orthogonalize(matrices))
+    # Jordan's coefficients trade exactness for speed: the values land in about (0.7, 1.2), never near 0
+    assert singular.min() > 0.6 and singular.max() < 1.25
+    assert torch.linalg.svdvals(matrices).max() > 2  # the input was far from orthogonal
+
+
+def test_muon_steps_follow_torch_muon_with_adamw_matched_scale():
+    # The same rule as torch.optim.Muon(adjust_lr_fn="match_rms_adamw"), which runs Newton-Schulz in bf16: ours
+    # runs it in fp32, so the two agree to bf16's precision.
+    generator = torch.Generator().manual_seed(0)
+    start = torch.randn(24, 40, generator=generator) * 0.1
+    ours, reference = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
+    mine = MuonTableAdamW([{"params": [ours], "weight_decay": 0.1, "muon": True}], lr=0.02)
+    theirs = torch.optim.Muon([reference], lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+    for _ in range(3):
+        grad = torch.randn(24, 40, generator=generator)
+        for param, optimizer in ((ours, mine), (reference, theirs)):
+            param.grad = grad.clone()
+            optimizer.step()
+    moved = (reference.detach() - start).norm()
+    assert moved > 0.1
+    assert (ours.detach() - reference.detach()).norm() < 0.02 * moved
+
+
+def test_muon_orthogonalises_fused_queries_keys_and_values_each_on_its_own():
+    generator = torch.Generator().manual_seed(1)
+    weight = torch.nn.Parameter(torch.zeros(3 * 8, 8))
+    grad = torch.randn(3 * 8, 8, generator=generator)
+    weight.grad = grad.clone()
+    MuonTableAdamW([{"params": [weight], "weight_decay": 0.0, "muon": True, "fused_matrices": 3}], lr=1.0).step()
+    scale = 0.2 * 8 ** 0.5  # an (8 x 8) matrix's RMS scale at lr 1; the first update is the gradient's direction
+    expected = -scale * orthogonalize(grad.view(3, 8, 8)).view(24, 8)
+    torch.testing.assert_close(weight.detach(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_build_optimizer_gives_muon_the_hidden_matrices_and_adamw_the_rest():
+    config = MegabyteConfig.preset("tiny", dims=(32, 16), layers=(1, 1), heads=(2, 1), max_seq_len=32,
+                                   hash_ngrams=(2, 3), hash_buckets=64)
+    model = Megabyte(config)
+    optimizer = build_optimizer(model, 1e-2, weight_decay=0.1, optimizer="muon")
+    assert isinstance(optimizer, MuonTableAdamW)
+    grouped = [id(p) for group in optimizer.param_groups for p in group["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters())  # each parameter once
+    muon = {id(p): group.get("fused_matrices") for group in optimizer.param_groups if group.get("muon")
+            for p in group["params"]}
+    names = {name for name, p in model.named_parameters() if id(p) in muon}
+    linear = {name + ".weight" for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert names == linear - {"head.weight"} and any(name.endswith("qkv.weight") for name in names)
+    assert all(muon[id(p)] == (3 if name.endswith("qkv.weight") else 1) for name, p in model.named_parameters()
+               if id(p) in muon)
+    assert not {id(t) for t in lookup_tables(model)} & muon.keys()  # the tables stay with the row updates
+    ids = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(0))
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    model(ids, ids).loss.backward()
+    optimizer.step()
+    assert all(not torch.equal(before[name], p.detach()) for name, p in model.named_parameters() if id(p) in muon)
+    assert "exp_avg" in optimizer.state[model.head.weight]
+    with pytest.raises(ValueError, match="optimizer='sgd'; choose one of: adamw, muon"):
+        build_optimizer(model, 1e-2, weight_decay=0.1, optimizer="sgd")
+    with pytest.raises(ValueError, match="2-D matrices only"):
+        MuonTableAdamW([{"params": [torch.nn.Parameter(torch.zeros(3))], "muon": True}], lr=1.0)
