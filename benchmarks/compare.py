@@ -1123,7 +1123,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "--min-lr/--lr) and score each peer at its best one")
     parser.add_argument("--warmup-steps", type=int, default=50)
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw",
-                        help="every peer's optimizer: adamw, or muon for the hidden matrices (AdamW for the rest)")
+                        help="every peer's optimizer: adamw, or muon for the hidden matrices (AdamW for the rest; "
+                             "MEGABYTE-pytorch's head is a plain Linear, so Muon gets it too)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-windows", type=int, default=0,
                         help="fixed validation windows to score (0: all, i.e. every held-out byte)")

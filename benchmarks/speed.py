@@ -104,7 +104,8 @@ class TrainingRun:
 
         self.model = build_peer(peer, spec).to(device).train()
         # The trainer's optimizer for every peer (its n-gram tables, which only ours has, updated by rows).
-        self.optimizer = build_optimizer(self.model, 1e-4, weight_decay=0.1, fused=torch.device(device).type == "cuda")
+        self.optimizer = build_optimizer(self.model, 1e-4, weight_decay=0.1,
+                                         fused=torch.device(device).type == "cuda")
         if spec.get("compile") in (peer, "both"):
             # Compiled on the first (untimed warm-up) step; the reference's own module, so its loss path stays.
             if peer == "reference":

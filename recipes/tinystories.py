@@ -48,8 +48,7 @@ DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
     "cpu": dict(preset="tiny", model=dict(max_seq_len=1024, dims=(128, 128), hash_ngrams=(2, 3, 4),
                                           ngram_dropout=0.25), time="10m",
                 batch_size=4, lr=6e-3, min_lr=0.0, schedule="linear", warmup_steps=100, optimizer="muon",
-                eval_every=1000,
-                eval_windows=64, checkpoint_every=1000, sample_bytes=600, compile=True),
+                eval_every=1000, eval_windows=64, checkpoint_every=1000, sample_bytes=600, compile=True),
     "gpu": dict(preset="base", model={}, time="1h", batch_size=32, lr=6e-4, min_lr=6e-5, warmup_steps=500,
                 eval_every=1000, eval_windows=256, checkpoint_every=2000, sample_bytes=1500),
 }
