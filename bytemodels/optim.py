@@ -110,12 +110,13 @@ def orthogonalize(matrices: Tensor, steps: int = NEWTON_SCHULZ_STEPS) -> Tensor:
     ``(..., rows, cols)``: Newton-Schulz's quintic iteration with Jordan's coefficients, as ``torch.optim.Muon``
     runs it (its singular values land between about 0.7 and 1.2, which trains as well as exact ones)."""
     a, b, c = 3.4445, -4.7750, 2.0315
-    wide = matrices.mT if matrices.size(-2) > matrices.size(-1) else matrices  # the smaller Gram matrix
-    x = wide / (wide.norm(dim=(-2, -1), keepdim=True) + 1e-7)
+    tall = matrices.size(-2) > matrices.size(-1)
+    x = matrices.mT if tall else matrices  # the smaller Gram matrix
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)
     for _ in range(steps):
         gram = x @ x.mT
         x = a * x + (b * gram + c * gram @ gram) @ x
-    return x.mT if matrices.size(-2) > matrices.size(-1) else x
+    return x.mT if tall else x
 
 
 class MuonTableAdamW(TableAdamW):
@@ -173,10 +174,11 @@ def build_optimizer(model: nn.Module, lr: float, *, weight_decay: float, betas: 
                                    **({"fused": True} if fused else {}))
     if optimizer == "adamw":
         return TableAdamW(groups, **options)
-    layers = hidden_matrices(model)
-    matrices = {id(layer.weight) for layer in layers}
+    by_fused: dict[int, list[Tensor]] = {}  # one Muon group per number of stacked matrices
+    for layer in hidden_matrices(model):
+        by_fused.setdefault(getattr(layer, "fused_matrices", 1), []).append(layer.weight)
+    matrices = {id(weight) for weights in by_fused.values() for weight in weights}
     groups = [{**group, "params": [p for p in group["params"] if id(p) not in matrices]} for group in groups]
-    for fused in sorted({getattr(layer, "fused_matrices", 1) for layer in layers}):
-        groups.append({"params": [layer.weight for layer in layers if getattr(layer, "fused_matrices", 1) == fused],
-                       "weight_decay": weight_decay, "muon": True, "fused_matrices": fused})
+    groups += [{"params": weights, "weight_decay": weight_decay, "muon": True, "fused_matrices": fused}
+               for fused, weights in sorted(by_fused.items())]
     return MuonTableAdamW([group for group in groups if group["params"]], **options)

@@ -1,5 +1,5 @@
-"""What resuming a run checks against its checkpoint: the model must be the same (an error); the data and the
-global batch should be (a warning, since the run still trains but will not match the one it continues)."""
+"""What resuming a run checks against its checkpoint: the model and the optimizer must be the same (an error); the
+data and the global batch should be (a warning, since the run still trains but will not match the one it continues)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,15 @@ def check_model_config(checkpoint: Path, recorded: dict[str, Any], current: dict
     changed = sorted(key for key in set(recorded) | set(current) if recorded.get(key) != current.get(key))
     raise ValueError(f"{checkpoint}: checkpoint has a different model config ({', '.join(changed)}); "
                      "resume with the config it was trained with (Trainer.resume reads it)")
+
+
+def check_optimizer(checkpoint: Path, recorded_train_config: dict[str, Any], optimizer: str) -> None:
+    """Raise ``ValueError`` when the checkpoint was trained with another optimizer than ``optimizer``: the state of
+    one cannot continue the other. Checkpoints from before the field was recorded were trained with AdamW."""
+    recorded = recorded_train_config.get("optimizer", "adamw")
+    if recorded != optimizer:
+        raise ValueError(f"{checkpoint}: checkpoint was trained with optimizer={recorded!r}, not {optimizer!r}; "
+                         f"resume with optimizer={recorded!r}")
 
 
 def warn_if_data_changed(checkpoint: Path, recorded: dict[str, Any], datasets: dict[str, Any]) -> None:

@@ -45,7 +45,7 @@ from bytemodels.jsonfile import read_json_object
 from bytemodels.model import Megabyte
 from bytemodels.optim import OPTIMIZERS, build_optimizer
 from bytemodels.plot import plot_curves, read_metrics
-from bytemodels.resume import check_model_config, warn_if_batch_changed, warn_if_data_changed
+from bytemodels.resume import check_model_config, check_optimizer, warn_if_batch_changed, warn_if_data_changed
 from bytemodels.runfolder import FolderLock, atomic_write, lock_folder, remove_leftovers, writing
 from bytemodels.schedule import SCHEDULES, learning_rate
 
@@ -722,10 +722,7 @@ class Trainer:
     def _load(self, path: str | Path) -> None:
         loaded = ckpt.load_checkpoint(path)
         check_model_config(loaded.path, loaded.model_config, self.model_config.to_dict())
-        recorded = loaded.train_config.get("optimizer", "adamw")  # checkpoints from before the field: AdamW
-        if recorded != self.config.optimizer:  # the state of one cannot continue the other
-            raise ValueError(f"{loaded.path}: checkpoint was trained with optimizer={recorded!r}, not "
-                             f"{self.config.optimizer!r}; resume with optimizer={recorded!r}")
+        check_optimizer(loaded.path, loaded.train_config, self.config.optimizer)
         self.model.load_state_dict(loaded.model_state(self.device))
         self.optimizer.load_state_dict(loaded.optimizer_state(self.device))
         state = loaded.state

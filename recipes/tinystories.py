@@ -43,7 +43,8 @@ INSTRUCT_PROMPT = "Features: Dialogue\nWords: cat, ball, happy\nStory: "
 #: one thread: 1.279 against 1.326; ``--hash-ngrams ''`` turns them off). Leaving a quarter of their rows out
 #: while training keeps them from learning a small text by heart (the offline copy of 4.7 MB is read 5 times in
 #: 6,000 steps, about 30 minutes): 1.142 against 1.161 over the whole validation text at the same speed per step;
-#: before the text is read twice it neither helps nor hurts.
+#: before the text is read twice it neither helps nor hurts. Muon for the matrices learns more per step than AdamW
+#: and, despite 13-19% fewer steps, ends 1.6% lower after 10 minutes and 1.8% after 30 (side by side).
 DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
     "cpu": dict(preset="tiny", model=dict(max_seq_len=1024, dims=(128, 128), hash_ngrams=(2, 3, 4),
                                           ngram_dropout=0.25), time="10m",
