@@ -8,6 +8,12 @@ Results: a Markdown table on stdout, JSON in ``outputs/benchmarks/validation-win
 
     python benchmarks/validation_windows.py runs/tinystories runs/cache/tinystories-validation-*
 
+``--windows N`` scores N windows instead of all of them, chosen as the trainer chooses its sample (spread evenly over
+a text stream): the way to score a training split's cache (thousands of windows), and so to see how much better the
+model does on text it was trained on than on the validation text:
+
+    python benchmarks/validation_windows.py runs/tinystories runs/cache/tinystories-train-* --windows 128
+
 The cache folder is the one the recipe built for the validation split, under its ``--cache-dir`` (``runs/cache`` by
 default) and named after the split (``tinystories-validation-<hash>``).
 """
@@ -57,11 +63,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="a run folder or checkpoint folder")
     parser.add_argument("cache", help="the validation split's dataset cache folder")
+    parser.add_argument("--windows", type=int, default=None, metavar="N",
+                        help="score N windows, chosen as the trainer chooses its sample (default: all of them)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "outputs" / "benchmarks",
                         help="folder for the JSON result")
     args = parser.parse_args(argv)
+    if args.windows is not None and args.windows < 1:
+        parser.error(f"--windows {args.windows}: score at least 1 window")
     torch.set_num_threads(args.threads)
     try:
         folder, _, _ = open_checkpoint(args.checkpoint)
@@ -71,19 +81,24 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"validation_windows: error: {error}")
     config = model.config
     windows = dataset.windows(config.max_seq_len, config.patch_size, config.num_tags)
-    every = windows.fixed(len(windows))
-    bits, counts = window_bits(model, every, args.batch_size)
-    total = len(every)
-    spread = list(windows.fixed_indices(SAMPLE))
-    result = {"checkpoint": str(folder), "cache": str(args.cache), "windows": total, "bytes": int(counts.sum()),
-              "bits_per_byte": {
-                  "all windows": float(bits.sum() / counts.sum()),
+    total = len(windows)
+    if args.windows is not None and args.windows < total:
+        chosen = windows.fixed(args.windows)
+        bits, counts = window_bits(model, chosen, args.batch_size)
+        scores = {f"{len(chosen)} chosen as the trainer's sample": float(bits.sum() / counts.sum())}
+    else:
+        bits, counts = window_bits(model, windows.fixed(total), args.batch_size)
+        spread = list(windows.fixed_indices(SAMPLE))
+        scores = {"all windows": float(bits.sum() / counts.sum()),
                   f"{SAMPLE} spread (the trainer)": float(bits[spread].sum() / counts[spread].sum()),
-                  f"first {SAMPLE}": float(bits[:SAMPLE].sum() / counts[:SAMPLE].sum())}}
+                  f"first {SAMPLE}": float(bits[:SAMPLE].sum() / counts[:SAMPLE].sum())}
+    result = {"checkpoint": str(folder), "cache": str(args.cache), "windows": total, "scored": len(bits),
+              "bytes": int(counts.sum()), "bits_per_byte": scores}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"validation-windows-{time.strftime('%Y%m%d-%H%M%S')}.json"
     atomic_write(path, json.dumps(result, indent=2) + "\n")
-    print(f"{folder}: {total} windows of {config.max_seq_len} ids, {result['bytes']:,} bytes scored\n")
+    print(f"{folder}: {len(bits)} of {total} windows of {config.max_seq_len} ids, {result['bytes']:,} bytes "
+          "scored\n")
     print("| windows | bits/byte |\n| --- | ---: |")
     for name, value in result["bits_per_byte"].items():
         print(f"| {name} | {value:.4f} |")

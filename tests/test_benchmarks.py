@@ -231,3 +231,34 @@ def test_gpu_check_without_a_gpu_fails_in_one_line(tmp_path: Path) -> None:
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == code and done.stdout == ""
         assert done.stderr.count("\n") == 1 and message in done.stderr
+
+
+def test_validation_windows_scores_all_or_a_chosen_sample(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from benchmarks import validation_windows
+    from bytemodels.checkpoint import save_checkpoint
+    from bytemodels.data import ByteDataset
+
+    torch.manual_seed(0)
+    model = Megabyte(MegabyteConfig.preset("tiny", dims=(32, 16), layers=(1, 1), heads=(2, 1), max_seq_len=64))
+    folder = save_checkpoint(tmp_path / "checkpoints", 1, write_model=model.save_pretrained, optimizer_state={},
+                             rng_tensors={}, state={"bytes_seen": 0}, train_config={}, metadata={})
+    story = b"Once upon a time a small dog found a red ball in the park. "
+    cache = ByteDataset.build([(story * 20, 0)], tmp_path / "cache", key={"t": 1}, progress=False).path
+    out = tmp_path / "out"
+    assert validation_windows.main([str(folder), str(cache), "--threads", "1", "--out", str(out)]) == 0
+    every = json.loads(next(out.glob("*.json")).read_text())
+    assert every["scored"] == every["windows"] > 3
+    assert set(every["bits_per_byte"]) == {"all windows", "64 spread (the trainer)", "first 64"}
+    for path in out.glob("*.json"):
+        path.unlink()
+    assert validation_windows.main([str(folder), str(cache), "--windows", "3", "--threads", "1",
+                                    "--out", str(out)]) == 0
+    sample = json.loads(next(out.glob("*.json")).read_text())
+    assert sample["scored"] == 3 and list(sample["bits_per_byte"]) == ["3 chosen as the trainer's sample"]
+    # An untrained model scores about 8 bits per byte, whichever windows it reads.
+    assert 6 < sample["bits_per_byte"]["3 chosen as the trainer's sample"] < 10
+    assert "3 of " in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        validation_windows.main([str(folder), str(cache), "--windows", "0"])
