@@ -62,7 +62,8 @@ def window_bits(model: torch.nn.Module, ids: np.ndarray, batch_size: int) -> tup
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="a run folder or checkpoint folder")
-    parser.add_argument("cache", help="the validation split's dataset cache folder")
+    parser.add_argument("cache", help="a split's dataset cache folder: the validation split's (or, with --windows, "
+                                      "the training split's)")
     parser.add_argument("--windows", type=int, default=None, metavar="N",
                         help="score N windows, chosen as the trainer chooses its sample (default: all of them)")
     parser.add_argument("--batch-size", type=int, default=8)

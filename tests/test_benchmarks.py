@@ -1,9 +1,10 @@
 """The benchmark scripts' own logic that needs no peer package: compare.py's flags, the flat baseline, the
-compressor rows. (Running the peers needs the ``bench`` extra; the scripts' ``--quick`` runs cover that.)"""
+compressor rows, validation_windows' samples. (Running the peers needs the ``bench`` extra; the scripts' ``--quick`` runs cover that.)"""
 
 from __future__ import annotations
 
 import bz2
+import json
 import os
 import re
 import subprocess
@@ -12,9 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import compare, compressors
+from benchmarks import compare, compressors, validation_windows
 from benchmarks.baselines import flat_config_matching
 from bytemodels import MegabyteConfig, Megabyte
+from bytemodels.checkpoint import save_checkpoint
+from bytemodels.data import ByteDataset
 from bytemodels.app.flags import overrides_from_args
 
 
@@ -234,12 +237,6 @@ def test_gpu_check_without_a_gpu_fails_in_one_line(tmp_path: Path) -> None:
 
 
 def test_validation_windows_scores_all_or_a_chosen_sample(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    import json
-
-    from benchmarks import validation_windows
-    from bytemodels.checkpoint import save_checkpoint
-    from bytemodels.data import ByteDataset
-
     torch.manual_seed(0)
     model = Megabyte(MegabyteConfig.preset("tiny", dims=(32, 16), layers=(1, 1), heads=(2, 1), max_seq_len=64))
     folder = save_checkpoint(tmp_path / "checkpoints", 1, write_model=model.save_pretrained, optimizer_state={},
@@ -247,14 +244,13 @@ def test_validation_windows_scores_all_or_a_chosen_sample(tmp_path: Path, capsys
     story = b"Once upon a time a small dog found a red ball in the park. "
     cache = ByteDataset.build([(story * 20, 0)], tmp_path / "cache", key={"t": 1}, progress=False).path
     out = tmp_path / "out"
-    assert validation_windows.main([str(folder), str(cache), "--threads", "1", "--out", str(out)]) == 0
+    assert validation_windows.main([str(folder), str(cache), "--out", str(out)]) == 0
     every = json.loads(next(out.glob("*.json")).read_text())
     assert every["scored"] == every["windows"] > 3
     assert set(every["bits_per_byte"]) == {"all windows", "64 spread (the trainer)", "first 64"}
     for path in out.glob("*.json"):
         path.unlink()
-    assert validation_windows.main([str(folder), str(cache), "--windows", "3", "--threads", "1",
-                                    "--out", str(out)]) == 0
+    assert validation_windows.main([str(folder), str(cache), "--windows", "3", "--out", str(out)]) == 0
     sample = json.loads(next(out.glob("*.json")).read_text())
     assert sample["scored"] == 3 and list(sample["bits_per_byte"]) == ["3 chosen as the trainer's sample"]
     # An untrained model scores about 8 bits per byte, whichever windows it reads.
