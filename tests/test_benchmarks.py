@@ -1,5 +1,6 @@
 """The benchmark scripts' own logic that needs no peer package: compare.py's flags, the flat baseline, the
-compressor rows, validation_windows' samples. (Running the peers needs the ``bench`` extra; the scripts' ``--quick`` runs cover that.)"""
+compressor rows, validation_windows' samples. (Running the peers needs the ``bench`` extra; the scripts' ``--quick``
+runs cover that.)"""
 
 from __future__ import annotations
 
