@@ -83,22 +83,21 @@ def main(argv: list[str] | None = None) -> int:
     config = model.config
     windows = dataset.windows(config.max_seq_len, config.patch_size, config.num_tags)
     total = len(windows)
-    if args.windows is not None and args.windows < total:
-        chosen = windows.fixed(args.windows)
-        bits, counts = window_bits(model, chosen, args.batch_size)
-        scores = {f"{len(chosen)} chosen as the trainer's sample": float(bits.sum() / counts.sum())}
+    scored = min(args.windows or total, total)
+    bits, counts = window_bits(model, windows.fixed(scored), args.batch_size)
+    if scored < total:
+        scores = {f"{scored} chosen as the trainer's sample": float(bits.sum() / counts.sum())}
     else:
-        bits, counts = window_bits(model, windows.fixed(total), args.batch_size)
         spread = list(windows.fixed_indices(SAMPLE))
         scores = {"all windows": float(bits.sum() / counts.sum()),
                   f"{SAMPLE} spread (the trainer)": float(bits[spread].sum() / counts[spread].sum()),
                   f"first {SAMPLE}": float(bits[:SAMPLE].sum() / counts[:SAMPLE].sum())}
-    result = {"checkpoint": str(folder), "cache": str(args.cache), "windows": total, "scored": len(bits),
+    result = {"checkpoint": str(folder), "cache": str(args.cache), "windows": total, "scored": scored,
               "bytes": int(counts.sum()), "bits_per_byte": scores}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"validation-windows-{time.strftime('%Y%m%d-%H%M%S')}.json"
     atomic_write(path, json.dumps(result, indent=2) + "\n")
-    print(f"{folder}: {len(bits)} of {total} windows of {config.max_seq_len} ids, {result['bytes']:,} bytes "
+    print(f"{folder}: {scored} of {total} windows of {config.max_seq_len} ids, {result['bytes']:,} bytes "
           "scored\n")
     print("| windows | bits/byte |\n| --- | ---: |")
     for name, value in result["bits_per_byte"].items():

@@ -244,15 +244,12 @@ def test_validation_windows_scores_all_or_a_chosen_sample(tmp_path: Path, capsys
                              rng_tensors={}, state={"bytes_seen": 0}, train_config={}, metadata={})
     story = b"Once upon a time a small dog found a red ball in the park. "
     cache = ByteDataset.build([(story * 20, 0)], tmp_path / "cache", key={"t": 1}, progress=False).path
-    out = tmp_path / "out"
-    assert validation_windows.main([str(folder), str(cache), "--out", str(out)]) == 0
-    every = json.loads(next(out.glob("*.json")).read_text())
+    assert validation_windows.main([str(folder), str(cache), "--out", str(tmp_path / "all")]) == 0
+    every = json.loads(next((tmp_path / "all").glob("*.json")).read_text())
     assert every["scored"] == every["windows"] > 3
     assert set(every["bits_per_byte"]) == {"all windows", "64 spread (the trainer)", "first 64"}
-    for path in out.glob("*.json"):
-        path.unlink()
-    assert validation_windows.main([str(folder), str(cache), "--windows", "3", "--out", str(out)]) == 0
-    sample = json.loads(next(out.glob("*.json")).read_text())
+    assert validation_windows.main([str(folder), str(cache), "--windows", "3", "--out", str(tmp_path / "some")]) == 0
+    sample = json.loads(next((tmp_path / "some").glob("*.json")).read_text())
     assert sample["scored"] == 3 and list(sample["bits_per_byte"]) == ["3 chosen as the trainer's sample"]
     # An untrained model scores about 8 bits per byte, whichever windows it reads.
     assert 6 < sample["bits_per_byte"]["3 chosen as the trainer's sample"] < 10
