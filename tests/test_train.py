@@ -272,7 +272,7 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     data = text_dataset(tmp_path / "cache", layout="records")
     results = []
     for name, batch, accum in (("big", 8, 1), ("accumulated", 2, 4)):
-        # fp32: under bf16 (the auto choice on CPUs with AMX) the two batch splits round differently
+        # fp32: under bf16 (the auto choice on CPUs with bf16 matrix instructions) the two batch splits round differently
         config = train_config(tmp_path / name, batch_size=batch, grad_accum=accum, max_steps=4, eval_every=0,
                               dtype="fp32")
         Trainer(tiny_config(), config, data.train, data.val).fit()
@@ -446,19 +446,22 @@ def test_resuming_with_another_global_batch_warns_and_says_how_to_keep_it(tmp_pa
         Trainer.resume(checkpoint, data.train, data.val, batch_size=2, max_steps=3)
 
 
-@pytest.mark.parametrize("amx", [True, False, None])
-def test_auto_dtype_trains_in_bf16_on_cpus_with_amx_and_in_fp32_on_others(tmp_path, monkeypatch, amx):
+@pytest.mark.parametrize("amx, avx512_bf16", [(True, False), (False, True), (False, False), (None, None)])
+def test_auto_dtype_trains_in_bf16_on_cpus_with_bf16_matrix_instructions_and_in_fp32_on_others(
+        tmp_path, monkeypatch, amx, avx512_bf16):
     from bytemodels.distributed import bf16_is_fast
 
-    if amx is None:  # a PyTorch without the private probe: bf16 is not assumed to be fast
-        monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
-    else:
-        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
-    assert bf16_is_fast(torch.device("cpu")) is bool(amx)
+    for probe, present in (("_is_amx_tile_supported", amx), ("_is_avx512_bf16_supported", avx512_bf16)):
+        if present is None:  # a PyTorch without the private probe: bf16 is not assumed to be fast
+            monkeypatch.delattr(torch.cpu, probe, raising=False)
+        else:
+            monkeypatch.setattr(torch.cpu, probe, lambda present=present: present, raising=False)
+    fast = bool(amx or avx512_bf16)
+    assert bf16_is_fast(torch.device("cpu")) is fast
     assert bf16_is_fast(torch.device("cuda")) and not bf16_is_fast(torch.device("mps"))
     data = text_dataset(tmp_path / "cache")
     trainer = Trainer(tiny_config(), train_config(tmp_path / "run", max_steps=2, device="cpu"), data.train, data.val)
-    assert trainer.precision == ("bf16 autocast" if amx else "fp32")
+    assert trainer.precision == ("bf16 autocast" if fast else "fp32")
     forced = Trainer(tiny_config(), train_config(tmp_path / "forced", max_steps=2, device="cpu", dtype="fp32"),
                      data.train, data.val)
     assert forced.precision == "fp32"
