@@ -284,9 +284,14 @@ def test_a_static_cache_written_in_chunks_gives_the_whole_sequence_outputs(shift
 
 
 @pytest.mark.parametrize("mask", ["given", "causal"])
-def test_cpu_bf16_attention_is_written_out_and_matches_the_fp32_kernel(mask: str):
+def test_cpu_bf16_attention_is_written_out_and_matches_the_fp32_kernel(mask: str, monkeypatch):
+    from bytemodels import layers
     from bytemodels.layers import causal_attention, masked_attention
 
+    written_out = []  # the dtypes of the queries the written-out path was called with
+    original = layers.cpu_bf16_attention
+    monkeypatch.setattr(layers, "cpu_bf16_attention",
+                        lambda q, *args: written_out.append(q.dtype) or original(q, *args))
     generator = torch.Generator().manual_seed(8)
     q, keys, values = (torch.randn(2, 2, 6, 8, generator=generator).to(torch.bfloat16).requires_grad_()
                        for _ in range(3))
@@ -309,7 +314,7 @@ def test_cpu_bf16_attention_is_written_out_and_matches_the_fp32_kernel(mask: str
     y.float().sum().backward()
     assert all(t.grad is not None and t.grad.dtype == torch.bfloat16 for t in (q, keys, values))
     plain = attend(q.float(), keys.float(), values.float())  # fp32: PyTorch's kernel
-    assert plain.dtype == torch.float32
+    assert plain.dtype == torch.float32 and written_out == [torch.bfloat16]
     torch.testing.assert_close(plain, exact, rtol=1e-6, atol=1e-6)
 
 

@@ -272,7 +272,7 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     data = text_dataset(tmp_path / "cache", layout="records")
     results = []
     for name, batch, accum in (("big", 8, 1), ("accumulated", 2, 4)):
-        # fp32: under bf16 (the auto choice on CPUs with bf16 matrix instructions) the two batch splits round differently
+        # fp32: under bf16 (the auto choice on CPUs with bf16 matrix instructions) the splits round differently
         config = train_config(tmp_path / name, batch_size=batch, grad_accum=accum, max_steps=4, eval_every=0,
                               dtype="fp32")
         Trainer(tiny_config(), config, data.train, data.val).fit()
