@@ -467,7 +467,7 @@ def prepare_patch_peers(name: str, config: MegabyteConfig, train_windows: Window
     ids = torch.from_numpy(train_windows.batch(seed, 0, 2))
     with torch.no_grad():
         for peer in (p for p in PATCH_PEERS if p in peers):
-            model = build_peer(peer, config, seed, setup)
+            model = build_peer(peer, config, seed, setup).eval()  # dropout would draw anew on each call
             for position in (ids.shape[1] // 2, ids.shape[1] // 2 + 3):
                 if not is_causal(model, ids, position):
                     raise RuntimeError(f"{peer}: logits before position {position} change with later ids")
@@ -820,7 +820,7 @@ def prepare_token_peer(data: BenchData, config: MegabyteConfig, seed: int, cache
     windows = TokenWindows(train_stream.ids, context, train_stream.num_bytes / len(train_stream.ids))
     with torch.no_grad():
         torch.manual_seed(seed)
-        model = TokenGpt(gpt_config)
+        model = TokenGpt(gpt_config).eval()  # causality is the function's; dropout would draw anew on each call
         ids = torch.from_numpy(windows.batch(seed, 0, 2))
         for position in (context // 2, context - 1):
             if not is_causal(model, ids, position):

@@ -166,8 +166,9 @@ def test_gpt_peer_flags(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_quick_run_measures_bytemodels_and_the_gpt_side_by_side(tmp_path: Path) -> None:
     write_story_data(tmp_path / "data")
-    record = compare.main(["--quick", "--peers", "bytemodels,gpt-bpe", "--skip-compressors", "--bpe-vocab", "300",
-                           "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
+    # Dropout on: the causality checks must hold the peers still (eval mode), not compare two random draws.
+    record = compare.main(["--quick", "--peers", "bytemodels,gpt-bpe", "--skip-compressors", "--dropout", "0.1",
+                           "--bpe-vocab", "300", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
                            "--cache-dir", str(tmp_path / "cache"), "--threads", "1"])
     text = record["results"]["text"]
     gpt = text["models"]["peers"]["gpt-bpe"]

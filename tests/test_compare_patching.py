@@ -151,8 +151,9 @@ def test_patching_peer_flags(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_quick_run_measures_the_patching_peers_beside_bytemodels(tmp_path: Path) -> None:
     write_story_data(tmp_path / "data")
+    # Dropout on: the causality checks must hold the peers still (eval mode), not compare two random draws.
     record = compare.main(["--quick", "--peers", "bytemodels,spacebyte,entropybyte", "--skip-compressors",
-                           "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
+                           "--dropout", "0.1", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
                            "--cache-dir", str(tmp_path / "cache"), "--threads", "1"])
     peers = record["results"]["text"]["models"]["peers"]
     assert set(peers) == {"bytemodels", "spacebyte", "entropybyte"}
