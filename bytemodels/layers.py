@@ -152,6 +152,11 @@ class BlockCache(NamedTuple):
     one position, whose token before is real or was zeroed in the cache (:meth:`StaticCache.next_group`)."""
 
 
+def causal_mask(time: int, device: torch.device) -> Tensor:
+    """(time, time) boolean mask: each position attends to itself and the positions before it."""
+    return torch.ones(time, time, dtype=torch.bool, device=device).tril()
+
+
 class GroupLayout(NamedTuple):
     """Rows of a batch that are consecutive groups of longer sequences (the local stage's patches), for
     cross-patch attention: each group also attends to the whole group before it in its sequence."""
@@ -165,7 +170,7 @@ class GroupLayout(NamedTuple):
 
     @classmethod
     def build(cls, rows: int, groups: int, time: int, rotary: "Rotary", device: torch.device) -> "GroupLayout":
-        causal = torch.ones(time, time, dtype=torch.bool, device=device).tril()
+        causal = causal_mask(time, device)
         has_previous = (torch.arange(groups, device=device) > 0)[:, None, None].expand(groups, time, time)
         allowed = torch.cat((has_previous, causal.expand(groups, time, time)), dim=-1)  # (groups, time, 2 time)
         allowed = allowed.repeat(rows // groups, 1, 1)[:, None]
@@ -184,9 +189,7 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, dropout: float) -> Tensor:
     """Causal attention of ``q`` to ``k``/``v`` (batch, heads, time, head_dim), each position to itself and those
     before it."""
     if attention_written_out(q, k):
-        time = q.shape[-2]
-        causal = torch.ones(time, time, dtype=torch.bool, device=q.device).tril()
-        return cpu_bf16_attention(q, k, v, causal, dropout)
+        return cpu_bf16_attention(q, k, v, causal_mask(q.shape[-2], q.device), dropout)
     return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
 
 
