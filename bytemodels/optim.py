@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bytemodels.distributed import bf16_is_fast
 from bytemodels.layers import ScaledLinear
 from bytemodels.model import Megabyte, lookup_tables
 
@@ -123,16 +124,39 @@ class MuonTableAdamW(TableAdamW):
     """:class:`TableAdamW` whose groups marked ``muon=True`` are updated by Muon instead (each of their weights a
     2-D matrix; in a group with ``fused_matrices=n``, each weight is ``n`` matrices stacked by rows, such as
     attention's queries, keys and values, orthogonalised each on its own). ``momentum`` is Muon's, Nesterov style;
-    Muon's state is a ``momentum_buffer`` and a ``step`` count per matrix."""
+    Muon's state is a ``momentum_buffer`` and a ``step`` count per matrix.
 
-    def __init__(self, params: Iterable[Any], *, momentum: float = MUON_MOMENTUM, **options: Any) -> None:
+    A step orthogonalises all matrices of one shape together, one batched Newton-Schulz iteration per shape
+    (dozens of small matrix products per matrix would otherwise each pay a call's overhead), in
+    ``orthogonalize_dtype``: by default bf16 where bf16 matrix products are fast (CUDA, CPUs with AMX or AVX-512
+    BF16), as ``torch.optim.Muon`` runs it, and fp32 elsewhere."""
+
+    def __init__(self, params: Iterable[Any], *, momentum: float = MUON_MOMENTUM,
+                 orthogonalize_dtype: torch.dtype | None = None, **options: Any) -> None:
         super().__init__(params, **options)
         if not 0 <= momentum < 1:
             raise ValueError(f"MuonTableAdamW: momentum={momentum} must be in [0, 1)")
+        if orthogonalize_dtype not in (None, torch.float32, torch.bfloat16):
+            raise ValueError(f"MuonTableAdamW: orthogonalize_dtype={orthogonalize_dtype}; choose float32, bfloat16 "
+                             "or None (bf16 where bf16 matrix products are fast)")
         self.momentum = momentum
+        self.orthogonalize_dtype = orthogonalize_dtype
+        self._pending: list[tuple[Tensor, float, float, Tensor]] = []
         for group in self.param_groups:
             if group.get("muon") and any(param.dim() != 2 for param in group["params"]):
                 raise ValueError("MuonTableAdamW: a Muon group holds 2-D matrices only")
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        """One update: Muon's matrices (gathered while :class:`TableAdamW` hands out the parameters, then
+        orthogonalised by shape), the tables' rows and AdamW's parameters."""
+        self._pending.clear()
+        try:
+            result = super().step(closure)
+            self._apply_muon()
+        finally:
+            self._pending.clear()
+        return result
 
     def _own_step(self, param: Tensor, group: dict[str, Any]) -> bool:
         if not group.get("muon"):
@@ -145,14 +169,29 @@ class MuonTableAdamW(TableAdamW):
         buffer = state["momentum_buffer"].lerp_(param.grad, 1 - self.momentum)
         update = param.grad.lerp(buffer, self.momentum)  # Nesterov: the gradient pulled towards the momentum
         fused = group.get("fused_matrices", 1)
-        rows, cols = param.shape
-        update = orthogonalize(update.view(fused, rows // fused, cols).float()).view(rows, cols)
-        lr = float(group["lr"])
-        if group["weight_decay"]:
-            param.mul_(1 - lr * group["weight_decay"])
-        # An orthogonal (r x c) matrix has RMS 1/sqrt(max(r, c)): scaled to AdamW's typical 0.2 x lr per weight
-        param.add_(update.to(param.dtype), alpha=-lr * MUON_RMS * max(rows // fused, cols) ** 0.5)
+        self._pending.append((param, float(group["lr"]), group["weight_decay"],
+                              update.view(fused, param.shape[0] // fused, param.shape[1])))
         return True
+
+    def _apply_muon(self) -> None:
+        """Orthogonalise the gathered updates, all matrices of a shape in one batch (a tall matrix as its wide
+        transpose, as :func:`orthogonalize` would), and apply them."""
+        wide = [update.mT if update.shape[-2] > update.shape[-1] else update for _, _, _, update in self._pending]
+        by_shape: dict[tuple[Any, ...], list[int]] = {}
+        for index, (param, _, _, _) in enumerate(self._pending):
+            by_shape.setdefault((param.device, *wide[index].shape[1:]), []).append(index)
+        for (device, rows, cols), indices in by_shape.items():
+            dtype = self.orthogonalize_dtype or (torch.bfloat16 if bf16_is_fast(device) else torch.float32)
+            stacked = orthogonalize(torch.cat([wide[index] for index in indices]).to(dtype))
+            # An orthogonal (r x c) matrix has RMS 1/sqrt(max(r, c)): scaled to AdamW's typical 0.2 x lr per weight
+            scale = MUON_RMS * max(rows, cols) ** 0.5
+            for index, orthogonal in zip(indices, stacked.split([wide[index].shape[0] for index in indices])):
+                param, lr, weight_decay, update = self._pending[index]
+                if orthogonal.shape != update.shape:
+                    orthogonal = orthogonal.mT
+                if weight_decay:
+                    param.mul_(1 - lr * weight_decay)
+                param.add_(orthogonal.reshape(param.shape).to(param.dtype), alpha=-lr * scale)
 
 
 def hidden_matrices(model: nn.Module) -> list[nn.Linear]:

@@ -109,11 +109,12 @@ def test_orthogonalize_brings_every_singular_value_near_one(shape):
 
 def test_muon_steps_follow_torch_muon_with_adamw_matched_scale():
     # The same rule as torch.optim.Muon(adjust_lr_fn="match_rms_adamw"), which runs Newton-Schulz in bf16: ours
-    # runs it in fp32, so the two agree to bf16's precision.
+    # runs it in fp32 here, so the two agree to bf16's precision.
     generator = torch.Generator().manual_seed(0)
     start = torch.randn(24, 40, generator=generator) * 0.1
     ours, reference = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
-    mine = MuonTableAdamW([{"params": [ours], "weight_decay": 0.1, "muon": True}], lr=0.02)
+    mine = MuonTableAdamW([{"params": [ours], "weight_decay": 0.1, "muon": True}], lr=0.02,
+                          orthogonalize_dtype=torch.float32)
     theirs = torch.optim.Muon([reference], lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
     for _ in range(3):
         grad = torch.randn(24, 40, generator=generator)
@@ -130,10 +131,62 @@ def test_muon_orthogonalises_fused_queries_keys_and_values_each_on_its_own():
     weight = torch.nn.Parameter(torch.zeros(3 * 8, 8))
     grad = torch.randn(3 * 8, 8, generator=generator)
     weight.grad = grad.clone()
-    MuonTableAdamW([{"params": [weight], "weight_decay": 0.0, "muon": True, "fused_matrices": 3}], lr=1.0).step()
+    MuonTableAdamW([{"params": [weight], "weight_decay": 0.0, "muon": True, "fused_matrices": 3}], lr=1.0,
+                   orthogonalize_dtype=torch.float32).step()
     scale = 0.2 * 8 ** 0.5  # an (8 x 8) matrix's RMS scale at lr 1; the first update is the gradient's direction
     expected = -scale * orthogonalize(grad.view(3, 8, 8)).view(24, 8)
     torch.testing.assert_close(weight.detach(), expected, rtol=1e-4, atol=1e-5)
+
+
+def _muon_matrices(seed: int) -> list[tuple[torch.nn.Parameter, int]]:
+    """Weights of several shapes (wide, tall, square, fused) with gradients, and their fused counts."""
+    generator = torch.Generator().manual_seed(seed)
+    shapes = [((24, 8), 3), ((8, 8), 1), ((32, 8), 1), ((8, 32), 1), ((24, 8), 3), ((32, 8), 1), ((6, 10), 1)]
+    weights = []
+    for shape, fused in shapes:
+        weight = torch.nn.Parameter(torch.randn(*shape, generator=generator) * 0.1)
+        weight.grad = torch.randn(*shape, generator=generator)
+        weights.append((weight, fused))
+    return weights
+
+
+def test_muon_orthogonalises_matrices_of_one_shape_together_as_each_alone():
+    # One batched Newton-Schulz per shape (tall matrices as their wide transposes) gives each matrix the update
+    # it gets in a step of its own.
+    together, alone = _muon_matrices(2), _muon_matrices(2)
+    MuonTableAdamW([{"params": [w], "weight_decay": 0.1, "muon": True, "fused_matrices": fused}
+                    for w, fused in together], lr=0.05, orthogonalize_dtype=torch.float32).step()
+    for weight, fused in alone:
+        MuonTableAdamW([{"params": [weight], "weight_decay": 0.1, "muon": True, "fused_matrices": fused}], lr=0.05,
+                       orthogonalize_dtype=torch.float32).step()
+    for (batched, _), (single, _) in zip(together, alone):
+        torch.testing.assert_close(batched.detach(), single.detach(), rtol=1e-5, atol=1e-6)
+    start = _muon_matrices(2)
+    assert all(not torch.equal(w.detach(), s.detach()) for (w, _), (s, _) in zip(together, start))
+
+
+def test_muon_orthogonalises_in_bf16_where_bf16_products_are_fast(monkeypatch):
+    import bytemodels.optim as optim
+
+    def step(dtype: torch.dtype | None) -> list[torch.Tensor]:
+        weights = _muon_matrices(3)
+        MuonTableAdamW([{"params": [w], "weight_decay": 0.0, "muon": True, "fused_matrices": fused}
+                        for w, fused in weights], lr=0.05, orthogonalize_dtype=dtype).step()
+        return [w.detach() for w, _ in weights]
+
+    fp32, bf16 = step(torch.float32), step(torch.bfloat16)
+    for fast in (True, False):
+        monkeypatch.setattr(optim, "bf16_is_fast", lambda device, fast=fast: fast)
+        chosen = step(None)
+        for auto, expected in zip(chosen, bf16 if fast else fp32):
+            assert torch.equal(auto, expected)
+    start = [w.detach() for w, _ in _muon_matrices(3)]
+    for low, high, first in zip(bf16, fp32, start):
+        moved = (high - first).norm()
+        assert not torch.equal(low, high) and (low - high).norm() < 0.05 * moved  # bf16's precision, no more
+    with pytest.raises(ValueError, match="orthogonalize_dtype=torch.float16"):
+        MuonTableAdamW([{"params": [torch.nn.Parameter(torch.zeros(2, 2))], "muon": True}], lr=1.0,
+                       orthogonalize_dtype=torch.float16)
 
 
 def test_build_optimizer_gives_muon_the_hidden_matrices_and_adamw_the_rest():
