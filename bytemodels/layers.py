@@ -43,7 +43,9 @@ class Rotary(nn.Module):
         table = getattr(self, "_table", None)
         if table is None or table[0].shape[0] < start + length or table[0].device != device:
             size = max(2 * (start + length), 256)
-            table = self.forward(torch.arange(size, device=device))
+            # Plain tensors even when built while generating: training may read the table later.
+            with torch.inference_mode(False), torch.no_grad():
+                table = self.forward(torch.arange(size, device=device))
             self._table = table
         return table[0][start:start + length], table[1][start:start + length]
 
@@ -174,7 +176,7 @@ class GroupLayout(NamedTuple):
         has_previous = (torch.arange(groups, device=device) > 0)[:, None, None].expand(groups, time, time)
         allowed = torch.cat((has_previous, causal.expand(groups, time, time)), dim=-1)  # (groups, time, 2 time)
         allowed = allowed.repeat(rows // groups, 1, 1)[:, None]
-        cos, sin = rotary(torch.arange(groups * time, device=device))
+        cos, sin = rotary.at(0, groups * time, device)
         return cls(groups, allowed, (cos.view(groups, 1, time, -1), sin.view(groups, 1, time, -1)))
 
 
@@ -403,7 +405,7 @@ class Transformer(nn.Module):
         if groups is not None:
             layout = GroupLayout.build(x.shape[0], groups, time, self.rotary, x.device)
         elif cache is None:
-            rope = self.rotary(torch.arange(time, device=x.device))
+            rope = self.rotary.at(0, time, x.device)
         shared = None
         if cache is not None:
             slot = torch.arange(cache.readable.shape[1], device=x.device)
