@@ -325,3 +325,25 @@ def test_cpu_bf16_attention_is_written_out_only_up_to_a_length_whose_scores_stay
     assert attention_written_out(q, torch.zeros(1, 1, WRITTEN_OUT_KEYS, 8))
     assert not attention_written_out(q, torch.zeros(1, 1, WRITTEN_OUT_KEYS + 1, 8))  # PyTorch's kernel: no scores
     assert not attention_written_out(q.float(), torch.zeros(1, 1, 16, 8))  # fp32: PyTorch's kernel
+
+
+
+def test_rotary_angles_kept_while_generating_serve_training_afterwards():
+    # Training reads the rotary table that cached decoding keeps; one built under inference_mode (as generation
+    # runs) must still serve a training step's backward, with the angles computed afresh.
+    from bytemodels.layers import Rotary
+
+    model = Megabyte(MegabyteConfig.preset("tiny", dims=(32, 16), layers=(1, 1), heads=(2, 1), max_seq_len=32))
+    ids = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(0))
+    rotaries = [module for module in model.modules() if isinstance(module, Rotary)]
+    expected = model(ids, ids).loss.detach()
+    for rotary in rotaries:
+        del rotary._table
+        with torch.inference_mode():
+            rotary.at(0, 4, ids.device)
+        assert rotary._table[0].is_inference() is False
+    loss = model(ids, ids).loss
+    loss.backward()
+    assert torch.equal(loss.detach(), expected)
+    qkv = [module.qkv.weight for module in model.modules() if hasattr(module, "qkv")]
+    assert qkv and all(weight.grad is not None and weight.grad.abs().sum() > 0 for weight in qkv)
