@@ -430,36 +430,6 @@ class Transformer(nn.Module):
         return self.norm(x)
 
 
-@torch.library.custom_op("bytemodels::table_gradient", mutates_args=())
-def table_gradient(grad: Tensor, ids: Tensor, rows: int) -> Tensor:
-    """The gradient of a table of ``rows`` rows from that of the rows ``ids`` looked up (``grad``: ids' shape plus
-    the width): the sum of each row's gradients, zeros for rows not looked up."""
-    width = grad.shape[-1]
-    return grad.new_zeros(rows, width).index_add_(0, ids.reshape(-1), grad.reshape(-1, width))
-
-
-@table_gradient.register_fake
-def _table_gradient_shape(grad: Tensor, ids: Tensor, rows: int) -> Tensor:
-    return grad.new_empty(rows, grad.shape[-1])
-
-
-class _TableLookup(torch.autograd.Function):
-    """``F.embedding`` whose backward is :func:`table_gradient`, opaque to the compiler: on a CPU Inductor's own
-    scatter adds every value atomically and took twice the time of ``index_add_`` (7.0 against 3.2 ms for a
-    49,152 x 128 table and 24,576 rows, one thread)."""
-
-    @staticmethod
-    def forward(ctx: object, weight: Tensor, ids: Tensor) -> Tensor:
-        ctx.save_for_backward(ids)
-        ctx.rows = weight.shape[0]
-        return F.embedding(ids, weight)
-
-    @staticmethod
-    def backward(ctx: object, grad: Tensor) -> tuple[Tensor, None]:
-        (ids,) = ctx.saved_tensors
-        return table_gradient(grad, ids, ctx.rows), None
-
-
 class ScaledEmbedding(nn.Embedding):
     """An embedding table stored divided by ``gain`` and multiplied back on lookup: the same function,
     but Adam, which moves every weight by about the learning rate per step, moves the embeddings ``gain``
@@ -475,8 +445,7 @@ class ScaledEmbedding(nn.Embedding):
         # Multiply whichever is smaller, the table or the rows looked up (the same numbers either way): a
         # training batch looks up far more rows than the table has, a decoding step one per sequence.
         if ids.numel() < self.num_embeddings:
-            rows = _TableLookup.apply(self.weight, ids) if self.weight.device.type == "cpu" else super().forward(ids)
-            return rows * self.gain
+            return super().forward(ids) * self.gain
         return F.embedding(ids, self.weight * self.gain, self.padding_idx, self.max_norm, self.norm_type,
                            self.scale_grad_by_freq, self.sparse)
 

@@ -347,23 +347,3 @@ def test_rotary_angles_kept_while_generating_serve_training_afterwards():
     assert torch.equal(loss.detach(), expected)
     qkv = [module.qkv.weight for module in model.modules() if hasattr(module, "qkv")]
     assert qkv and all(weight.grad is not None and weight.grad.abs().sum() > 0 for weight in qkv)
-
-
-def test_table_lookups_on_a_cpu_give_the_gradient_of_a_plain_embedding_eager_and_compiled():
-    # Fewer lookups than rows take _TableLookup, whose backward is an index_add_ the compiler cannot see into; its
-    # gradient must be the plain embedding's, repeated rows summed and rows not looked up zero.
-    from bytemodels.layers import ScaledEmbedding
-
-    torch.manual_seed(0)
-    table = ScaledEmbedding(64, 8, gain=3.0)
-    ids = torch.tensor([[1, 5, 5, 9], [63, 1, 0, 5]])
-    weights = torch.randn(2, 4, 8, generator=torch.Generator().manual_seed(1))
-    expected_weight = table.weight.detach().clone().requires_grad_()
-    (torch.nn.functional.embedding(ids, expected_weight * 3.0) * weights).sum().backward()
-    for module in (table, torch.compile(table)):
-        table.weight.grad = None
-        found = module(ids)
-        torch.testing.assert_close(found, torch.nn.functional.embedding(ids, table.weight * 3.0))
-        (found * weights).sum().backward()
-        torch.testing.assert_close(table.weight.grad, expected_weight.grad)
-        assert table.weight.grad[5].abs().sum() > 0 and table.weight.grad[2].abs().sum() == 0
