@@ -39,7 +39,9 @@ class Rotary(nn.Module):
 
     def at(self, start: int, length: int, device: torch.device) -> tuple[Tensor, Tensor]:
         """cos/sin for positions ``start .. start+length-1`` from a table kept between calls: cached
-        decoding asks for one position per step, and recomputing it costs more than the lookup."""
+        decoding asks for one position per step, and recomputing it costs more than the lookup; in training,
+        compiled, the angles would be recomputed inside the backward's fused kernels (a vector sine and cosine per
+        element)."""
         table = getattr(self, "_table", None)
         if table is None or table[0].shape[0] < start + length or table[0].device != device:
             size = max(2 * (start + length), 256)
