@@ -16,7 +16,7 @@ One optimizer holds both, so the trainer's schedule, checkpoints and resume trea
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -141,7 +141,7 @@ class MuonTableAdamW(TableAdamW):
                              "or None (bf16 where bf16 matrix products are fast)")
         self.momentum = momentum
         self.orthogonalize_dtype = orthogonalize_dtype
-        self._pending: list[tuple[Tensor, float, float, Tensor]] = []
+        self._pending: list[_MuonUpdate] = []
         for group in self.param_groups:
             if group.get("muon") and any(param.dim() != 2 for param in group["params"]):
                 raise ValueError("MuonTableAdamW: a Muon group holds 2-D matrices only")
@@ -169,29 +169,46 @@ class MuonTableAdamW(TableAdamW):
         buffer = state["momentum_buffer"].lerp_(param.grad, 1 - self.momentum)
         update = param.grad.lerp(buffer, self.momentum)  # Nesterov: the gradient pulled towards the momentum
         fused = group.get("fused_matrices", 1)
-        self._pending.append((param, float(group["lr"]), group["weight_decay"],
-                              update.view(fused, param.shape[0] // fused, param.shape[1])))
+        self._pending.append(_MuonUpdate(param, float(group["lr"]), group["weight_decay"],
+                                         update.view(fused, param.shape[0] // fused, param.shape[1])))
         return True
 
     def _apply_muon(self) -> None:
         """Orthogonalise the gathered updates, all matrices of a shape in one batch (a tall matrix as its wide
         transpose, as :func:`orthogonalize` would), and apply them."""
-        wide = [update.mT if update.shape[-2] > update.shape[-1] else update for _, _, _, update in self._pending]
-        by_shape: dict[tuple[Any, ...], list[int]] = {}
-        for index, (param, _, _, _) in enumerate(self._pending):
-            by_shape.setdefault((param.device, *wide[index].shape[1:]), []).append(index)
-        for (device, rows, cols), indices in by_shape.items():
+        by_shape: dict[tuple[Any, ...], list[_MuonUpdate]] = {}
+        for pending in self._pending:
+            by_shape.setdefault((pending.param.device, *pending.wide.shape[1:]), []).append(pending)
+        for (device, rows, cols), group in by_shape.items():
             dtype = self.orthogonalize_dtype or (torch.bfloat16 if bf16_is_fast(device) else torch.float32)
-            stacked = orthogonalize(torch.cat([wide[index] for index in indices]).to(dtype))
+            orthogonal = orthogonalize(torch.cat([pending.wide for pending in group]).to(dtype))
             # An orthogonal (r x c) matrix has RMS 1/sqrt(max(r, c)): scaled to AdamW's typical 0.2 x lr per weight
             scale = MUON_RMS * max(rows, cols) ** 0.5
-            for index, orthogonal in zip(indices, stacked.split([wide[index].shape[0] for index in indices])):
-                param, lr, weight_decay, update = self._pending[index]
-                if orthogonal.shape != update.shape:
-                    orthogonal = orthogonal.mT
-                if weight_decay:
-                    param.mul_(1 - lr * weight_decay)
-                param.add_(orthogonal.reshape(param.shape).to(param.dtype), alpha=-lr * scale)
+            for pending, matrices in zip(group, orthogonal.split([pending.wide.shape[0] for pending in group])):
+                param, lr = pending.param, pending.lr
+                if pending.weight_decay:
+                    param.mul_(1 - lr * pending.weight_decay)
+                matrices = matrices.mT if pending.tall else matrices
+                param.add_(matrices.reshape(param.shape).to(param.dtype), alpha=-lr * scale)
+
+
+class _MuonUpdate(NamedTuple):
+    """A Muon weight's update gathered during a step, before it is orthogonalised."""
+
+    param: Tensor
+    lr: float
+    weight_decay: float
+    matrices: Tensor
+    """The momentum update as (fused matrices, rows, cols)."""
+
+    @property
+    def tall(self) -> bool:
+        return self.matrices.shape[-2] > self.matrices.shape[-1]
+
+    @property
+    def wide(self) -> Tensor:
+        """The matrices, transposed where tall: the orientation :func:`orthogonalize` iterates in."""
+        return self.matrices.mT if self.tall else self.matrices
 
 
 def hidden_matrices(model: nn.Module) -> list[nn.Linear]:

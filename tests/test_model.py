@@ -327,7 +327,6 @@ def test_cpu_bf16_attention_is_written_out_only_up_to_a_length_whose_scores_stay
     assert not attention_written_out(q.float(), torch.zeros(1, 1, 16, 8))  # fp32: PyTorch's kernel
 
 
-
 def test_rotary_angles_kept_while_generating_serve_training_afterwards():
     # Training reads the rotary table that cached decoding keeps; one built under inference_mode (as generation
     # runs) must still serve a training step's backward, with the angles computed afresh.
