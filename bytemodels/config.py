@@ -56,8 +56,14 @@ class MegabyteConfig:
     hash_ngrams: tuple[int, ...] = ()
     """Lengths of the byte n-grams (each at least 2) whose hashed embeddings are added to every byte's embedding,
     the n-gram ending at that byte (the Byte Latent Transformer's hash n-gram embeddings); empty: none."""
+    hash_word_bytes: int = 0
+    """One more hashed table (beside the ``hash_ngrams`` ones) for the word so far: the bytes since the last space
+    or punctuation before each byte (that separator included), at most this many of the newest; 0: none. Inside a
+    word its row names the word's beginning, on a space the whole word before it: what a tokenizer's piece gives,
+    whatever the word's length."""
     hash_buckets: int = 16384
-    """Rows of each ``hash_ngrams`` table: n-grams share a row where their hashes collide."""
+    """Rows of each hashed table (``hash_ngrams``, ``hash_word_bytes``): n-grams share a row where their hashes
+    collide."""
     ngram_dropout: float = 0.0
     """Probability, while training, that a hashed n-gram's row is left out of a byte's embedding (each byte and
     length drawn alone, the kept rows scaled up to match): keeps the tables from memorising a small training text."""
@@ -96,6 +102,11 @@ class MegabyteConfig:
     @property
     def byte_embed_dim(self) -> int:
         return self.embed_dim or self.dims[-1]
+
+    @property
+    def hash_tables(self) -> int:
+        """Hashed tables per stage: one per n-gram length, and one for the word so far."""
+        return len(self.hash_ngrams) + (1 if self.hash_word_bytes else 0)
 
     @property
     def vocab_size(self) -> int:
@@ -155,6 +166,9 @@ class MegabyteConfig:
         if self.hash_ngrams and (min(self.hash_ngrams) < 2 or max(self.hash_ngrams) > LIMITS["ngram"]
                                  or len(set(self.hash_ngrams)) != len(self.hash_ngrams)):
             raise ValueError(f"hash_ngrams={self.hash_ngrams}: give distinct n-gram lengths from 2 to {LIMITS['ngram']}")
+        if not 0 <= self.hash_word_bytes <= LIMITS["ngram"] or self.hash_word_bytes == 1:
+            raise ValueError(f"hash_word_bytes={self.hash_word_bytes}: give 0 (none) or a reach from 2 to "
+                             f"{LIMITS['ngram']}")
         if not 1 <= self.hash_buckets <= LIMITS["hash_buckets"]:
             raise ValueError(f"hash_buckets={self.hash_buckets} must be in 1 .. {LIMITS['hash_buckets']:,}")
         for name in ("rope_base", "norm_eps"):
@@ -183,7 +197,7 @@ class MegabyteConfig:
             if unit > 1:  # patch embedder: concat ``unit`` byte embeddings, project to ``dim``
                 per_token += 2 * unit * self.byte_embed_dim * dim
             # Hashed n-grams: table lookups, and one addition per length to each byte's embedding.
-            per_token += unit * len(self.hash_ngrams) * (self.byte_embed_dim if unit > 1 else dim)
+            per_token += unit * self.hash_tables * (self.byte_embed_dim if unit > 1 else dim)
             if stage + 1 < self.num_stages:  # projection into the next stage's positions
                 per_token += 2 * dim * (unit // units[stage + 1]) * self.dims[stage + 1]
             flops += per_token / unit

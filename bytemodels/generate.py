@@ -210,7 +210,7 @@ class IncrementalDecoder:
 
     def _byte_inputs(self, state: _StageState) -> tuple[Tensor, Tensor, Tensor]:
         """The ids up to the one before the local stage's next byte (at a group's first byte, the byte before the
-        group; PAD before the sequence): the last one, or as many as the longest hashed n-gram; the group's
+        group; PAD before the sequence): the last one, or as many as the hashed n-grams and word reach; the group's
         contexts and the byte's index among them: what ``ByteStep`` takes."""
         first, start = state.processed, state.group_start
         # The group's contexts whole and the byte's index: a slice would be a new storage offset every byte.
@@ -236,7 +236,8 @@ class IncrementalDecoder:
             return None
         reach = powers.shape[0] - 1  # the ids before ``low`` that its n-grams read
         window = self._ids_up_to(high - 1, high - low + reach)
-        return hash_ngrams(window, powers, self.model.config.hash_buckets)[:, reach:]
+        config = self.model.config
+        return hash_ngrams(window, powers, config.hash_buckets, bool(config.hash_word_bytes))[:, reach:]
 
     def _new_cache(self, index: int, stage) -> StaticCache:
         """A stage's static cache: the global stage holds every patch of the generation (within the window),

@@ -36,7 +36,8 @@ class MegabyteOutput(NamedTuple):
 class UnitEmbedder(nn.Module):
     """Embeds the units of one stage: a byte, or a patch of ``unit`` bytes whose byte embeddings are
     concatenated and projected to the stage width (the paper's patch embedder). With hashed n-grams, each
-    byte's embedding is the mean of its own and those of the n-grams ending at it (one table per length)."""
+    byte's embedding is the mean of its own and those of the n-grams ending at it (one table per length, and one
+    for the word so far with ``hash_word_bytes``)."""
 
     def __init__(self, vocab_size: int, unit: int, byte_dim: int, dim: int, gain: float = 1.0,
                  ngram_tables: int = 0, buckets: int = 0, ngram_dropout: float = 0.0) -> None:
@@ -83,7 +84,7 @@ class Stage(nn.Module):
         self.unit = units[index]
         dim = dims[index]
         self.embed = UnitEmbedder(config.vocab_size, self.unit, config.byte_embed_dim, dim, EMBED_GAIN,
-                                  len(config.hash_ngrams), config.hash_buckets, config.ngram_dropout)
+                                  config.hash_tables, config.hash_buckets, config.ngram_dropout)
         self.start = nn.Parameter(torch.randn(dim))
         self.drop = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
         self.transformer = Transformer(dim, config.layers[index], config.heads[index], config.mlp_ratio,
@@ -137,8 +138,8 @@ class Megabyte(nn.Module):
         self.stages = nn.ModuleList(Stage(config, index) for index in range(config.num_stages))
         self.head = ScaledLinear(config.local_dim, config.vocab_size, HEAD_GAIN)
         # The hash's weights (not saved: ngram_powers rebuilds them from the config); none without n-grams.
-        self.register_buffer("ngram_powers", ngram_powers(config.hash_ngrams) if config.hash_ngrams else None,
-                             persistent=False)
+        powers = ngram_powers(config.hash_ngrams, config.hash_word_bytes) if config.hash_tables else None
+        self.register_buffer("ngram_powers", powers, persistent=False)
         init_weights(self)
 
     # -- training forward ------------------------------------------------------------------
@@ -158,7 +159,9 @@ class Megabyte(nn.Module):
         # The global stage's group is the whole sequence; each stage below runs on the units of one
         # unit of the stage above, folded into the batch.
         local_groups = padded_time // self.config.unit_sizes[-2]  # groups of the local stage per sequence
-        ngrams = hash_ngrams(ids, self.ngram_powers, self.config.hash_buckets) if self.config.hash_ngrams else None
+        ngrams = None
+        if self.config.hash_tables:
+            ngrams = hash_ngrams(ids, self.ngram_powers, self.config.hash_buckets, bool(self.config.hash_word_bytes))
         rows, context = batch, None
         for stage in self.stages:
             # Each stage's inputs read the unit before each of its positions (PAD before the sequence): the ids

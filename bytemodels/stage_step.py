@@ -48,18 +48,19 @@ class ByteStep(nn.Module):
     """The local stage's step: from the id before the new byte to the new byte's logits and a draw of it.
 
     ``previous`` (batch, reach) are the ids up to the one before the new byte (at a group's first byte the byte
-    before the group; PAD before the sequence), the last one alone without hashed n-grams, as many as the longest
-    n-gram with them (their rows are hashed here, in the step); ``contexts`` (batch, group, dim) the whole group's,
+    before the group; PAD before the sequence), the last one alone without hashed n-grams, as many as the hashes
+    reach with them (their rows are hashed here, in the step); ``contexts`` (batch, group, dim) the whole group's,
     ``unit`` (1,) the new byte's index in it: the input is ``Stage.inputs`` of them, as in training."""
 
     def __init__(self, stage: nn.Module, head: nn.Module, ngram_powers: Tensor | None = None,
-                 buckets: int = 0) -> None:
+                 buckets: int = 0, words: bool = False) -> None:
         super().__init__()
         self.stage = stage
         self.blocks = StageStep(stage.transformer)
         self.head = head
         self.ngram_powers = ngram_powers
         self.buckets = buckets
+        self.words = words
 
     def forward(self, previous: Tensor, contexts: Tensor, unit: Tensor, keys: list[Tensor], values: list[Tensor],
                 last_attn: list[Tensor], last_mlp: list[Tensor], slot: Tensor, readable: Tensor, cos: Tensor,
@@ -71,7 +72,7 @@ class ByteStep(nn.Module):
         for the cache."""
         ngrams = None
         if self.ngram_powers is not None:  # (batch, 1 position, 1 id, lengths)
-            ngrams = hash_windows(previous, self.ngram_powers, self.buckets)[:, None, None]
+            ngrams = hash_windows(previous, self.ngram_powers, self.buckets, self.words)[:, None, None]
         x = self.stage.inputs(previous[:, -1:, None], (unit == 0)[None], contexts.index_select(1, unit), ngrams)
         hidden = self.blocks(x, keys, values, last_attn, last_mlp, slot, readable, cos, sin)
         logits = self.head(hidden[:, 0]).float()
@@ -142,7 +143,8 @@ def step_function(model: nn.Module, index: int, compile: bool) -> StageStep | By
     eager, or compiled once per model and kept for later calls."""
     stage = model.stages[index]
     if stage.is_local:
-        step = ByteStep(stage, model.head, model.ngram_powers, model.config.hash_buckets)
+        step = ByteStep(stage, model.head, model.ngram_powers, model.config.hash_buckets,
+                        bool(model.config.hash_word_bytes))
     else:
         step = StageStep(stage.transformer)
     if not compile:

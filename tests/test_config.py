@@ -47,6 +47,8 @@ def test_unknown_override_names_the_field():
     (dict(hash_ngrams=(3, 3)), "hash_ngrams"),
     (dict(hash_ngrams=(2, 100)), "hash_ngrams"),
     (dict(hash_ngrams=(2,), hash_buckets=0), "hash_buckets"),
+    (dict(hash_word_bytes=1), "hash_word_bytes"),  # a word of one byte is the byte itself
+    (dict(hash_word_bytes=65), "hash_word_bytes"),
     (dict(hash_ngrams=(2,), ngram_dropout=1.0), "ngram_dropout"),  # nothing of the tables would be left
     (dict(ngram_dropout=-0.1), "ngram_dropout"),
     (dict(ngram_dropout=float("nan")), "ngram_dropout"),

@@ -18,6 +18,9 @@ SHAPES = {
     # N-grams longer than a patch: a unit's rows read ids of the units before it, and before the prompt.
     "hashed n-grams": dict(patch_sizes=(PATCH * 2, 2), dims=(32, 16, 16), layers=(1, 1, 1), heads=(2, 1, 1),
                            max_seq_len=64, hash_ngrams=(2, 3, PATCH * 2 + 3), hash_buckets=61),
+    # The word so far reaches further back than any n-gram (prompt_of's bytes hold letters and separators).
+    "hashed words": dict(patch_sizes=(PATCH,), dims=(32, 16), layers=(2, 1), heads=(2, 1), max_seq_len=64,
+                         hash_ngrams=(2,), hash_word_bytes=PATCH * 3, hash_buckets=67),
 }
 
 

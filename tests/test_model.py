@@ -123,8 +123,9 @@ def test_input_skip_starts_as_the_plain_stack_and_mixes_the_inputs_in_once_train
     assert not torch.allclose(skip(ids).logits, plain(ids).logits, atol=1e-3)
 
 
-@pytest.mark.parametrize("shape", [TWO_STAGE, THREE_STAGE, {**TWO_STAGE, "hash_ngrams": (2, 3, 6), "hash_buckets": 64}],
-                         ids=["2-stage", "3-stage", "hashed n-grams"])
+@pytest.mark.parametrize("shape", [TWO_STAGE, THREE_STAGE, {**TWO_STAGE, "hash_ngrams": (2, 3, 6), "hash_buckets": 64},
+                                   {**TWO_STAGE, "hash_ngrams": (2,), "hash_word_bytes": 12, "hash_buckets": 64}],
+                         ids=["2-stage", "3-stage", "hashed n-grams", "hashed words"])
 def test_changing_a_byte_never_changes_earlier_logits(shape):
     model = tiny_model(**shape)
     generator = torch.Generator().manual_seed(1)
@@ -219,7 +220,8 @@ def test_tiny_model_memorises_a_2kb_string():
     assert bits_per_byte < 0.1, bits_per_byte
 
 
-@pytest.mark.parametrize("shape", [TWO_STAGE, {**TWO_STAGE, "hash_ngrams": (2, 4)}], ids=["plain", "hashed n-grams"])
+@pytest.mark.parametrize("shape", [TWO_STAGE, {**TWO_STAGE, "hash_ngrams": (2, 4), "hash_word_bytes": 6}],
+                         ids=["plain", "hashed n-grams"])
 def test_forward_has_no_graph_breaks(shape):
     model = tiny_model(**shape)
     ids = torch.randint(0, 256, (2, 32))

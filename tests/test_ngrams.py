@@ -6,11 +6,11 @@ from __future__ import annotations
 import torch
 
 from bytemodels import Megabyte, MegabyteConfig, compress, decompress, tokens
-from bytemodels.ngrams import hash_ngrams, ngram_powers
+from bytemodels.ngrams import hash_ngrams, is_word_byte, ngram_powers
 from model_helpers import use_input_skip
 
 SHAPE = dict(patch_sizes=(4,), dims=(32, 16), layers=(2, 1), heads=(2, 1), max_seq_len=64,
-             hash_ngrams=(2, 3, 6), hash_buckets=97)
+             hash_ngrams=(2, 3, 6), hash_word_bytes=5, hash_buckets=97)
 
 
 def ngram_model() -> Megabyte:
@@ -39,13 +39,44 @@ def test_a_row_depends_on_the_n_ids_ending_at_its_position_and_no_others():
     assert torch.equal(hash_ngrams(padded, ngram_powers((2, 5)), 97)[:, 4:], rows)
 
 
+def word_rows(text: bytes, reach: int = 8) -> list[int]:
+    """The word-so-far row at each byte of ``text`` (its n-gram columns are a 2-gram's)."""
+    ids = torch.tensor([list(text)])
+    return hash_ngrams(ids, ngram_powers((2,), reach), 97, words=True)[0, :, 1].tolist()
+
+
+def test_the_word_row_names_the_word_so_far_whatever_came_before_it():
+    text = b"the cat sat. a cat ran (cat"
+    rows = word_rows(text)
+    first, second, third = (text.index(b" cat"), text.index(b" cat", 5), text.index(b"(cat") - 1)
+    # " c", " ca", " cat" and " cat " alike in both places, though the bytes before the space differ.
+    assert rows[first + 1:first + 5] == rows[second + 1:second + 5]
+    # After a bracket the word so far starts at the bracket: a different row (bar a collision) for the same letters.
+    assert rows[third + 2:third + 5] != rows[first + 1:first + 4]
+    # Inside a word every row differs from the one before: the word grows by a byte each time.
+    assert all(a != b for a, b in zip(rows[first + 1:first + 4], rows[first + 2:first + 5]))
+    # A word longer than the reach: the row depends on the newest ``reach`` bytes only.
+    long_a, long_b = word_rows(b" abcdefghijklmnop", 6), word_rows(b" zzzzzzzzzzklmnop", 6)
+    assert long_a[-1] == long_b[-1] and long_a[-7] != long_b[-7]
+    # Without ``words`` the last column is a plain n-gram of the reach: different rows.
+    plain = hash_ngrams(torch.tensor([list(text)]), ngram_powers((2,), 8), 97)[0, :, 1].tolist()
+    assert plain[first + 4] != plain[second + 4]
+
+
+def test_word_bytes_are_letters_digits_and_utf8_and_nothing_else():
+    word = b"azAZ09" + "é日".encode()
+    separators = b" .,;:!?'\"\n\t-_@[`{\x00\x7f"
+    assert is_word_byte(torch.tensor(list(word))).all()
+    assert not is_word_byte(torch.tensor(list(separators) + [tokens.PAD_ID, tokens.BOS_ID, tokens.EOS_ID])).any()
+
+
 def test_the_tables_add_parameters_but_a_model_without_them_keeps_its_weights():
-    plain = Megabyte(MegabyteConfig.preset("tiny", **{**SHAPE, "hash_ngrams": ()}))
+    plain = Megabyte(MegabyteConfig.preset("tiny", **{**SHAPE, "hash_ngrams": (), "hash_word_bytes": 0}))
     hashed = ngram_model()
     tables = [name for name in hashed.state_dict() if "ngrams" in name]
     assert tables == ["stages.0.embed.ngrams.weight", "stages.1.embed.ngrams.weight"]
     assert set(plain.state_dict()) == set(hashed.state_dict()) - set(tables)
-    assert hashed.state_dict()[tables[0]].shape == (3 * 97, 16)  # patch stage: the byte-embedding width
+    assert hashed.state_dict()[tables[0]].shape == (4 * 97, 16)  # 3 lengths and the word; the byte-embedding width
 
 
 def test_save_and_load_keep_the_n_grams(tmp_path):
@@ -53,6 +84,7 @@ def test_save_and_load_keep_the_n_grams(tmp_path):
     model.save_pretrained(tmp_path / "model")
     loaded = Megabyte.from_pretrained(tmp_path / "model")
     assert loaded.config.hash_ngrams == (2, 3, 6) and loaded.config.hash_buckets == 97
+    assert loaded.config.hash_word_bytes == 5
     ids = torch.randint(0, 256, (2, 30))
     torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)
 
@@ -91,6 +123,6 @@ def test_n_gram_dropout_leaves_rows_out_in_training_only():
     # About half of the rows a batch looks up get no gradient; a table row is a unit, never a part of one.
     first.backward()
     table = dropped.stages[1].embed.ngrams.weight
-    used = hash_ngrams(ids, dropped.ngram_powers, 97).flatten().unique()
+    used = hash_ngrams(ids, dropped.ngram_powers, 97, words=True).flatten().unique()
     reached = table.grad.abs().amax(dim=1).ne(0)
     assert 0 < reached[used].float().mean() < 1 and not reached[~torch.isin(torch.arange(table.shape[0]), used)].any()
