@@ -28,7 +28,6 @@ from torch import Tensor
 
 from bytemodels import tokens
 from bytemodels.layers import StaticCache
-from bytemodels.ngrams import hash_ngrams
 from bytemodels.sampling import Sampler, producible_mask
 from bytemodels.stage_step import step_function
 
@@ -235,9 +234,7 @@ class IncrementalDecoder:
         if powers is None:
             return None
         reach = powers.shape[0] - 1  # the ids before ``low`` that its n-grams read
-        window = self._ids_up_to(high - 1, high - low + reach)
-        config = self.model.config
-        return hash_ngrams(window, powers, config.hash_buckets, bool(config.hash_word_bytes))[:, reach:]
+        return self.model.ngram_rows(self._ids_up_to(high - 1, high - low + reach))[:, reach:]
 
     def _new_cache(self, index: int, stage) -> StaticCache:
         """A stage's static cache: the global stage holds every patch of the generation (within the window),

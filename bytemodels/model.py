@@ -159,9 +159,7 @@ class Megabyte(nn.Module):
         # The global stage's group is the whole sequence; each stage below runs on the units of one
         # unit of the stage above, folded into the batch.
         local_groups = padded_time // self.config.unit_sizes[-2]  # groups of the local stage per sequence
-        ngrams = None
-        if self.config.hash_tables:
-            ngrams = hash_ngrams(ids, self.ngram_powers, self.config.hash_buckets, bool(self.config.hash_word_bytes))
+        ngrams = self.ngram_rows(ids)
         rows, context = batch, None
         for stage in self.stages:
             # Each stage's inputs read the unit before each of its positions (PAD before the sequence): the ids
@@ -190,6 +188,13 @@ class Megabyte(nn.Module):
             loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1).long(),
                                    ignore_index=tokens.PAD_ID)
         return MegabyteOutput(logits, loss)
+
+    def ngram_rows(self, ids: Tensor) -> Tensor | None:
+        """(batch, time) ids → (batch, time, tables) the hashed tables' rows at each position (``hash_ngrams``, PAD
+        before ``ids``); None for a model without tables."""
+        if self.ngram_powers is None:
+            return None
+        return hash_ngrams(ids, self.ngram_powers, self.config.hash_buckets, bool(self.config.hash_word_bytes))
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def num_parameters(self, tables: bool = True) -> int:

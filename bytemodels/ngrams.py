@@ -35,15 +35,17 @@ def hash_windows(windows: Tensor, powers: Tensor, buckets: int, words: bool = Fa
     (``is_word_byte``), as in SpaceByte's rule. So inside a word the row names the word's beginning with the space
     before it (" wor"), and on a space the whole word before it (" word "): a tokenizer's piece, whatever its
     length, where the n-grams see a fixed number of bytes."""
-    weights = powers
-    if words:
+    terms = windows + 1
+    if not words:
+        code = (terms[..., None] * powers).sum(-2)
+    else:
         separator = ~is_word_byte(windows[..., :-1])
         # Separators after each older id (the newest id does not count: a space ends the word it follows).
         later = separator.flip(-1).long().cumsum(-1).flip(-1) - separator.long()
         in_word = torch.cat((later == 0, torch.ones_like(separator[..., :1])), dim=-1)  # (..., reach)
-        word_column = powers[:, -1] * in_word
-        weights = torch.cat((powers[:, :-1].expand(word_column.shape + (-1,)), word_column[..., None]), dim=-1)
-    code = ((windows + 1)[..., None] * weights).sum(-2) % _HASH_PRIME
+        word = (terms * in_word * powers[:, -1]).sum(-1, keepdim=True)
+        code = torch.cat(((terms[..., None] * powers[:, :-1]).sum(-2), word), dim=-1)
+    code = code % _HASH_PRIME
     return code % buckets + torch.arange(powers.shape[1], device=windows.device) * buckets
 
 
