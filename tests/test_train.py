@@ -467,3 +467,27 @@ def test_auto_dtype_trains_in_bf16_on_cpus_with_bf16_matrix_instructions_and_in_
     assert forced.precision == "fp32"
     summary = trainer.fit()
     assert summary.step == 2 and math.isfinite(summary.val_bpb)
+
+
+def test_one_slow_compile_measurement_is_measured_again_not_believed(tmp_path, monkeypatch):
+    # A run beside a busy neighbour measured its compiled steps slower than uncompiled (0.87x). Believed, that
+    # record would keep every later run of the shape from compiling, and so from ever measuring again.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache-home"))
+    data = text_dataset(tmp_path / "cache")
+    trainer = Trainer(tiny_config(), train_config(tmp_path / "run", compile=True), data.train, data.val)
+    trainer._save_compile_record(95.0, 0.87)
+    compile_s, speedup, source = trainer._compile_estimate()
+    assert (compile_s, speedup) == (train_module.DEFAULT_COMPILE_S["cpu"], train_module.DEFAULT_SPEEDUP)
+    assert source == "a safe guess: measured 0.87x once here, measuring again"
+    # The next measurement is kept where it is better; two measurements are believed, the best of them.
+    trainer._save_compile_record(60.0, 1.6)
+    record = json.loads(train_module.compile_record_path().read_text())[trainer._compile_key()]
+    assert record["measurements"] == 2 and record["speedup"] == 1.6
+    assert trainer._compile_estimate() == (60.0, 1.6, "measured on this machine before")
+    trainer._save_compile_record(70.0, 1.1)  # a slower third measurement does not lower the best
+    assert trainer._compile_estimate() == (70.0, 1.6, "measured on this machine before")
+    # A slow speedup confirmed by a second run is believed: compiling does not pay for that shape here.
+    other = Trainer(tiny_config(), train_config(tmp_path / "run2", compile=True, batch_size=2), data.train, data.val)
+    other._save_compile_record(90.0, 0.9)
+    other._save_compile_record(90.0, 0.95)
+    assert other._compile_estimate() == (90.0, 0.95, "measured on this machine before")
