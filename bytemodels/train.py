@@ -88,6 +88,16 @@ def _read_compile_records() -> dict[str, Any]:
     except ValueError:  # none yet, unreadable or not an object: the defaults decide
         return {}
 
+
+def _compile_measurement(record: Any) -> tuple[float, float, int] | None:
+    """A compile record's (seconds to compile, speedup, how many runs measured it); None where it is missing or
+    unreadable."""
+    try:
+        return float(record["compile_s"]), float(record["speedup"]), int(record.get("measurements", 1))
+    except (TypeError, KeyError, ValueError, AttributeError):
+        return None
+
+
 SampleFn = Callable[[Megabyte, int, Path], None]
 
 
@@ -595,12 +605,10 @@ class Trainer:
         (another run compiling, say) measures its compiled steps too slow, and a record that stopped every later
         run from compiling would never be measured again. The guess decides until a second run confirms it."""
         default_s = DEFAULT_COMPILE_S.get(self.device.type, 120.0)
-        record = _read_compile_records().get(self._compile_key())
-        try:
-            compile_s, speedup = float(record["compile_s"]), float(record["speedup"])
-            measurements = int(record.get("measurements", 1))
-        except (TypeError, KeyError, ValueError, AttributeError):
+        measured = _compile_measurement(_read_compile_records().get(self._compile_key()))
+        if measured is None:
             return default_s, DEFAULT_SPEEDUP, "a safe guess, never measured here"
+        compile_s, speedup, measurements = measured
         if speedup < DEFAULT_SPEEDUP and measurements < 2:
             return default_s, DEFAULT_SPEEDUP, f"a safe guess: measured {speedup:.2g}x once here, measuring again"
         return compile_s, speedup, "measured on this machine before"
@@ -643,14 +651,10 @@ class Trainer:
         look slower) and the latest compile time, and how many runs measured it (``_compile_estimate``)."""
         records, path = _read_compile_records(), compile_record_path()
         key = self._compile_key()
-        before = records.get(key)
         measurements = 1
-        if isinstance(before, dict):
-            try:
-                speedup = max(speedup, float(before["speedup"]))
-                measurements += int(before.get("measurements", 1))
-            except (KeyError, TypeError, ValueError):
-                pass  # an unreadable entry is replaced by this measurement
+        before = _compile_measurement(records.get(key))
+        if before is not None:  # an unreadable entry is replaced by this measurement
+            speedup, measurements = max(speedup, before[1]), before[2] + 1
         records[key] = {"compile_s": round(compile_s, 2), "speedup": round(speedup, 3), "measurements": measurements,
                         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         try:
