@@ -114,6 +114,7 @@ from bytemodels import tokens  # noqa: E402
 from bytemodels.budget import parse_duration  # noqa: E402
 from bytemodels.config import MegabyteConfig  # noqa: E402
 from bytemodels.data import ByteDataset, Windows  # noqa: E402
+from bytemodels.window_order import epoch_choices  # noqa: E402
 from bytemodels.model import Megabyte  # noqa: E402
 from bytemodels.optim import OPTIMIZERS, build_optimizer  # noqa: E402
 from bytemodels.app.flags import add_config_arguments, overrides_from_args  # noqa: E402
@@ -739,8 +740,8 @@ def tokenize_stories(tokenizer: Any, items: list[bytes], eos_id: int, split: str
 
 
 class TokenWindows:
-    """Training windows of ``seq_len`` ids cut at random positions of a token stream, like the byte peers'
-    ``Windows.batch``: a batch is a pure function of seed and step."""
+    """Training windows of ``seq_len`` ids cut from a token stream in shuffled epochs, as the byte peers'
+    ``Windows.batch`` cuts theirs (the same order, ``epoch_choices``): a batch is a pure function of seed and step."""
 
     def __init__(self, stream: np.ndarray, seq_len: int, bytes_per_id: float) -> None:
         if len(stream) < seq_len:
@@ -754,7 +755,8 @@ class TokenWindows:
 
     def batch(self, seed: int, step: int, batch_size: int) -> np.ndarray:
         """Step ``step``'s windows: (batch_size, seq_len) int64."""
-        starts = np.random.default_rng([seed, step, 0xDA7A]).integers(0, self.num_choices, size=batch_size)
+        starts = epoch_choices(seed, np.arange(step * batch_size, (step + 1) * batch_size), self.num_choices,
+                               self.seq_len)
         return np.stack([self.stream[start:start + self.seq_len] for start in starts])
 
 

@@ -24,8 +24,8 @@ Special ids never touch the disk: they are inserted when windows are read. Two l
     ``max_seq_len`` is split on patch boundaries into several windows (later ones have no header),
     never truncated. Short windows are padded with PAD.
 
-Sampling is a pure function of ``(seed, step)``: a resumed run sees exactly the batches it would have
-seen, and each distributed rank takes its own slice of the same global draw.
+Training reads its windows in shuffled epochs, each window a pure function of ``(seed, step)``: a resumed run
+sees exactly the batches it would have seen, and each distributed rank takes its own slice of the same global draw.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 
 from bytemodels import tokens
 from bytemodels.runfolder import file_sha256, lock_folder, remove_leftovers, write_error, writing
+from bytemodels.window_order import epoch_choices
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -459,6 +460,8 @@ class Windows:
     seq_len: int
     num_choices: int
     """How many distinct random windows there are (``choice`` takes 0 .. num_choices - 1)."""
+    choice_stride: int = 1
+    """How far apart two windows of one training epoch are, in choices (a stream's: ``seq_len``)."""
 
     def __init__(self, dataset: ByteDataset, seq_len: int, patch_size: int, num_tags: int) -> None:
         if len(dataset) == 0:
@@ -501,13 +504,15 @@ class Windows:
     def batch(self, seed: int, step: int, batch_size: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
         """Rank ``rank``'s ``batch_size`` windows of training step ``step``: (batch_size, seq_len) int64.
 
-        The whole step's ``batch_size * world_size`` windows are drawn from ``(seed, step)`` alone and
-        each rank takes its own slice, so any split of one global batch across ranks sees the same data."""
+        Windows are read in shuffled epochs (:mod:`bytemodels.window_order`): step ``step`` reads the run's windows
+        ``step * B .. (step + 1) * B - 1`` for a global batch of ``B = batch_size * world_size``, each a pure
+        function of ``seed`` and its number, and each rank takes its own slice, so any split of one global batch
+        across ranks sees the same data."""
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
-        rng = np.random.default_rng([seed, step, 0xDA7A])
-        values = rng.integers(0, self.num_choices, size=batch_size * world_size)
-        mine = values[rank * batch_size:(rank + 1) * batch_size]
+        total = batch_size * world_size
+        mine = epoch_choices(seed, np.arange(step * total + rank * batch_size, step * total + (rank + 1) * batch_size),
+                             self.num_choices, self.choice_stride)
         return np.stack([self.choice(int(v)) for v in mine])
 
     def _read(self, sources: np.ndarray, out: np.ndarray, targets: np.ndarray) -> None:
@@ -533,6 +538,7 @@ class PackedWindows(Windows):
         self.total = int(self._stream_starts[-1])
         """Length of the joined stream in ids."""
         self.num_choices = max(self.total - seq_len + 1, 1)
+        self.choice_stride = seq_len
 
     def __len__(self) -> int:
         return -(-self.total // self.seq_len)
