@@ -24,7 +24,7 @@ Special ids never touch the disk: they are inserted when windows are read. Two l
     ``max_seq_len`` is split on patch boundaries into several windows (later ones have no header),
     never truncated. Short windows are padded with PAD.
 
-Training reads its windows in shuffled epochs, each window a pure function of ``(seed, step)``: a resumed run
+Training reads its windows in shuffled epochs, each a pure function of the seed and its number: a resumed run
 sees exactly the batches it would have seen, and each distributed rank takes its own slice of the same global draw.
 """
 
@@ -510,9 +510,8 @@ class Windows:
         across ranks sees the same data."""
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
-        total = batch_size * world_size
-        mine = epoch_choices(seed, np.arange(step * total + rank * batch_size, step * total + (rank + 1) * batch_size),
-                             self.num_choices, self.choice_stride)
+        first = (step * world_size + rank) * batch_size  # this rank's first window of the run's window numbers
+        mine = epoch_choices(seed, np.arange(first, first + batch_size), self.num_choices, self.choice_stride)
         return np.stack([self.choice(int(v)) for v in mine])
 
     def _read(self, sources: np.ndarray, out: np.ndarray, targets: np.ndarray) -> None:

@@ -46,7 +46,7 @@ def permute(positions: np.ndarray, size: int, keys: np.ndarray) -> np.ndarray:
     half_bits = max(((size - 1).bit_length() + 1) // 2, 1)
     values = _feistel(np.asarray(positions, dtype=np.uint64), half_bits, keys)
     outside = values >= np.uint64(size)
-    while outside.any():  # the domain is under 4x size, so each value walks a few times at most on average
+    while outside.any():  # the domain is at most 4x size: a few walks per value on average
         values[outside] = _feistel(values[outside], half_bits, keys)
         outside = values >= np.uint64(size)
     return values.astype(np.int64)
