@@ -114,7 +114,7 @@ from bytemodels import tokens  # noqa: E402
 from bytemodels.budget import parse_duration  # noqa: E402
 from bytemodels.config import MegabyteConfig  # noqa: E402
 from bytemodels.data import ByteDataset, Windows  # noqa: E402
-from bytemodels.window_order import epoch_choices  # noqa: E402
+from bytemodels.window_order import step_choices  # noqa: E402
 from bytemodels.model import Megabyte  # noqa: E402
 from bytemodels.optim import OPTIMIZERS, build_optimizer  # noqa: E402
 from bytemodels.app.flags import add_config_arguments, overrides_from_args  # noqa: E402
@@ -741,7 +741,7 @@ def tokenize_stories(tokenizer: Any, items: list[bytes], eos_id: int, split: str
 
 class TokenWindows:
     """Training windows of ``seq_len`` ids cut from a token stream in shuffled epochs, as the byte peers'
-    ``Windows.batch`` cuts theirs (the same order, ``epoch_choices``): a batch is a pure function of seed and step."""
+    ``Windows.batch`` cuts theirs (the same order, ``step_choices``): a batch is a pure function of seed and step."""
 
     def __init__(self, stream: np.ndarray, seq_len: int, bytes_per_id: float) -> None:
         if len(stream) < seq_len:
@@ -755,8 +755,7 @@ class TokenWindows:
 
     def batch(self, seed: int, step: int, batch_size: int) -> np.ndarray:
         """Step ``step``'s windows: (batch_size, seq_len) int64."""
-        starts = epoch_choices(seed, np.arange(step * batch_size, (step + 1) * batch_size), self.num_choices,
-                               self.seq_len)
+        starts = step_choices(seed, step, batch_size, self.num_choices, self.seq_len)
         return np.stack([self.stream[start:start + self.seq_len] for start in starts])
 
 

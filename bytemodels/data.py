@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 
 from bytemodels import tokens
 from bytemodels.runfolder import file_sha256, lock_folder, remove_leftovers, write_error, writing
-from bytemodels.window_order import epoch_choices
+from bytemodels.window_order import step_choices
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -504,14 +504,11 @@ class Windows:
     def batch(self, seed: int, step: int, batch_size: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
         """Rank ``rank``'s ``batch_size`` windows of training step ``step``: (batch_size, seq_len) int64.
 
-        Windows are read in shuffled epochs (:mod:`bytemodels.window_order`): step ``step`` reads the run's windows
-        ``step * B .. (step + 1) * B - 1`` for a global batch of ``B = batch_size * world_size``, each a pure
-        function of ``seed`` and its number, and each rank takes its own slice, so any split of one global batch
-        across ranks sees the same data."""
+        Windows are read in shuffled epochs, each a pure function of ``seed`` and its number, and each rank takes
+        its own slice of the step's global batch (:func:`bytemodels.window_order.step_choices`)."""
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
-        first = (step * world_size + rank) * batch_size  # this rank's first window of the run's window numbers
-        mine = epoch_choices(seed, np.arange(first, first + batch_size), self.num_choices, self.choice_stride)
+        mine = step_choices(seed, step, batch_size, self.num_choices, self.choice_stride, rank, world_size)
         return np.stack([self.choice(int(v)) for v in mine])
 
     def _read(self, sources: np.ndarray, out: np.ndarray, targets: np.ndarray) -> None:

@@ -72,3 +72,12 @@ def epoch_choices(seed: int, indices: np.ndarray, num_choices: int, stride: int)
         mine = epochs == epoch
         out[mine] = permute(positions[mine], per_epoch, keys) * stride + shift
     return out
+
+
+def step_choices(seed: int, step: int, batch_size: int, num_choices: int, stride: int, rank: int = 0,
+                 world_size: int = 1) -> np.ndarray:
+    """Rank ``rank``'s ``batch_size`` choices of training step ``step``: the step reads the run's windows
+    ``step * B .. (step + 1) * B - 1`` for a global batch of ``B = batch_size * world_size``, and each rank its own
+    slice of them, so any split of one global batch across ranks reads the same windows."""
+    first = (step * world_size + rank) * batch_size
+    return epoch_choices(seed, np.arange(first, first + batch_size), num_choices, stride)
