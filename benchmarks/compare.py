@@ -32,10 +32,12 @@ peer (``--peers``)    what                                                      
                       n-gram's next-byte entropy (``--ngram-order``, 3; counted on the training
                       windows) exceeds a threshold set for a mean patch of ``--mean-patch``
                       bytes (default: the space patches' mean on text, 6 elsewhere)
+``bytemodels-words``  bytemodels' ``Megabyte`` with one word block of the local width after its   text only
+                      first local block, run at the window's word ends only (``WordBlocksMegabyte``)
 ====================  ========================================================================  =========
 
 The default ``--peers`` is every peer that reads the data set (the first four on text, the byte peers elsewhere);
-the patching peers (``spacebyte``, ``entropybyte``) are measured when named. Every model row gives its training
+the patching peers (``spacebyte``, ``entropybyte``) and ``bytemodels-words`` are measured when named. Every model row gives its training
 FLOPs per byte (forward and backward; the patching peers' at the mean patch size reached on the validation windows),
 so equal-FLOPs comparisons can be read beside the equal-time ones.
 The GPT is scored on every validation token once (non-overlapping windows of its context, each story's
@@ -106,7 +108,7 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from benchmarks import compressors  # noqa: E402
 from benchmarks.baselines import (FlatTransformer, MegabytePytorch, SpaceByteConfig, SpaceByteModel,  # noqa: E402
-                                  TokenGpt, TokenGptConfig, entropy_boundaries, entropy_threshold,
+                                  TokenGpt, TokenGptConfig, WordBlocksMegabyte, entropy_boundaries, entropy_threshold,
                                   flat_config_matching, mean_patch_size, ngram_entropy_table, ngram_order,
                                   space_boundaries, spacebyte_config_matching, spacebyte_parameter_count,
                                   token_gpt_config_matching)
@@ -133,8 +135,12 @@ TOKEN_PEER = "gpt-bpe"
 TOKEN_PEER_MODALITY = "text"
 PATCH_PEERS = ("spacebyte", "entropybyte")
 """Byte peers whose patches follow the data (measured only when ``--peers`` names them)."""
-TEXT_ONLY_PEERS = (TOKEN_PEER, "spacebyte")
-ALL_PEERS = PEERS + PATCH_PEERS
+WORD_PEER = "bytemodels-words"
+"""bytemodels with word blocks (``WordBlocksMegabyte``), measured only when ``--peers`` names it."""
+TEXT_ONLY_PEERS = (TOKEN_PEER, "spacebyte", WORD_PEER)
+ALL_PEERS = PEERS + PATCH_PEERS + (WORD_PEER,)
+CHECKED_PEERS = BYTE_PEERS + (WORD_PEER,)
+"""The peers ``check_peers`` tests for causality on untrained models."""
 DEFAULT_NGRAM_ORDER = 3
 """Order of the byte n-gram whose next-byte entropy places the entropy peer's patches."""
 DEFAULT_MEAN_PATCH = 6.0
@@ -148,6 +154,7 @@ PEER_TITLES = {
     "gpt-bpe": "GPT on byte-level BPE tokens (nanoGPT-style)",
     "spacebyte": "SpaceByte (space patches)",
     "entropybyte": "SpaceByte model, BLT entropy patches (n-gram)",
+    WORD_PEER: "bytemodels Megabyte with word blocks",
 }
 DEFAULT_BPE_VOCAB = 4096
 #: The model flags' group in ``--help``: which peers each field reaches.
@@ -386,6 +393,8 @@ def build_peer(peer: str, config: MegabyteConfig, seed: int, patching: PatchSetu
     torch.manual_seed(seed)
     if peer == "bytemodels":
         return Megabyte(config)
+    if peer == WORD_PEER:
+        return WordBlocksMegabyte(config)
     if peer == "megabyte-pytorch":
         return MegabytePytorch(config)
     if peer == "flat":
@@ -394,7 +403,7 @@ def build_peer(peer: str, config: MegabyteConfig, seed: int, patching: PatchSetu
         return FlatTransformer(flat_config_matching(config, ours))
     if peer in PATCH_PEERS and patching is not None:
         return SpaceByteModel(patching.config, patching.patcher(peer))
-    raise ValueError(f"unknown byte peer {peer!r}; choose from {', '.join(BYTE_PEERS + PATCH_PEERS)}")
+    raise ValueError(f"unknown byte peer {peer!r}; choose from {', '.join(CHECKED_PEERS + PATCH_PEERS)}")
 
 
 def peer_flops_per_byte(peer: str, model: nn.Module, config: MegabyteConfig,
@@ -407,6 +416,8 @@ def peer_flops_per_byte(peer: str, model: nn.Module, config: MegabyteConfig,
         return model.config.flops_per_byte()
     if isinstance(model, SpaceByteModel) and patching is not None:
         return model.config.flops_per_byte(patching.val_mean_patch[peer])
+    if isinstance(model, WordBlocksMegabyte):
+        return config.flops_per_byte() + model.word_flops_per_byte()
     return config.flops_per_byte()
 
 
@@ -503,7 +514,7 @@ def check_peers(config: MegabyteConfig, ids: Tensor, seed: int,
     checks: dict[str, Any] = {}
     with torch.no_grad():
         # Only the peers trained: the reference, say, takes one head size for all stages, which others need not.
-        models = {peer: build_peer(peer, config, seed) for peer in BYTE_PEERS if peer in peers}
+        models = {peer: build_peer(peer, config, seed) for peer in CHECKED_PEERS if peer in peers}
         for model in models.values():  # causality is the function's; dropout would draw anew on each call
             model.eval()
         if "megabyte-pytorch" in models:
@@ -877,7 +888,7 @@ def prepare_peers(data: BenchData, config: MegabyteConfig, seed: int, cache_dir:
     val_windows = val_set.windows(config.max_seq_len, config.patch_size, config.num_tags)
     val_ids = val_windows.fixed(eval_windows or len(val_windows))
     check = check_peers(config, torch.from_numpy(train_windows.batch(seed, 0, 2)), seed, peers)
-    checked = [peer for peer in BYTE_PEERS if f"untrained_{peer}" in check]
+    checked = [peer for peer in CHECKED_PEERS if f"untrained_{peer}" in check]
     aligned = (f"MEGABYTE-pytorch's own loss {check['package_loss']:.5f} = ours from its aligned logits "
                f"{check['loss_from_aligned_logits']:.5f}; " if "package_loss" in check else "")
     if checked:
@@ -1041,7 +1052,7 @@ def target_lines(results: dict[str, Any], seconds: float | None = None) -> list[
             best_method, best = min(kept.items(), key=lambda item: item[1])
             lines.append(f"{name}: bytemodels {ours:.3f} vs {best_method} {best:.3f} (target: below) "
                          f"-> {'met' if ours < best else 'not met'}")
-        for peer in PATCH_PEERS:
+        for peer in PATCH_PEERS + (WORD_PEER,):
             theirs = models.get(peer, {}).get("bits_per_byte")
             if theirs is not None:
                 gain = 1.0 - theirs / ours
@@ -1166,6 +1177,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if "spacebyte" in args.peers and args.modality != TOKEN_PEER_MODALITY:
             parser.error(f"--peers spacebyte: space patches are measured on --modality {TOKEN_PEER_MODALITY} only, "
                          f"not {args.modality}; entropybyte patches any data")
+        if WORD_PEER in args.peers and args.modality != TOKEN_PEER_MODALITY:
+            parser.error(f"--peers {WORD_PEER}: word blocks are measured on --modality {TOKEN_PEER_MODALITY} only, "
+                         f"not {args.modality}")
     if args.bpe_vocab < 258:  # the 256 byte symbols, EOS and at least one merge
         parser.error(f"--bpe-vocab {args.bpe_vocab}: give at least 258 (256 byte symbols, EOS, one merge)")
     if args.mean_patch is not None and not args.mean_patch >= 1:

@@ -174,7 +174,7 @@ class Megabyte(nn.Module):
             starts = torch.arange(before.shape[1], device=ids.device) == 0
             x = stage.inputs(before, starts, context, before_ngrams)
             if stage.is_local:
-                hidden = stage.transformer(x, groups=local_groups if stage.cross_patch else None)
+                hidden = self.local_hidden(stage, x, ids, local_groups if stage.cross_patch else None)
                 break
             hidden = stage.transformer(x)
             context = rearrange(stage.contexts(hidden), "b n g d -> (b n) g d")
@@ -188,6 +188,13 @@ class Megabyte(nn.Module):
             loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1).long(),
                                    ignore_index=tokens.PAD_ID)
         return MegabyteOutput(logits, loss)
+
+    def local_hidden(self, stage: Stage, x: Tensor, ids: Tensor, groups: int | None) -> Tensor:
+        """The local stage's transformer over its inputs ``x`` (batch * patches, patch, d) in training and uncached
+        forwards: ``groups`` patches per sequence for cross-patch attention (None without it). ``ids`` (batch, padded
+        time) are the sequence's own, for a model that adds blocks which read them (``benchmarks/baselines.py``'s
+        word blocks)."""
+        return stage.transformer(x, groups=groups)
 
     def ngram_rows(self, ids: Tensor) -> Tensor | None:
         """(batch, time) ids → (batch, time, tables) the hashed tables' rows at each position (``hash_ngrams``, PAD
