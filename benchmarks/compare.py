@@ -32,18 +32,19 @@ peer (``--peers``)    what                                                      
                       n-gram's next-byte entropy (``--ngram-order``, 3; counted on the training
                       windows) exceeds a threshold set for a mean patch of ``--mean-patch``
                       bytes (default: the space patches' mean on text, 6 elsewhere)
-``bytemodels-words``  bytemodels' ``Megabyte`` with one word block of the local width after its   text only
-                      first local block, run at the window's word ends only (``WordBlocksMegabyte``)
+``bytemodels-words``  bytemodels' ``Megabyte`` with one more block of the local width, after    text only
+                      the first local block, run only at the window's word ends
+                      (``WordBlocksMegabyte``)
 ====================  ========================================================================  =========
 
 The default ``--peers`` is every peer that reads the data set (the first four on text, the byte peers elsewhere);
-the patching peers (``spacebyte``, ``entropybyte``) and ``bytemodels-words`` are measured when named. Every model row gives its training
-FLOPs per byte (forward and backward; the patching peers' at the mean patch size reached on the validation windows),
-so equal-FLOPs comparisons can be read beside the equal-time ones.
-The GPT is scored on every validation token once (non-overlapping windows of its context, each story's
-tokens then one EOS id; EOS is trained on but, as for the byte peers, not scored), and its bits are divided
-by the validation bytes the byte peers are scored on; the tokens are checked to decode to exactly those
-bytes. ``--eval-windows`` limits the byte peers only. The table also gives its bytes per token.
+the patching peers (``spacebyte``, ``entropybyte``) and ``bytemodels-words`` are measured when named. Every model
+row gives its training FLOPs per byte (forward and backward; the patching peers' at the mean patch size reached on
+the validation windows), so equal-FLOPs comparisons can be read beside the equal-time ones. The GPT is scored on
+every validation token once (non-overlapping windows of its context, each story's tokens then one EOS id; EOS is
+trained on but, as for the byte peers, not scored), and its bits are divided by the validation bytes the byte peers
+are scored on; the tokens are checked to decode to exactly those bytes. ``--eval-windows`` limits the byte peers
+only. The table also gives its bytes per token.
 
 Held-out data (bytes as the codecs make them; the models are scored on exactly these bytes):
 
