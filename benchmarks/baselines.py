@@ -41,8 +41,7 @@ from torch import nn
 
 from bytemodels import tokens
 from bytemodels.config import MegabyteConfig
-from bytemodels.layers import (EMBED_GAIN, HEAD_GAIN, GroupLayout, ScaledEmbedding, ScaledLinear, Transformer,
-                               init_weights)
+from bytemodels.layers import EMBED_GAIN, HEAD_GAIN, ScaledEmbedding, ScaledLinear, Transformer, init_weights
 from bytemodels.model import Megabyte, Stage
 from bytemodels.ngrams import is_word_byte
 
@@ -73,6 +72,13 @@ class BlockSettings:
         """``layers`` blocks of width ``dim`` with these settings."""
         return Transformer(dim, layers, heads, self.mlp_ratio, self.dropout, self.rope_base, self.norm_eps,
                            self.token_shift, self.qk_norm)
+
+
+def stack_flops(dim: int, layers: int, mlp_ratio: float, context: float) -> float:
+    """Forward FLOPs per position of ``layers`` blocks of width ``dim`` (the nanoGPT/PaLM count): 2 x the block
+    matmuls plus causal attention over ``context`` positions (half of them on average)."""
+    block_matmul = 4 * dim * dim + 2 * dim * int(mlp_ratio * dim)
+    return 2 * layers * block_matmul + 2 * layers * 2 * dim * context / 2
 
 
 def check_heads(dim: int, heads: int) -> None:
@@ -110,9 +116,7 @@ class FlatConfig(StackConfig):
 
     def flops_per_byte(self, training: bool = True) -> float:
         """Estimated FLOPs per byte, the nanoGPT/PaLM ``6N + 12·L·d·T`` estimate (causal: half of T)."""
-        hidden = int(self.mlp_ratio * self.dim)
-        block_matmul = 4 * self.dim * self.dim + 2 * self.dim * hidden
-        per_byte = 2 * self.layers * block_matmul + 2 * self.layers * 2 * self.dim * self.max_seq_len / 2
+        per_byte = stack_flops(self.dim, self.layers, self.mlp_ratio, self.max_seq_len)
         per_byte += 2 * self.dim * self.vocab_size  # output head
         return per_byte * (3 if training else 1)
 
@@ -487,13 +491,9 @@ class SpaceByteConfig(BlockSettings):
         """Estimated FLOPs per byte with patches of ``mean_patch`` bytes on average (the BLT paper's count):
         2 x the block matmuls plus causal attention, local blocks at every byte, global blocks and the two
         projections once per patch, and the output head; x3 for training (forward and backward)."""
-        def blocks(dim: int, layers: int, context: float) -> float:
-            block_matmul = 4 * dim * dim + 2 * dim * int(self.mlp_ratio * dim)
-            return 2 * layers * block_matmul + 2 * layers * 2 * dim * context / 2
-
         local_layers = self.local_layers_before + self.local_layers_after
-        per_byte = blocks(self.local_dim, local_layers, self.max_seq_len)
-        per_byte += (blocks(self.global_dim, self.global_layers, self.max_seq_len / mean_patch)
+        per_byte = stack_flops(self.local_dim, local_layers, self.mlp_ratio, self.max_seq_len)
+        per_byte += (stack_flops(self.global_dim, self.global_layers, self.mlp_ratio, self.max_seq_len / mean_patch)
                      + 2 * 2 * self.local_dim * self.global_dim) / mean_patch
         per_byte += 2 * self.local_dim * self.vocab_size
         return per_byte * (3 if training else 1)
@@ -614,18 +614,10 @@ class WordBlocksMegabyte(Megabyte):
             init_weights(module)
 
     def local_hidden(self, stage: Stage, x: torch.Tensor, ids: torch.Tensor, groups: int | None) -> torch.Tensor:
-        transformer, batch = stage.transformer, ids.shape[0]
-        layout, rope = None, None
-        if groups is None:
-            rope = transformer.rotary.at(0, x.shape[1], x.device)
-        else:
-            layout = GroupLayout.build(x.shape[0], groups, x.shape[1], transformer.rotary, x.device)
-        inputs = x
-        for index, block in enumerate(transformer.blocks):
-            x = block(transformer.mix_input(index, x, inputs), rope, None, layout)
-            if index == 0:
-                x = self.add_word_blocks(x, ids, batch)
-        return transformer.norm(x)
+        def after_block(index: int, hidden: torch.Tensor) -> torch.Tensor:
+            return self.add_word_blocks(hidden, ids, ids.shape[0]) if index == 0 else hidden
+
+        return stage.transformer(x, groups=groups, after_block=after_block)
 
     def add_word_blocks(self, x: torch.Tensor, ids: torch.Tensor, batch: int) -> torch.Tensor:
         """``x`` (batch * patches, patch, d) with the word blocks' output added at the word ends of ``ids``."""
@@ -644,8 +636,6 @@ class WordBlocksMegabyte(Megabyte):
         """The word blocks' FLOPs per byte as they run: ``word_capacity`` positions per window, padding included
         (the same count as ``MegabyteConfig.flops_per_byte``; add the two)."""
         config, dim = self.config, self.config.local_dim
-        hidden = int(config.mlp_ratio * dim)
-        layers = len(self.word_blocks.blocks)
-        per_position = (2 * layers * (4 * dim * dim + 2 * dim * hidden) + 2 * layers * 2 * dim * self.word_capacity / 2
-                        + 2 * 2 * dim * dim)  # the blocks, causal attention, the two projections
+        per_position = (stack_flops(dim, len(self.word_blocks.blocks), config.mlp_ratio, self.word_capacity)
+                        + 2 * 2 * dim * dim)  # the blocks, and the two projections
         return per_position * self.word_capacity / config.max_seq_len * (3 if training else 1)

@@ -112,7 +112,7 @@ from benchmarks.baselines import (FlatTransformer, MegabytePytorch, SpaceByteCon
                                   TokenGpt, TokenGptConfig, WordBlocksMegabyte, entropy_boundaries, entropy_threshold,
                                   flat_config_matching, mean_patch_size, ngram_entropy_table, ngram_order,
                                   space_boundaries, spacebyte_config_matching, spacebyte_parameter_count,
-                                  token_gpt_config_matching)
+                                  stack_flops, token_gpt_config_matching)
 from bytemodels import tokens  # noqa: E402
 from bytemodels.budget import parse_duration  # noqa: E402
 from bytemodels.config import MegabyteConfig  # noqa: E402
@@ -425,9 +425,7 @@ def peer_flops_per_byte(peer: str, model: nn.Module, config: MegabyteConfig,
 def token_gpt_flops_per_byte(config: TokenGptConfig, bytes_per_token: float) -> float:
     """Training FLOPs per byte of the token GPT: the flat count per token (its context in tokens, its tied head)
     over the bytes a token stands for."""
-    hidden = int(config.mlp_ratio * config.dim)
-    block_matmul = 4 * config.dim * config.dim + 2 * config.dim * hidden
-    per_token = (2 * config.layers * block_matmul + 2 * config.layers * 2 * config.dim * config.context / 2
+    per_token = (stack_flops(config.dim, config.layers, config.mlp_ratio, config.context)
                  + 2 * config.dim * config.vocab_size)
     return 3 * per_token / bytes_per_token
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -394,14 +395,17 @@ class Transformer(nn.Module):
         return (1 + stream) * x + skip * inputs
 
     def forward(self, x: Tensor, cache: CacheView | None = None, groups: int | None = None,
-                rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
+                rope: tuple[Tensor, Tensor] | None = None,
+                after_block: Callable[[int, Tensor], Tensor] | None = None) -> Tensor:
         """``x`` (batch, time, dim) → (batch, time, dim).
 
         ``cache``: ``x`` continues what the cache holds, its positions go to ``cache.slots`` and ``rope``
         (cos, sin (time, head_dim / 2)) gives their rotary angles (cross-patch attention counts them in bytes
         across groups). Without it ``x`` is a whole sequence at positions 0, 1, ...; with ``groups`` its rows
         are consecutive groups, ``groups`` per sequence, and each group also attends to the one before it
-        (cross-patch attention), rotary positions counting across the groups."""
+        (cross-patch attention), rotary positions counting across the groups. ``after_block(index, x)``, if
+        given, replaces each block's output (blocks a model adds between these, as in
+        ``benchmarks/baselines.py``'s word blocks)."""
         time = x.shape[1]
         layout = None
         if groups is not None:
@@ -429,6 +433,8 @@ class Transformer(nn.Module):
                 block_cache = BlockCache(cache.keys[index], cache.values[index], cache.last_attn[index],
                                          cache.last_mlp[index], *shared)
             x = block(x, rope, block_cache, layout)
+            if after_block is not None:
+                x = after_block(index, x)
         return self.norm(x)
 
 
