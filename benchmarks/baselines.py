@@ -22,9 +22,6 @@ Three models, built at the shape of a :class:`bytemodels.MegabyteConfig`:
   there, then more local blocks. Two patchers: :func:`space_boundaries` (SpaceByte's rule) and
   :func:`entropy_boundaries` (BLT's global entropy threshold, the entropy from a byte n-gram table:
   :func:`ngram_entropy_table`, :func:`entropy_threshold`). :func:`spacebyte_config_matching` sizes it.
-- :class:`WordBlocksMegabyte` is bytemodels' ``Megabyte`` with SpaceByte's idea inside its local stage: blocks
-  that run only where a word has just ended (:func:`word_ends`), over the window's word ends, their output added
-  back there between the local blocks. Training and uncached forwards only (no cached generation yet).
 """
 
 from __future__ import annotations
@@ -42,8 +39,6 @@ from torch import nn
 from bytemodels import tokens
 from bytemodels.config import MegabyteConfig
 from bytemodels.layers import EMBED_GAIN, HEAD_GAIN, ScaledEmbedding, ScaledLinear, Transformer, init_weights
-from bytemodels.model import Megabyte, Stage
-from bytemodels.ngrams import is_word_byte
 
 
 # ---------------------------------------------------------------------------------------------
@@ -576,66 +571,3 @@ def spacebyte_config_matching(megabyte: MegabyteConfig, num_parameters: int,
     per_block = spacebyte_parameter_count(at_depth(2)) - spacebyte_parameter_count(at_depth(1))
     shell = spacebyte_parameter_count(at_depth(1)) - per_block
     return at_depth(max(1, round((num_parameters - shell) / per_block)))
-
-
-# -- word blocks inside MEGABYTE's local stage ------------------------------------------------------------------
-def word_ends(ids: torch.Tensor) -> torch.Tensor:
-    """(batch, time) ids → (batch, time) bool: the positions whose input is the first separator after a word, where
-    :class:`WordBlocksMegabyte` runs its word blocks. Position t predicts ids[t] from the ids before it, so it is
-    one where ids[t - 1] separates words and ids[t - 2] does not (``is_word_byte``, the hashed word table's rule,
-    which is SpaceByte's spacelike rule with every byte of 128 or more inside words); position 0 is one. Causal:
-    position t reads ids[:, :t] only."""
-    separator = ~is_word_byte(ids)
-    before = F.pad(separator, (1, -1), value=True)  # ids[t - 1] separates; before the sequence counts as one
-    two_before = F.pad(before, (1, -1), value=False)  # ids[t - 2]; false at 0, so position 0 is a word end
-    return before & ~two_before
-
-
-class WordBlocksMegabyte(Megabyte):
-    """bytemodels' ``Megabyte`` with ``word_layers`` blocks of the local width that run only at word ends
-    (:func:`word_ends`): after the first local block, each sequence's word-end positions (the first
-    ``word_capacity``; a window of text has about one per 5 bytes) are gathered in order, projected, run causally
-    through the word blocks (SpaceByte's global blocks, here beside MEGABYTE's fixed patches), projected back and
-    added at the same positions; then the other local blocks and the head. The global stage's context reaches a
-    byte up to a patch late; the word blocks hand each word's start a summary of every word before it in the window.
-
-    Training and uncached forwards only: the decoding steps and ``generate(use_cache=True)`` know nothing of the
-    word blocks, so this peer is measured by ``benchmarks/compare.py`` and not sampled."""
-
-    def __init__(self, config: MegabyteConfig, word_layers: int = 1, word_capacity: int | None = None) -> None:
-        super().__init__(config)
-        dim = config.local_dim
-        self.word_capacity = word_capacity or config.max_seq_len // 4
-        self.word_in = nn.Linear(dim, dim, bias=False)
-        self.word_blocks = Transformer(dim, word_layers, config.heads[-1], config.mlp_ratio, config.dropout,
-                                       config.rope_base, config.norm_eps, config.token_shift, config.qk_norm)
-        self.word_out = nn.Linear(dim, dim, bias=False)
-        for module in (self.word_in, self.word_blocks, self.word_out):
-            init_weights(module)
-
-    def local_hidden(self, stage: Stage, x: torch.Tensor, ids: torch.Tensor, groups: int | None) -> torch.Tensor:
-        def after_block(index: int, hidden: torch.Tensor) -> torch.Tensor:
-            return self.add_word_blocks(hidden, ids, ids.shape[0]) if index == 0 else hidden
-
-        return stage.transformer(x, groups=groups, after_block=after_block)
-
-    def add_word_blocks(self, x: torch.Tensor, ids: torch.Tensor, batch: int) -> torch.Tensor:
-        """``x`` (batch * patches, patch, d) with the word blocks' output added at the word ends of ``ids``."""
-        ends = word_ends(ids)
-        capacity = min(self.word_capacity, ids.shape[1])
-        # Each row's word ends in order, then the other positions: a stable sort of ~ends, cut at the capacity.
-        order = torch.sort((~ends).to(torch.uint8), dim=1, stable=True).indices[:, :capacity]
-        real = torch.arange(capacity, device=ids.device) < ends.sum(dim=1, keepdim=True)  # (batch, capacity)
-        stream = x.reshape(batch, -1, x.shape[-1])  # (batch, time, d): the patches of a sequence in order
-        where = order[..., None].expand(-1, -1, stream.shape[-1])
-        words = self.word_out(self.word_blocks(self.word_in(stream.gather(1, where))))
-        words = (words * real[..., None].to(words.dtype)).to(stream.dtype)  # padding rows add nothing
-        return stream.scatter_add(1, where, words).reshape(x.shape)
-
-    def word_flops_per_byte(self, training: bool = True) -> float:
-        """The word blocks' FLOPs per byte as they run: ``word_capacity`` positions per window, padding included
-        (the same count as ``MegabyteConfig.flops_per_byte``; add the two)."""
-        config, dim = self.config, self.config.local_dim
-        per_position = (stack_flops(dim, len(self.word_blocks.blocks), config.mlp_ratio, self.word_capacity)
-                        + 2 * 2 * dim * dim)  # the blocks, and the two projections
-        return per_position * self.word_capacity / config.max_seq_len * (3 if training else 1)

@@ -32,9 +32,9 @@ peer (``--peers``)    what                                                      
                       n-gram's next-byte entropy (``--ngram-order``, 3; counted on the training
                       windows) exceeds a threshold set for a mean patch of ``--mean-patch``
                       bytes (default: the space patches' mean on text, 6 elsewhere)
-``bytemodels-words``  bytemodels' ``Megabyte`` with one more block of the local width, after    text only
-                      the first local block, run only at the window's word ends
-                      (``WordBlocksMegabyte``)
+``bytemodels-words``  bytemodels' ``Megabyte`` with one word block (``word_layers=1``): a block   text only
+                      of the local width after the first local block, run only at the
+                      window's word ends (``bytemodels.words``)
 ====================  ========================================================================  =========
 
 The default ``--peers`` is every peer that reads the data set (the first four on text, the byte peers elsewhere);
@@ -109,7 +109,7 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from benchmarks import compressors  # noqa: E402
 from benchmarks.baselines import (FlatTransformer, MegabytePytorch, SpaceByteConfig, SpaceByteModel,  # noqa: E402
-                                  TokenGpt, TokenGptConfig, WordBlocksMegabyte, entropy_boundaries, entropy_threshold,
+                                  TokenGpt, TokenGptConfig, entropy_boundaries, entropy_threshold,
                                   flat_config_matching, mean_patch_size, ngram_entropy_table, ngram_order,
                                   space_boundaries, spacebyte_config_matching, spacebyte_parameter_count,
                                   stack_flops, token_gpt_config_matching)
@@ -137,7 +137,7 @@ TOKEN_PEER_MODALITY = "text"
 PATCH_PEERS = ("spacebyte", "entropybyte")
 """Byte peers whose patches follow the data (measured only when ``--peers`` names them)."""
 WORD_PEER = "bytemodels-words"
-"""bytemodels with word blocks (``WordBlocksMegabyte``), measured only when ``--peers`` names it."""
+"""bytemodels with one word block (``word_layers=1``), measured only when ``--peers`` names it."""
 TEXT_ONLY_PEERS = (TOKEN_PEER, "spacebyte", WORD_PEER)
 ALL_PEERS = PEERS + PATCH_PEERS + (WORD_PEER,)
 CHECKED_PEERS = BYTE_PEERS + (WORD_PEER,)
@@ -395,7 +395,7 @@ def build_peer(peer: str, config: MegabyteConfig, seed: int, patching: PatchSetu
     if peer == "bytemodels":
         return Megabyte(config)
     if peer == WORD_PEER:
-        return WordBlocksMegabyte(config)
+        return Megabyte(word_peer_config(config))
     if peer == "megabyte-pytorch":
         return MegabytePytorch(config)
     if peer == "flat":
@@ -417,9 +417,14 @@ def peer_flops_per_byte(peer: str, model: nn.Module, config: MegabyteConfig,
         return model.config.flops_per_byte()
     if isinstance(model, SpaceByteModel) and patching is not None:
         return model.config.flops_per_byte(patching.val_mean_patch[peer])
-    if isinstance(model, WordBlocksMegabyte):
-        return config.flops_per_byte() + model.word_flops_per_byte()
+    if peer == WORD_PEER:
+        return word_peer_config(config).flops_per_byte()
     return config.flops_per_byte()
+
+
+def word_peer_config(config: MegabyteConfig) -> MegabyteConfig:
+    """The ``bytemodels-words`` peer's shape: ``config`` with one word block (or the word blocks it has)."""
+    return dataclasses.replace(config, word_layers=max(1, config.word_layers))
 
 
 def token_gpt_flops_per_byte(config: TokenGptConfig, bytes_per_token: float) -> float:

@@ -67,6 +67,11 @@ class MegabyteConfig:
     ngram_dropout: float = 0.0
     """Probability, while training, that a hashed n-gram's row is left out of a byte's embedding (each byte and
     length drawn alone, the kept rows scaled up to match): keeps the tables from memorising a small training text."""
+    word_layers: int = 0
+    """Word blocks (``bytemodels.words``): blocks of the local width that run after the first local block at the word
+    ends only (the positions after the first space or punctuation after a word, SpaceByte's patch boundaries), over
+    the window's word ends, their output added there; 0: none. They hand each word's first byte a summary of every
+    word before it in the window, where the global stage's context reaches it up to a patch late: for text."""
 
     def __post_init__(self) -> None:
         for name in ("patch_sizes", "dims", "layers", "heads", "hash_ngrams"):
@@ -107,6 +112,12 @@ class MegabyteConfig:
     def hash_tables(self) -> int:
         """Hashed tables per stage: one per n-gram length, and one for the word so far."""
         return len(self.hash_ngrams) + (1 if self.hash_word_bytes else 0)
+
+    @property
+    def word_capacity(self) -> int:
+        """Word ends per window that the word blocks run at (a quarter of the window; English text has about one per
+        5 bytes): a training step runs them at this many positions per window, whatever the text."""
+        return max(1, self.max_seq_len // 4)
 
     @property
     def vocab_size(self) -> int:
@@ -171,6 +182,11 @@ class MegabyteConfig:
                              f"{LIMITS['ngram']}")
         if not 1 <= self.hash_buckets <= LIMITS["hash_buckets"]:
             raise ValueError(f"hash_buckets={self.hash_buckets} must be in 1 .. {LIMITS['hash_buckets']:,}")
+        if not 0 <= self.word_layers <= LIMITS["layers"]:
+            raise ValueError(f"word_layers={self.word_layers} must be in 0 .. {LIMITS['layers']:,}")
+        if self.word_layers and self.layers[-1] < 1:
+            raise ValueError(f"word_layers={self.word_layers} needs a local block to follow (layers={self.layers} "
+                             "has none in the local stage)")
         for name in ("rope_base", "norm_eps"):
             if not getattr(self, name) > 0:  # also refuses nan
                 raise ValueError(f"{name}={getattr(self, name)} must be positive")
@@ -179,10 +195,10 @@ class MegabyteConfig:
     def flops_per_byte(self, training: bool = True) -> float:
         """Estimated floating-point operations per byte (fwd+bwd when ``training``), for MFU.
 
-        Counts the matrix multiplies of every stage (each stage's token covers ``unit`` bytes),
-        its attention over the stage's context, the patch embedders, the stage-to-stage
-        projections and the output head: the nanoGPT/PaLM ``6N + 12·L·d·T`` estimate per stage. Hashed n-gram
-        tables cost their additions only (a lookup multiplies nothing), as the BLT paper counts them.
+        Counts the matrix multiplies of every stage (each stage's token covers ``unit`` bytes), its attention over the
+        stage's context, the patch embedders, the stage-to-stage projections, the word blocks (at ``word_capacity``
+        positions per window) and the output head: the nanoGPT/PaLM ``6N + 12·L·d·T`` estimate per stage. Hashed
+        n-gram tables cost their additions only (a lookup multiplies nothing), as the BLT paper counts them.
         """
         units = self.unit_sizes
         flops = 0.0
@@ -201,6 +217,11 @@ class MegabyteConfig:
             if stage + 1 < self.num_stages:  # projection into the next stage's positions
                 per_token += 2 * dim * (unit // units[stage + 1]) * self.dims[stage + 1]
             flops += per_token / unit
+        if self.word_layers:  # word_capacity positions per window, padding included, and the two projections
+            dim, capacity = self.local_dim, self.word_capacity
+            block_matmul = 4 * dim * dim + 2 * dim * int(self.mlp_ratio * dim)
+            per_word = 2 * self.word_layers * block_matmul + 2 * self.word_layers * 2 * dim * capacity / 2
+            flops += (per_word + 2 * 2 * dim * dim) * capacity / self.max_seq_len
         flops += 2 * self.local_dim * self.vocab_size  # output head
         return flops * (3 if training else 1)
 

@@ -30,6 +30,7 @@ from bytemodels import tokens
 from bytemodels.layers import StaticCache
 from bytemodels.sampling import Sampler, producible_mask
 from bytemodels.stage_step import step_function
+from bytemodels.words import after_first_block, word_ends
 
 
 @dataclass
@@ -74,6 +75,14 @@ class IncrementalDecoder:
         # token, and the MLP reads the group before's last token).
         local = model.stages[-1]
         self.reach = sum(3 if block.shift else 1 for block in local.transformer.blocks) if local.cross_patch else 0
+        self.word_cache = None
+        if model.words is not None:
+            # The word blocks read every word end of the window before a byte, so the local stage runs over the
+            # whole prompt, and the word blocks keep a slot per byte position (see _word_inputs).
+            self.reach = -(-model.config.max_seq_len // self.unit_sizes[-2])
+            with torch.inference_mode():
+                self.word_cache = self._new_word_cache()
+            self.word_count = torch.zeros(ids.shape[0], dtype=torch.long, device=ids.device)
         # Upper stages keep their outputs for that many units back, for the contexts of those groups.
         self.kept_outputs = self.reach + 2
         # The compiled local step also draws the next id: (producible ids, temperature, uniform draws) from
@@ -166,10 +175,11 @@ class IncrementalDecoder:
         # Cross-patch attention counts rotary positions in bytes across groups (as in training).
         cos, sin = stage.transformer.rotary.at((start if stage.cross_patch else 0) + first, time, self.ids.device)
         view = cache.view(time)
+        words = self._word_inputs(start + first, time) if stage.is_local and self.word_cache is not None else ()
         step = self.steps.get(index) if time == 1 else None  # one new unit: the stage's (compiled) step
         if step is not None and stage.is_local:  # the step embeds the byte before and draws the next one itself
             state.logits, state.drawn = step(*self._byte_inputs(state), *view, cos, sin,
-                                             *self._local_draw_inputs(batch))
+                                             *self._local_draw_inputs(batch), words)
             cache.advance(time)
             state.processed = current + 1
             return
@@ -189,6 +199,9 @@ class IncrementalDecoder:
         x = stage.inputs(before.reshape(batch, time, unit), starts, context, ngrams)
         if step is not None:
             hidden = step(x, *view, cos, sin)
+        elif words:
+            add_words = self.model.words.adder(*words)
+            hidden = stage.transformer(x, view, rope=(cos, sin), after_block=after_first_block(add_words))
         else:
             hidden = stage.transformer(x, view, rope=(cos, sin))
         cache.advance(time)
@@ -200,6 +213,43 @@ class IncrementalDecoder:
                 state.outputs[offset] = hidden[:, offset - first]
             for stale in [kept for kept in state.outputs if kept <= current - self.kept_outputs]:
                 del state.outputs[stale]
+
+    def _word_inputs(self, first: int, time: int) -> tuple:
+        """What the word blocks need at byte positions ``first .. first + time - 1``, the local stage's next ones:
+        the word cache's view of their slots (a slot per byte position; those that are word ends within the
+        capacity made readable here), their rotary angles (at each row's count of word ends before them) and which
+        of them are such word ends (``WordBlocks.adder``'s arguments)."""
+        cache = self.word_cache
+        if cache.length != first:
+            raise AssertionError(f"the word blocks are at byte {cache.length}, the local stage at {first}")
+        # The ids at first - 2 .. first + time - 2: the two before each position; the last position's own id (a
+        # placeholder here) is never read.
+        ids = F.pad(self._ids_up_to(first + time - 2, time + 1), (0, 1), value=tokens.PAD_ID)
+        ends = word_ends(ids)[:, 2:]  # (batch, time)
+        if self.pad_units is not None:  # no word ends in a row's left padding
+            positions = torch.arange(first, first + time, device=ids.device)
+            ends = ends & (positions[None, :] >= self.pad_units[:, None] * self.unit_sizes[0])
+        counted = ends.long().cumsum(dim=1)
+        ranks = self.word_count[:, None] + counted - ends.long()
+        active = ends & (ranks < self.model.words.capacity)
+        self.word_count = self.word_count + counted[:, -1]
+        view = cache.view(time)
+        cache.readable[:, first:first + time] = active
+        cache.advance(time)
+        return (*view, *self.model.words.rope_at(ranks), active)
+
+    def _new_word_cache(self) -> StaticCache:
+        """The word blocks' cache: a slot per byte position of the generation (within the window), none readable
+        until the decoder finds a word end there."""
+        length = max(self.max_length or 0, self.ids.shape[1] + 1)
+        size = -(-length // self.unit_sizes[0]) * self.unit_sizes[0]
+        words, device = self.model.words, self.ids.device
+        blocks = words.transformer.blocks
+        stream = words.project_in.weight.dtype
+        kv = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else stream
+        readable = torch.zeros(self.ids.shape[0], size, dtype=torch.bool, device=device)
+        return StaticCache(len(blocks), blocks[0].attn.heads, words.project_in.in_features, size, 0, readable, kv,
+                           stream)
 
     def _constant(self, name: str, shape: tuple[int, ...], value: float = 0.0, dtype=torch.float64) -> Tensor:
         """A tensor made once per decoder: the local step's inputs that do not change from byte to byte."""

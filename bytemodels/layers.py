@@ -404,8 +404,7 @@ class Transformer(nn.Module):
         across groups). Without it ``x`` is a whole sequence at positions 0, 1, ...; with ``groups`` its rows
         are consecutive groups, ``groups`` per sequence, and each group also attends to the one before it
         (cross-patch attention), rotary positions counting across the groups. ``after_block(index, x)``, if
-        given, replaces each block's output (blocks a model adds between these, as in
-        ``benchmarks/baselines.py``'s word blocks)."""
+        given, replaces each block's output (the word blocks run there: ``bytemodels.words``)."""
         time = x.shape[1]
         layout = None
         if groups is not None:
@@ -416,12 +415,12 @@ class Transformer(nn.Module):
         if cache is not None:
             slot = torch.arange(cache.readable.shape[1], device=x.device)
             query = cache.slots[:, None]
-            if time == 1:  # a decoding step: its own slot is readable, and the cache zeroed a token before it
-                allowed, has_previous = (slot <= query) & cache.readable[:, None, :], None  # that is not real
+            # Causal over the slots, within what each row may read; a query in a row's left padding (or, in the word
+            # blocks, at a position that is no word end) still sees itself, so its (ignored) output stays finite.
+            allowed = (slot <= query) & (cache.readable[:, None, :] | (slot == query))  # (batch, time, size)
+            if time == 1:  # a decoding step: the cache zeroed a token before it that is not real
+                has_previous = None
             else:
-                # Causal over the slots, within what each row may read; a query in a row's left padding still
-                # sees itself, so its (ignored) output stays finite.
-                allowed = (slot <= query) & (cache.readable[:, None, :] | (slot == query))  # (batch, time, size)
                 before = cache.slots - 1
                 has_previous = (before >= 0) & cache.readable[:, before.clamp(min=0)]  # (batch, time)
             shared = (cache.slots, allowed[:, None], has_previous)

@@ -22,6 +22,7 @@ from bytemodels import tokens
 from bytemodels.config import MegabyteConfig
 from bytemodels.layers import EMBED_GAIN, HEAD_GAIN, ScaledEmbedding, ScaledLinear, Transformer, init_weights
 from bytemodels.ngrams import hash_ngrams, ngram_powers
+from bytemodels.words import WordBlocks, after_first_block
 
 
 class MegabyteOutput(NamedTuple):
@@ -137,6 +138,11 @@ class Megabyte(nn.Module):
         self.config = config
         self.stages = nn.ModuleList(Stage(config, index) for index in range(config.num_stages))
         self.head = ScaledLinear(config.local_dim, config.vocab_size, HEAD_GAIN)
+        self.words = None
+        if config.word_layers:
+            self.words = WordBlocks(config.local_dim, config.word_layers, config.heads[-1], config.mlp_ratio,
+                                    config.dropout, config.rope_base, config.norm_eps, config.qk_norm,
+                                    config.word_capacity)
         # The hash's weights (not saved: ngram_powers rebuilds them from the config); none without n-grams.
         powers = ngram_powers(config.hash_ngrams, config.hash_word_bytes) if config.hash_tables else None
         self.register_buffer("ngram_powers", powers, persistent=False)
@@ -191,10 +197,12 @@ class Megabyte(nn.Module):
 
     def local_hidden(self, stage: Stage, x: Tensor, ids: Tensor, groups: int | None) -> Tensor:
         """The local stage's transformer over its inputs ``x`` (batch * patches, patch, d) in training and uncached
-        forwards: ``groups`` patches per sequence for cross-patch attention (None without it). ``ids`` (batch, padded
-        time) are the sequence's own, for a model that adds blocks which read them (``benchmarks/baselines.py``'s
-        word blocks)."""
-        return stage.transformer(x, groups=groups)
+        forwards: ``groups`` patches per sequence for cross-patch attention (None without it), the word blocks after
+        its first block at the word ends of ``ids`` (batch, padded time)."""
+        if self.words is None:
+            return stage.transformer(x, groups=groups)
+        add_words = after_first_block(lambda hidden: self.words(hidden, ids))
+        return stage.transformer(x, groups=groups, after_block=add_words)
 
     def ngram_rows(self, ids: Tensor) -> Tensor | None:
         """(batch, time) ids → (batch, time, tables) the hashed tables' rows at each position (``hash_ngrams``, PAD

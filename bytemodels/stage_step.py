@@ -16,6 +16,7 @@ import itertools
 import types
 import warnings
 import weakref
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +24,7 @@ from torch import Tensor, nn
 from bytemodels.layers import CacheView
 from bytemodels.ngrams import hash_windows
 from bytemodels.sampling import draw_or_greedy
+from bytemodels.words import after_first_block
 
 
 class StageStep(nn.Module):
@@ -36,12 +38,13 @@ class StageStep(nn.Module):
         self.transformer = transformer
 
     def forward(self, x: Tensor, keys: list[Tensor], values: list[Tensor], last_attn: list[Tensor],
-                last_mlp: list[Tensor], slot: Tensor, readable: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+                last_mlp: list[Tensor], slot: Tensor, readable: Tensor, cos: Tensor, sin: Tensor,
+                after_block: Callable[[int, Tensor], Tensor] | None = None) -> Tensor:
         """``x`` (batch, 1, dim) the new position's input; the cache's buffers (see :class:`CacheView`) are
-        updated in place; ``slot`` (1,) where its keys go; ``cos``/``sin`` its rotary angles. Returns the
-        (batch, 1, dim) output, normalised."""
+        updated in place; ``slot`` (1,) where its keys go; ``cos``/``sin`` its rotary angles; ``after_block`` as
+        in ``Transformer.forward``. Returns the (batch, 1, dim) output, normalised."""
         view = CacheView(keys, values, last_attn, last_mlp, slot, readable)
-        return self.transformer(x, view, rope=(cos, sin))
+        return self.transformer(x, view, rope=(cos, sin), after_block=after_block)
 
 
 class ByteStep(nn.Module):
@@ -53,28 +56,31 @@ class ByteStep(nn.Module):
     ``unit`` (1,) the new byte's index in it: the input is ``Stage.inputs`` of them, as in training."""
 
     def __init__(self, stage: nn.Module, head: nn.Module, ngram_powers: Tensor | None = None,
-                 buckets: int = 0, words: bool = False) -> None:
+                 buckets: int = 0, word_table: bool = False, word_blocks: nn.Module | None = None) -> None:
         super().__init__()
         self.stage = stage
         self.blocks = StageStep(stage.transformer)
         self.head = head
         self.ngram_powers = ngram_powers
         self.buckets = buckets
-        self.words = words
+        self.word_table = word_table
+        self.word_blocks = word_blocks
 
     def forward(self, previous: Tensor, contexts: Tensor, unit: Tensor, keys: list[Tensor], values: list[Tensor],
                 last_attn: list[Tensor], last_mlp: list[Tensor], slot: Tensor, readable: Tensor, cos: Tensor,
                 sin: Tensor, producible: Tensor | None = None, temperature: Tensor | None = None,
-                uniform: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+                uniform: Tensor | None = None, words: tuple = ()) -> tuple[Tensor, Tensor | None]:
         """Returns (batch, vocab) float logits and (batch,) the id drawn from them by ``draw_or_greedy`` at
         ``temperature`` (0-d; 0 is greedy) with ``uniform`` (batch, 1) float64 among the ids ``producible``
         allows (``bytemodels.sampling.producible_mask``), or None without them; see :meth:`StageStep.forward`
-        for the cache."""
+        for the cache. A model with word blocks takes their cache and inputs as ``words`` (the arguments of
+        ``WordBlocks.adder``)."""
         ngrams = None
         if self.ngram_powers is not None:  # (batch, 1 position, 1 id, lengths)
-            ngrams = hash_windows(previous, self.ngram_powers, self.buckets, self.words)[:, None, None]
+            ngrams = hash_windows(previous, self.ngram_powers, self.buckets, self.word_table)[:, None, None]
         x = self.stage.inputs(previous[:, -1:, None], (unit == 0)[None], contexts.index_select(1, unit), ngrams)
-        hidden = self.blocks(x, keys, values, last_attn, last_mlp, slot, readable, cos, sin)
+        after_block = after_first_block(self.word_blocks.adder(*words)) if words else None
+        hidden = self.blocks(x, keys, values, last_attn, last_mlp, slot, readable, cos, sin, after_block)
         logits = self.head(hidden[:, 0]).float()
         if temperature is None:
             return logits, None
@@ -144,7 +150,7 @@ def step_function(model: nn.Module, index: int, compile: bool) -> StageStep | By
     stage = model.stages[index]
     if stage.is_local:
         step = ByteStep(stage, model.head, model.ngram_powers, model.config.hash_buckets,
-                        bool(model.config.hash_word_bytes))
+                        bool(model.config.hash_word_bytes), model.words)
     else:
         step = StageStep(stage.transformer)
     if not compile:

@@ -1,0 +1,101 @@
+"""Word blocks: transformer blocks of the local width that run only where a word has just ended.
+
+MEGABYTE's fixed patches cut words anywhere, and the global stage's context reaches a byte up to a patch late; on
+text the bytes that begin a word carry half of the bits. SpaceByte (Slagle 2024) runs its global blocks at the
+positions after a word instead. Here such blocks run beside the fixed patches, inside the local stage: after its
+first block, the hidden states at the window's word ends (:func:`word_ends`, the first ``capacity`` of them) are
+projected, run causally over the word ends alone (rotary positions counted in word ends) and projected back onto
+the same positions. Every word's first byte so gets a summary of all the words before it in the window, as a
+tokenized model's token would (docs/experiments.md, "Word blocks inside MEGABYTE's local stage").
+
+Training and uncached forwards gather the word ends of each sequence; cached decoding gives the word blocks a
+:class:`bytemodels.layers.StaticCache` with a slot per byte position of the window, readable only where the
+position is a word end, so a decoding step has the same shapes whether or not its byte ends a word.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bytemodels import tokens
+from bytemodels.layers import CacheView, Transformer
+from bytemodels.ngrams import is_word_byte
+
+
+def word_ends(ids: Tensor) -> Tensor:
+    """(batch, time) ids → (batch, time) bool: the positions where the word blocks run.
+
+    Position ``t`` predicts ``ids[:, t]`` from the ids before it, so it is a word end where ``ids[t - 1]`` separates
+    words and ``ids[t - 2]`` is part of one (``is_word_byte``, the hashed word table's rule: SpaceByte's spacelike
+    rule with every byte of 128 or more inside words), or where ``ids[t - 1]`` is PAD (before the sequence: a
+    sequence's first position, or a left-padded row's first real one). Causal: position ``t`` reads ``ids[:, :t]``
+    only."""
+    one_before = F.pad(ids, (1, -1), value=tokens.PAD_ID)
+    two_before = F.pad(ids, (2, -2), value=tokens.PAD_ID)
+    return (one_before == tokens.PAD_ID) | (~is_word_byte(one_before) & is_word_byte(two_before))
+
+
+class WordBlocks(nn.Module):
+    """``layers`` blocks of width ``dim`` over the word ends of a window, between projections in and out.
+
+    Added to the local stage's stream after its first block (:meth:`after_local_block`); the first ``capacity`` word
+    ends of a window run (a window of English text has about one per 5 bytes), the later ones get nothing. No token
+    shift: the block reads the word end before it through attention alone, which lets decoding keep a slot per byte
+    position."""
+
+    def __init__(self, dim: int, layers: int, heads: int, mlp_ratio: float, dropout: float, rope_base: float,
+                 eps: float, qk_norm: bool, capacity: int) -> None:
+        super().__init__()
+        self.capacity = capacity
+        self.project_in = nn.Linear(dim, dim, bias=False)
+        self.transformer = Transformer(dim, layers, heads, mlp_ratio, dropout, rope_base, eps, False, qk_norm)
+        self.project_out = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x: Tensor, ids: Tensor) -> Tensor:
+        """``x`` (batch * groups, group, d) the local stream of whole sequences, their groups in order; ``ids``
+        (batch, time) the sequences → ``x`` with the word blocks' output added at the word ends."""
+        batch = ids.shape[0]
+        ends = word_ends(ids)
+        capacity = min(self.capacity, ids.shape[1])
+        # Each row's word ends in order, then its other positions: a stable sort of ~ends, cut at the capacity.
+        order = torch.sort((~ends).to(torch.uint8), dim=1, stable=True).indices[:, :capacity]
+        real = torch.arange(capacity, device=ids.device) < ends.sum(dim=1, keepdim=True)  # (batch, capacity)
+        stream = x.reshape(batch, -1, x.shape[-1])  # (batch, time, d)
+        where = order[..., None].expand(-1, -1, stream.shape[-1])
+        words = self.project_out(self.transformer(self.project_in(stream.gather(1, where))))
+        words = (words * real[..., None].to(words.dtype)).to(stream.dtype)  # the rows after the last end add nothing
+        return stream.scatter_add(1, where, words).reshape(x.shape)
+
+    def cached(self, x: Tensor, cache: CacheView, rope: tuple[Tensor, Tensor], active: Tensor) -> Tensor:
+        """``x`` (batch, time, d) the local stream at consecutive byte positions, each in its own slot of ``cache``
+        (whose ``readable`` already says which slots are word ends); ``rope`` cos/sin (batch, 1, time, head_dim / 2)
+        at each position's rank among the word ends; ``active`` (batch, time) the positions that are word ends
+        within the capacity → ``x`` with the word blocks' output added there."""
+        words = self.project_out(self.transformer(self.project_in(x), cache, rope=rope))
+        return x + words * active[..., None].to(words.dtype)
+
+    def adder(self, keys: list[Tensor], values: list[Tensor], last_attn: list[Tensor], last_mlp: list[Tensor],
+              slots: Tensor, readable: Tensor, cos: Tensor, sin: Tensor, active: Tensor) -> Callable[[Tensor], Tensor]:
+        """:meth:`cached` as a function of the local stream, from the cache's tensors (a :class:`CacheView`'s
+        fields), the rotary angles and ``active``: what the decoder hands the local stage (a compiled step takes
+        tensors, not a view)."""
+        view = CacheView(keys, values, last_attn, last_mlp, slots, readable)
+        return lambda hidden: self.cached(hidden, view, (cos, sin), active)
+
+    def rope_at(self, ranks: Tensor) -> tuple[Tensor, Tensor]:
+        """cos/sin (batch, 1, time, head_dim / 2) at ``ranks`` (batch, time): positions counted in word ends."""
+        cos, sin = self.transformer.rotary.at(0, self.capacity, ranks.device)
+        ranks = ranks.clamp(max=self.capacity - 1)  # past the capacity a position is not active: any angle does
+        return cos[ranks][:, None], sin[ranks][:, None]
+
+
+def after_first_block(add: Callable[[Tensor], Tensor]) -> Callable[[int, Tensor], Tensor]:
+    """A ``Transformer.forward`` ``after_block`` hook that applies ``add`` to the first block's output."""
+    def after_block(index: int, hidden: Tensor) -> Tensor:
+        return add(hidden) if index == 0 else hidden
+
+    return after_block
