@@ -27,10 +27,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bytemodels import tokens
-from bytemodels.layers import StaticCache
+from bytemodels.layers import CacheView, StaticCache
 from bytemodels.sampling import Sampler, producible_mask
 from bytemodels.stage_step import step_function
-from bytemodels.words import after_first_block, word_ends
+from bytemodels.words import after_first_block
 
 
 @dataclass
@@ -175,14 +175,15 @@ class IncrementalDecoder:
         # Cross-patch attention counts rotary positions in bytes across groups (as in training).
         cos, sin = stage.transformer.rotary.at((start if stage.cross_patch else 0) + first, time, self.ids.device)
         view = cache.view(time)
-        words = self._word_inputs(start + first, time) if stage.is_local and self.word_cache is not None else ()
         step = self.steps.get(index) if time == 1 else None  # one new unit: the stage's (compiled) step
         if step is not None and stage.is_local:  # the step embeds the byte before and draws the next one itself
+            words = () if self.word_cache is None else self._word_state(start + first)
             state.logits, state.drawn = step(*self._byte_inputs(state), *view, cos, sin,
                                              *self._local_draw_inputs(batch), words)
             cache.advance(time)
             state.processed = current + 1
             return
+        words = self._word_inputs(start + first, time) if stage.is_local and self.word_cache is not None else ()
         # The ids of the unit before each position (PAD before the sequence).
         low = start + (first - 1) * unit
         before = self.ids[:, max(low, 0): start + current * unit]
@@ -215,28 +216,33 @@ class IncrementalDecoder:
                 del state.outputs[stale]
 
     def _word_inputs(self, first: int, time: int) -> tuple:
-        """What the word blocks need at byte positions ``first .. first + time - 1``, the local stage's next ones:
-        the word cache's view of their slots (a slot per byte position; those that are word ends within the
-        capacity made readable here), their rotary angles (at each row's count of word ends before them) and which
-        of them are such word ends (``WordBlocks.adder``'s arguments)."""
+        """What the word blocks need at byte positions ``first .. first + time - 1``, the local stage's next ones
+        (``WordBlocks.adder``'s arguments): the word cache's view of their slots (a slot per byte position), their
+        rotary angles and which of them are word ends within the capacity (``WordBlocks.track``)."""
+        view = self._word_view(first, time)
+        # The two ids before the first position and the ids before the others; the last position's own id (a
+        # placeholder here) is never read.
+        window = F.pad(self._ids_up_to(first + time - 2, time + 1), (0, 1), value=tokens.PAD_ID)
+        real = None
+        if self.pad_units is not None:  # no word ends in a row's left padding
+            positions = torch.arange(first, first + time, device=window.device)
+            real = positions[None, :] >= self.pad_units[:, None] * self.unit_sizes[0]
+        words = self.model.words
+        return (*view, *words.track(window, self.word_count, view.readable, view.slots,
+                                    words.rope_table(window.device), real))
+
+    def _word_state(self, first: int) -> tuple:
+        """The word blocks' inputs for the local stage's one-byte step at byte position ``first``, which does their
+        bookkeeping itself (``ByteStep``): the cache's view of the slot, the count of word ends, the rotary table."""
+        return (*self._word_view(first, 1), self.word_count, *self.model.words.rope_table(self.ids.device))
+
+    def _word_view(self, first: int, time: int) -> CacheView:
         cache = self.word_cache
         if cache.length != first:
             raise AssertionError(f"the word blocks are at byte {cache.length}, the local stage at {first}")
-        # The ids at first - 2 .. first + time - 2: the two before each position; the last position's own id (a
-        # placeholder here) is never read.
-        ids = F.pad(self._ids_up_to(first + time - 2, time + 1), (0, 1), value=tokens.PAD_ID)
-        ends = word_ends(ids)[:, 2:]  # (batch, time)
-        if self.pad_units is not None:  # no word ends in a row's left padding
-            positions = torch.arange(first, first + time, device=ids.device)
-            ends = ends & (positions[None, :] >= self.pad_units[:, None] * self.unit_sizes[0])
-        counted = ends.long().cumsum(dim=1)
-        ranks = self.word_count[:, None] + counted - ends.long()
-        active = ends & (ranks < self.model.words.capacity)
-        self.word_count = self.word_count + counted[:, -1]
         view = cache.view(time)
-        cache.readable[:, first:first + time] = active
         cache.advance(time)
-        return (*view, *self.model.words.rope_at(ranks), active)
+        return view
 
     def _new_word_cache(self) -> StaticCache:
         """The word blocks' cache: a slot per byte position of the generation (within the window), none readable
@@ -265,7 +271,9 @@ class IncrementalDecoder:
         # The group's contexts whole and the byte's index: a slice would be a new storage offset every byte.
         unit = self._constant(f"unit {first}", (1,), first, torch.long)
         powers = self.model.ngram_powers
-        return self._ids_up_to(start + first - 1, 1 if powers is None else powers.shape[0]), state.context, unit
+        # The word blocks read the two ids before the byte (whether it ends a word).
+        reach = max(1 if powers is None else powers.shape[0], 1 if self.word_cache is None else 2)
+        return self._ids_up_to(start + first - 1, reach), state.context, unit
 
     def _ids_up_to(self, position: int, count: int) -> Tensor:
         """(batch, count) the ids at ``position - count + 1 .. position``, PAD before the sequence, contiguous: a

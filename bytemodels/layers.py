@@ -155,6 +155,18 @@ class BlockCache(NamedTuple):
     has_previous: Tensor | None
     """(batch, time) whether the position before each is real (token shift reads zeros otherwise); None for
     one position, whose token before is real or was zeroed in the cache (:meth:`StaticCache.next_group`)."""
+    sparse_shift: SparseShift | None = None
+    """For a stream whose real positions are a subset (the word blocks'), where token shift reads from."""
+
+
+class SparseShift(NamedTuple):
+    """Token shift over a subset of a call's positions (the word ends, for the word blocks): each position reads the
+    newest real position before it, and the cache's token-shift state becomes the call's newest real position."""
+
+    sources: Tensor
+    """(batch, time) the index of the real position before each, among the call's; -1: the cache's newest."""
+    newest: Tensor
+    """(batch,) the index of the call's newest real position; -1: none (the cache's state stays)."""
 
 
 def causal_mask(time: int, device: torch.device) -> Tensor:
@@ -319,6 +331,18 @@ def token_shift(x: Tensor, last: Tensor | None, has_previous: Tensor | None) -> 
     return torch.cat((x[..., :half], previous), dim=-1)
 
 
+def sparse_token_shift(x: Tensor, last: Tensor, shift: SparseShift) -> Tensor:
+    """:func:`token_shift` over a subset of the positions of ``x`` (batch, time, dim): the second half of each
+    position's channels from the real position before it (``shift.sources``), or from ``last`` (batch, dim), the
+    newest real position of an earlier call, which becomes the newest real position of this one."""
+    half = x.shape[-1] // 2
+    with_last = torch.cat((last[:, None].to(x.dtype), x), dim=1)  # index i + 1 holds position i, index 0 ``last``
+    previous = with_last[..., half:].gather(1, (shift.sources + 1)[..., None].expand(-1, -1, x.shape[-1] - half))
+    newest = with_last.gather(1, (shift.newest + 1)[:, None, None].expand(-1, 1, x.shape[-1]))[:, 0]
+    last.copy_(newest)
+    return torch.cat((x[..., :half], previous), dim=-1)
+
+
 class Block(nn.Module):
     """Pre-norm transformer block: x + attention(norm(x)), then x + mlp(norm(x)); with
     ``shift``, each sublayer reads the token-shifted stream (see :func:`token_shift`).
@@ -353,6 +377,8 @@ class Block(nn.Module):
             return token_shift(x, previous_group(x[:, -1], layout.groups), None)
         if cache is None:
             return token_shift(x, None, None)
+        if cache.sparse_shift is not None:
+            return sparse_token_shift(x, last, cache.sparse_shift)
         shifted = token_shift(x, last, cache.has_previous)
         last.copy_(x[:, -1])
         return shifted
@@ -396,7 +422,8 @@ class Transformer(nn.Module):
 
     def forward(self, x: Tensor, cache: CacheView | None = None, groups: int | None = None,
                 rope: tuple[Tensor, Tensor] | None = None,
-                after_block: Callable[[int, Tensor], Tensor] | None = None) -> Tensor:
+                after_block: Callable[[int, Tensor], Tensor] | None = None,
+                sparse_shift: SparseShift | None = None) -> Tensor:
         """``x`` (batch, time, dim) → (batch, time, dim).
 
         ``cache``: ``x`` continues what the cache holds, its positions go to ``cache.slots`` and ``rope``
@@ -404,7 +431,8 @@ class Transformer(nn.Module):
         across groups). Without it ``x`` is a whole sequence at positions 0, 1, ...; with ``groups`` its rows
         are consecutive groups, ``groups`` per sequence, and each group also attends to the one before it
         (cross-patch attention), rotary positions counting across the groups. ``after_block(index, x)``, if
-        given, replaces each block's output (the word blocks run there: ``bytemodels.words``)."""
+        given, replaces each block's output (the word blocks run there: ``bytemodels.words``); ``sparse_shift``, with
+        ``cache``, shifts tokens over a subset of the positions (see :class:`SparseShift`)."""
         time = x.shape[1]
         layout = None
         if groups is not None:
@@ -423,7 +451,7 @@ class Transformer(nn.Module):
             else:
                 before = cache.slots - 1
                 has_previous = (before >= 0) & cache.readable[:, before.clamp(min=0)]  # (batch, time)
-            shared = (cache.slots, allowed[:, None], has_previous)
+            shared = (cache.slots, allowed[:, None], has_previous, sparse_shift)
         inputs = x
         for index, block in enumerate(self.blocks):
             x = self.mix_input(index, x, inputs)

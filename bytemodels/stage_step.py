@@ -19,8 +19,10 @@ import weakref
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bytemodels import tokens
 from bytemodels.layers import CacheView
 from bytemodels.ngrams import hash_windows
 from bytemodels.sampling import draw_or_greedy
@@ -73,13 +75,21 @@ class ByteStep(nn.Module):
         """Returns (batch, vocab) float logits and (batch,) the id drawn from them by ``draw_or_greedy`` at
         ``temperature`` (0-d; 0 is greedy) with ``uniform`` (batch, 1) float64 among the ids ``producible``
         allows (``bytemodels.sampling.producible_mask``), or None without them; see :meth:`StageStep.forward`
-        for the cache. A model with word blocks takes their cache and inputs as ``words`` (the arguments of
-        ``WordBlocks.adder``)."""
+        for the cache. A model with word blocks takes as ``words`` their cache's tensors (a :class:`CacheView`'s
+        fields), the (batch,) count of word ends before the byte (advanced here) and their rotary table (cos, sin):
+        ``previous`` then holds at least the two ids before the byte, which say whether it ends a word."""
         ngrams = None
         if self.ngram_powers is not None:  # (batch, 1 position, 1 id, lengths)
-            ngrams = hash_windows(previous, self.ngram_powers, self.buckets, self.word_table)[:, None, None]
+            reach = self.ngram_powers.shape[0]
+            ngrams = hash_windows(previous[:, -reach:], self.ngram_powers, self.buckets, self.word_table)[:, None, None]
         x = self.stage.inputs(previous[:, -1:, None], (unit == 0)[None], contexts.index_select(1, unit), ngrams)
-        after_block = after_first_block(self.word_blocks.adder(*words)) if words else None
+        after_block = None
+        if words:  # whether the byte ends a word, found here from the two ids before it
+            *word_cache, count, cos_table, sin_table = words  # word_cache: a CacheView's fields
+            word_slot, word_readable = word_cache[4], word_cache[5]
+            window = F.pad(previous[:, -2:], (0, 1), value=tokens.PAD_ID)
+            tracked = self.word_blocks.track(window, count, word_readable, word_slot, (cos_table, sin_table))
+            after_block = after_first_block(self.word_blocks.adder(*word_cache, *tracked))
         hidden = self.blocks(x, keys, values, last_attn, last_mlp, slot, readable, cos, sin, after_block)
         logits = self.head(hidden[:, 0]).float()
         if temperature is None:

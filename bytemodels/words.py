@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bytemodels import tokens
-from bytemodels.layers import CacheView, Transformer
+from bytemodels.layers import CacheView, SparseShift, Transformer
 from bytemodels.ngrams import is_word_byte
 
 
@@ -43,16 +43,16 @@ class WordBlocks(nn.Module):
     """``layers`` blocks of width ``dim`` over the word ends of a window, between projections in and out.
 
     Added to the local stage's stream after its first block (:meth:`after_local_block`); the first ``capacity`` word
-    ends of a window run (a window of English text has about one per 5 bytes), the later ones get nothing. No token
-    shift: the block reads the word end before it through attention alone, which lets decoding keep a slot per byte
-    position."""
+    ends of a window run (a window of English text has about one per 5 bytes), the later ones get nothing. With
+    ``shift``, token shift runs over the word ends (each reads the word end before it), as it does over bytes in the
+    stages."""
 
     def __init__(self, dim: int, layers: int, heads: int, mlp_ratio: float, dropout: float, rope_base: float,
-                 eps: float, qk_norm: bool, capacity: int) -> None:
+                 eps: float, shift: bool, qk_norm: bool, capacity: int) -> None:
         super().__init__()
         self.capacity = capacity
         self.project_in = nn.Linear(dim, dim, bias=False)
-        self.transformer = Transformer(dim, layers, heads, mlp_ratio, dropout, rope_base, eps, False, qk_norm)
+        self.transformer = Transformer(dim, layers, heads, mlp_ratio, dropout, rope_base, eps, shift, qk_norm)
         self.project_out = nn.Linear(dim, dim, bias=False)
 
     def forward(self, x: Tensor, ids: Tensor) -> Tensor:
@@ -70,27 +70,52 @@ class WordBlocks(nn.Module):
         words = (words * real[..., None].to(words.dtype)).to(stream.dtype)  # the rows after the last end add nothing
         return stream.scatter_add(1, where, words).reshape(x.shape)
 
-    def cached(self, x: Tensor, cache: CacheView, rope: tuple[Tensor, Tensor], active: Tensor) -> Tensor:
+    def cached(self, x: Tensor, cache: CacheView, rope: tuple[Tensor, Tensor], active: Tensor,
+               shift: SparseShift) -> Tensor:
         """``x`` (batch, time, d) the local stream at consecutive byte positions, each in its own slot of ``cache``
         (whose ``readable`` already says which slots are word ends); ``rope`` cos/sin (batch, 1, time, head_dim / 2)
         at each position's rank among the word ends; ``active`` (batch, time) the positions that are word ends
-        within the capacity → ``x`` with the word blocks' output added there."""
-        words = self.project_out(self.transformer(self.project_in(x), cache, rope=rope))
+        within the capacity, ``shift`` the word end before each → ``x`` with the word blocks' output added there."""
+        words = self.project_out(self.transformer(self.project_in(x), cache, rope=rope, sparse_shift=shift))
         return x + words * active[..., None].to(words.dtype)
 
+    def track(self, window: Tensor, count: Tensor, readable: Tensor, slots: Tensor, table: tuple[Tensor, Tensor],
+              real: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Cached decoding's bookkeeping for the byte positions ``slots`` (time,), consecutive: which are word ends
+        within the capacity, made readable in ``readable`` (batch, size); their rotary angles from ``table`` (cos,
+        sin at word-end ranks ``0 .. capacity - 1``); ``count`` (batch,) the word ends before them, advanced here.
+
+        ``window`` (batch, time + 2) holds the two ids before the first position, then the ids before the others (its
+        last id, a position's own, is never read); ``real`` (batch, time), if given, leaves out a row's left padding.
+        Returns cos, sin (batch, 1, time, head_dim / 2), ``active`` (batch, time) and where token shift reads from
+        (a ``SparseShift``): what :meth:`cached` takes."""
+        ends = word_ends(window)[:, 2:]
+        if real is not None:
+            ends = ends & real
+        counted = ends.long().cumsum(dim=1)
+        ranks = count[:, None] + counted - ends.long()
+        active = ends & (ranks < self.capacity)
+        count.add_(counted[:, -1])
+        readable.index_copy_(1, slots, active)
+        # Token shift runs over the word ends: each reads the newest word end before it.
+        marked = torch.where(active, torch.arange(active.shape[1], device=active.device), -1)
+        newest = marked.cummax(dim=1).values  # the newest word end at or before each position
+        shift = SparseShift(F.pad(newest, (1, -1), value=-1), newest[:, -1])
+        ranks = ranks.clamp(max=self.capacity - 1)  # past the capacity a position is not active: any angle does
+        return table[0][ranks][:, None], table[1][ranks][:, None], active, shift
+
     def adder(self, keys: list[Tensor], values: list[Tensor], last_attn: list[Tensor], last_mlp: list[Tensor],
-              slots: Tensor, readable: Tensor, cos: Tensor, sin: Tensor, active: Tensor) -> Callable[[Tensor], Tensor]:
+              slots: Tensor, readable: Tensor, cos: Tensor, sin: Tensor, active: Tensor,
+              shift: SparseShift) -> Callable[[Tensor], Tensor]:
         """:meth:`cached` as a function of the local stream, from the cache's tensors (a :class:`CacheView`'s
-        fields), the rotary angles and ``active``: what the decoder hands the local stage (a compiled step takes
+        fields) and what :meth:`track` returned: what the decoder hands the local stage (a compiled step takes
         tensors, not a view)."""
         view = CacheView(keys, values, last_attn, last_mlp, slots, readable)
-        return lambda hidden: self.cached(hidden, view, (cos, sin), active)
+        return lambda hidden: self.cached(hidden, view, (cos, sin), active, shift)
 
-    def rope_at(self, ranks: Tensor) -> tuple[Tensor, Tensor]:
-        """cos/sin (batch, 1, time, head_dim / 2) at ``ranks`` (batch, time): positions counted in word ends."""
-        cos, sin = self.transformer.rotary.at(0, self.capacity, ranks.device)
-        ranks = ranks.clamp(max=self.capacity - 1)  # past the capacity a position is not active: any angle does
-        return cos[ranks][:, None], sin[ranks][:, None]
+    def rope_table(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """cos/sin (capacity, head_dim / 2) at ranks ``0 .. capacity - 1``: rotary positions counted in word ends."""
+        return self.transformer.rotary.at(0, self.capacity, device)
 
 
 def after_first_block(add: Callable[[Tensor], Tensor]) -> Callable[[int, Tensor], Tensor]:
