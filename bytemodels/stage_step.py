@@ -54,8 +54,9 @@ class ByteStep(nn.Module):
 
     ``previous`` (batch, reach) are the ids up to the one before the new byte (at a group's first byte the byte
     before the group; PAD before the sequence), the last one alone without hashed n-grams, as many as the hashes
-    reach with them (their rows are hashed here, in the step); ``contexts`` (batch, group, dim) the whole group's,
-    ``unit`` (1,) the new byte's index in it: the input is ``Stage.inputs`` of them, as in training."""
+    reach with them (their rows are hashed here, in the step), two at least with word blocks; ``contexts`` (batch,
+    group, dim) the whole group's, ``unit`` (1,) the new byte's index in it: the input is ``Stage.inputs`` of them,
+    as in training."""
 
     def __init__(self, stage: nn.Module, head: nn.Module, ngram_powers: Tensor | None = None,
                  buckets: int = 0, word_table: bool = False, word_blocks: nn.Module | None = None) -> None:

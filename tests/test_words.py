@@ -206,3 +206,34 @@ def test_config_refuses_word_blocks_without_a_local_block() -> None:
     with pytest.raises(ValueError, match="word_layers=-1"):
         MegabyteConfig(word_layers=-1)
     assert MegabyteConfig(max_seq_len=1024).word_capacity == 256
+
+
+def test_a_chunk_through_the_word_cache_equals_its_positions_one_by_one() -> None:
+    """The prefill's chunks and the byte step's single positions agree: token shift reads the newest word end
+    before each position, in the chunk or (``SparseShift``'s -1) in the cache."""
+    from bytemodels.layers import StaticCache
+
+    model = small_model(word_layers=2)
+    words = model.words
+    ids = torch.tensor([list(TEXT[:40]), list(TEXT[50:90])])
+    stream = torch.randn(2, 40, 16)
+
+    def run(chunks: list[int]) -> torch.Tensor:
+        cache = StaticCache(2, 1, 16, 40, 0, torch.zeros(2, 40, dtype=torch.bool), torch.float32, torch.float32)
+        count, outputs, first = torch.zeros(2, dtype=torch.long), [], 0
+        for time in chunks:
+            view = cache.view(time)
+            cache.advance(time)
+            window = torch.nn.functional.pad(ids, (2, 0), value=tokens.PAD_ID)[:, first:first + time + 2]
+            tracked = words.track(window, count, view.readable, view.slots, words.rope_table(ids.device))
+            outputs.append(words.adder(*view, *tracked)(stream[:, first:first + time]))
+            first += time
+        return torch.cat(outputs, dim=1)
+
+    with torch.no_grad():
+        whole, single, mixed = run([40]), run([1] * 40), run([3, 8, 1, 1, 13, 14])
+        # and what training computes from the same stream
+        trained = words(stream.reshape(2 * 10, 4, 16), ids).reshape(2, 40, 16)
+    assert torch.allclose(whole, single, atol=1e-5) and torch.allclose(whole, mixed, atol=1e-5)
+    assert torch.allclose(whole, trained, atol=1e-5)
+    assert not torch.allclose(whole, stream)  # the word blocks added something
