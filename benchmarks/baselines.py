@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bytemodels import tokens
-from bytemodels.config import MegabyteConfig
+from bytemodels.config import MegabyteConfig, blocks_flops
 from bytemodels.layers import EMBED_GAIN, HEAD_GAIN, ScaledEmbedding, ScaledLinear, Transformer, init_weights
 
 
@@ -72,8 +72,7 @@ class BlockSettings:
 def stack_flops(dim: int, layers: int, mlp_ratio: float, context: float) -> float:
     """Forward FLOPs per position of ``layers`` blocks of width ``dim`` (the nanoGPT/PaLM count): 2 x the block
     matmuls plus causal attention over ``context`` positions (half of them on average)."""
-    block_matmul = 4 * dim * dim + 2 * dim * int(mlp_ratio * dim)
-    return 2 * layers * block_matmul + 2 * layers * 2 * dim * context / 2
+    return blocks_flops(dim, layers, mlp_ratio, context / 2)
 
 
 def check_heads(dim: int, heads: int) -> None:

@@ -203,13 +203,11 @@ class MegabyteConfig:
         units = self.unit_sizes
         flops = 0.0
         for stage, (dim, depth, unit) in enumerate(zip(self.dims, self.layers, units)):
-            hidden = int(self.mlp_ratio * dim)
-            block_matmul = 4 * dim * dim + 2 * dim * hidden
             context = self.max_seq_len // unit if stage == 0 else units[stage - 1] // unit
             attended = context / 2  # causal: half on average
             if self.cross_patch and stage == self.num_stages - 1 and stage > 0:
                 attended += context  # the whole previous patch
-            per_token = 2 * depth * block_matmul + 2 * depth * 2 * dim * attended
+            per_token = blocks_flops(dim, depth, self.mlp_ratio, attended)
             if unit > 1:  # patch embedder: concat ``unit`` byte embeddings, project to ``dim``
                 per_token += 2 * unit * self.byte_embed_dim * dim
             # Hashed n-grams: table lookups, and one addition per length to each byte's embedding.
@@ -219,9 +217,8 @@ class MegabyteConfig:
             flops += per_token / unit
         if self.word_layers:  # word_capacity positions per window, padding included, and the two projections
             dim, capacity = self.local_dim, self.word_capacity
-            block_matmul = 4 * dim * dim + 2 * dim * int(self.mlp_ratio * dim)
-            per_word = 2 * self.word_layers * block_matmul + 2 * self.word_layers * 2 * dim * capacity / 2
-            flops += (per_word + 2 * 2 * dim * dim) * capacity / self.max_seq_len
+            per_word = blocks_flops(dim, self.word_layers, self.mlp_ratio, capacity / 2) + 2 * 2 * dim * dim
+            flops += per_word * capacity / self.max_seq_len
         flops += 2 * self.local_dim * self.vocab_size  # output head
         return flops * (3 if training else 1)
 
@@ -269,6 +266,13 @@ class MegabyteConfig:
             raise OlderFormatError(error.version, path) from None
         except (ValueError, TypeError, OverflowError) as error:  # a wrong type reaches int() or a comparison
             raise ValueError(f"{path}: not a valid model config ({error})") from None
+
+
+def blocks_flops(dim: int, layers: int, mlp_ratio: float, attended: float) -> float:
+    """Forward FLOPs per position of ``layers`` transformer blocks of width ``dim`` whose attention reads ``attended``
+    positions (the nanoGPT/PaLM count: 2 x the block's matrix multiplies, 2 x 2 x ``dim`` per position attended)."""
+    block_matmul = 4 * dim * dim + 2 * dim * int(mlp_ratio * dim)
+    return 2 * layers * block_matmul + 2 * layers * 2 * dim * attended
 
 
 #: The model format ``to_dict`` records. 2 (bytemodels 2026-12): squared-ReLU MLPs, input skip, the previous byte at
