@@ -69,12 +69,6 @@ class BlockSettings:
                            self.token_shift, self.qk_norm)
 
 
-def stack_flops(dim: int, layers: int, mlp_ratio: float, context: float) -> float:
-    """Forward FLOPs per position of ``layers`` blocks of width ``dim`` (the nanoGPT/PaLM count): 2 x the block
-    matmuls plus causal attention over ``context`` positions (half of them on average)."""
-    return blocks_flops(dim, layers, mlp_ratio, context / 2)
-
-
 def check_heads(dim: int, heads: int) -> None:
     if dim % heads or (dim // heads) % 2:
         raise ValueError(f"dim={dim}, heads={heads}: the width must split into heads of even size")
@@ -110,7 +104,7 @@ class FlatConfig(StackConfig):
 
     def flops_per_byte(self, training: bool = True) -> float:
         """Estimated FLOPs per byte, the nanoGPT/PaLM ``6N + 12·L·d·T`` estimate (causal: half of T)."""
-        per_byte = stack_flops(self.dim, self.layers, self.mlp_ratio, self.max_seq_len)
+        per_byte = blocks_flops(self.dim, self.layers, self.mlp_ratio, self.max_seq_len / 2)  # causal: half
         per_byte += 2 * self.dim * self.vocab_size  # output head
         return per_byte * (3 if training else 1)
 
@@ -486,8 +480,10 @@ class SpaceByteConfig(BlockSettings):
         2 x the block matmuls plus causal attention, local blocks at every byte, global blocks and the two
         projections once per patch, and the output head; x3 for training (forward and backward)."""
         local_layers = self.local_layers_before + self.local_layers_after
-        per_byte = stack_flops(self.local_dim, local_layers, self.mlp_ratio, self.max_seq_len)
-        per_byte += (stack_flops(self.global_dim, self.global_layers, self.mlp_ratio, self.max_seq_len / mean_patch)
+        # causal attention: half of the context on average
+        per_byte = blocks_flops(self.local_dim, local_layers, self.mlp_ratio, self.max_seq_len / 2)
+        patches = self.max_seq_len / mean_patch
+        per_byte += (blocks_flops(self.global_dim, self.global_layers, self.mlp_ratio, patches / 2)
                      + 2 * 2 * self.local_dim * self.global_dim) / mean_patch
         per_byte += 2 * self.local_dim * self.vocab_size
         return per_byte * (3 if training else 1)

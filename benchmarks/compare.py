@@ -112,10 +112,10 @@ from benchmarks.baselines import (FlatTransformer, MegabytePytorch, SpaceByteCon
                                   TokenGpt, TokenGptConfig, entropy_boundaries, entropy_threshold,
                                   flat_config_matching, mean_patch_size, ngram_entropy_table, ngram_order,
                                   space_boundaries, spacebyte_config_matching, spacebyte_parameter_count,
-                                  stack_flops, token_gpt_config_matching)
+                                  token_gpt_config_matching)
 from bytemodels import tokens  # noqa: E402
 from bytemodels.budget import parse_duration  # noqa: E402
-from bytemodels.config import MegabyteConfig  # noqa: E402
+from bytemodels.config import MegabyteConfig, blocks_flops  # noqa: E402
 from bytemodels.data import ByteDataset, Windows  # noqa: E402
 from bytemodels.window_order import step_choices  # noqa: E402
 from bytemodels.model import Megabyte  # noqa: E402
@@ -430,7 +430,7 @@ def word_peer_config(config: MegabyteConfig) -> MegabyteConfig:
 def token_gpt_flops_per_byte(config: TokenGptConfig, bytes_per_token: float) -> float:
     """Training FLOPs per byte of the token GPT: the flat count per token (its context in tokens, its tied head)
     over the bytes a token stands for."""
-    per_token = (stack_flops(config.dim, config.layers, config.mlp_ratio, config.context)
+    per_token = (blocks_flops(config.dim, config.layers, config.mlp_ratio, config.context / 2)  # causal: half
                  + 2 * config.dim * config.vocab_size)
     return 3 * per_token / bytes_per_token
 

@@ -83,6 +83,7 @@ class IncrementalDecoder:
             with torch.inference_mode():
                 self.word_cache = self._new_word_cache()
             self.word_count = torch.zeros(ids.shape[0], dtype=torch.long, device=ids.device)
+            self.word_rope = model.words.rope_table(ids.device)  # made once: read at every byte
         # Upper stages keep their outputs for that many units back, for the contexts of those groups.
         self.kept_outputs = self.reach + 2
         # The compiled local step also draws the next id: (producible ids, temperature, uniform draws) from
@@ -227,14 +228,13 @@ class IncrementalDecoder:
         if self.pad_units is not None:  # no word ends in a row's left padding
             positions = torch.arange(first, first + time, device=window.device)
             real = positions[None, :] >= self.pad_units[:, None] * self.unit_sizes[0]
-        words = self.model.words
-        return (*view, *words.track(window, self.word_count, view.readable, view.slots,
-                                    words.rope_table(window.device), real))
+        return (*view, *self.model.words.track(window, self.word_count, view.readable, view.slots, self.word_rope,
+                                               real))
 
     def _word_state(self, first: int) -> tuple:
         """The word blocks' inputs for the local stage's one-byte step at byte position ``first``, which does their
         bookkeeping itself (``ByteStep``): the cache's view of the slot, the count of word ends, the rotary table."""
-        return (*self._word_view(first, 1), self.word_count, *self.model.words.rope_table(self.ids.device))
+        return (*self._word_view(first, 1), self.word_count, *self.word_rope)
 
     def _word_view(self, first: int, time: int) -> CacheView:
         cache = self.word_cache

@@ -86,10 +86,11 @@ class ByteStep(nn.Module):
         x = self.stage.inputs(previous[:, -1:, None], (unit == 0)[None], contexts.index_select(1, unit), ngrams)
         after_block = None
         if words:  # whether the byte ends a word, found here from the two ids before it
-            *word_cache, count, cos_table, sin_table = words  # word_cache: a CacheView's fields
-            word_slot, word_readable = word_cache[4], word_cache[5]
+            *fields, count, cos_table, sin_table = words
+            word_cache = CacheView(*fields)
             window = F.pad(previous[:, -2:], (0, 1), value=tokens.PAD_ID)
-            tracked = self.word_blocks.track(window, count, word_readable, word_slot, (cos_table, sin_table))
+            tracked = self.word_blocks.track(window, count, word_cache.readable, word_cache.slots,
+                                             (cos_table, sin_table))
             after_block = after_first_block(self.word_blocks.adder(*word_cache, *tracked))
         hidden = self.blocks(x, keys, values, last_attn, last_mlp, slot, readable, cos, sin, after_block)
         logits = self.head(hidden[:, 0]).float()

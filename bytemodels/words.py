@@ -42,7 +42,7 @@ def word_ends(ids: Tensor) -> Tensor:
 class WordBlocks(nn.Module):
     """``layers`` blocks of width ``dim`` over the word ends of a window, between projections in and out.
 
-    Added to the local stage's stream after its first block (:meth:`after_local_block`); the first ``capacity`` word
+    Added to the local stage's stream after its first block (:func:`after_first_block`); the first ``capacity`` word
     ends of a window run (a window of English text has about one per 5 bytes), the later ones get nothing. With
     ``shift``, token shift runs over the word ends (each reads the word end before it), as it does over bytes in the
     stages."""
@@ -80,7 +80,7 @@ class WordBlocks(nn.Module):
         return x + words * active[..., None].to(words.dtype)
 
     def track(self, window: Tensor, count: Tensor, readable: Tensor, slots: Tensor, table: tuple[Tensor, Tensor],
-              real: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+              real: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, SparseShift]:
         """Cached decoding's bookkeeping for the byte positions ``slots`` (time,), consecutive: which are word ends
         within the capacity, made readable in ``readable`` (batch, size); their rotary angles from ``table`` (cos,
         sin at word-end ranks ``0 .. capacity - 1``); ``count`` (batch,) the word ends before them, advanced here.
