@@ -27,10 +27,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bytemodels import tokens
-from bytemodels.layers import CacheView, StaticCache
+from bytemodels.layers import CacheView, GroupLayout, StaticCache
 from bytemodels.sampling import Sampler, producible_mask
 from bytemodels.stage_step import step_function
 from bytemodels.words import after_first_block
+
+
+WORD_PREFILL_CHUNK = 256
+"""Byte positions per call of the word blocks in a prompt's prefill (``IncrementalDecoder._prefill_words``)."""
 
 
 @dataclass
@@ -75,10 +79,12 @@ class IncrementalDecoder:
         # token, and the MLP reads the group before's last token).
         local = model.stages[-1]
         self.reach = sum(3 if block.shift else 1 for block in local.transformer.blocks) if local.cross_patch else 0
+        self.local_reach = self.reach
         self.word_cache = None
+        self._word_output: tuple[int, Tensor] | None = None  # (first byte position, output): see _prefill_words
         if model.words is not None:
             # The word blocks read every word end of the window before a byte, so the local stage runs over the
-            # whole prompt, and the word blocks keep a slot per byte position (see _word_inputs).
+            # whole prompt (see _prefill_words), and the word blocks keep a slot per byte position (_word_inputs).
             self.reach = -(-model.config.max_seq_len // self.unit_sizes[-2])
             with torch.inference_mode():
                 self.word_cache = self._new_word_cache()
@@ -132,16 +138,21 @@ class IncrementalDecoder:
             group_bytes = self.unit_sizes[-2]
             current_start = position // group_bytes * group_bytes
             first = max(current_start - self.reach * group_bytes, 0)
+            if self.word_cache is not None:
+                first = self._prefill_words(current_start)
             for start in range(first, current_start, group_bytes):
                 self._advance(start + group_bytes - 1)
+            self._word_output = None
         self.started = True
         return self._advance(position)
 
-    def _advance(self, position: int) -> Tensor:
+    def _advance(self, position: int, upper_only: bool = False) -> Tensor | None:
         """Run every stage up to what the prediction of the id at ``position`` needs; return the
-        local stage's logits there."""
+        local stage's logits there (with ``upper_only`` run the stages above the local one only)."""
         above = None  # (stage, state, unit) of the stage above, whose output at that unit feeds this group
         for index, (stage, state) in enumerate(zip(self.model.stages, self.states)):
+            if upper_only and stage.is_local:
+                return None
             unit = self.unit_sizes[index]
             group_bytes = self.unit_sizes[index - 1] if index else None
             group_start = (position // group_bytes) * group_bytes if index else 0
@@ -184,7 +195,7 @@ class IncrementalDecoder:
             cache.advance(time)
             state.processed = current + 1
             return
-        words = self._word_inputs(start + first, time) if stage.is_local and self.word_cache is not None else ()
+        add_words = self._word_adder(start + first, time) if stage.is_local and self.word_cache is not None else None
         # The ids of the unit before each position (PAD before the sequence).
         low = start + (first - 1) * unit
         before = self.ids[:, max(low, 0): start + current * unit]
@@ -201,8 +212,7 @@ class IncrementalDecoder:
         x = stage.inputs(before.reshape(batch, time, unit), starts, context, ngrams)
         if step is not None:
             hidden = step(x, *view, cos, sin)
-        elif words:
-            add_words = self.model.words.adder(*words)
+        elif add_words is not None:
             hidden = stage.transformer(x, view, rope=(cos, sin), after_block=after_first_block(add_words))
         else:
             hidden = stage.transformer(x, view, rope=(cos, sin))
@@ -215,6 +225,53 @@ class IncrementalDecoder:
                 state.outputs[offset] = hidden[:, offset - first]
             for stale in [kept for kept in state.outputs if kept <= current - self.kept_outputs]:
                 del state.outputs[stale]
+
+    def _prefill_words(self, end: int) -> int:
+        """Before the first prediction of a model with word blocks: run the local stage's first block over the
+        prompt's whole groups before byte ``end`` at once (as training does) and the word blocks over them through
+        their cache, keeping their output at the last groups (``_word_output``). Returns the byte position from
+        which the local stage then runs group by group: those last groups, as many as cross-patch attention reaches
+        (exact: the word blocks' output there is an input like the contexts). A left-padded batch, a model of more
+        than two stages or a prompt of few groups run group by group from the start (returns 0)."""
+        group_bytes = self.unit_sizes[-2]
+        far = max(end - self.local_reach * group_bytes, 0)
+        if far == 0 or group_bytes == 1 or self.pad_units is not None or len(self.model.stages) != 2:
+            return 0
+        self._advance(end - 1, upper_only=True)  # the global stage, over the whole prompt
+        upper, local = self.model.stages
+        batch, groups, device = self.ids.shape[0], end // group_bytes, self.ids.device
+        outputs = torch.stack([self.states[0].outputs[unit] for unit in range(groups)], dim=1)
+        contexts = upper.contexts(outputs).reshape(batch * groups, group_bytes, -1)
+        # Each position's input reads the byte before it and the hashed n-grams ending there (PAD before).
+        before = F.pad(self.ids[:, :end], (1, -1), value=tokens.PAD_ID).reshape(batch * groups, group_bytes, 1)
+        ngrams = self._ngrams(-1, end - 1)
+        if ngrams is not None:
+            ngrams = ngrams.reshape(batch * groups, group_bytes, 1, -1)
+        starts = torch.arange(group_bytes, device=device) == 0
+        x = local.inputs(before, starts, contexts, ngrams)
+        transformer = local.transformer
+        layout, rope = None, transformer.rotary.at(0, group_bytes, device)
+        if local.cross_patch:
+            layout, rope = GroupLayout.build(x.shape[0], groups, group_bytes, transformer.rotary, device), None
+        hidden = transformer.blocks[0](transformer.mix_input(0, x, x), rope, None, layout).reshape(batch, end, -1)
+        # The word blocks in chunks: their attention scores (batch, heads, chunk, window) stay small.
+        outputs = []
+        for first in range(0, end, WORD_PREFILL_CHUNK):
+            time = min(WORD_PREFILL_CHUNK, end - first)
+            adder = self.model.words.adder(*self._word_inputs(first, time), output_only=True)
+            outputs.append(adder(hidden[:, first:first + time]))
+        self._word_output = (far, torch.cat(outputs, dim=1)[:, far:])
+        return far
+
+    def _word_adder(self, first: int, time: int):
+        """The word blocks' part of the local stage at byte positions ``first .. first + time - 1``: the prefill's
+        output where it holds them (``_prefill_words``), else through their cache."""
+        if self._word_output is not None:
+            start, output = self._word_output
+            if start <= first and first + time <= start + output.shape[1]:
+                part = output[:, first - start:first - start + time]
+                return lambda hidden: hidden + part
+        return self.model.words.adder(*self._word_inputs(first, time))
 
     def _word_inputs(self, first: int, time: int) -> tuple:
         """What the word blocks need at byte positions ``first .. first + time - 1``, the local stage's next ones

@@ -76,8 +76,13 @@ class WordBlocks(nn.Module):
         (whose ``readable`` already says which slots are word ends); ``rope`` cos/sin (batch, 1, time, head_dim / 2)
         at each position's rank among the word ends; ``active`` (batch, time) the positions that are word ends
         within the capacity, ``shift`` the word end before each → ``x`` with the word blocks' output added there."""
+        return x + self.cached_output(x, cache, rope, active, shift)
+
+    def cached_output(self, x: Tensor, cache: CacheView, rope: tuple[Tensor, Tensor], active: Tensor,
+                      shift: SparseShift) -> Tensor:
+        """What :meth:`cached` adds to ``x``: the word blocks' output at the active positions, zeros elsewhere."""
         words = self.project_out(self.transformer(self.project_in(x), cache, rope=rope, sparse_shift=shift))
-        return x + words * active[..., None].to(words.dtype)
+        return words * active[..., None].to(words.dtype)
 
     def track(self, window: Tensor, count: Tensor, readable: Tensor, slots: Tensor, table: tuple[Tensor, Tensor],
               real: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, SparseShift]:
@@ -106,12 +111,13 @@ class WordBlocks(nn.Module):
 
     def adder(self, keys: list[Tensor], values: list[Tensor], last_attn: list[Tensor], last_mlp: list[Tensor],
               slots: Tensor, readable: Tensor, cos: Tensor, sin: Tensor, active: Tensor,
-              shift: SparseShift) -> Callable[[Tensor], Tensor]:
-        """:meth:`cached` as a function of the local stream, from the cache's tensors (a :class:`CacheView`'s
-        fields) and what :meth:`track` returned: what the decoder hands the local stage (a compiled step takes
-        tensors, not a view)."""
+              shift: SparseShift, output_only: bool = False) -> Callable[[Tensor], Tensor]:
+        """:meth:`cached` (or with ``output_only`` :meth:`cached_output`) as a function of the local stream, from
+        the cache's tensors (a :class:`CacheView`'s fields) and what :meth:`track` returned: what the decoder hands
+        the local stage (a compiled step takes tensors, not a view)."""
         view = CacheView(keys, values, last_attn, last_mlp, slots, readable)
-        return lambda hidden: self.cached(hidden, view, (cos, sin), active, shift)
+        run = self.cached_output if output_only else self.cached
+        return lambda hidden: run(hidden, view, (cos, sin), active, shift)
 
     def rope_table(self, device: torch.device) -> tuple[Tensor, Tensor]:
         """cos/sin (capacity, head_dim / 2) at ranks ``0 .. capacity - 1``: rotary positions counted in word ends."""

@@ -152,6 +152,29 @@ def test_cached_logits_match_the_forward_at_every_position() -> None:
     assert int(decoder.word_count) > model.config.word_capacity  # later word ends found, and left out
 
 
+def test_the_prefill_runs_the_prompt_at_once_and_matches_the_forward(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The prompt's first local block runs in one pass and the word blocks in chunks; then only the groups that
+    cross-patch attention reaches run one by one, and every later position's logits are the forward's."""
+    from bytemodels import generate
+    from bytemodels.generate import IncrementalDecoder
+
+    monkeypatch.setattr(generate, "WORD_PREFILL_CHUNK", 11)  # the word blocks' pass in chunks, across patches
+    restarts = []
+    prefill = IncrementalDecoder._prefill_words
+    monkeypatch.setattr(IncrementalDecoder, "_prefill_words",
+                        lambda decoder, end: restarts.append(prefill(decoder, end)) or restarts[-1])
+    for fields in ({}, dict(cross_patch=False)):
+        model = small_model(**fields)
+        decoder = IncrementalDecoder(model, torch.tensor([list(TEXT[:50]), list(TEXT[5:55])]))
+        for position in range(50, 64):
+            logits = decoder.logits()
+            full = model(torch.cat((decoder.ids, torch.full((2, 1), tokens.PAD_ID)), dim=1)).logits[:, position]
+            assert torch.allclose(logits, full, atol=1e-4), (fields, position)
+            decoder.append(torch.tensor([TEXT[position], TEXT[position + 5]]))
+    # patches of 4: the current group starts at byte 48; two blocks with token shift reach 6 groups back
+    assert restarts == [48 - 6 * 4, 48]
+
+
 def test_compiled_word_steps_match_the_uncompiled_ones() -> None:
     from torch._dynamo.utils import counters
 
