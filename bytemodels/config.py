@@ -68,10 +68,14 @@ class MegabyteConfig:
     """Probability, while training, that a hashed n-gram's row is left out of a byte's embedding (each byte and
     length drawn alone, the kept rows scaled up to match): keeps the tables from memorising a small training text."""
     word_layers: int = 0
-    """Word blocks (``bytemodels.words``): blocks of the local width that run after the first local block at the word
+    """Word blocks (``bytemodels.words``): blocks (``word_dim`` wide) that run after the first local block at the word
     ends only (the positions after the first space or punctuation after a word, SpaceByte's patch boundaries), over
     the window's word ends, their output added there; 0: none. They hand each word's first byte a summary of every
     word before it in the window, where the global stage's context reaches it up to a patch late: for text."""
+    word_dim: int = 0
+    """Width of the word blocks (projected from and back to the local width); 0: the local width. Their heads are as
+    wide as the local stage's, so it must be a multiple of that. They run at a quarter of the positions
+    (``word_capacity``), so widening them costs a quarter of what widening the local stage would."""
 
     def __post_init__(self) -> None:
         for name in ("patch_sizes", "dims", "layers", "heads", "hash_ngrams"):
@@ -120,6 +124,16 @@ class MegabyteConfig:
         return max(1, self.max_seq_len // 4)
 
     @property
+    def word_width(self) -> int:
+        """The word blocks' width: ``word_dim``, or the local width where it is 0."""
+        return self.word_dim or self.local_dim
+
+    @property
+    def word_heads(self) -> int:
+        """The word blocks' heads: as wide as the local stage's."""
+        return self.word_width // (self.local_dim // self.heads[-1])
+
+    @property
     def vocab_size(self) -> int:
         """256 byte values plus PAD, BOS, EOS and the modality tags."""
         return tokens.vocab_size(self.num_tags)
@@ -150,6 +164,7 @@ class MegabyteConfig:
                                    ("max_seq_len", self.max_seq_len, LIMITS["max_seq_len"]),
                                    ("num_tags", self.num_tags, LIMITS["num_tags"]),
                                    ("embed_dim", self.embed_dim or 0, LIMITS["dim"]),
+                                   ("word_dim", self.word_dim, LIMITS["dim"]),
                                    ("mlp_ratio", self.mlp_ratio, LIMITS["mlp_ratio"])):
             if not value <= limit:  # also refuses nan
                 raise ValueError(f"{name}={getattr(self, name)} is beyond the limit of {limit:,}"
@@ -184,6 +199,10 @@ class MegabyteConfig:
             raise ValueError(f"hash_buckets={self.hash_buckets} must be in 1 .. {LIMITS['hash_buckets']:,}")
         if not 0 <= self.word_layers <= LIMITS["layers"]:
             raise ValueError(f"word_layers={self.word_layers} must be in 0 .. {LIMITS['layers']:,}")
+        head_dim = self.local_dim // self.heads[-1]
+        if self.word_dim < 0 or self.word_dim % head_dim:
+            raise ValueError(f"word_dim={self.word_dim}: give 0 (the local width) or a multiple of the local heads' "
+                             f"width, {head_dim}")
         if self.word_layers and self.layers[-1] < 1:
             raise ValueError(f"word_layers={self.word_layers} needs a local block to follow (layers={self.layers} "
                              "has none in the local stage)")
@@ -216,8 +235,9 @@ class MegabyteConfig:
                 per_token += 2 * dim * (unit // units[stage + 1]) * self.dims[stage + 1]
             flops += per_token / unit
         if self.word_layers:  # word_capacity positions per window, padding included, and the two projections
-            dim, capacity = self.local_dim, self.word_capacity
-            per_word = blocks_flops(dim, self.word_layers, self.mlp_ratio, capacity / 2) + 2 * 2 * dim * dim
+            width, capacity = self.word_width, self.word_capacity
+            per_word = blocks_flops(width, self.word_layers, self.mlp_ratio, capacity / 2)
+            per_word += 2 * 2 * self.local_dim * width
             flops += per_word * capacity / self.max_seq_len
         flops += 2 * self.local_dim * self.vocab_size  # output head
         return flops * (3 if training else 1)

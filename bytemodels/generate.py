@@ -311,7 +311,7 @@ class IncrementalDecoder:
         stream = words.project_in.weight.dtype
         kv = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else stream
         readable = torch.zeros(self.ids.shape[0], size, dtype=torch.bool, device=device)
-        return StaticCache(len(blocks), blocks[0].attn.heads, words.project_in.in_features, size, 0, readable, kv,
+        return StaticCache(len(blocks), blocks[0].attn.heads, words.project_in.out_features, size, 0, readable, kv,
                            stream)
 
     def _constant(self, name: str, shape: tuple[int, ...], value: float = 0.0, dtype=torch.float64) -> Tensor:

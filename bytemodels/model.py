@@ -140,9 +140,9 @@ class Megabyte(nn.Module):
         self.head = ScaledLinear(config.local_dim, config.vocab_size, HEAD_GAIN)
         self.words = None
         if config.word_layers:
-            self.words = WordBlocks(config.local_dim, config.word_layers, config.heads[-1], config.mlp_ratio,
-                                    config.dropout, config.rope_base, config.norm_eps, config.token_shift,
-                                    config.qk_norm, config.word_capacity)
+            self.words = WordBlocks(config.local_dim, config.word_width, config.word_layers, config.word_heads,
+                                    config.mlp_ratio, config.dropout, config.rope_base, config.norm_eps,
+                                    config.token_shift, config.qk_norm, config.word_capacity)
         # The hash's weights (not saved: ngram_powers rebuilds them from the config); none without n-grams.
         powers = ngram_powers(config.hash_ngrams, config.hash_word_bytes) if config.hash_tables else None
         self.register_buffer("ngram_powers", powers, persistent=False)

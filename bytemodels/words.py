@@ -1,12 +1,12 @@
-"""Word blocks: transformer blocks of the local width that run only where a word has just ended.
+"""Word blocks: transformer blocks that run only where a word has just ended, inside the local stage.
 
 MEGABYTE's fixed patches cut words anywhere, and the global stage's context reaches a byte up to a patch late; on
 text the bytes that begin a word carry half of the bits. SpaceByte (Slagle 2024) runs its global blocks at the
 positions after a word instead. Here such blocks run beside the fixed patches, inside the local stage: after its
 first block, the hidden states at the window's word ends (:func:`word_ends`, the first ``capacity`` of them) are
-projected, run causally over the word ends alone (rotary positions counted in word ends) and projected back onto
-the same positions. Every word's first byte so gets a summary of all the words before it in the window, as a
-tokenized model's token would (docs/experiments.md, "Word blocks inside MEGABYTE's local stage").
+projected to the word blocks' width, run causally over the word ends alone (rotary positions counted in word ends)
+and projected back onto the same positions. Every word's first byte so gets a summary of all the words before it in
+the window, as a tokenized model's token would (docs/experiments.md, "Word blocks inside MEGABYTE's local stage").
 
 Training and uncached forwards gather the word ends of each sequence; cached decoding gives the word blocks a
 :class:`bytemodels.layers.StaticCache` with a slot per byte position of the window, readable only where the
@@ -40,20 +40,21 @@ def word_ends(ids: Tensor) -> Tensor:
 
 
 class WordBlocks(nn.Module):
-    """``layers`` blocks of width ``dim`` over the word ends of a window, between projections in and out.
+    """``layers`` blocks of width ``width`` over the word ends of a window, between projections in from the local
+    width ``dim`` and back out to it.
 
     Added to the local stage's stream after its first block (:func:`after_first_block`); the first ``capacity`` word
     ends of a window run (a window of English text has about one per 5 bytes), the later ones get nothing. With
     ``shift``, token shift runs over the word ends (each reads the word end before it), as it does over bytes in the
     stages."""
 
-    def __init__(self, dim: int, layers: int, heads: int, mlp_ratio: float, dropout: float, rope_base: float,
-                 eps: float, shift: bool, qk_norm: bool, capacity: int) -> None:
+    def __init__(self, dim: int, width: int, layers: int, heads: int, mlp_ratio: float, dropout: float,
+                 rope_base: float, eps: float, shift: bool, qk_norm: bool, capacity: int) -> None:
         super().__init__()
         self.capacity = capacity
-        self.project_in = nn.Linear(dim, dim, bias=False)
-        self.transformer = Transformer(dim, layers, heads, mlp_ratio, dropout, rope_base, eps, shift, qk_norm)
-        self.project_out = nn.Linear(dim, dim, bias=False)
+        self.project_in = nn.Linear(dim, width, bias=False)
+        self.transformer = Transformer(width, layers, heads, mlp_ratio, dropout, rope_base, eps, shift, qk_norm)
+        self.project_out = nn.Linear(width, dim, bias=False)
 
     def forward(self, x: Tensor, ids: Tensor) -> Tensor:
         """``x`` (batch * groups, group, d) the local stream of whole sequences, their groups in order; ``ids``

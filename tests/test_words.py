@@ -85,6 +85,10 @@ def test_the_words_peer_counts_its_flops_and_is_measured_on_text_only(capsys: py
     # a quarter of the window's positions through one block of width 32 and two projections, fwd + bwd
     block = 2 * (4 * 32 * 32 + 2 * 32 * 128) + 2 * 2 * 32 * 16 / 2
     assert words == pytest.approx(3 * (block + 4 * 32 * 32) * 16 / 64)
+    # 64 wide: the block at width 64, the projections 32 -> 64 -> 32
+    wide = dataclasses.replace(CONFIG, word_dim=64)
+    block = 2 * (4 * 64 * 64 + 2 * 64 * 256) + 2 * 2 * 64 * 16 / 2
+    assert wide.flops_per_byte() - PLAIN.flops_per_byte() == pytest.approx(3 * (block + 4 * 32 * 64) * 16 / 64)
     model = compare.build_peer(compare.WORD_PEER, PLAIN, seed=0)
     assert model.config == CONFIG
     assert compare.peer_flops_per_byte(compare.WORD_PEER, model, PLAIN) == pytest.approx(CONFIG.flops_per_byte())
@@ -121,7 +125,8 @@ def small_model(**fields) -> Megabyte:
 
 
 @pytest.mark.parametrize("fields", [{}, dict(word_layers=2, cross_patch=False), dict(hash_ngrams=(2,),
-                                    hash_word_bytes=5, hash_buckets=31)], ids=["one", "two, no cross-patch", "hashed"])
+                                    hash_word_bytes=5, hash_buckets=31), dict(word_dim=48)],
+                         ids=["one", "two, no cross-patch", "hashed", "wider than the local stage"])
 def test_cached_greedy_decoding_matches_the_uncached_forward_past_the_capacity_and_the_window(fields) -> None:
     model = small_model(**fields)
     prompts = [b"", TEXT[:3], TEXT[:30], TEXT[:61], TEXT]  # left padding, a window's worth of words, a crop
@@ -136,6 +141,15 @@ def test_cached_greedy_decoding_matches_the_uncached_forward_past_the_capacity_a
     # the word blocks act in decoding: without their output the model writes something else
     model.words.project_out.weight.data.zero_()
     assert model.generate(prompts, 150, temperature=0) != cached
+
+
+def test_a_wider_word_block_projects_to_its_width_with_heads_of_the_local_width() -> None:
+    model = small_model(word_dim=48)  # the local stage: 16 wide, one head of 16
+    words = model.words
+    assert (words.project_in.in_features, words.project_in.out_features) == (16, 48)
+    assert (words.project_out.in_features, words.project_out.out_features) == (48, 16)
+    assert words.transformer.blocks[0].attn.heads == 3 == model.config.word_heads
+    assert model.config.word_width == 48 and small_model().config.word_width == 16  # 0: the local width
 
 
 def test_cached_logits_match_the_forward_at_every_position() -> None:
@@ -163,7 +177,7 @@ def test_the_prefill_runs_the_prompt_at_once_and_matches_the_forward(monkeypatch
     prefill = IncrementalDecoder._prefill_words
     monkeypatch.setattr(IncrementalDecoder, "_prefill_words",
                         lambda decoder, end: restarts.append(prefill(decoder, end)) or restarts[-1])
-    for fields in ({}, dict(cross_patch=False)):
+    for fields in ({}, dict(cross_patch=False, word_dim=32)):
         model = small_model(**fields)
         decoder = IncrementalDecoder(model, torch.tensor([list(TEXT[:50]), list(TEXT[5:55])]))
         for position in range(50, 64):
