@@ -21,9 +21,10 @@ SHAPES = {
     # The word so far reaches further back than any n-gram (prompt_of's bytes hold letters and separators).
     "hashed words": dict(patch_sizes=(PATCH,), dims=(32, 16), layers=(2, 1), heads=(2, 1), max_seq_len=64,
                          hash_ngrams=(2,), hash_word_bytes=PATCH * 3, hash_buckets=67),
-    # Word blocks read every word end of the window (16 at most in 64 bytes): longer outputs slide the window.
+    # Word blocks read every word end of the window (16 at most in 64 bytes): longer outputs slide the window. Twice
+    # the local width: the word cache holds their width, not the local stage's.
     "word blocks": dict(patch_sizes=(PATCH,), dims=(32, 16), layers=(2, 2), heads=(2, 1), max_seq_len=64,
-                        word_layers=1),
+                        word_layers=1, word_dim=32),
     "word blocks, 3-stage": dict(patch_sizes=(PATCH * 2, 2), dims=(32, 16, 16), layers=(1, 1, 1), heads=(2, 1, 1),
                                  max_seq_len=64, word_layers=2, cross_patch=False, hash_ngrams=(2,),
                                  hash_word_bytes=PATCH, hash_buckets=61),
