@@ -122,7 +122,7 @@ from bytemodels.model import Megabyte  # noqa: E402
 from bytemodels.optim import OPTIMIZERS, build_optimizer  # noqa: E402
 from bytemodels.app.flags import add_config_arguments, overrides_from_args  # noqa: E402
 from bytemodels.runfolder import atomic_write  # noqa: E402
-from bytemodels.schedule import learning_rate  # noqa: E402
+from bytemodels.schedule import SCHEDULES, learning_rate  # noqa: E402
 
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
 DEFAULT_OUT_DIR = REPO_ROOT / "outputs" / "benchmarks"
@@ -556,6 +556,8 @@ class TrainPlan:
     lr: float = 2e-3
     min_lr: float = 2e-4
     warmup_steps: int = 50
+    schedule: str = "cosine"
+    """The learning rate's decay after warmup (``bytemodels.schedule.SCHEDULES``), to ``min_lr``."""
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     optimizer: str = "adamw"
@@ -621,7 +623,7 @@ def train(model: nn.Module, windows: Windows | TokenWindows, plan: TrainPlan, la
             break
         started = time.perf_counter()
         lr = learning_rate(step, lr=plan.lr, min_lr=plan.min_lr, warmup_steps=plan.warmup_steps,
-                           total_steps=horizon)
+                           total_steps=horizon, schedule=plan.schedule)
         for group in optimizer.param_groups:
             group["lr"] = lr
         ids = torch.from_numpy(windows.batch(plan.seed, step, plan.batch_size))
@@ -1138,6 +1140,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="train every peer at each of these peak learning rates (the floor keeps the ratio "
                              "--min-lr/--lr) and score each peer at its best one")
     parser.add_argument("--warmup-steps", type=int, default=50)
+    parser.add_argument("--schedule", choices=SCHEDULES, default="cosine",
+                        help="learning-rate decay to --min-lr after warmup, all peers (default: %(default)s; the "
+                             "TinyStories recipe's CPU setting is linear with --min-lr 0)")
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw",
                         help="every peer's optimizer: adamw, or muon for the hidden matrices (AdamW for the rest; "
                              "MEGABYTE-pytorch's head is a plain Linear, so Muon gets it too)")
@@ -1210,7 +1215,7 @@ def train_plan(args: argparse.Namespace) -> TrainPlan:
     steps = None if args.time is not None else args.budget_steps
     return TrainPlan(steps=steps, seconds=args.time, batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr,
                      warmup_steps=args.warmup_steps, seed=args.seed, compile=args.compile, dtype=args.dtype,
-                     optimizer=args.optimizer)
+                     optimizer=args.optimizer, schedule=args.schedule)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

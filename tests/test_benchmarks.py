@@ -203,6 +203,29 @@ def test_compare_dtype_flag_trains_every_peer_under_the_asked_precision(dtype: s
         compare.parse_args(["--dtype", "fp16"])
 
 
+def test_compare_schedule_flag_sets_every_peers_learning_rate(monkeypatch: pytest.MonkeyPatch) -> None:
+    plan = compare.train_plan(compare.parse_args(["--budget-steps", "4", "--warmup-steps", "1", "--lr", "1e-3",
+                                                  "--min-lr", "0", "--schedule", "linear"]))
+    config = MegabyteConfig.preset("tiny", dims=(32, 16), layers=(1, 1), heads=(2, 1), max_seq_len=32)
+    model = compare.build_peer("bytemodels", config, seed=0)
+    rates: list[float] = []
+    rate_of_step = compare.learning_rate
+    monkeypatch.setattr(compare, "learning_rate",
+                        lambda step, **how: rates.append(rate_of_step(step, **how)) or rates[-1])
+
+    class Windows:  # the one method and field train() reads
+        seq_len = 32
+
+        def batch(self, seed: int, step: int, batch_size: int):
+            return torch.randint(0, 256, (batch_size, 32), generator=torch.Generator().manual_seed(step)).numpy()
+
+    compare.train(model, Windows(), plan, "toy")
+    # One step of warmup, then linear decay to zero at step 4 (a cosine would give 1e-3, 7.5e-4, 2.5e-4).
+    assert rates == pytest.approx([5e-4, 1e-3, 2e-3 / 3, 1e-3 / 3])
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--schedule", "step"])
+
+
 GPU_CHECK = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
 
 
