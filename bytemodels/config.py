@@ -129,9 +129,14 @@ class MegabyteConfig:
         return self.word_dim or self.local_dim
 
     @property
+    def local_head_dim(self) -> int:
+        """Width of one local attention head (the word blocks' heads are as wide)."""
+        return self.local_dim // self.heads[-1]
+
+    @property
     def word_heads(self) -> int:
         """The word blocks' heads: as wide as the local stage's."""
-        return self.word_width // (self.local_dim // self.heads[-1])
+        return self.word_width // self.local_head_dim
 
     @property
     def vocab_size(self) -> int:
@@ -199,10 +204,9 @@ class MegabyteConfig:
             raise ValueError(f"hash_buckets={self.hash_buckets} must be in 1 .. {LIMITS['hash_buckets']:,}")
         if not 0 <= self.word_layers <= LIMITS["layers"]:
             raise ValueError(f"word_layers={self.word_layers} must be in 0 .. {LIMITS['layers']:,}")
-        head_dim = self.local_dim // self.heads[-1]
-        if self.word_dim < 0 or self.word_dim % head_dim:
+        if self.word_dim < 0 or self.word_dim % self.local_head_dim:
             raise ValueError(f"word_dim={self.word_dim}: give 0 (the local width) or a multiple of the local heads' "
-                             f"width, {head_dim}")
+                             f"width, {self.local_head_dim}")
         if self.word_layers and self.layers[-1] < 1:
             raise ValueError(f"word_layers={self.word_layers} needs a local block to follow (layers={self.layers} "
                              "has none in the local stage)")

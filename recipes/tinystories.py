@@ -53,7 +53,8 @@ INSTRUCT_PROMPT = "Features: Dialogue\nWords: cat, ball, happy\nStory: "
 #: 1.079). A word block (``word_layers``: one block run at the word ends only) costs 12% of the steps and learns
 #: more in the time (30 min side by side, whole validation text: 1.016 against 1.057); two cost 9% more and end
 #: higher (1.028 against 1.019); one 256 wide (``word_dim``) learns more per step, costs 18% of the steps and ends
-#: level (1.0197 against 1.0217); 192 wide costs no measurable steps and ends lower (1.0153 against 1.0244).
+#: level (1.0197 against 1.0217); 192 wide costs no measurable steps and ends lower (1.0153 against 1.0244), and
+#: beside 256 wide it runs 12% more steps and ends lower (1.0167 against 1.0210).
 DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
     "cpu": dict(preset="tiny", model=dict(max_seq_len=1024, dims=(128, 128), hash_ngrams=(2, 3, 4), hash_word_bytes=12,
                                           hash_buckets=12288, ngram_dropout=0.25, word_layers=1,
