@@ -114,9 +114,13 @@ def orthogonalize(matrices: Tensor, steps: int = NEWTON_SCHULZ_STEPS) -> Tensor:
     tall = matrices.size(-2) > matrices.size(-1)
     x = matrices.mT if tall else matrices  # the smaller Gram matrix
     x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)
+    shape = x.shape
+    x = x.reshape(-1, *shape[-2:])  # one batch of matrices, as baddbmm takes them
     for _ in range(steps):
         gram = x @ x.mT
-        x = a * x + (b * gram + c * gram @ gram) @ x
+        # a x + (b G + c G^2) x with the scaled sums inside the products: no passes over the matrices between them
+        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    x = x.reshape(shape)
     return x.mT if tall else x
 
 

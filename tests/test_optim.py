@@ -107,6 +107,21 @@ def test_orthogonalize_brings_every_singular_value_near_one(shape):
     assert torch.linalg.svdvals(matrices).max() > 2  # the input was far from orthogonal
 
 
+@pytest.mark.parametrize("shape", [(48, 16), (16, 48), (2, 3, 16, 24)])
+def test_orthogonalize_is_the_quintic_iteration_written_plainly(shape):
+    a, b, c = 3.4445, -4.7750, 2.0315
+    matrices = torch.randn(*shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    x = matrices.mT if shape[-2] > shape[-1] else matrices
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)
+    for _ in range(5):
+        gram = x @ x.mT
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    expected = x.mT if shape[-2] > shape[-1] else x
+    result = orthogonalize(matrices)
+    assert result.shape == matrices.shape
+    torch.testing.assert_close(result, expected, rtol=1e-10, atol=1e-10)
+
+
 def test_muon_steps_follow_torch_muon_with_adamw_matched_scale():
     # The same rule as torch.optim.Muon(adjust_lr_fn="match_rms_adamw"), which runs Newton-Schulz in bf16: ours
     # runs it in fp32 here, so the two agree to bf16's precision.
