@@ -30,6 +30,8 @@ OPTIMIZERS = ("adamw", "muon")
 #: Muon's momentum and Newton-Schulz steps (``torch.optim.Muon``'s defaults) and the RMS its update is scaled to.
 MUON_MOMENTUM = 0.95
 NEWTON_SCHULZ_STEPS = 5
+#: The quintic iteration's coefficients (Jordan's, as ``torch.optim.Muon`` uses them): x <- a x + (b G + c G^2) x.
+NEWTON_SCHULZ_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 MUON_RMS = 0.2
 
 
@@ -110,7 +112,7 @@ def orthogonalize(matrices: Tensor, steps: int = NEWTON_SCHULZ_STEPS) -> Tensor:
     """The nearest semi-orthogonal matrix (``U V^T`` of the SVD ``U S V^T``, approximately) of each matrix of
     ``(..., rows, cols)``: Newton-Schulz's quintic iteration with Jordan's coefficients, as ``torch.optim.Muon``
     runs it (its singular values land between about 0.7 and 1.2, which trains as well as exact ones)."""
-    a, b, c = 3.4445, -4.7750, 2.0315
+    a, b, c = NEWTON_SCHULZ_COEFFICIENTS
     tall = matrices.size(-2) > matrices.size(-1)
     x = matrices.mT if tall else matrices  # the smaller Gram matrix
     x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)

@@ -5,7 +5,8 @@ import torch
 
 from bytemodels.config import MegabyteConfig
 from bytemodels.model import Megabyte, lookup_tables
-from bytemodels.optim import MuonTableAdamW, TableAdamW, build_optimizer, orthogonalize
+from bytemodels.optim import (NEWTON_SCHULZ_COEFFICIENTS, NEWTON_SCHULZ_STEPS, MuonTableAdamW, TableAdamW,
+                              build_optimizer, orthogonalize)
 
 
 def table_and_weight(seed: int = 0) -> tuple[torch.nn.Parameter, torch.nn.Parameter]:
@@ -109,11 +110,11 @@ def test_orthogonalize_brings_every_singular_value_near_one(shape):
 
 @pytest.mark.parametrize("shape", [(48, 16), (16, 48), (2, 3, 16, 24)])
 def test_orthogonalize_is_the_quintic_iteration_written_plainly(shape):
-    a, b, c = 3.4445, -4.7750, 2.0315
+    a, b, c = NEWTON_SCHULZ_COEFFICIENTS
     matrices = torch.randn(*shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     x = matrices.mT if shape[-2] > shape[-1] else matrices
     x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)
-    for _ in range(5):
+    for _ in range(NEWTON_SCHULZ_STEPS):
         gram = x @ x.mT
         x = a * x + (b * gram + c * gram @ gram) @ x
     expected = x.mT if shape[-2] > shape[-1] else x
