@@ -114,6 +114,7 @@ from benchmarks.baselines import (FlatTransformer, MegabytePytorch, SpaceByteCon
                                   space_boundaries, spacebyte_config_matching, spacebyte_parameter_count,
                                   token_gpt_config_matching)
 from bytemodels import tokens  # noqa: E402
+from bytemodels.allocator import keep_freed_memory  # noqa: E402
 from bytemodels.budget import parse_duration  # noqa: E402
 from bytemodels.config import MegabyteConfig, blocks_flops  # noqa: E402
 from bytemodels.data import ByteDataset, Windows  # noqa: E402
@@ -1221,6 +1222,7 @@ def train_plan(args: argparse.Namespace) -> TrainPlan:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as the trainer does on a CPU, for every peer alike
     limits = QUICK_DOCUMENTS if args.quick else (None, None)
     eval_windows = 4 if args.quick else args.eval_windows
     plan = train_plan(args)

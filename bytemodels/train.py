@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from bytemodels import checkpoint as ckpt
 from bytemodels import rng_state, tokens
+from bytemodels.allocator import keep_freed_memory
 from bytemodels.budget import StepPace, TimeBudget, compile_pays, parse_duration, step_limit
 from bytemodels.fields import config_from_dict, config_to_dict, seed as seed_flag
 from bytemodels.config import MegabyteConfig
@@ -363,6 +364,8 @@ class Trainer:
         self.device = choose_device(train_config.device, environment_rank()[1])
         self.dist: DistributedContext = setup_distributed(self.device)
         self.is_main = self.dist.is_main
+        if self.device.type == "cpu":
+            keep_freed_memory()  # each step's gradients reuse the last step's pages instead of faulting in new ones
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
