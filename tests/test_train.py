@@ -190,6 +190,14 @@ def test_a_budget_too_short_for_compiling_trains_uncompiled_and_says_why(tmp_pat
     assert "compile: no: 0 steps compiled against" in out and "a safe guess, never measured here" in out
 
 
+def test_a_cpu_run_keeps_freed_memory_for_its_next_step(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(train_module, "keep_freed_memory", lambda: calls.append(True) or True)
+    data = text_dataset(tmp_path / "cache")
+    Trainer(tiny_config(), train_config(tmp_path / "run", device="cpu"), data.train, data.val)
+    assert calls == [True]
+
+
 def test_a_run_that_ends_during_warmup_is_no_result(tmp_path):
     from bytemodels.app.recipe import no_result_line
 
