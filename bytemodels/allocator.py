@@ -26,10 +26,15 @@ TRIM_THRESHOLD = 2**31 - 1
 USER_SETTINGS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")
 
 
+def on_glibc() -> bool:
+    """Whether this process's malloc is glibc's (Linux with glibc), the one :func:`keep_freed_memory` acts on."""
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
 def keep_freed_memory() -> bool:
     """Raise glibc's trim and mmap thresholds for this process (see the module's docstring); True where that
     happened. A no-op elsewhere (macOS, Windows, musl) and where the environment already sets malloc's thresholds."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not on_glibc():
         return False
     if any(name in os.environ for name in USER_SETTINGS) or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
         return False

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from bytemodels.allocator import keep_freed_memory
+from bytemodels.allocator import keep_freed_memory, on_glibc
 
 # Sets glibc to give every freed block back (trim threshold 0, mmap above 64 KiB: the worst case of what its
 # own adjusting does, which depends on the heap's layout), allocates and frees two 6 MB tensors (a hashed table's
@@ -32,7 +32,7 @@ round_trip()
 print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20)
 """
 
-glibc_linux = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+glibc_linux = pytest.mark.skipif(not on_glibc(),
                                  reason="keep_freed_memory acts on glibc's malloc only (Linux with glibc)")
 
 
