@@ -562,7 +562,7 @@ class TrainPlan:
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     optimizer: str = "adamw"
-    """adamw, or muon for every peer's hidden matrices (``bytemodels.optim.build_optimizer``)."""
+    """adamw, or muon or normuon for every peer's hidden matrices (``bytemodels.optim.build_optimizer``)."""
     grad_clip: float = 1.0
     seed: int = 0
     compile: bool = False
@@ -1145,8 +1145,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="learning-rate decay to --min-lr after warmup, all peers (default: %(default)s; the "
                              "TinyStories recipe's CPU setting is linear with --min-lr 0)")
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw",
-                        help="every peer's optimizer: adamw, or muon for the hidden matrices (AdamW for the rest; "
-                             "MEGABYTE-pytorch's head is a plain Linear, so Muon gets it too)")
+                        help="every peer's optimizer: adamw, or muon (normuon: with NorMuon's rows) for the hidden "
+                             "matrices (AdamW for the rest; MEGABYTE-pytorch's head is a plain Linear, so Muon gets "
+                             "it too)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-windows", type=int, default=0,
                         help="fixed validation windows to score (0: all, i.e. every held-out byte)")

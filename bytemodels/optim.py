@@ -11,6 +11,9 @@ parameter gets torch's AdamW unchanged.
 but the output head, by Muon (Jordan et al. 2024): the momentum of the gradient, orthogonalised by a
 Newton-Schulz iteration, the rule of ``torch.optim.Muon`` with Moonshot's scale (``adjust_lr_fn=
 "match_rms_adamw"``: the update's RMS is AdamW's, so the same learning rate, schedule and weight decay apply).
+``optimizer="normuon"`` is Muon with NorMuon's row normalisation (Li et al. 2025): each output neuron's row of the
+orthogonalised update divided by a running RMS of that row, the whole then scaled to the same RMS, so that no
+neuron's weights move much more than another's (an orthogonal tall matrix's rows have uneven norms).
 One optimizer holds both, so the trainer's schedule, checkpoints and resume treat it as any other."""
 
 from __future__ import annotations
@@ -26,13 +29,15 @@ from bytemodels.layers import ScaledLinear
 from bytemodels.model import Megabyte, lookup_tables
 
 #: The optimizers a training run can use (``TrainConfig.optimizer``).
-OPTIMIZERS = ("adamw", "muon")
+OPTIMIZERS = ("adamw", "muon", "normuon")
 #: Muon's momentum and Newton-Schulz steps (``torch.optim.Muon``'s defaults) and the RMS its update is scaled to.
 MUON_MOMENTUM = 0.95
 NEWTON_SCHULZ_STEPS = 5
 #: The quintic iteration's coefficients (Jordan's, as ``torch.optim.Muon`` uses them): x <- a x + (b G + c G^2) x.
 NEWTON_SCHULZ_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 MUON_RMS = 0.2
+#: NorMuon's decay of each row's running mean square (its paper's beta2).
+NORMUON_BETA2 = 0.95
 
 
 class TableAdamW(torch.optim.AdamW):
@@ -135,10 +140,14 @@ class MuonTableAdamW(TableAdamW):
     A step orthogonalises all matrices of one shape together, one batched Newton-Schulz iteration per shape
     (dozens of small matrix products per matrix would otherwise each pay a call's overhead), in
     ``orthogonalize_dtype``: by default bf16 where bf16 matrix products are fast (CUDA, CPUs with AMX or AVX-512
-    BF16), as ``torch.optim.Muon`` runs it, and fp32 elsewhere."""
+    BF16), as ``torch.optim.Muon`` runs it, and fp32 elsewhere.
+
+    ``normalize_rows`` (NorMuon): each matrix's orthogonalised update has each output row divided by the running
+    RMS of that row (state ``row_mean_square``, one value per row), and is then scaled to the RMS Muon's update has."""
 
     def __init__(self, params: Iterable[Any], *, momentum: float = MUON_MOMENTUM,
-                 orthogonalize_dtype: torch.dtype | None = None, **options: Any) -> None:
+                 orthogonalize_dtype: torch.dtype | None = None, normalize_rows: bool = False,
+                 **options: Any) -> None:
         super().__init__(params, **options)
         if not 0 <= momentum < 1:
             raise ValueError(f"MuonTableAdamW: momentum={momentum} must be in [0, 1)")
@@ -147,6 +156,7 @@ class MuonTableAdamW(TableAdamW):
                              "or None (bf16 where bf16 matrix products are fast)")
         self.momentum = momentum
         self.orthogonalize_dtype = orthogonalize_dtype
+        self.normalize_rows = normalize_rows
         self._pending: list[_MuonUpdate] = []
         for group in self.param_groups:
             if group.get("muon") and any(param.dim() != 2 for param in group["params"]):
@@ -195,7 +205,22 @@ class MuonTableAdamW(TableAdamW):
                 if pending.weight_decay:
                     param.mul_(1 - lr * pending.weight_decay)
                 matrices = matrices.mT if pending.tall else matrices
+                if self.normalize_rows:
+                    matrices, scale = self._normalized_rows(param, matrices), MUON_RMS
                 param.add_(matrices.reshape(param.shape).to(param.dtype), alpha=-lr * scale)
+
+    def _normalized_rows(self, param: Tensor, matrices: Tensor) -> Tensor:
+        """NorMuon: ``matrices`` (fused, rows, cols), ``param``'s orthogonalised update, with each row divided by
+        its running RMS and each matrix scaled to RMS 1 (the caller scales it to Muon's RMS)."""
+        matrices = matrices.float()
+        mean_square = matrices.square().mean(dim=-1, keepdim=True)
+        state = self.state[param]
+        if "row_mean_square" not in state:
+            state["row_mean_square"] = torch.zeros_like(mean_square)
+        # No bias correction: it scales every row alike, and the matrix's RMS is set below anyway.
+        running = state["row_mean_square"].lerp_(mean_square, 1 - NORMUON_BETA2)
+        normalized = matrices / (running.sqrt() + 1e-8)
+        return normalized / (normalized.square().mean(dim=(-2, -1), keepdim=True).sqrt() + 1e-12)
 
 
 class _MuonUpdate(NamedTuple):
@@ -228,7 +253,8 @@ def build_optimizer(model: nn.Module, lr: float, *, weight_decay: float, betas: 
                     optimizer: str = "adamw", fused: bool = False) -> TableAdamW:
     """The optimizer every training loop uses: AdamW with decay on Linear weights only (``Megabyte.param_groups``,
     which reads any module), and the n-gram tables updated by rows; with ``optimizer="muon"``, the hidden
-    matrices (:func:`hidden_matrices`, decayed alike) updated by Muon."""
+    matrices (:func:`hidden_matrices`, decayed alike) updated by Muon; with ``optimizer="normuon"``, by Muon with
+    NorMuon's row normalisation."""
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer={optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
     groups = Megabyte.param_groups(model, weight_decay)
@@ -243,4 +269,5 @@ def build_optimizer(model: nn.Module, lr: float, *, weight_decay: float, betas: 
     groups = [{**group, "params": [p for p in group["params"] if id(p) not in matrices]} for group in groups]
     groups += [{"params": weights, "weight_decay": weight_decay, "muon": True, "fused_matrices": fused}
                for fused, weights in sorted(by_fused.items())]
-    return MuonTableAdamW([group for group in groups if group["params"]], **options)
+    return MuonTableAdamW([group for group in groups if group["params"]], normalize_rows=optimizer == "normuon",
+                          **options)

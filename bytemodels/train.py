@@ -132,9 +132,10 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     """AdamW betas."""
     optimizer: str = "adamw"
-    """adamw, or muon: the hidden matrices (every Linear layer but the output head) updated by Muon, their
+    """adamw, muon: the hidden matrices (every Linear layer but the output head) updated by Muon, their
     momentum orthogonalised, at AdamW's learning rate and schedule; embeddings, tables, norms and the head stay
-    with AdamW. More learned per step for a little more time per step."""
+    with AdamW. More learned per step for a little more time per step. Or normuon: Muon with each output row of the
+    update divided by its running RMS (NorMuon)."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this (0 disables clipping)."""
     max_steps: int | None = None

@@ -5,8 +5,8 @@ import torch
 
 from bytemodels.config import MegabyteConfig
 from bytemodels.model import Megabyte, lookup_tables
-from bytemodels.optim import (NEWTON_SCHULZ_COEFFICIENTS, NEWTON_SCHULZ_STEPS, MuonTableAdamW, TableAdamW,
-                              build_optimizer, orthogonalize)
+from bytemodels.optim import (NEWTON_SCHULZ_COEFFICIENTS, NEWTON_SCHULZ_STEPS, NORMUON_BETA2, MuonTableAdamW,
+                              TableAdamW, build_optimizer, orthogonalize)
 
 
 def table_and_weight(seed: int = 0) -> tuple[torch.nn.Parameter, torch.nn.Parameter]:
@@ -205,6 +205,44 @@ def test_muon_orthogonalises_in_bf16_where_bf16_products_are_fast(monkeypatch):
                        orthogonalize_dtype=torch.float16)
 
 
+def test_normuon_divides_each_output_row_by_its_running_rms():
+    # NorMuon, written plainly for one tall (32 x 8) and one fused (3 x 8 x 8) weight over three steps: Muon's
+    # orthogonalised update, each output row divided by the running RMS of that row, the matrix scaled to RMS 0.2.
+    generator = torch.Generator().manual_seed(4)
+    shapes = [((32, 8), 1), ((24, 8), 3)]
+    start = [torch.randn(*shape, generator=generator) * 0.1 for shape, _ in shapes]
+    grads = [[torch.randn(*shape, generator=generator) for shape, _ in shapes] for _ in range(3)]
+    weights = [torch.nn.Parameter(w.clone()) for w in start]
+    optimizer = MuonTableAdamW([{"params": [w], "weight_decay": 0.0, "muon": True, "fused_matrices": fused}
+                                for w, (_, fused) in zip(weights, shapes)], lr=0.05, momentum=0.0,
+                               orthogonalize_dtype=torch.float32, normalize_rows=True)
+    expected = [w.clone() for w in start]
+    running = [torch.zeros(fused, shape[0] // fused, 1) for shape, fused in shapes]
+    for step_grads in grads:
+        for weight, grad in zip(weights, step_grads):
+            weight.grad = grad.clone()
+        optimizer.step()
+        for index, ((shape, fused), grad) in enumerate(zip(shapes, step_grads)):
+            update = orthogonalize(grad.view(fused, shape[0] // fused, shape[1]))
+            running[index] = NORMUON_BETA2 * running[index] + (1 - NORMUON_BETA2) * update.square().mean(-1, True)
+            normalized = update / running[index].sqrt()
+            normalized = normalized / normalized.square().mean(dim=(-2, -1), keepdim=True).sqrt()
+            expected[index] = expected[index] - 0.05 * 0.2 * normalized.view(shape)
+    for weight, want in zip(weights, expected):
+        torch.testing.assert_close(weight.detach(), want, rtol=1e-4, atol=1e-6)
+    # After one step every row of the tall matrix moved by the same RMS, where Muon's own rows are uneven.
+    first = torch.nn.Parameter(start[0].clone())
+    first.grad = grads[0][0].clone()
+    MuonTableAdamW([{"params": [first], "weight_decay": 0.0, "muon": True}], lr=0.05,
+                   orthogonalize_dtype=torch.float32, normalize_rows=True).step()
+    row_rms = (first.detach() - start[0]).square().mean(dim=1).sqrt()
+    torch.testing.assert_close(row_rms, torch.full_like(row_rms, 0.05 * 0.2), rtol=1e-4, atol=0)
+    muon_rows = orthogonalize(grads[0][0]).square().mean(dim=1).sqrt()
+    assert muon_rows.std() / muon_rows.mean() > 0.1
+    state = optimizer.state[weights[1]]["row_mean_square"]
+    assert state.shape == (3, 8, 1) and torch.all(state > 0)
+
+
 def test_build_optimizer_gives_muon_the_hidden_matrices_and_adamw_the_rest():
     config = MegabyteConfig.preset("tiny", dims=(32, 16), layers=(1, 1), heads=(2, 1), max_seq_len=32,
                                    hash_ngrams=(2, 3), hash_buckets=64)
@@ -227,7 +265,7 @@ def test_build_optimizer_gives_muon_the_hidden_matrices_and_adamw_the_rest():
     optimizer.step()
     assert all(not torch.equal(before[name], p.detach()) for name, p in model.named_parameters() if id(p) in muon)
     assert "exp_avg" in optimizer.state[model.head.weight]
-    with pytest.raises(ValueError, match="optimizer='sgd'; choose one of: adamw, muon"):
+    with pytest.raises(ValueError, match="optimizer='sgd'; choose one of: adamw, muon, normuon"):
         build_optimizer(model, 1e-2, weight_decay=0.1, optimizer="sgd")
     with pytest.raises(ValueError, match="2-D matrices only"):
         MuonTableAdamW([{"params": [torch.nn.Parameter(torch.zeros(3))], "muon": True}], lr=1.0)

@@ -303,22 +303,24 @@ def test_resume_continues_with_recorded_configs_and_checks_the_model(tmp_path):
         Trainer(tiny_config(dims=(64, 16)), train_config(tmp_path / "x"), data.train, resume=tmp_path / "halves")
 
 
-def test_a_muon_run_resumes_exactly_and_only_with_muon(tmp_path):
+@pytest.mark.parametrize("optimizer", ["muon", "normuon"])
+def test_a_muon_run_resumes_exactly_and_only_with_muon(tmp_path, optimizer):
     data = text_dataset(tmp_path / "cache")
-    settings = dict(optimizer="muon", schedule="constant", warmup_steps=0)
+    settings = dict(optimizer=optimizer, schedule="constant", warmup_steps=0)
     straight = Trainer(tiny_config(), train_config(tmp_path / "straight", max_steps=12, **settings),
                        data.train, data.val).fit()
     Trainer(tiny_config(), train_config(tmp_path / "halves", max_steps=6, **settings), data.train, data.val).fit()
     resumed = Trainer.resume(tmp_path / "halves", data.train, data.val, max_steps=12).fit()
     assert resumed.step == 12 and json.loads((resumed.checkpoint / ckpt.TRAIN_CONFIG_FILE).read_text())[
-        "optimizer"] == "muon"
+        "optimizer"] == optimizer
     a, b = weights(straight.checkpoint), weights(resumed.checkpoint)
-    assert all(torch.equal(a[k], b[k]) for k in a)  # Muon's momentum came back from the checkpoint
+    assert all(torch.equal(a[k], b[k]) for k in a)  # Muon's momentum (NorMuon's row RMS) came back
     adamw_run = weights(Trainer(tiny_config(), train_config(tmp_path / "adamw", max_steps=12, schedule="constant",
                                                             warmup_steps=0), data.train, data.val).fit().checkpoint)
     assert not torch.equal(adamw_run["stages.1.transformer.blocks.0.mlp.up.weight"],
                            a["stages.1.transformer.blocks.0.mlp.up.weight"])
-    with pytest.raises(ValueError, match="trained with optimizer='muon', not 'adamw'; resume with optimizer='muon'"):
+    with pytest.raises(ValueError, match=f"trained with optimizer='{optimizer}', not 'adamw'; resume with "
+                                         f"optimizer='{optimizer}'"):
         Trainer.resume(tmp_path / "halves", data.train, data.val, max_steps=12, optimizer="adamw")
 
 
@@ -418,7 +420,7 @@ def test_train_config_errors_name_the_field():
         TrainConfig().validate()
     with pytest.raises(ValueError, match="schedule"):
         TrainConfig(max_steps=1, schedule="step")
-    with pytest.raises(ValueError, match="optimizer='sgd'; choose one of: adamw, muon"):
+    with pytest.raises(ValueError, match="optimizer='sgd'; choose one of: adamw, muon, normuon"):
         TrainConfig(optimizer="sgd")
     with pytest.raises(ValueError, match="time='soon'"):
         TrainConfig(time="soon")
