@@ -1232,7 +1232,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {}
     titles: dict[str, str] = {}
     for name in selected_modalities(args.modality):
-        data = LOADERS[name](args.data_dir, limits)
+        try:
+            data = LOADERS[name](args.data_dir, limits)
+        except OSError as error:  # no data folder (run from elsewhere than beside ../shared): one line naming it
+            raise SystemExit(f"compare.py: {name}: {error.filename or args.data_dir}: {error.strerror or error}; "
+                             "pass --data-dir pointing at the shared data folder") from None
         titles[name] = data.title
         result: dict[str, Any] = {"val_items": len(data.val_items),
                                   "val_bytes": sum(len(item) for item in data.val_items)}

@@ -81,6 +81,14 @@ def test_compare_reports_a_bad_model_shape_in_one_line(tmp_path) -> None:
                       "--out", str(tmp_path)])
 
 
+def test_compare_names_a_missing_data_file_in_one_line(tmp_path) -> None:
+    # Run from a copy of the repository with no ../shared beside it: the file it looked for, not a traceback.
+    missing = tmp_path / "no-data"
+    expected = rf"compare.py: text: {missing}/tinystories/train.txt: No such file.*--data-dir"
+    with pytest.raises(SystemExit, match=expected):
+        compare.main(["--modality", "text", "--skip-compressors", "--data-dir", str(missing), "--out", str(tmp_path)])
+
+
 def test_peer_checks_build_only_the_peers_trained() -> None:
     # Two head sizes (32 and 16): the reference cannot take them, so it is checked only when it is trained.
     config = MegabyteConfig.preset("tiny", dims=(64, 32), layers=(1, 1), heads=(2, 2), max_seq_len=32)
