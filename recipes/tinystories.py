@@ -55,8 +55,8 @@ INSTRUCT_PROMPT = "Features: Dialogue\nWords: cat, ball, happy\nStory: "
 #: higher (1.028 against 1.019); one 256 wide (``word_dim``) learns more per step, costs 18% of the steps and ends
 #: level (1.0197 against 1.0217); 192 wide costs no measurable steps and ends lower (1.0153 against 1.0244), and
 #: beside 256 wide it runs 12% more steps and ends lower (1.0167 against 1.0210). NorMuon's rows (``normuon``: each
-#: output row of Muon's update divided by its running RMS) cost about 1% of the steps and end lower: three 30-minute
-#: runs 1.0146-1.0176 over the whole validation text against 1.0175-1.0189 for three with Muon's update alone.
+#: output row of Muon's update divided by its running RMS) cost about 1% of the steps and end 0.2% lower on average:
+#: three 30-minute runs 1.0146-1.0176 over the whole validation text against 1.0175-1.0189 for four with Muon alone.
 DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
     "cpu": dict(preset="tiny", model=dict(max_seq_len=1024, dims=(128, 128), hash_ngrams=(2, 3, 4), hash_word_bytes=12,
                                           hash_buckets=12288, ngram_dropout=0.25, word_layers=1,
