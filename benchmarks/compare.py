@@ -564,6 +564,7 @@ class TrainPlan:
     optimizer: str = "adamw"
     """adamw, or muon or normuon for every peer's hidden matrices (``bytemodels.optim.build_optimizer``)."""
     grad_clip: float = 1.0
+    """Clip the global gradient norm to this; 0 disables clipping (as ``TrainConfig.grad_clip``)."""
     seed: int = 0
     compile: bool = False
     """torch.compile every peer's training loss (the first step, which compiles, is not counted)."""
@@ -634,7 +635,8 @@ def train(model: nn.Module, windows: Windows | TokenWindows, plan: TrainPlan, la
         loss_value = loss.item()
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"{label}: loss is not finite at step {step} (lr {lr:.3g}); lower --lr")
-        torch.nn.utils.clip_grad_norm_(model.parameters(), plan.grad_clip)
+        if plan.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), plan.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
@@ -1148,6 +1150,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="every peer's optimizer: adamw, or muon (normuon: with NorMuon's rows) for the hidden "
                              "matrices (AdamW for the rest; MEGABYTE-pytorch's head is a plain Linear, so Muon gets "
                              "it too)")
+    parser.add_argument("--grad-clip", type=float, default=1.0,
+                        help="clip the global gradient norm to this (all peers); 0 disables clipping")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-windows", type=int, default=0,
                         help="fixed validation windows to score (0: all, i.e. every held-out byte)")
@@ -1197,6 +1201,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--mean-patch {args.mean_patch}: give a mean patch size of 1 byte or more")
     if not 1 <= args.ngram_order <= 3:  # the table has 257 ** order entries: order 4 would need 4 billion
         parser.error(f"--ngram-order {args.ngram_order}: give 1, 2 or 3")
+    if not args.grad_clip >= 0:
+        parser.error(f"--grad-clip {args.grad_clip}: give a norm of 0 or more (0 disables clipping)")
     if args.gpt_context < 0:
         parser.error(f"--gpt-context {args.gpt_context}: give a positive number of tokens, or 0 for the default")
     return args
@@ -1217,7 +1223,7 @@ def train_plan(args: argparse.Namespace) -> TrainPlan:
     steps = None if args.time is not None else args.budget_steps
     return TrainPlan(steps=steps, seconds=args.time, batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr,
                      warmup_steps=args.warmup_steps, seed=args.seed, compile=args.compile, dtype=args.dtype,
-                     optimizer=args.optimizer, schedule=args.schedule)
+                     optimizer=args.optimizer, schedule=args.schedule, grad_clip=args.grad_clip)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

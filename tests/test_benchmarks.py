@@ -234,6 +234,31 @@ def test_compare_schedule_flag_sets_every_peers_learning_rate(monkeypatch: pytes
         compare.parse_args(["--schedule", "step"])
 
 
+@pytest.mark.parametrize("grad_clip", [0.0, 1e-3])
+def test_compare_grad_clip_flag_clips_every_peer_or_none(grad_clip: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    plan = compare.train_plan(compare.parse_args(["--budget-steps", "2", "--warmup-steps", "1",
+                                                  "--grad-clip", str(grad_clip)]))
+    assert plan.grad_clip == grad_clip
+    config = MegabyteConfig.preset("tiny", dims=(32, 16), layers=(1, 1), heads=(2, 1), max_seq_len=32)
+    model = compare.build_peer("bytemodels", config, seed=0)
+    norms: list[float] = []
+    clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_",
+                        lambda parameters, max_norm: norms.append(max_norm) or clip(parameters, max_norm))
+
+    class Windows:  # the one method and field train() reads
+        seq_len = 32
+
+        def batch(self, seed: int, step: int, batch_size: int):
+            return torch.randint(0, 256, (batch_size, 32), generator=torch.Generator().manual_seed(step)).numpy()
+
+    compare.train(model, Windows(), plan, "toy")
+    # 0 turns clipping off (clip_grad_norm_ with a norm of 0 would zero every gradient); a norm clips each step.
+    assert norms == ([] if grad_clip == 0 else [grad_clip] * 2)
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--grad-clip", "-1"])
+
+
 GPU_CHECK = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
 
 
