@@ -371,11 +371,15 @@ def training_loss(logits: Tensor, ids: Tensor) -> Tensor:
     return F.cross_entropy(logits.float().flatten(0, 1), ids.flatten(), ignore_index=tokens.PAD_ID)
 
 
-def byte_nats(logits: Tensor, ids: Tensor, patch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def byte_nats(logits: Tensor, ids: Tensor, patch_size: int,
+              scored_from: Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Summed cross-entropy (nats) over byte targets only (ids < 256), and their count, for each
-    position in a patch (``t % patch_size``): (patch_size,) arrays."""
+    position in a patch (``t % patch_size``): (patch_size,) arrays. ``scored_from`` (batch,): each window's
+    first scored position (the ids before it are context only); None scores every position."""
     losses = F.cross_entropy(logits.float().flatten(0, 1), ids.flatten(), reduction="none").view(ids.shape)
     is_byte = ids < tokens.NUM_BYTES
+    if scored_from is not None:
+        is_byte = is_byte & (torch.arange(ids.shape[1]) >= scored_from[:, None])
     by_position = (losses * is_byte).view(ids.shape[0], -1, patch_size).sum(dim=(0, 1))
     counts = is_byte.view(ids.shape[0], -1, patch_size).sum(dim=(0, 1))
     return by_position.double().numpy(), counts.numpy()
@@ -660,16 +664,68 @@ def train(model: nn.Module, windows: Windows | TokenWindows, plan: TrainPlan, la
             "loss_curve": curve[::max(1, len(curve) // 100)] + curve[-1:]}
 
 
+def overlapping_windows(length: int, window: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, scored_from): windows of ``window`` ids that score a stream of ``length`` ids once each.
+
+    The first window scores all its ids; each later one ends ``stride`` ids further on (the last one at the
+    stream's end, so no window runs past it) and scores only the ids the ones before it left, the rest of it
+    being context: every id after the first window is scored with at least ``window - stride`` ids before it,
+    where windows cut end to end (``stride == window``) leave the first ids of each window with none."""
+    if length < 1 or window < 1 or not 1 <= stride <= window:
+        raise ValueError(f"length={length}, window={window}, stride={stride}: need 1 <= stride <= window")
+    starts, scored_from, covered = [0], [0], min(window, length)
+    while covered < length:
+        end = min(covered + stride, length)
+        starts.append(end - window)
+        scored_from.append(covered - (end - window))
+        covered = end
+    return np.array(starts, dtype=np.int64), np.array(scored_from, dtype=np.int64)
+
+
+def overlap_stride(window: int, overlap: float, multiple: int = 1) -> int:
+    """The stride of windows of ``window`` ids that share the fraction ``overlap`` of their length with the
+    window before: a multiple of ``multiple`` (a patch, so that patches stay where training put them), at
+    least one."""
+    return max(multiple, round(window * (1 - overlap) / multiple) * multiple)
+
+
+@dataclass
+class OverlappedWindows:
+    """Validation windows that overlap (``overlapping_windows``): every held-out byte scored once, with context."""
+
+    ids: np.ndarray
+    """(windows, seq_len) int64."""
+    scored_from: np.ndarray
+    """(windows,) int64: each window's first scored position."""
+    stride: int
+
+
+def overlapped_byte_windows(windows: Windows, overlap: float, count: int | None) -> OverlappedWindows:
+    """``windows``' stream (a packed layout) as overlapping windows; ``count`` of them spread evenly over it
+    (all with None), as ``Windows.fixed`` spreads the fixed ones."""
+    if not hasattr(windows, "window_at"):
+        raise ValueError("--eval-overlap needs packed windows (one stream, as text is read); this data is read "
+                         "as records")
+    stride = overlap_stride(windows.seq_len, overlap, windows.patch_size)
+    starts, scored_from = overlapping_windows(windows.total, windows.seq_len, stride)
+    if count is not None and count < len(starts):
+        chosen = [index * len(starts) // count for index in range(count)]
+        starts, scored_from = starts[chosen], scored_from[chosen]
+    return OverlappedWindows(np.stack([windows.window_at(int(start)) for start in starts]), scored_from, stride)
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, val_ids: np.ndarray, batch_size: int, patch_size: int) -> dict[str, Any]:
+def evaluate(model: nn.Module, val_ids: np.ndarray, batch_size: int, patch_size: int,
+             scored_from: np.ndarray | None = None) -> dict[str, Any]:
     """Bits per byte over the fixed validation windows, byte targets only; also by position in a patch
     (where a patch model is weakest: the first byte of a patch sees the patch before it only through
-    the global model)."""
+    the global model). ``scored_from``: each window's first scored position (``OverlappedWindows``)."""
     model.eval()
     nats, count = np.zeros(patch_size), np.zeros(patch_size, dtype=np.int64)
     for start in range(0, len(val_ids), batch_size):
         ids = torch.from_numpy(val_ids[start:start + batch_size])
-        batch_nats, batch_count = byte_nats(peer_logits(model, ids), ids, patch_size)
+        first = None if scored_from is None else torch.from_numpy(scored_from[start:start + batch_size])
+        batch_nats, batch_count = byte_nats(peer_logits(model, ids), ids, patch_size, first)
         nats += batch_nats
         count += batch_count
     model.train()
@@ -803,6 +859,35 @@ def evaluate_tokens(model: nn.Module, val: TokenStream, context: int, batch_size
         nats += float(losses.double()[window_scored.flatten()].sum())
         counted += int(window_scored.sum())
     model.train()
+    return token_bits(val, nats, counted)
+
+
+@torch.no_grad()
+def evaluate_tokens_overlapped(model: nn.Module, val: TokenStream, context: int, batch_size: int,
+                               stride: int) -> dict[str, Any]:
+    """``evaluate_tokens`` over overlapping windows of ``context`` tokens, ``stride`` apart
+    (``overlapping_windows``): every token scored once, after at least ``context - stride`` tokens."""
+    model.eval()
+    starts, scored_from = overlapping_windows(len(val.ids), min(context, len(val.ids)), stride)
+    window = min(context, len(val.ids))
+    positions = torch.arange(window)
+    nats, counted = 0.0, 0
+    for first in range(0, len(starts), batch_size):
+        rows = [slice(int(start), int(start) + window) for start in starts[first:first + batch_size]]
+        window_ids = torch.from_numpy(np.stack([val.ids[row] for row in rows]))
+        window_scored = (torch.from_numpy(np.stack([val.scored[row] for row in rows]))
+                         & (positions >= torch.from_numpy(scored_from[first:first + batch_size])[:, None]))
+        losses = F.cross_entropy(peer_logits(model, window_ids).float().flatten(0, 1), window_ids.flatten(),
+                                 reduction="none")
+        nats += float(losses.double()[window_scored.flatten()].sum())
+        counted += int(window_scored.sum())
+    model.train()
+    return token_bits(val, nats, counted)
+
+
+def token_bits(val: TokenStream, nats: float, counted: int) -> dict[str, Any]:
+    """The GPT's scores from its summed nats over ``counted`` validation tokens; raises RuntimeError unless
+    those are every scored token once."""
     if counted != int(val.scored.sum()):
         raise RuntimeError(f"scored {counted} of {int(val.scored.sum())} validation tokens")
     bits = nats / math.log(2)
@@ -856,8 +941,10 @@ def prepare_token_peer(data: BenchData, config: MegabyteConfig, seed: int, cache
     return TokenSetup(path, gpt_config, windows, val, train_bytes_per_token, ours, checks)
 
 
-def train_token_peer(tokens_setup: TokenSetup, plan: TrainPlan, label: str) -> dict[str, Any]:
-    """Train the GPT by the one training loop and score it on the validation tokens."""
+def train_token_peer(tokens_setup: TokenSetup, plan: TrainPlan, label: str,
+                     eval_overlap: float = 0.0) -> dict[str, Any]:
+    """Train the GPT by the one training loop and score it on the validation tokens (with ``eval_overlap``, also
+    over windows that share that fraction of their tokens: ``bits_per_byte_overlapped``)."""
     torch.manual_seed(plan.seed)
     model = TokenGpt(tokens_setup.config)
     record: dict[str, Any] = {"parameters": model.num_parameters(),
@@ -867,7 +954,12 @@ def train_token_peer(tokens_setup: TokenSetup, plan: TrainPlan, label: str) -> d
                               "train_bytes_per_token": tokens_setup.train_bytes_per_token,
                               "checks": tokens_setup.checks}
     record.update(train(model, tokens_setup.train_windows, plan, label))
-    record.update(evaluate_tokens(model, tokens_setup.val, tokens_setup.config.context, plan.batch_size))
+    context = tokens_setup.config.context
+    record.update(evaluate_tokens(model, tokens_setup.val, context, plan.batch_size))
+    if eval_overlap:
+        stride = overlap_stride(context, eval_overlap)
+        overlapped = evaluate_tokens_overlapped(model, tokens_setup.val, context, plan.batch_size, stride)
+        record.update(bits_per_byte_overlapped=overlapped["bits_per_byte"], eval_stride=stride)
     return record
 
 
@@ -884,14 +976,20 @@ class PeerSetup:
     """The GPT peer's tokenizer and streams, when it is one of the peers."""
     patching: PatchSetup | None = None
     """The patching peers' shape, entropy model and patch sizes, when one of them is a peer."""
+    eval_overlap: float = 0.0
+    """The fraction of its length each validation window shares with the one before in the second score
+    (``bits_per_byte_overlapped``); 0: none."""
+    val_overlapped: OverlappedWindows | None = None
+    """The byte peers' windows for that score."""
 
 
 def prepare_peers(data: BenchData, config: MegabyteConfig, seed: int, cache_dir: Path,
                   eval_windows: int | None, peers: Sequence[str] = BYTE_PEERS, bpe_vocab: int = DEFAULT_BPE_VOCAB,
                   gpt_context: int | None = None, mean_patch: float | None = None,
-                  ngram_order: int = DEFAULT_NGRAM_ORDER) -> PeerSetup:
+                  ngram_order: int = DEFAULT_NGRAM_ORDER, eval_overlap: float = 0.0) -> PeerSetup:
     """Open ``data``'s windows and run ``check_peers`` once, for every peer and learning rate trained on it
-    (and, for ``gpt-bpe``, ``prepare_token_peer``; for the patching peers, ``prepare_patch_peers``)."""
+    (and, for ``gpt-bpe``, ``prepare_token_peer``; for the patching peers, ``prepare_patch_peers``).
+    ``eval_overlap``: also score every peer over validation windows that share this fraction of their length."""
     train_set, val_set = build_datasets(data, cache_dir)
     train_windows = train_set.windows(config.max_seq_len, config.patch_size, config.num_tags)
     val_windows = val_set.windows(config.max_seq_len, config.patch_size, config.num_tags)
@@ -910,7 +1008,8 @@ def prepare_peers(data: BenchData, config: MegabyteConfig, seed: int, cache_dir:
     patching = None
     if any(peer in PATCH_PEERS for peer in peers):
         patching = prepare_patch_peers(data.name, config, train_windows, val_ids, seed, peers, mean_patch, ngram_order)
-    return PeerSetup(data.name, config, train_windows, val_ids, check, token_setup, patching)
+    overlapped = overlapped_byte_windows(val_windows, eval_overlap, eval_windows) if eval_overlap else None
+    return PeerSetup(data.name, config, train_windows, val_ids, check, token_setup, patching, eval_overlap, overlapped)
 
 
 def train_peers(setup: PeerSetup, plan: TrainPlan, peers: list[str]) -> dict[str, Any]:
@@ -922,10 +1021,11 @@ def train_peers(setup: PeerSetup, plan: TrainPlan, peers: list[str]) -> dict[str
         if peer == TOKEN_PEER:
             if setup.tokens is None:
                 raise ValueError(f"{setup.name}: the {TOKEN_PEER} peer was not prepared (prepare_peers' peers)")
-            record = train_token_peer(setup.tokens, plan, f"{setup.name}: {peer}")
+            record = train_token_peer(setup.tokens, plan, f"{setup.name}: {peer}", setup.eval_overlap)
             record["flops_per_byte"] = token_gpt_flops_per_byte(setup.tokens.config, record["bytes_per_token"])
-            tqdm.write(f"{setup.name:6s} {peer:17s} {record['bits_per_byte']:.4f} bits/byte after {record['steps']} "
-                       f"steps, {record['train_seconds']:.0f} s, {record['bytes_per_token']:.2f} bytes/token")
+            tqdm.write(f"{setup.name:6s} {peer:17s} {record['bits_per_byte']:.4f} bits/byte{overlapped_note(record)} "
+                       f"after {record['steps']} steps, {record['train_seconds']:.0f} s, "
+                       f"{record['bytes_per_token']:.2f} bytes/token")
             results["peers"][peer] = record
             continue
         if peer in PATCH_PEERS and setup.patching is None:
@@ -946,11 +1046,23 @@ def train_peers(setup: PeerSetup, plan: TrainPlan, peers: list[str]) -> dict[str
                               ngram_order=ngram_order(patching.entropy_table))
         record.update(train(model, setup.train_windows, plan, f"{setup.name}: {peer}"))
         record.update(evaluate(model, setup.val_ids, plan.batch_size, config.patch_size))
-        tqdm.write(f"{setup.name:6s} {peer:17s} {record['bits_per_byte']:.4f} bits/byte after {record['steps']} "
+        if setup.val_overlapped is not None:
+            overlapped = setup.val_overlapped
+            score = evaluate(model, overlapped.ids, plan.batch_size, config.patch_size, overlapped.scored_from)
+            record.update(bits_per_byte_overlapped=score["bits_per_byte"], eval_stride=overlapped.stride)
+        tqdm.write(f"{setup.name:6s} {peer:17s} {record['bits_per_byte']:.4f} bits/byte{overlapped_note(record)} "
+                   f"after {record['steps']} "
                    f"steps, {record['train_seconds']:.0f} s, {record['flops_per_byte'] / 1e6:.2f} MFLOP/byte"
                    + (f", mean patch {record['val_mean_patch']:.2f}" if "val_mean_patch" in record else ""))
         results["peers"][peer] = record
     return results
+
+
+def overlapped_note(record: dict[str, Any]) -> str:
+    """The printed line's mention of the overlapped score, when there is one."""
+    if "bits_per_byte_overlapped" not in record:
+        return ""
+    return f" ({record['bits_per_byte_overlapped']:.4f} over windows {record['eval_stride']} apart)"
 
 
 def sweep_peers(setup: PeerSetup, plan: TrainPlan, lrs: list[float], peers: list[str]) -> dict[str, Any]:
@@ -1155,6 +1267,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-windows", type=int, default=0,
                         help="fixed validation windows to score (0: all, i.e. every held-out byte)")
+    parser.add_argument("--eval-overlap", type=float, default=0.0, metavar="FRACTION",
+                        help="also score every peer over validation windows that share this fraction of their "
+                             "length with the window before (each byte or token still scored once, after at least "
+                             "that much of its window as context; packed data such as text): "
+                             "bits_per_byte_overlapped (default 0: not scored)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile every peer's training loss (the compiling first step is not counted)")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
@@ -1203,6 +1320,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--ngram-order {args.ngram_order}: give 1, 2 or 3")
     if not args.grad_clip >= 0:
         parser.error(f"--grad-clip {args.grad_clip}: give a norm of 0 or more (0 disables clipping)")
+    if not 0 <= args.eval_overlap < 1:
+        parser.error(f"--eval-overlap {args.eval_overlap:g}: give a fraction from 0 up to (not including) 1")
     if args.gpt_context < 0:
         parser.error(f"--gpt-context {args.gpt_context}: give a positive number of tokens, or 0 for the default")
     return args
@@ -1253,7 +1372,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             try:
                 config = model_config(args.preset, data, overrides, args.quick)
                 setup = prepare_peers(data, config, plan.seed, args.cache_dir, eval_windows, peers, args.bpe_vocab,
-                                      args.gpt_context or None, args.mean_patch, args.ngram_order)
+                                      args.gpt_context or None, args.mean_patch, args.ngram_order,
+                                      args.eval_overlap)
             except ValueError as error:  # a bad preset, field value or tokenizer: one line, not a traceback
                 raise SystemExit(f"compare.py: {name}: {error}") from None
             result["models"] = (sweep_peers(setup, plan, args.lrs, peers) if args.lrs

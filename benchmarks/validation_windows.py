@@ -14,6 +14,12 @@ model does on text it was trained on than on the validation text:
 
     python benchmarks/validation_windows.py runs/tinystories runs/cache/tinystories-train-* --windows 128
 
+``--overlap F`` adds a row for windows that share the fraction F of their length with the window before, each byte still
+scored once but after at least that much of its text (``benchmarks/compare.py --eval-overlap``, where the other peers
+are scored the same way): how much of the score is the cost of a window's first bytes, which see nothing before them:
+
+    python benchmarks/validation_windows.py runs/tinystories runs/cache/tinystories-validation-* --overlap 0.5
+
 The cache folder is the one the recipe built for the validation split, under its ``--cache-dir`` (``runs/cache`` by
 default) and named after the split (``tinystories-validation-<hash>``).
 """
@@ -36,7 +42,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from benchmarks.compare import byte_nats  # noqa: E402
+from benchmarks.compare import byte_nats, overlapped_byte_windows  # noqa: E402
 from bytemodels.checkpoint import CheckpointError, load_model, open_checkpoint  # noqa: E402
 from bytemodels.data import ByteDataset, DataCacheError  # noqa: E402
 from bytemodels.runfolder import atomic_write  # noqa: E402
@@ -45,8 +51,10 @@ SAMPLE = 64
 """Windows in the trainer's default sample (``TrainConfig.eval_windows``)."""
 
 
-def window_bits(model: torch.nn.Module, ids: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(bits, byte targets) of each window: ``ids`` (n, seq_len) → two (n,) arrays."""
+def window_bits(model: torch.nn.Module, ids: np.ndarray, batch_size: int,
+                scored_from: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(bits, byte targets) of each window: ``ids`` (n, seq_len) → two (n,) arrays; ``scored_from`` (n,): each
+    window's first scored position (the rest before it is context), None for all."""
     bits, counts = np.zeros(len(ids)), np.zeros(len(ids), dtype=np.int64)
     patch_size = model.config.patch_size
     for start in tqdm(range(0, len(ids), batch_size), desc="scoring windows", unit="batch"):
@@ -54,7 +62,8 @@ def window_bits(model: torch.nn.Module, ids: np.ndarray, batch_size: int) -> tup
         with torch.inference_mode():
             logits = model(batch).logits
         for row in range(len(batch)):
-            nats, targets = byte_nats(logits[row:row + 1], batch[row:row + 1], patch_size)
+            first = None if scored_from is None else torch.tensor([int(scored_from[start + row])])
+            nats, targets = byte_nats(logits[row:row + 1], batch[row:row + 1], patch_size, first)
             bits[start + row], counts[start + row] = nats.sum() / math.log(2), targets.sum()
     return bits, counts
 
@@ -66,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
                                       "the training split's)")
     parser.add_argument("--windows", type=int, default=None, metavar="N",
                         help="score N windows, chosen as the trainer chooses its sample (default: all of them)")
+    parser.add_argument("--overlap", type=float, default=None, metavar="F",
+                        help="also score overlapping windows that share the fraction F of their length with the one "
+                             "before (every byte once, after at least that much context)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "outputs" / "benchmarks",
@@ -73,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.windows is not None and args.windows < 1:
         parser.error(f"--windows {args.windows}: score at least 1 window")
+    if args.overlap is not None and not 0 <= args.overlap < 1:
+        parser.error(f"--overlap {args.overlap:g}: give a fraction from 0 up to (not including) 1")
     torch.set_num_threads(args.threads)
     try:
         folder, _, _ = open_checkpoint(args.checkpoint)
@@ -92,6 +106,13 @@ def main(argv: list[str] | None = None) -> int:
         scores = {"all windows": float(bits.sum() / counts.sum()),
                   f"{SAMPLE} spread (the trainer)": float(bits[spread].sum() / counts[spread].sum()),
                   f"first {SAMPLE}": float(bits[:SAMPLE].sum() / counts[:SAMPLE].sum())}
+    if args.overlap is not None:
+        try:
+            overlapped = overlapped_byte_windows(windows, args.overlap, args.windows)
+        except ValueError as error:
+            sys.exit(f"validation_windows: error: {args.cache}: {error}")
+        bits, counts = window_bits(model, overlapped.ids, args.batch_size, overlapped.scored_from)
+        scores[f"{len(overlapped.ids)} overlapping, {overlapped.stride} apart"] = float(bits.sum() / counts.sum())
     result = {"checkpoint": str(folder), "cache": str(args.cache), "windows": total, "scored": scored,
               "bytes": int(counts.sum()), "bits_per_byte": scores}
     args.out.mkdir(parents=True, exist_ok=True)

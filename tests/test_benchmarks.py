@@ -11,8 +11,11 @@ import re
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from benchmarks import compare, compressors, validation_windows
 from benchmarks.baselines import flat_config_matching
@@ -312,3 +315,40 @@ def test_validation_windows_scores_all_or_a_chosen_sample(tmp_path: Path, capsys
     assert "3 of " in capsys.readouterr().out
     with pytest.raises(SystemExit):
         validation_windows.main([str(folder), str(cache), "--windows", "0"])
+    capsys.readouterr()
+    assert validation_windows.main([str(folder), str(cache), "--overlap", "0.5", "--out", str(tmp_path / "ov")]) == 0
+    overlapped = json.loads(next((tmp_path / "ov").glob("*.json")).read_text())["bits_per_byte"]
+    [row] = [name for name in overlapped if "overlapping" in name]
+    assert row.endswith("overlapping, 32 apart") and 6 < overlapped[row] < 10 and f"| {row} |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        validation_windows.main([str(folder), str(cache), "--overlap", "1"])
+
+
+@given(length=st.integers(1, 300), window=st.integers(1, 64), data=st.data())
+@settings(max_examples=200, deadline=None)
+def test_overlapping_windows_score_every_id_once_after_their_context(length: int, window: int, data) -> None:
+    stride = data.draw(st.integers(1, window))
+    starts, scored_from = compare.overlapping_windows(length, window, stride)
+    scored = np.concatenate([np.arange(start + first, min(start + window, length))
+                             for start, first in zip(starts, scored_from)])
+    assert scored.tolist() == list(range(length))  # each id once, in order
+    assert (starts >= 0).all() and (starts[1:] + window <= length).all()  # no later window runs past the end
+    assert (scored_from[1:] >= window - stride).all()  # after the first window, that much context at least
+    with pytest.raises(ValueError, match="need 1 <= stride <= window"):
+        compare.overlapping_windows(length, window, window + 1)
+
+
+def test_overlapped_byte_windows_score_every_held_out_byte_once(tmp_path: Path) -> None:
+    documents = [(bytes(range(i, i + 50 + 7 * i)), None) for i in range(12)]
+    dataset = ByteDataset.build(documents, tmp_path, key={"t": 1}, progress=False)
+    config = MegabyteConfig.preset("tiny", dims=(32, 16), layers=(1, 1), heads=(2, 1), max_seq_len=64)
+    windows = dataset.windows(config.max_seq_len, config.patch_size, config.num_tags)
+    overlapped = compare.overlapped_byte_windows(windows, 0.75, None)
+    assert overlapped.stride == 16 and overlapped.stride % config.patch_size == 0
+    model = Megabyte(config)
+    whole = compare.evaluate(model, overlapped.ids, 4, config.patch_size, overlapped.scored_from)
+    assert whole["scored_bytes"] == dataset.num_bytes
+    plain = compare.evaluate(model, windows.fixed(len(windows)), 4, config.patch_size)
+    assert plain["scored_bytes"] == dataset.num_bytes and plain["bits_per_byte"] != whole["bits_per_byte"]
+    # A sample spread over the stream, as --eval-windows asks.
+    assert len(compare.overlapped_byte_windows(windows, 0.75, 5).ids) == 5

@@ -190,3 +190,50 @@ def test_peers_are_sized_to_the_network_not_to_hashed_n_gram_tables():
                                    hash_ngrams=(2, 3), hash_buckets=512)
     assert Megabyte(hashed).num_parameters() > Megabyte(plain).num_parameters() + 2 * 512 * 16
     assert compare.sized_parameters(hashed) == compare.sized_parameters(plain) == Megabyte(plain).num_parameters()
+
+
+class CopyPreviousModel(torch.nn.Module):
+    """Puts nearly all its mass on the token before (uniform at a window's first position): what a window's start
+    costs is then plain to see."""
+
+    def __init__(self, vocab: int) -> None:
+        super().__init__()
+        self.vocab = vocab
+
+    def forward(self, ids: torch.Tensor) -> ModelOutput:
+        logits = torch.zeros(*ids.shape, self.vocab)
+        logits[:, 1:].scatter_(-1, ids[:, :-1, None], 50.0)
+        return ModelOutput(logits, None)
+
+
+def test_overlapped_token_windows_pay_for_a_missing_context_once() -> None:
+    vocab, eos = 40, 0
+    ids = np.full(100, 7, dtype=np.int64)
+    stream = compare.TokenStream(ids, ids != eos, num_bytes=200)
+    model = CopyPreviousModel(vocab)
+    # End to end, each of the 10 windows starts blind and pays log2(40) bits; overlapping, only the first does.
+    fixed = compare.evaluate_tokens(model, stream, context=10, batch_size=4)
+    overlapped = compare.evaluate_tokens_overlapped(model, stream, context=10, batch_size=4, stride=5)
+    assert fixed["bits_per_byte"] == pytest.approx(10 * math.log2(vocab) / 200, rel=1e-4)
+    assert overlapped["bits_per_byte"] == pytest.approx(math.log2(vocab) / 200, rel=1e-4)
+    assert overlapped["scored_tokens"] == fixed["scored_tokens"] == 100
+    # A stream shorter than the context is one window, scored whole.
+    short = compare.TokenStream(ids[:6], ids[:6] != eos, num_bytes=12)
+    assert compare.evaluate_tokens_overlapped(model, short, 10, 4, 5)["scored_tokens"] == 6
+
+
+def test_eval_overlap_flag_scores_every_peer_twice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_story_data(tmp_path / "data")
+    record = compare.main(["--quick", "--peers", "bytemodels,gpt-bpe", "--skip-compressors", "--eval-overlap", "0.5",
+                           "--bpe-vocab", "300", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
+                           "--cache-dir", str(tmp_path / "cache"), "--threads", "1"])
+    peers = record["results"]["text"]["models"]["peers"]
+    printed = capsys.readouterr().out
+    for name, window in (("bytemodels", 64), ("gpt-bpe", peers["gpt-bpe"]["gpt_config"]["context"])):
+        assert 0 < peers[name]["bits_per_byte_overlapped"] < 9
+        assert peers[name]["eval_stride"] == window // 2
+        assert f"{peers[name]['bits_per_byte_overlapped']:.4f} over windows {window // 2} apart" in printed
+    for bad in ("1", "-0.1"):
+        with pytest.raises(SystemExit):
+            compare.parse_args(["--eval-overlap", bad])
+        assert f"--eval-overlap {bad}: give a fraction from 0 up to (not including) 1" in capsys.readouterr().err
