@@ -702,13 +702,13 @@ class OverlappedWindows:
 
 def overlapped_byte_windows(windows: Windows, overlap: float, count: int | None) -> OverlappedWindows:
     """``windows``' stream (a packed layout) as overlapping windows; ``count`` of them spread evenly over it
-    (all with None), as ``Windows.fixed`` spreads the fixed ones."""
+    (all with None or 0, as ``--eval-windows 0``), as ``Windows.fixed`` spreads the fixed ones."""
     if not hasattr(windows, "window_at"):
         raise ValueError("--eval-overlap needs packed windows (one stream, as text is read); this data is read "
                          "as records")
     stride = overlap_stride(windows.seq_len, overlap, windows.patch_size)
     starts, scored_from = overlapping_windows(windows.total, windows.seq_len, stride)
-    if count is not None and count < len(starts):
+    if count and count < len(starts):
         chosen = [index * len(starts) // count for index in range(count)]
         starts, scored_from = starts[chosen], scored_from[chosen]
     return OverlappedWindows(np.stack([windows.window_at(int(start)) for start in starts]), scored_from, stride)

@@ -319,7 +319,8 @@ def test_validation_windows_scores_all_or_a_chosen_sample(tmp_path: Path, capsys
     assert validation_windows.main([str(folder), str(cache), "--overlap", "0.5", "--out", str(tmp_path / "ov")]) == 0
     overlapped = json.loads(next((tmp_path / "ov").glob("*.json")).read_text())["bits_per_byte"]
     [row] = [name for name in overlapped if "overlapping" in name]
-    assert row.endswith("overlapping, 32 apart") and 6 < overlapped[row] < 10 and f"| {row} |" in capsys.readouterr().out
+    assert row.endswith("overlapping, 32 apart") and 6 < overlapped[row] < 10
+    assert f"| {row} |" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         validation_windows.main([str(folder), str(cache), "--overlap", "1"])
 
@@ -352,3 +353,4 @@ def test_overlapped_byte_windows_score_every_held_out_byte_once(tmp_path: Path) 
     assert plain["scored_bytes"] == dataset.num_bytes and plain["bits_per_byte"] != whole["bits_per_byte"]
     # A sample spread over the stream, as --eval-windows asks.
     assert len(compare.overlapped_byte_windows(windows, 0.75, 5).ids) == 5
+    assert (compare.overlapped_byte_windows(windows, 0.75, 0).ids == overlapped.ids).all()  # --eval-windows 0: all
