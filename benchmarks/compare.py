@@ -68,6 +68,7 @@ predicted in training but not scored. Images use patches aligned to pixels and r
     python benchmarks/compare.py --modality text --budget-steps 300
     python benchmarks/compare.py --modality text --time 30m --threads 2   # the 30-minute budget
     python benchmarks/compare.py --modality text --time 30m --threads 2 --peers bytemodels,gpt-bpe  # vs a BPE GPT
+    python benchmarks/compare.py --modality text --time 30m --peers bytemodels,gpt-bpe --eval-overlap 0.5  # with context
     python benchmarks/compare.py --modality text --time 3m --compile     # every peer's loss compiled
     python benchmarks/compare.py --peers bytemodels --no-cross-patch --no-qk-norm   # any MegabyteConfig field
     python benchmarks/compare.py --modality mnist --budget-steps 200 --lrs 1e-3,2e-3,4e-3,8e-3,16e-3  # each at its best
