@@ -685,8 +685,8 @@ def overlapping_windows(length: int, window: int, stride: int) -> tuple[np.ndarr
 
 def overlap_stride(window: int, overlap: float, multiple: int = 1) -> int:
     """The stride of windows of ``window`` ids that share the fraction ``overlap`` of their length with the
-    window before: a multiple of ``multiple`` (a patch, so that patches stay where training put them), at
-    least one."""
+    window before: a multiple of ``multiple`` (the patch size, so that the scored part of a window starts on
+    one of its patch boundaries), at least one."""
     return max(multiple, round(window * (1 - overlap) / multiple) * multiple)
 
 
@@ -869,8 +869,8 @@ def evaluate_tokens_overlapped(model: nn.Module, val: TokenStream, context: int,
     """``evaluate_tokens`` over overlapping windows of ``context`` tokens, ``stride`` apart
     (``overlapping_windows``): every token scored once, after at least ``context - stride`` tokens."""
     model.eval()
-    starts, scored_from = overlapping_windows(len(val.ids), min(context, len(val.ids)), stride)
     window = min(context, len(val.ids))
+    starts, scored_from = overlapping_windows(len(val.ids), window, stride)
     positions = torch.arange(window)
     nats, counted = 0.0, 0
     for first in range(0, len(starts), batch_size):
