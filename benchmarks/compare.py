@@ -870,7 +870,7 @@ def evaluate_tokens_overlapped(model: nn.Module, val: TokenStream, context: int,
     (``overlapping_windows``): every token scored once, after at least ``context - stride`` tokens."""
     model.eval()
     window = min(context, len(val.ids))
-    starts, scored_from = overlapping_windows(len(val.ids), window, stride)
+    starts, scored_from = overlapping_windows(len(val.ids), window, min(stride, window))
     positions = torch.arange(window)
     nats, counted = 0.0, 0
     for first in range(0, len(starts), batch_size):

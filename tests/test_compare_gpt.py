@@ -220,6 +220,8 @@ def test_overlapped_token_windows_pay_for_a_missing_context_once() -> None:
     # A stream shorter than the context is one window, scored whole.
     short = compare.TokenStream(ids[:6], ids[:6] != eos, num_bytes=12)
     assert compare.evaluate_tokens_overlapped(model, short, 10, 4, 5)["scored_tokens"] == 6
+    tiny = compare.TokenStream(ids[:3], ids[:3] != eos, num_bytes=6)  # shorter than the stride, too
+    assert compare.evaluate_tokens_overlapped(model, tiny, 10, 4, 5)["scored_tokens"] == 3
 
 
 def test_eval_overlap_flag_scores_every_peer_twice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
