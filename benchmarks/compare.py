@@ -92,7 +92,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -845,7 +845,6 @@ def evaluate_tokens(model: nn.Module, val: TokenStream, context: int, batch_size
     peers' validation stream is cut into windows of bytes: a token sees the tokens before it in its own window
     (across story boundaries), and the first token of a window only the start vector. EOS is predicted but not
     scored, as the byte peers score neither EOS nor BOS: the bits are the stories' only."""
-    model.eval()
     ids, scored = torch.from_numpy(val.ids), torch.from_numpy(val.scored)
     full = len(ids) // context * context  # the whole windows; the rest is the last, shorter one
     step = batch_size * context
@@ -853,14 +852,7 @@ def evaluate_tokens(model: nn.Module, val: TokenStream, context: int, batch_size
                 scored[start:min(start + step, full)].view(-1, context)) for start in range(0, full, step)]
     if full < len(ids):
         batches.append((ids[None, full:], scored[None, full:]))
-    nats, counted = 0.0, 0
-    for window_ids, window_scored in batches:
-        losses = F.cross_entropy(peer_logits(model, window_ids).float().flatten(0, 1), window_ids.flatten(),
-                                 reduction="none")
-        nats += float(losses.double()[window_scored.flatten()].sum())
-        counted += int(window_scored.sum())
-    model.train()
-    return token_bits(val, nats, counted)
+    return token_bits(model, val, batches)
 
 
 @torch.no_grad()
@@ -868,27 +860,32 @@ def evaluate_tokens_overlapped(model: nn.Module, val: TokenStream, context: int,
                                stride: int) -> dict[str, Any]:
     """``evaluate_tokens`` over overlapping windows of ``context`` tokens, ``stride`` apart
     (``overlapping_windows``): every token scored once, after at least ``context - stride`` tokens."""
-    model.eval()
     window = min(context, len(val.ids))
     starts, scored_from = overlapping_windows(len(val.ids), window, min(stride, window))
     positions = torch.arange(window)
+
+    def batches() -> Iterator[tuple[Tensor, Tensor]]:
+        for first in range(0, len(starts), batch_size):
+            rows = [slice(int(start), int(start) + window) for start in starts[first:first + batch_size]]
+            window_scored = (torch.from_numpy(np.stack([val.scored[row] for row in rows]))
+                             & (positions >= torch.from_numpy(scored_from[first:first + batch_size])[:, None]))
+            yield torch.from_numpy(np.stack([val.ids[row] for row in rows])), window_scored
+
+    return token_bits(model, val, batches())
+
+
+@torch.no_grad()
+def token_bits(model: nn.Module, val: TokenStream, batches: Iterable[tuple[Tensor, Tensor]]) -> dict[str, Any]:
+    """The GPT's scores over ``batches`` of (window ids, which of them are scored); raises RuntimeError unless
+    those are every scored token of ``val`` once."""
+    model.eval()
     nats, counted = 0.0, 0
-    for first in range(0, len(starts), batch_size):
-        rows = [slice(int(start), int(start) + window) for start in starts[first:first + batch_size]]
-        window_ids = torch.from_numpy(np.stack([val.ids[row] for row in rows]))
-        window_scored = (torch.from_numpy(np.stack([val.scored[row] for row in rows]))
-                         & (positions >= torch.from_numpy(scored_from[first:first + batch_size])[:, None]))
+    for window_ids, window_scored in batches:
         losses = F.cross_entropy(peer_logits(model, window_ids).float().flatten(0, 1), window_ids.flatten(),
                                  reduction="none")
         nats += float(losses.double()[window_scored.flatten()].sum())
         counted += int(window_scored.sum())
     model.train()
-    return token_bits(val, nats, counted)
-
-
-def token_bits(val: TokenStream, nats: float, counted: int) -> dict[str, Any]:
-    """The GPT's scores from its summed nats over ``counted`` validation tokens; raises RuntimeError unless
-    those are every scored token once."""
     if counted != int(val.scored.sum()):
         raise RuntimeError(f"scored {counted} of {int(val.scored.sum())} validation tokens")
     bits = nats / math.log(2)
