@@ -1134,7 +1134,10 @@ def table_rows(results: dict[str, Any]) -> dict[str, dict[str, str]]:
             record = result.get("models", {}).get("peers", {}).get(peer)
             if record:
                 rows.setdefault(PEER_TITLES[peer], {})[name] = (
-                    f"**{record['bits_per_byte']:.3f}** ({record['parameters'] / 1e6:.2f}M params, "
+                    f"**{record['bits_per_byte']:.3f}** ("
+                    + (f"{record['bits_per_byte_overlapped']:.3f} with context, " if "bits_per_byte_overlapped" in record
+                       else "")
+                    + f"{record['parameters'] / 1e6:.2f}M params, "
                     f"{record['steps']} steps, {record['train_seconds']:.0f} s"
                     + (f", {record['flops_per_byte'] / 1e6:.2f} MFLOP/byte" if "flops_per_byte" in record else "")
                     + (f", mean patch {record['val_mean_patch']:.2f}" if "val_mean_patch" in record else "")

@@ -235,6 +235,7 @@ def test_eval_overlap_flag_scores_every_peer_twice(tmp_path: Path, capsys: pytes
         assert 0 < peers[name]["bits_per_byte_overlapped"] < 9
         assert peers[name]["eval_stride"] == window // 2
         assert f"{peers[name]['bits_per_byte_overlapped']:.4f} over windows {window // 2} apart" in printed
+        assert f"({peers[name]['bits_per_byte_overlapped']:.3f} with context, " in record["table"]
     for bad in ("1", "-0.1"):
         with pytest.raises(SystemExit):
             compare.parse_args(["--eval-overlap", bad])
