@@ -111,8 +111,9 @@ def main(argv: list[str] | None = None) -> int:
             overlapped = overlapped_byte_windows(windows, args.overlap, args.windows)
         except ValueError as error:
             sys.exit(f"validation_windows: error: {args.cache}: {error}")
-        bits, counts = window_bits(model, overlapped.ids, args.batch_size, overlapped.scored_from)
-        scores[f"{len(overlapped.ids)} overlapping, {overlapped.stride} apart"] = float(bits.sum() / counts.sum())
+        overlap_bits, overlap_counts = window_bits(model, overlapped.ids, args.batch_size, overlapped.scored_from)
+        scores[f"{len(overlapped.ids)} overlapping, {overlapped.stride} apart"] = float(overlap_bits.sum()
+                                                                                       / overlap_counts.sum())
     result = {"checkpoint": str(folder), "cache": str(args.cache), "windows": total, "scored": scored,
               "bytes": int(counts.sum()), "bits_per_byte": scores}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -354,3 +354,6 @@ def test_overlapped_byte_windows_score_every_held_out_byte_once(tmp_path: Path) 
     # A sample spread over the stream, as --eval-windows asks.
     assert len(compare.overlapped_byte_windows(windows, 0.75, 5).ids) == 5
     assert (compare.overlapped_byte_windows(windows, 0.75, 0).ids == overlapped.ids).all()  # --eval-windows 0: all
+    records = ByteDataset.build(documents, tmp_path / "records", key={"t": 1}, layout="records", progress=False)
+    with pytest.raises(ValueError, match="--eval-overlap needs packed windows"):
+        compare.overlapped_byte_windows(records.windows(64, 8, config.num_tags), 0.5, None)
