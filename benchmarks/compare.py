@@ -118,7 +118,7 @@ from bytemodels import tokens  # noqa: E402
 from bytemodels.allocator import keep_freed_memory  # noqa: E402
 from bytemodels.budget import parse_duration  # noqa: E402
 from bytemodels.config import MegabyteConfig, blocks_flops  # noqa: E402
-from bytemodels.data import ByteDataset, Windows  # noqa: E402
+from bytemodels.data import ByteDataset, PackedWindows, Windows, spread_indices  # noqa: E402
 from bytemodels.window_order import step_choices  # noqa: E402
 from bytemodels.model import Megabyte  # noqa: E402
 from bytemodels.optim import OPTIMIZERS, build_optimizer  # noqa: E402
@@ -704,13 +704,13 @@ class OverlappedWindows:
 def overlapped_byte_windows(windows: Windows, overlap: float, count: int | None) -> OverlappedWindows:
     """``windows``' stream (a packed layout) as overlapping windows; ``count`` of them spread evenly over it
     (all with None or 0, as ``--eval-windows 0``), as ``Windows.fixed`` spreads the fixed ones."""
-    if not hasattr(windows, "window_at"):
+    if not isinstance(windows, PackedWindows):
         raise ValueError("--eval-overlap needs packed windows (one stream, as text is read); this data is read "
                          "as records")
     stride = overlap_stride(windows.seq_len, overlap, windows.patch_size)
     starts, scored_from = overlapping_windows(windows.total, windows.seq_len, stride)
-    if count and count < len(starts):
-        chosen = [index * len(starts) // count for index in range(count)]
+    if count:
+        chosen = list(spread_indices(len(starts), count))
         starts, scored_from = starts[chosen], scored_from[chosen]
     return OverlappedWindows(np.stack([windows.window_at(int(start)) for start in starts]), scored_from, stride)
 

@@ -61,8 +61,9 @@ def window_bits(model: torch.nn.Module, ids: np.ndarray, batch_size: int,
         batch = torch.from_numpy(ids[start:start + batch_size])
         with torch.inference_mode():
             logits = model(batch).logits
+        firsts = None if scored_from is None else torch.from_numpy(scored_from[start:start + batch_size])
         for row in range(len(batch)):
-            first = None if scored_from is None else torch.tensor([int(scored_from[start + row])])
+            first = None if firsts is None else firsts[row:row + 1]
             nats, targets = byte_nats(logits[row:row + 1], batch[row:row + 1], patch_size, first)
             bits[start + row], counts[start + row] = nats.sum() / math.log(2), targets.sum()
     return bits, counts
