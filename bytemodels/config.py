@@ -64,9 +64,11 @@ class MegabyteConfig:
     hash_buckets: int = 16384
     """Rows of each hashed table (``hash_ngrams``, ``hash_word_bytes``): n-grams share a row where their hashes
     collide."""
-    ngram_dropout: float = 0.0
+    ngram_dropout: tuple[float, ...] = (0.0,)
     """Probability, while training, that a hashed n-gram's row is left out of a byte's embedding (each byte and
-    length drawn alone, the kept rows scaled up to match): keeps the tables from memorising a small training text."""
+    length drawn alone, the kept rows scaled up to match): keeps the tables from memorising a small training text.
+    One value for every table, or one per table in their order (the ``hash_ngrams`` lengths, then the word so far):
+    the long n-grams, which name fewer places in the text, learn it by heart sooner than the 2-grams."""
     word_layers: int = 0
     """Word blocks (``bytemodels.words``): blocks (``word_dim`` wide) that run after the first local block at the word
     ends only (the positions after the first space or punctuation after a word, SpaceByte's patch boundaries), over
@@ -83,6 +85,9 @@ class MegabyteConfig:
             if isinstance(value, int):
                 value = (value,)
             setattr(self, name, tuple(int(v) for v in value))
+        # One number (as configs saved before the per-table rates wrote it) is the rate of every table.
+        rates = self.ngram_dropout
+        self.ngram_dropout = (float(rates),) if isinstance(rates, (int, float)) else tuple(float(r) for r in rates)
         self.validate()
 
     # -- readable names for the common two-stage case -------------------------------------
@@ -185,9 +190,13 @@ class MegabyteConfig:
             raise ValueError(
                 f"max_seq_len={self.max_seq_len} must be a positive multiple of the patch size {self.patch_size}"
             )
-        for name in ("dropout", "ngram_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:  # also refuses nan
-                raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1)")
+        if not 0.0 <= self.dropout < 1.0:  # also refuses nan
+            raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
+        if not self.ngram_dropout or not all(0.0 <= rate < 1.0 for rate in self.ngram_dropout):
+            raise ValueError(f"ngram_dropout={self.ngram_dropout}: each rate must be in [0, 1)")
+        if len(self.ngram_dropout) not in (1, max(self.hash_tables, 1)):
+            raise ValueError(f"ngram_dropout={self.ngram_dropout}: give one rate for every table or one per table "
+                             f"({self.hash_tables}: the hash_ngrams lengths, then the word so far)")
         if self.num_tags < 0:
             raise ValueError(f"num_tags={self.num_tags} must not be negative")
         if self.embed_dim is not None and self.embed_dim < 1:

@@ -41,10 +41,10 @@ class UnitEmbedder(nn.Module):
     for the word so far with ``hash_word_bytes``)."""
 
     def __init__(self, vocab_size: int, unit: int, byte_dim: int, dim: int, gain: float = 1.0,
-                 ngram_tables: int = 0, buckets: int = 0, ngram_dropout: float = 0.0) -> None:
+                 ngram_tables: int = 0, buckets: int = 0, ngram_dropout: tuple[float, ...] = (0.0,)) -> None:
         super().__init__()
         self.unit = unit
-        self.ngram_dropout = ngram_dropout
+        self.ngram_dropout = tuple(ngram_dropout)
         width = dim if unit == 1 else byte_dim
         self.bytes = ScaledEmbedding(vocab_size, width, gain)
         self.project = None if unit == 1 else nn.Linear(unit * byte_dim, dim, bias=False)
@@ -57,14 +57,22 @@ class UnitEmbedder(nn.Module):
         if self.ngrams is not None:
             # The mean keeps the embedding's spread that of one table's rows, whatever the number of lengths.
             found = self.ngrams(ngrams)  # (..., unit, lengths, width)
-            if self.training and self.ngram_dropout:
+            if self.training and any(self.ngram_dropout):
                 # Whole n-grams left out: tables of millions of weights learn a few MB of text by heart, and a byte
                 # read without some of its contexts has to lean on what generalises.
-                found = found * F.dropout(found.new_ones(found.shape[:-1] + (1,)), self.ngram_dropout)
+                found = found * self.kept_rows(found)
             vectors = (vectors + found.sum(-2)) / (1 + ngrams.shape[-1])
         if self.project is None:
             return vectors.squeeze(-2)
         return self.project(rearrange(vectors, "... u e -> ... (u e)"))
+
+    def kept_rows(self, found: Tensor) -> Tensor:
+        """(..., lengths, 1): 0 for each looked-up row left out, 1 / (1 - rate) for each kept, at its table's rate."""
+        if len(set(self.ngram_dropout)) == 1:
+            return F.dropout(found.new_ones(found.shape[:-1] + (1,)), self.ngram_dropout[0])
+        rates = found.new_tensor(self.ngram_dropout)[:, None]  # (lengths, 1), one per table
+        kept = torch.rand(found.shape[:-1] + (1,), device=found.device) >= rates
+        return kept.to(found.dtype) / (1 - rates)
 
 
 def lookup_tables(model: nn.Module) -> list[Tensor]:

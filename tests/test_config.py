@@ -52,6 +52,9 @@ def test_unknown_override_names_the_field():
     (dict(hash_ngrams=(2,), ngram_dropout=1.0), "ngram_dropout"),  # nothing of the tables would be left
     (dict(ngram_dropout=-0.1), "ngram_dropout"),
     (dict(ngram_dropout=float("nan")), "ngram_dropout"),
+    (dict(hash_ngrams=(2, 3), ngram_dropout=(0.1, 0.2, 0.3)), "ngram_dropout"),  # a rate per table: two tables
+    (dict(hash_ngrams=(2, 3), ngram_dropout=(0.1, 1.0)), "ngram_dropout"),
+    (dict(ngram_dropout=()), "ngram_dropout"),
     (dict(word_layers=1, word_dim=48), "word_dim"),  # the tiny preset's local heads are 32 wide
     (dict(word_layers=1, word_dim=-32), "word_dim"),
     (dict(word_layers=1, word_dim=2 ** 20), "word_dim"),  # beyond what a real model needs: memory bounded

@@ -126,3 +126,26 @@ def test_n_gram_dropout_leaves_rows_out_in_training_only():
     used = hash_ngrams(ids, dropped.ngram_powers, 97, words=True).flatten().unique()
     reached = table.grad.abs().amax(dim=1).ne(0)
     assert 0 < reached[used].float().mean() < 1 and not reached[~torch.isin(torch.arange(table.shape[0]), used)].any()
+
+
+def test_n_gram_dropout_per_table_leaves_each_table_out_at_its_own_rate():
+    # SHAPE's four tables: the 2-, 3- and 6-grams, then the word so far.
+    dropped = use_input_skip(Megabyte(MegabyteConfig.preset("tiny", **SHAPE, ngram_dropout=(0.0, 0.5, 0.0, 0.9))))
+    embed = dropped.stages[1].embed
+    found = torch.ones(64, 256, 1, 4, 3)  # (batch, time, unit, tables, width)
+    torch.manual_seed(0)
+    kept = embed.kept_rows(found)[..., 0]  # (batch, time, unit, tables)
+    left_out = kept.eq(0).float().flatten(0, 2).mean(0)
+    assert left_out[0] == 0 and left_out[2] == 0  # a rate of 0 keeps every row
+    assert abs(left_out[1] - 0.5) < 0.02 and abs(left_out[3] - 0.9) < 0.02
+    # The kept rows are scaled up by their own table's rate, so each table's expected share is unchanged.
+    torch.testing.assert_close(kept.flatten(0, 2).amax(0), torch.tensor([1.0, 2.0, 1.0, 10.0]))
+    torch.testing.assert_close(kept.flatten(0, 2).mean(0), torch.ones(4), atol=0.2, rtol=0)
+
+
+def test_one_n_gram_dropout_rate_is_every_tables_rate():
+    one = MegabyteConfig.preset("tiny", **SHAPE, ngram_dropout=0.25)
+    assert one.ngram_dropout == (0.25,)
+    assert MegabyteConfig.preset("tiny", **SHAPE, ngram_dropout=(0.25,) * 4).ngram_dropout == (0.25,) * 4
+    saved = one.to_dict()
+    assert MegabyteConfig.from_dict({**saved, "ngram_dropout": 0.25}) == one  # as configs saved a number before
