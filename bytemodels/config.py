@@ -87,7 +87,10 @@ class MegabyteConfig:
             setattr(self, name, tuple(int(v) for v in value))
         # One number (as configs saved before the per-table rates wrote it) is the rate of every table.
         rates = self.ngram_dropout
-        self.ngram_dropout = (float(rates),) if isinstance(rates, (int, float)) else tuple(float(r) for r in rates)
+        try:
+            self.ngram_dropout = (float(rates),) if isinstance(rates, (int, float)) else tuple(float(r) for r in rates)
+        except (TypeError, ValueError):
+            raise ValueError(f"ngram_dropout={rates!r}: give a rate or one rate per table") from None
         self.validate()
 
     # -- readable names for the common two-stage case -------------------------------------

@@ -378,8 +378,9 @@ def model_config_from_args(args: argparse.Namespace, defaults: Mapping[str, Any]
 
     Where ``--patch-sizes`` is not given, ``patch_size`` (the data's own, such as one image row) replaces the
     preset's; ``check_patch`` refuses a patch size that would split the data's frames or rows, and
-    ``max_seq_len(patch)`` is the window where ``--max-seq-len`` is not given. A validation error names the field
-    (the flag has the same name) as a ``RecipeError``."""
+    ``max_seq_len(patch)`` is the window where ``--max-seq-len`` is not given. Rates of n-gram dropout per table
+    that ``fields`` set for other tables than the flags give become their mean for every table. A validation error
+    names the field (the flag has the same name) as a ``RecipeError``."""
     name = args.preset or defaults["preset"]
     overrides = {**(fields or {}), **overrides_from_args(MegabyteConfig, args)}
     preset = MegabyteConfig.preset(name)
@@ -390,6 +391,13 @@ def model_config_from_args(args: argparse.Namespace, defaults: Mapping[str, Any]
         overrides.setdefault("patch_sizes", (patch,) + preset.patch_sizes[1:])
     if max_seq_len is not None and "max_seq_len" not in overrides:
         overrides["max_seq_len"] = max_seq_len(patch)
+    rates = overrides.get("ngram_dropout")
+    if isinstance(rates, (tuple, list)) and len(rates) > 1 and "ngram_dropout" not in vars(args):
+        # The recipe's rates per table fit its own tables: with other tables from the flags, their mean for each.
+        tables = len(overrides.get("hash_ngrams", preset.hash_ngrams)) + bool(
+            overrides.get("hash_word_bytes", preset.hash_word_bytes))
+        if tables != len(rates):
+            overrides["ngram_dropout"] = round(sum(rates) / len(rates), 4)
     return preset_config(name, **overrides)
 
 

@@ -297,6 +297,26 @@ def test_recipe_defaults_fill_in_what_the_flags_leave_out(tmp_path):
         assert merged == {**tinystories.DEVICE_DEFAULTS[kind], **tinystories.INSTRUCT_DEFAULTS[kind]}
 
 
+def test_n_gram_dropout_per_table_follows_the_tables_the_flags_give():
+    from bytemodels.app.recipe import model_config_from_args
+
+    defaults = tinystories.recipe_defaults("cpu", instruct=False)
+
+    def model(*argv: str):
+        return model_config_from_args(tinystories.build_train_parser().parse_args(list(argv)), defaults,
+                                      fields=defaults["model"])
+
+    rates = defaults["model"]["ngram_dropout"]
+    assert model().ngram_dropout == tuple(rates)  # one rate per table of the recipe's four
+    mean = round(sum(rates) / len(rates), 4)
+    assert model("--hash-ngrams", "").ngram_dropout == (mean,)  # the word table alone
+    assert model("--hash-ngrams", "2,3", "--hash-word-bytes", "0").ngram_dropout == (mean,)
+    assert model("--hash-ngrams", "2,3", "--ngram-dropout", "0.1,0.2", "--hash-word-bytes", "0").ngram_dropout == (
+        0.1, 0.2)
+    with pytest.raises(tinystories_data.RecipeError, match="ngram_dropout"):  # rates given for other tables than given
+        model("--hash-ngrams", "2,3", "--ngram-dropout", "0.1,0.2")
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--val-fraction", "1.5"], "python -m recipes.tinystories: error: argument --val-fraction: "
                                 "must be at least 0 and below 1, not 1.5"),
