@@ -394,9 +394,7 @@ def model_config_from_args(args: argparse.Namespace, defaults: Mapping[str, Any]
     rates = overrides.get("ngram_dropout")
     if isinstance(rates, (tuple, list)) and len(rates) > 1 and "ngram_dropout" not in vars(args):
         # The recipe's rates per table fit its own tables: with other tables from the flags, their mean for each.
-        tables = len(overrides.get("hash_ngrams", preset.hash_ngrams)) + bool(
-            overrides.get("hash_word_bytes", preset.hash_word_bytes))
-        if tables != len(rates):
+        if preset_config(name, **{**overrides, "ngram_dropout": 0.0}).hash_tables != len(rates):
             overrides["ngram_dropout"] = round(sum(rates) / len(rates), 4)
     return preset_config(name, **overrides)
 
