@@ -564,6 +564,8 @@ class TrainPlan:
     warmup_steps: int = 50
     schedule: str = "cosine"
     """The learning rate's decay after warmup (``bytemodels.schedule.SCHEDULES``), to ``min_lr``."""
+    decay_fraction: float = 0.2
+    """With ``schedule="wsd"``: the last fraction of the steps over which the rate decays (as ``TrainConfig``'s)."""
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     optimizer: str = "adamw"
@@ -630,7 +632,7 @@ def train(model: nn.Module, windows: Windows | TokenWindows, plan: TrainPlan, la
             break
         started = time.perf_counter()
         lr = learning_rate(step, lr=plan.lr, min_lr=plan.min_lr, warmup_steps=plan.warmup_steps,
-                           total_steps=horizon, schedule=plan.schedule)
+                           total_steps=horizon, schedule=plan.schedule, decay_fraction=plan.decay_fraction)
         for group in optimizer.param_groups:
             group["lr"] = lr
         ids = torch.from_numpy(windows.batch(plan.seed, step, plan.batch_size))
@@ -1258,7 +1260,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup-steps", type=int, default=50)
     parser.add_argument("--schedule", choices=SCHEDULES, default="cosine",
                         help="learning-rate decay to --min-lr after warmup, all peers (default: %(default)s; the "
-                             "TinyStories recipe's CPU setting is linear with --min-lr 0)")
+                             "TinyStories recipe's CPU setting is wsd with --decay-fraction 0.5 and --min-lr 0)")
+    parser.add_argument("--decay-fraction", type=float, default=0.2,
+                        help="with --schedule wsd: the last fraction of the steps over which the rate decays, after "
+                             "holding the peak (default: %(default)s)")
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw",
                         help="every peer's optimizer: adamw, or muon (normuon: with NorMuon's rows) for the hidden "
                              "matrices (AdamW for the rest; MEGABYTE-pytorch's head is a plain Linear, so Muon gets "
@@ -1321,6 +1326,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--ngram-order {args.ngram_order}: give 1, 2 or 3")
     if not args.grad_clip >= 0:
         parser.error(f"--grad-clip {args.grad_clip}: give a norm of 0 or more (0 disables clipping)")
+    if not 0 <= args.decay_fraction <= 1:
+        parser.error(f"--decay-fraction {args.decay_fraction:g}: give a fraction from 0 to 1")
     if not 0 <= args.eval_overlap < 1:
         parser.error(f"--eval-overlap {args.eval_overlap:g}: give a fraction from 0 up to (not including) 1")
     if args.gpt_context < 0:
@@ -1343,7 +1350,8 @@ def train_plan(args: argparse.Namespace) -> TrainPlan:
     steps = None if args.time is not None else args.budget_steps
     return TrainPlan(steps=steps, seconds=args.time, batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr,
                      warmup_steps=args.warmup_steps, seed=args.seed, compile=args.compile, dtype=args.dtype,
-                     optimizer=args.optimizer, schedule=args.schedule, grad_clip=args.grad_clip)
+                     optimizer=args.optimizer, schedule=args.schedule, decay_fraction=args.decay_fraction,
+                     grad_clip=args.grad_clip)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -237,6 +237,34 @@ def test_compare_schedule_flag_sets_every_peers_learning_rate(monkeypatch: pytes
         compare.parse_args(["--schedule", "step"])
 
 
+def test_compare_decay_fraction_flag_holds_the_peak_then_decays(monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    plan = compare.train_plan(compare.parse_args(["--budget-steps", "8", "--warmup-steps", "1", "--lr", "1e-3",
+                                                  "--min-lr", "0", "--schedule", "wsd", "--decay-fraction", "0.5"]))
+    assert plan.decay_fraction == 0.5
+    config = MegabyteConfig.preset("tiny", dims=(32, 16), layers=(1, 1), heads=(2, 1), max_seq_len=32)
+    model = compare.build_peer("bytemodels", config, seed=0)
+    rates: list[float] = []
+    rate_of_step = compare.learning_rate
+    monkeypatch.setattr(compare, "learning_rate",
+                        lambda step, **how: rates.append(rate_of_step(step, **how)) or rates[-1])
+
+    class Windows:  # the one method and field train() reads
+        seq_len = 32
+
+        def batch(self, seed: int, step: int, batch_size: int):
+            return torch.randint(0, 256, (batch_size, 32), generator=torch.Generator().manual_seed(step)).numpy()
+
+    compare.train(model, Windows(), plan, "toy")
+    # One step of warmup, the peak held to step 4, then linear decay to zero at step 8 over its last half
+    # (the default fraction, 0.2, would hold the peak to step 6).
+    assert rates == pytest.approx([5e-4, 1e-3, 1e-3, 1e-3, 1e-3, 7.5e-4, 5e-4, 2.5e-4])
+    for bad in ("1.5", "-0.1"):
+        with pytest.raises(SystemExit):
+            compare.parse_args(["--decay-fraction", bad])
+        assert f"--decay-fraction {bad}: give a fraction from 0 to 1" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("grad_clip", [0.0, 1e-3])
 def test_compare_grad_clip_flag_clips_every_peer_or_none(grad_clip: float, monkeypatch: pytest.MonkeyPatch) -> None:
     plan = compare.train_plan(compare.parse_args(["--budget-steps", "2", "--warmup-steps", "1",
