@@ -214,9 +214,17 @@ def test_compare_dtype_flag_trains_every_peer_under_the_asked_precision(dtype: s
         compare.parse_args(["--dtype", "fp16"])
 
 
-def test_compare_schedule_flag_sets_every_peers_learning_rate(monkeypatch: pytest.MonkeyPatch) -> None:
-    plan = compare.train_plan(compare.parse_args(["--budget-steps", "4", "--warmup-steps", "1", "--lr", "1e-3",
-                                                  "--min-lr", "0", "--schedule", "linear"]))
+@pytest.mark.parametrize("flags, expected", [
+    # One step of warmup, then linear decay to zero at step 4 (a cosine would give 1e-3, 7.5e-4, 2.5e-4).
+    (["--budget-steps", "4", "--schedule", "linear"], [5e-4, 1e-3, 2e-3 / 3, 1e-3 / 3]),
+    # One step of warmup, the peak held to step 4, then linear decay to zero at step 8 over its last half (the
+    # default fraction, 0.2, would hold the peak to step 6).
+    (["--budget-steps", "8", "--schedule", "wsd", "--decay-fraction", "0.5"],
+     [5e-4, 1e-3, 1e-3, 1e-3, 1e-3, 7.5e-4, 5e-4, 2.5e-4]),
+])
+def test_compare_schedule_flags_set_every_peers_learning_rate(flags: list[str], expected: list[float],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    plan = compare.train_plan(compare.parse_args(["--warmup-steps", "1", "--lr", "1e-3", "--min-lr", "0", *flags]))
     config = MegabyteConfig.preset("tiny", dims=(32, 16), layers=(1, 1), heads=(2, 1), max_seq_len=32)
     model = compare.build_peer("bytemodels", config, seed=0)
     rates: list[float] = []
@@ -231,34 +239,12 @@ def test_compare_schedule_flag_sets_every_peers_learning_rate(monkeypatch: pytes
             return torch.randint(0, 256, (batch_size, 32), generator=torch.Generator().manual_seed(step)).numpy()
 
     compare.train(model, Windows(), plan, "toy")
-    # One step of warmup, then linear decay to zero at step 4 (a cosine would give 1e-3, 7.5e-4, 2.5e-4).
-    assert rates == pytest.approx([5e-4, 1e-3, 2e-3 / 3, 1e-3 / 3])
+    assert rates == pytest.approx(expected)
+
+
+def test_compare_schedule_flags_out_of_range_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         compare.parse_args(["--schedule", "step"])
-
-
-def test_compare_decay_fraction_flag_holds_the_peak_then_decays(monkeypatch: pytest.MonkeyPatch,
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    plan = compare.train_plan(compare.parse_args(["--budget-steps", "8", "--warmup-steps", "1", "--lr", "1e-3",
-                                                  "--min-lr", "0", "--schedule", "wsd", "--decay-fraction", "0.5"]))
-    assert plan.decay_fraction == 0.5
-    config = MegabyteConfig.preset("tiny", dims=(32, 16), layers=(1, 1), heads=(2, 1), max_seq_len=32)
-    model = compare.build_peer("bytemodels", config, seed=0)
-    rates: list[float] = []
-    rate_of_step = compare.learning_rate
-    monkeypatch.setattr(compare, "learning_rate",
-                        lambda step, **how: rates.append(rate_of_step(step, **how)) or rates[-1])
-
-    class Windows:  # the one method and field train() reads
-        seq_len = 32
-
-        def batch(self, seed: int, step: int, batch_size: int):
-            return torch.randint(0, 256, (batch_size, 32), generator=torch.Generator().manual_seed(step)).numpy()
-
-    compare.train(model, Windows(), plan, "toy")
-    # One step of warmup, the peak held to step 4, then linear decay to zero at step 8 over its last half
-    # (the default fraction, 0.2, would hold the peak to step 6).
-    assert rates == pytest.approx([5e-4, 1e-3, 1e-3, 1e-3, 1e-3, 7.5e-4, 5e-4, 2.5e-4])
     for bad in ("1.5", "-0.1"):
         with pytest.raises(SystemExit):
             compare.parse_args(["--decay-fraction", bad])
