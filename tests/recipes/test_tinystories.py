@@ -289,10 +289,10 @@ def test_recipe_defaults_fill_in_what_the_flags_leave_out(tmp_path):
     assert not new_train_config(defaults, overrides_from_args(TrainConfig, args), tmp_path / "run").compile
     assert config.sample_every == config.eval_every == defaults["eval_every"]  # stories at each evaluation
     args = tinystories.build_train_parser().parse_args(["--time", "2m", "--eval-every", "7", "--lr", "1e-3",
-                                                        "--decay-fraction", "0.3"])
+                                                        "--decay-fraction", "0.5"])
     config = new_train_config(defaults, overrides_from_args(TrainConfig, args), tmp_path / "run")
     assert (config.time, config.eval_every, config.sample_every, config.lr) == ("2m", 7, 7, 1e-3)
-    assert (config.schedule, config.decay_fraction) == ("wsd", 0.3)  # the recipe's schedule, the flag's fraction
+    assert (config.schedule, config.decay_fraction) == ("wsd", 0.5)  # the recipe's schedule, the flag's fraction
     # The instruct defaults lie over the plain ones on each kind of device.
     for kind in ("cpu", "gpu"):
         merged = tinystories.recipe_defaults(kind, instruct=True)
