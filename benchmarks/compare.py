@@ -124,7 +124,7 @@ from bytemodels.model import Megabyte  # noqa: E402
 from bytemodels.optim import OPTIMIZERS, build_optimizer  # noqa: E402
 from bytemodels.app.flags import add_config_arguments, overrides_from_args  # noqa: E402
 from bytemodels.runfolder import atomic_write  # noqa: E402
-from bytemodels.schedule import SCHEDULES, learning_rate  # noqa: E402
+from bytemodels.schedule import SCHEDULES, WSD_DECAY_FRACTION, learning_rate  # noqa: E402
 
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
 DEFAULT_OUT_DIR = REPO_ROOT / "outputs" / "benchmarks"
@@ -564,7 +564,7 @@ class TrainPlan:
     warmup_steps: int = 50
     schedule: str = "cosine"
     """The learning rate's decay after warmup (``bytemodels.schedule.SCHEDULES``), to ``min_lr``."""
-    decay_fraction: float = 0.2
+    decay_fraction: float = WSD_DECAY_FRACTION
     """With ``schedule="wsd"``: the last fraction of the steps over which the rate decays (as ``TrainConfig``'s)."""
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
@@ -1260,8 +1260,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup-steps", type=int, default=50)
     parser.add_argument("--schedule", choices=SCHEDULES, default="cosine",
                         help="learning-rate decay to --min-lr after warmup, all peers (default: %(default)s; the "
-                             "TinyStories recipe's CPU setting is wsd with --decay-fraction 0.5 and --min-lr 0)")
-    parser.add_argument("--decay-fraction", type=float, default=0.2,
+                             "TinyStories recipe's CPU setting is wsd with --decay-fraction 0.3 and --min-lr 0)")
+    parser.add_argument("--decay-fraction", type=float, default=WSD_DECAY_FRACTION,
                         help="with --schedule wsd: the last fraction of the steps over which the rate decays, after "
                              "holding the peak (default: %(default)s)")
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw",

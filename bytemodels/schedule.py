@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 
 SCHEDULES = ("cosine", "linear", "wsd", "constant")
+#: ``wsd``'s default decay fraction, one for the trainer and the benchmarks: the last fifth of the steps.
+WSD_DECAY_FRACTION = 0.2
 
 
 def learning_rate(step: int, *, lr: float, min_lr: float, warmup_steps: int, total_steps: int | None,
-                  schedule: str = "cosine", decay_fraction: float = 0.2) -> float:
+                  schedule: str = "cosine", decay_fraction: float = WSD_DECAY_FRACTION) -> float:
     """Learning rate of optimizer step ``step`` (0-based).
 
     Linear warmup over ``warmup_steps``, then ``cosine`` decay to ``min_lr`` at ``total_steps``,

@@ -48,7 +48,7 @@ from bytemodels.optim import OPTIMIZERS, build_optimizer
 from bytemodels.plot import plot_curves, read_metrics
 from bytemodels.resume import check_model_config, check_optimizer, warn_if_batch_changed, warn_if_data_changed
 from bytemodels.runfolder import FolderLock, atomic_write, lock_folder, remove_leftovers, writing
-from bytemodels.schedule import SCHEDULES, learning_rate
+from bytemodels.schedule import SCHEDULES, WSD_DECAY_FRACTION, learning_rate
 
 METRICS_FILE = "metrics.jsonl"
 CURVE_FILE = "curve.png"
@@ -125,7 +125,7 @@ class TrainConfig:
     schedule: str = "cosine"
     """Learning-rate shape after warmup: cosine, linear (to min_lr at the end), wsd (warmup-stable-decay) or
     constant."""
-    decay_fraction: float = 0.2
+    decay_fraction: float = WSD_DECAY_FRACTION
     """wsd only: fraction of all steps spent in the final linear decay."""
     weight_decay: float = 0.1
     """Weight decay on Linear weights (never on norms or embeddings)."""
