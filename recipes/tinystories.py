@@ -31,45 +31,13 @@ DEFAULT_VAL_FRACTION = 0.05
 PLAIN_PROMPTS = ("Once upon a time", "One day, a little")
 INSTRUCT_PROMPT = "Features: Dialogue\nWords: cat, ball, happy\nStory: "
 
-#: What the recipe sets where it differs from the preset and TrainConfig defaults, by device kind. On a CPU
-#: the budget is small: windows of 1,024 bytes hold a whole story (30 min: 1.40 bits/byte over the validation
-#: stories, 1.45 with 4 x 256); 4 of them per step run 17% more bytes per second than 2 and learn more in the
-#: same time (whole validation text, 10 min: 1.317 against 1.330), and a linear decay to zero beats a cosine to
-#: a tenth of the peak (1.309). With QK-norm (the model's default) lr 6e-3 beats 4e-3 and 8e-3 (4,073 steps:
-#: 1.275 against 1.280 and 1.277). The tiny preset's local model widened from 64 to 128 learns more per second
-#: despite fewer steps (10 min: 1.330 against 1.418 bits/byte with 2 windows per step). Compiling costs about a
-#: minute and then runs 1.6x the steps per second on a 2-core CPU (it falls back to uncompiled training where it
-#: cannot compile). Hashed 2-, 3- and 4-gram embeddings learn more in the same time despite 40% fewer steps (10 min,
-#: one thread: 1.279 against 1.326; ``--hash-ngrams ''`` turns them off). Leaving a quarter of their rows out
-#: while training keeps them from learning a small text by heart (the offline copy of 4.7 MB is read 5 times in
-#: 6,000 steps, about 30 minutes): 1.142 against 1.161 over the whole validation text at the same speed per step;
-#: before the text is read twice it neither helps nor hurts. Muon for the matrices learns more per step than AdamW
-#: and, despite 13-19% fewer steps, ends 1.6% lower after 10 minutes and 1.8% after 30 (side by side). Its update
-#: costs the same per step whatever the batch, so with Muon 8 windows per step read 13-23% more bytes in the time than
-#: 4 and end lower (whole validation text, 10 min: 1.215 against 1.230; 30 min: 1.106 against 1.111); 16 read no
-#: more bytes than 8 and learn less (10 min: 1.235 against 1.208 on the trainer's windows). A fourth table for the
-#: word so far (12 bytes back) learns 1.7-2.2% more per step; with 12,288 rows per table instead of 16,384 the four
-#: take the memory of three and cost 8% of the steps (30 min side by side, whole validation text: 1.073 against
-#: 1.079). A word block (``word_layers``: one block run at the word ends only) costs 12% of the steps and learns
-#: more in the time (30 min side by side, whole validation text: 1.016 against 1.057); two cost 9% more and end
-#: higher (1.028 against 1.019); one 256 wide (``word_dim``) learns more per step, costs 18% of the steps and ends
-#: level (1.0197 against 1.0217); 192 wide costs no measurable steps and ends lower (1.0153 against 1.0244), and
-#: beside 256 wide it runs 12% more steps and ends lower (1.0167 against 1.0210). NorMuon's rows (``normuon``: each
-#: output row of Muon's update divided by its running RMS) cost about 1% of the steps and end 0.2% lower on average:
-#: three 30-minute runs 1.0146-1.0176 over the whole validation text against 1.0175-1.0189 for four with Muon alone.
-#: Without gradient clipping (``grad_clip=0``) each of two pairs side by side ended lower at the same steps (NorMuon:
-#: 1.0058 against 1.0097; Muon: 1.0155 against 1.0187), and the clip's pass over the gradients is saved.
-#: With NorMuon and no clipping a run reads the text 9 times in 30 minutes, and a third of the rows left out
-#: (``ngram_dropout=0.35``) ends lower than a quarter: 0.9989 and 0.9998 over the whole validation text against
-#: 1.0058-1.0082 in four runs; level after 10 minutes (1.0641 against 1.0649 side by side); 0.45 ends at 1.0030.
-#: Per table, less on the 2-grams and more on the 4-grams and words (0.15, 0.3, 0.45, 0.45), which name fewer places
-#: in the text and learn it by heart sooner, ends lower again: 0.9934 against 0.9968 side by side, 0.9960 in another
-#: half hour; steeper (0.05, 0.25, 0.5, 0.55) ends at 1.0076.
-#: Holding the peak learning rate and decaying it to zero at the end (``wsd``) beats a linear decay over the whole
-#: run: with the decay over the second half 0.9% lower after 30 minutes side by side (0.9858 against 0.9946), 0.6%
-#: after 10 (1.0750 against 1.0813). Over the last 30% (``decay_fraction=0.3``) it ends lower again after 30
-#: minutes (0.9791 against 0.9858-0.9877 for the half; 0.9830 over the last 20%) and level after 10 (1.0395
-#: against 1.0399 side by side).
+#: What the recipe sets where it differs from the preset and TrainConfig defaults, by device kind. On a CPU every
+#: setting was chosen by bits per byte over the validation text after 10 or 30 minutes, measured against
+#: the setting it replaced: windows of 1,024 bytes (a whole story), 8 per step (Muon's update costs the same
+#: whatever the batch), the local stage 128 wide, hashed n-gram tables with n-gram dropout per table (the small text
+#: is read about ten times in 30 minutes, and the longer n-grams learn it by heart first), a word block 192 wide,
+#: NorMuon without gradient clipping, and the peak learning rate held until the last 30% of the run. The
+#: measurements: docs/experiments.md ("Findings at a glance", "The TinyStories recipe's CPU settings").
 DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
     "cpu": dict(preset="tiny", model=dict(max_seq_len=1024, dims=(128, 128), hash_ngrams=(2, 3, 4), hash_word_bytes=12,
                                           hash_buckets=12288, ngram_dropout=(0.15, 0.3, 0.45, 0.45),
