@@ -69,6 +69,7 @@ predicted in training but not scored. Images use patches aligned to pixels and r
     python benchmarks/compare.py --modality text --time 30m --threads 2   # the issue's 30-minute budget
     python benchmarks/compare.py --modality text --time 30m --threads 2 --peers bytemodels,gpt-bpe  # vs a BPE GPT
     python benchmarks/compare.py --modality text --time 30m --peers bytemodels,gpt-bpe --eval-overlap 0.5  # with context
+    python benchmarks/compare.py --modality text --time 30m --peers bytemodels,gpt-bpe --score-training  # fit or carry
     python benchmarks/compare.py --modality text --time 3m --compile     # every peer's loss compiled
     python benchmarks/compare.py --peers bytemodels --no-cross-patch --no-qk-norm   # any MegabyteConfig field
     python benchmarks/compare.py --modality mnist --budget-steps 200 --lrs 1e-3,2e-3,4e-3,8e-3,16e-3  # each at its best
@@ -326,13 +327,26 @@ def build_datasets(data: BenchData, cache_dir: Path) -> tuple[ByteDataset, ByteD
     """The training and validation byte caches of ``data`` (built once, reused while the key is the same)."""
     train = ByteDataset.build(((item, data.tag) for item in data.train_documents()), cache_dir,
                               key={**data.key, "split": "train"}, layout=data.layout, name=f"compare-{data.name}-train")
-    val_key = {**data.key, "split": "val", "items": len(data.val_items),
-               "bytes": sum(len(item) for item in data.val_items)}
-    val = ByteDataset.build(((item, data.tag) for item in data.val_items), cache_dir, key=val_key,
-                            layout=data.layout, name=f"compare-{data.name}-val")
-    if val.num_bytes != val_key["bytes"]:
-        raise RuntimeError(f"{val.path}: the cached validation bytes differ from the held-out items; delete it")
-    return train, val
+    return train, items_dataset(data, data.val_items, "val", cache_dir)
+
+
+def items_dataset(data: BenchData, items: list[bytes], split: str, cache_dir: Path) -> ByteDataset:
+    """The byte cache of ``items`` (the validation items, or the training sample), keyed by their count and bytes."""
+    key = {**data.key, "split": split, "items": len(items), "bytes": sum(len(item) for item in items)}
+    dataset = ByteDataset.build(((item, data.tag) for item in items), cache_dir, key=key, layout=data.layout,
+                                name=f"compare-{data.name}-{split}")
+    if dataset.num_bytes != key["bytes"]:
+        raise RuntimeError(f"{dataset.path}: the cached {split} bytes differ from the items; delete it")
+    return dataset
+
+
+def training_sample(data: BenchData) -> list[bytes]:
+    """Every k-th training item, k chosen so that the sample holds about as many bytes as the validation items:
+    what ``--score-training`` scores every peer on, to tell what a model learned by heart from what carries."""
+    items = list(data.train_documents())
+    val_bytes = sum(len(item) for item in data.val_items)
+    every = max(1, round(sum(len(item) for item in items) / max(val_bytes, 1)))
+    return items[::every]
 
 
 # =============================================================================================
@@ -907,12 +921,15 @@ class TokenSetup:
     train_bytes_per_token: float
     bytemodels_parameters: int
     checks: dict[str, Any]
+    train_sample: TokenStream | None = None
+    """The training sample's stories as tokens (``--score-training``)."""
 
 
 def prepare_token_peer(data: BenchData, config: MegabyteConfig, seed: int, cache_dir: Path, bpe_vocab: int,
-                       context: int | None) -> TokenSetup:
-    """Train (or load) the BPE on ``data``'s training stories, tokenize both splits, size the GPT to
-    bytemodels' parameter count at ``config`` and check it is causal."""
+                       context: int | None, train_sample: list[bytes] | None = None) -> TokenSetup:
+    """Train (or load) the BPE on ``data``'s training stories, tokenize both splits (and ``train_sample``, the
+    stories of ``training_sample``), size the GPT to bytemodels' parameter count at ``config`` and check it is
+    causal."""
     train_items = list(data.train_documents())
     tokenizer, path = bpe_tokenizer(train_items, bpe_vocab, cache_dir)
     eos_id = tokenizer.token_to_id(BPE_EOS)
@@ -938,7 +955,8 @@ def prepare_token_peer(data: BenchData, config: MegabyteConfig, seed: int, cache
                f"windows of {context} tokens; gpt-bpe {model.num_parameters():,} parameters ({gpt_config.layers} "
                f"block{'s' * (gpt_config.layers != 1)} of width {gpt_config.dim}) against bytemodels' {ours:,}; "
                f"causal; untrained loss {untrained:.3f} (ln {gpt_config.vocab_size} = {checks['ln_vocab']:.3f})")
-    return TokenSetup(path, gpt_config, windows, val, train_bytes_per_token, ours, checks)
+    sample = None if train_sample is None else tokenize_stories(tokenizer, train_sample, eos_id, "training sample")
+    return TokenSetup(path, gpt_config, windows, val, train_bytes_per_token, ours, checks, sample)
 
 
 def train_token_peer(tokens_setup: TokenSetup, plan: TrainPlan, label: str,
@@ -960,6 +978,9 @@ def train_token_peer(tokens_setup: TokenSetup, plan: TrainPlan, label: str,
         stride = overlap_stride(context, eval_overlap)
         overlapped = evaluate_tokens_overlapped(model, tokens_setup.val, context, plan.batch_size, stride)
         record.update(bits_per_byte_overlapped=overlapped["bits_per_byte"], eval_stride=stride)
+    if tokens_setup.train_sample is not None:
+        sample = evaluate_tokens(model, tokens_setup.train_sample, context, plan.batch_size)
+        record.update(train_sample_bits_per_byte=sample["bits_per_byte"], train_sample_bytes=sample["scored_bytes"])
     return record
 
 
@@ -981,19 +1002,29 @@ class PeerSetup:
     (``bits_per_byte_overlapped``); 0: none."""
     val_overlapped: OverlappedWindows | None = None
     """The byte peers' windows for that score."""
+    train_sample_ids: np.ndarray | None = None
+    """The byte peers' windows over the training sample (``--score-training``), fixed as the validation ones."""
 
 
 def prepare_peers(data: BenchData, config: MegabyteConfig, seed: int, cache_dir: Path,
                   eval_windows: int | None, peers: Sequence[str] = BYTE_PEERS, bpe_vocab: int = DEFAULT_BPE_VOCAB,
                   gpt_context: int | None = None, mean_patch: float | None = None,
-                  ngram_order: int = DEFAULT_NGRAM_ORDER, eval_overlap: float = 0.0) -> PeerSetup:
+                  ngram_order: int = DEFAULT_NGRAM_ORDER, eval_overlap: float = 0.0,
+                  score_training: bool = False) -> PeerSetup:
     """Open ``data``'s windows and run ``check_peers`` once, for every peer and learning rate trained on it
     (and, for ``gpt-bpe``, ``prepare_token_peer``; for the patching peers, ``prepare_patch_peers``).
-    ``eval_overlap``: also score every peer over validation windows that share this fraction of their length."""
+    ``eval_overlap``: also score every peer over validation windows that share this fraction of their length;
+    ``score_training``: also over ``training_sample``."""
     train_set, val_set = build_datasets(data, cache_dir)
     train_windows = train_set.windows(config.max_seq_len, config.patch_size, config.num_tags)
     val_windows = val_set.windows(config.max_seq_len, config.patch_size, config.num_tags)
     val_ids = val_windows.fixed(eval_windows or len(val_windows))
+    sample = training_sample(data) if score_training else None
+    sample_ids = None
+    if sample is not None:
+        sample_windows = items_dataset(data, sample, "train-sample", cache_dir).windows(
+            config.max_seq_len, config.patch_size, config.num_tags)
+        sample_ids = sample_windows.fixed(eval_windows or len(sample_windows))
     check = check_peers(config, torch.from_numpy(train_windows.batch(seed, 0, 2)), seed, peers)
     checked = [peer for peer in CHECKED_PEERS if f"untrained_{peer}" in check]
     aligned = (f"MEGABYTE-pytorch's own loss {check['package_loss']:.5f} = ours from its aligned logits "
@@ -1004,12 +1035,13 @@ def prepare_peers(data: BenchData, config: MegabyteConfig, seed: int, cache_dir:
             f"{check['ln_vocab']:.3f})")
     token_setup = None
     if TOKEN_PEER in peers:
-        token_setup = prepare_token_peer(data, config, seed, cache_dir, bpe_vocab, gpt_context)
+        token_setup = prepare_token_peer(data, config, seed, cache_dir, bpe_vocab, gpt_context, sample)
     patching = None
     if any(peer in PATCH_PEERS for peer in peers):
         patching = prepare_patch_peers(data.name, config, train_windows, val_ids, seed, peers, mean_patch, ngram_order)
     overlapped = overlapped_byte_windows(val_windows, eval_overlap, eval_windows) if eval_overlap else None
-    return PeerSetup(data.name, config, train_windows, val_ids, check, token_setup, patching, eval_overlap, overlapped)
+    return PeerSetup(data.name, config, train_windows, val_ids, check, token_setup, patching, eval_overlap, overlapped,
+                     sample_ids)
 
 
 def train_peers(setup: PeerSetup, plan: TrainPlan, peers: list[str]) -> dict[str, Any]:
@@ -1023,7 +1055,7 @@ def train_peers(setup: PeerSetup, plan: TrainPlan, peers: list[str]) -> dict[str
                 raise ValueError(f"{setup.name}: the {TOKEN_PEER} peer was not prepared (prepare_peers' peers)")
             record = train_token_peer(setup.tokens, plan, f"{setup.name}: {peer}", setup.eval_overlap)
             record["flops_per_byte"] = token_gpt_flops_per_byte(setup.tokens.config, record["bytes_per_token"])
-            tqdm.write(f"{setup.name:6s} {peer:17s} {record['bits_per_byte']:.4f} bits/byte{overlapped_note(record)} "
+            tqdm.write(f"{setup.name:6s} {peer:17s} {record['bits_per_byte']:.4f} bits/byte{score_notes(record)} "
                        f"after {record['steps']} steps, {record['train_seconds']:.0f} s, "
                        f"{record['bytes_per_token']:.2f} bytes/token")
             results["peers"][peer] = record
@@ -1050,7 +1082,10 @@ def train_peers(setup: PeerSetup, plan: TrainPlan, peers: list[str]) -> dict[str
             overlapped = setup.val_overlapped
             score = evaluate(model, overlapped.ids, plan.batch_size, config.patch_size, overlapped.scored_from)
             record.update(bits_per_byte_overlapped=score["bits_per_byte"], eval_stride=overlapped.stride)
-        tqdm.write(f"{setup.name:6s} {peer:17s} {record['bits_per_byte']:.4f} bits/byte{overlapped_note(record)} "
+        if setup.train_sample_ids is not None:
+            sample = evaluate(model, setup.train_sample_ids, plan.batch_size, config.patch_size)
+            record.update(train_sample_bits_per_byte=sample["bits_per_byte"], train_sample_bytes=sample["scored_bytes"])
+        tqdm.write(f"{setup.name:6s} {peer:17s} {record['bits_per_byte']:.4f} bits/byte{score_notes(record)} "
                    f"after {record['steps']} "
                    f"steps, {record['train_seconds']:.0f} s, {record['flops_per_byte'] / 1e6:.2f} MFLOP/byte"
                    + (f", mean patch {record['val_mean_patch']:.2f}" if "val_mean_patch" in record else ""))
@@ -1058,11 +1093,14 @@ def train_peers(setup: PeerSetup, plan: TrainPlan, peers: list[str]) -> dict[str
     return results
 
 
-def overlapped_note(record: dict[str, Any]) -> str:
-    """The printed line's mention of the overlapped score, when there is one."""
-    if "bits_per_byte_overlapped" not in record:
-        return ""
-    return f" ({record['bits_per_byte_overlapped']:.4f} over windows {record['eval_stride']} apart)"
+def score_notes(record: dict[str, Any]) -> str:
+    """The printed line's mention of the overlapped score and the training sample's, where there are those."""
+    notes = []
+    if "bits_per_byte_overlapped" in record:
+        notes.append(f"{record['bits_per_byte_overlapped']:.4f} over windows {record['eval_stride']} apart")
+    if "train_sample_bits_per_byte" in record:
+        notes.append(f"{record['train_sample_bits_per_byte']:.4f} on the training sample")
+    return f" ({'; '.join(notes)})" if notes else ""
 
 
 def sweep_peers(setup: PeerSetup, plan: TrainPlan, lrs: list[float], peers: list[str]) -> dict[str, Any]:
@@ -1278,6 +1316,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "length with the window before (each byte or token still scored once, after at least "
                              "that much of its window as context; packed data such as text): "
                              "bits_per_byte_overlapped (default 0: not scored)")
+    parser.add_argument("--score-training", action="store_true",
+                        help="also score every peer on a sample of the training text as large as the validation "
+                             "text (every k-th training story, the same bytes for every peer), scored as the "
+                             "validation text is: train_sample_bits_per_byte; what lies between the two scores is "
+                             "what a model learned by heart")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile every peer's training loss (the compiling first step is not counted)")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
@@ -1382,7 +1425,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 config = model_config(args.preset, data, overrides, args.quick)
                 setup = prepare_peers(data, config, plan.seed, args.cache_dir, eval_windows, peers, args.bpe_vocab,
                                       args.gpt_context or None, args.mean_patch, args.ngram_order,
-                                      args.eval_overlap)
+                                      args.eval_overlap, args.score_training)
             except ValueError as error:  # a bad preset, field value or tokenizer: one line, not a traceback
                 raise SystemExit(f"compare.py: {name}: {error}") from None
             result["models"] = (sweep_peers(setup, plan, args.lrs, peers) if args.lrs

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 pytest.importorskip("tokenizers")
 
 from benchmarks import compare  # noqa: E402
-from benchmarks.baselines import ModelOutput, TokenGpt, TokenGptConfig, token_gpt_config_matching  # noqa: E402
+from benchmarks.baselines import ModelOutput, TokenGpt, token_gpt_config_matching  # noqa: E402
 from bytemodels import Megabyte, MegabyteConfig  # noqa: E402
 from story_helpers import stories, write_story_data  # noqa: E402
 
@@ -240,3 +240,36 @@ def test_eval_overlap_flag_scores_every_peer_twice(tmp_path: Path, capsys: pytes
         with pytest.raises(SystemExit):
             compare.parse_args(["--eval-overlap", bad])
         assert f"--eval-overlap {bad}: give a fraction from 0 up to (not including) 1" in capsys.readouterr().err
+
+
+def test_training_sample_is_every_kth_story_about_the_validation_size(tmp_path: Path) -> None:
+    write_story_data(tmp_path / "data")
+    data = compare.text_data(tmp_path / "data", (None, None))
+    train = list(data.train_documents())
+    sample = compare.training_sample(data)
+    val_bytes = sum(map(len, data.val_items))
+    every = round(sum(map(len, train)) / val_bytes)
+    assert every > 1 and sample == train[::every]
+    assert 0.75 < sum(map(len, sample)) / val_bytes < 1.35
+
+
+def test_score_training_flag_scores_every_peer_on_the_training_sample(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    write_story_data(tmp_path / "data")
+    record = compare.main(["--quick", "--peers", "bytemodels,gpt-bpe", "--skip-compressors", "--score-training",
+                           "--bpe-vocab", "300", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
+                           "--cache-dir", str(tmp_path / "cache"), "--threads", "1"])
+    peers = record["results"]["text"]["models"]["peers"]
+    printed = capsys.readouterr().out
+    sample = compare.training_sample(compare.text_data(tmp_path / "data", compare.QUICK_DOCUMENTS))
+    # The GPT scores every sampled story's bytes; the byte peer (--quick: 4 windows) as many as its windows hold.
+    assert peers["gpt-bpe"]["train_sample_bytes"] == sum(map(len, sample))
+    assert 0 < peers["bytemodels"]["train_sample_bytes"] <= 4 * 64
+    for name in ("bytemodels", "gpt-bpe"):
+        score = peers[name]["train_sample_bits_per_byte"]
+        assert 0 < score < 9 and score != peers[name]["bits_per_byte"]
+        assert f"{score:.4f} on the training sample" in printed
+    plain = compare.main(["--quick", "--peers", "bytemodels", "--skip-compressors", "--data-dir",
+                          str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"),
+                          "--threads", "1"])
+    assert "train_sample_bits_per_byte" not in plain["results"]["text"]["models"]["peers"]["bytemodels"]
