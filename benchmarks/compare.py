@@ -342,11 +342,11 @@ def items_dataset(data: BenchData, items: list[bytes], split: str, cache_dir: Pa
 
 def training_sample(data: BenchData) -> list[bytes]:
     """Every k-th training item, k chosen so that the sample holds about as many bytes as the validation items:
-    what ``--score-training`` scores every peer on, to tell what a model learned by heart from what carries."""
-    items = list(data.train_documents())
-    val_bytes = sum(len(item) for item in data.val_items)
-    every = max(1, round(sum(len(item) for item in items) / max(val_bytes, 1)))
-    return items[::every]
+    what ``--score-training`` scores every peer on, to tell what a model learned by heart from what carries. Two
+    passes over the training items, so that only the sample is held in memory."""
+    train_bytes = sum(len(item) for item in data.train_documents())
+    every = max(1, round(train_bytes / max(sum(len(item) for item in data.val_items), 1)))
+    return [item for index, item in enumerate(data.train_documents()) if index % every == 0]
 
 
 # =============================================================================================
@@ -1317,10 +1317,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "that much of its window as context; packed data such as text): "
                              "bits_per_byte_overlapped (default 0: not scored)")
     parser.add_argument("--score-training", action="store_true",
-                        help="also score every peer on a sample of the training text as large as the validation "
-                             "text (every k-th training story, the same bytes for every peer), scored as the "
-                             "validation text is: train_sample_bits_per_byte; what lies between the two scores is "
-                             "what a model learned by heart")
+                        help="also score every peer on a sample of the training data as large as the validation "
+                             "data (every k-th training story, clip or image, the same bytes for every peer), scored "
+                             "as the validation data is: train_sample_bits_per_byte; what lies between the two "
+                             "scores is what a model learned by heart")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile every peer's training loss (the compiling first step is not counted)")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
