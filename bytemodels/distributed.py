@@ -96,6 +96,9 @@ def setup_distributed(device: torch.device) -> DistributedContext:
         return DistributedContext(dist.get_rank(), local_rank, dist.get_world_size(), initialized_here=False)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    # Imported after the group exists, torch's compiler keeps references to it (torch 2.13), so that
+    # destroy_process_group cannot free it: gloo's threads would run on into the interpreter's exit and can abort it.
+    import torch._dynamo  # noqa: F401
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return DistributedContext(rank, local_rank, world_size, initialized_here=True)
 

@@ -831,6 +831,10 @@ class Trainer:
             prefetch.shutdown(wait=True, cancel_futures=True)
             self._restore_signal_handlers(previous_handlers)
             self._log.close()
+            if isinstance(self.train_model, DistributedDataParallel):
+                # The wrapper holds the process group: while it lives, destroying the group leaves gloo's threads
+                # running until the interpreter's own teardown, where their last work can abort the process.
+                self.train_model = self.train_model.module
             teardown(self.dist)
             if not finished:  # an error: the folder is free for the next process at once
                 self._release_run_folder()

@@ -38,11 +38,15 @@ SCRIPT = textwrap.dedent("""
                                   device="cpu", dtype="fp32"), **budget})  # fp32: bf16 rounds by batch split
     trainer = Trainer(model, train, data.train, data.val, sample_fn=lambda model, step, folder: time.sleep(0.2))
     summary = trainer.fit()
+    # The process group freed at the end of fit: gloo's threads stopped, none left to the interpreter's exit.
+    tasks = "/proc/self/task"
+    gloo = (sum("gloo" in open(f"{tasks}/{task}/comm").read() for task in os.listdir(tasks))
+            if os.path.isdir(tasks) else None)
     rank = int(os.environ.get("RANK", 0))
     # One file per rank: two ranks printing to one pipe can interleave their lines.
     with open(os.path.join(out, f"report_rank{rank}.json"), "w") as report:
         json.dump({"rank": rank, "step": summary.step, "val_bpb": summary.val_bpb, "bytes": summary.bytes_seen,
-                   "horizon": trainer.horizon, "compiled": trainer.compiled}, report)
+                   "horizon": trainer.horizon, "compiled": trainer.compiled, "gloo_threads": gloo}, report)
 """)
 
 
@@ -66,6 +70,8 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     reports = [json.loads(path.read_text()) for path in sorted((tmp_path / "two").glob("report_rank*.json"))]
     single = json.loads((tmp_path / "one" / "report_rank0.json").read_text())
     assert [r["rank"] for r in reports] == [0, 1]
+    if sys.platform == "linux":  # threads named in /proc
+        assert [r["gloo_threads"] for r in reports] == [0, 0]
     for report in reports:  # every rank agrees on the result
         assert report["step"] == single["step"] == 6 and report["bytes"] == single["bytes"]
         assert report["val_bpb"] == pytest.approx(single["val_bpb"], abs=1e-4)
@@ -97,3 +103,5 @@ def test_two_processes_take_the_same_time_budget_decisions(tmp_path):
     assert len(reports) == 2 and reports[0]["step"] > 0
     assert {(r["step"], r["horizon"], r["compiled"]) for r in reports} == {(reports[0]["step"], reports[0]["horizon"],
                                                                            False)}
+    if sys.platform == "linux":
+        assert [r["gloo_threads"] for r in reports] == [0, 0]
