@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass
 
@@ -98,7 +99,7 @@ def setup_distributed(device: torch.device) -> DistributedContext:
         torch.cuda.set_device(device)
     # Imported after the group exists, torch's compiler keeps references to it (torch 2.13), so that
     # destroy_process_group cannot free it: gloo's threads would run on into the interpreter's exit and can abort it.
-    import torch._dynamo  # noqa: F401
+    importlib.import_module("torch._dynamo")
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return DistributedContext(rank, local_rank, world_size, initialized_here=True)
 
