@@ -340,11 +340,10 @@ def items_dataset(data: BenchData, items: list[bytes], split: str, cache_dir: Pa
     return dataset
 
 
-def training_sample(data: BenchData) -> list[bytes]:
-    """Every k-th training item, k chosen so that the sample holds about as many bytes as the validation items:
-    what ``--score-training`` scores every peer on, to tell what a model learned by heart from what carries. Two
-    passes over the training items, so that only the sample is held in memory."""
-    train_bytes = sum(len(item) for item in data.train_documents())
+def training_sample(data: BenchData, train_bytes: int) -> list[bytes]:
+    """Every k-th training item, k chosen so that the sample holds about as many bytes as the validation items
+    (``train_bytes``: the training items' bytes, as their cache counts them): what ``--score-training`` scores every
+    peer on, to tell what a model learned by heart from what carries. Only the sample is held in memory."""
     every = max(1, round(train_bytes / max(sum(len(item) for item in data.val_items), 1)))
     return [item for index, item in enumerate(data.train_documents()) if index % every == 0]
 
@@ -1019,7 +1018,7 @@ def prepare_peers(data: BenchData, config: MegabyteConfig, seed: int, cache_dir:
     train_windows = train_set.windows(config.max_seq_len, config.patch_size, config.num_tags)
     val_windows = val_set.windows(config.max_seq_len, config.patch_size, config.num_tags)
     val_ids = val_windows.fixed(eval_windows or len(val_windows))
-    sample = training_sample(data) if score_training else None
+    sample = training_sample(data, train_set.num_bytes) if score_training else None
     sample_ids = None
     if sample is not None:
         sample_windows = items_dataset(data, sample, "train-sample", cache_dir).windows(

@@ -246,7 +246,7 @@ def test_training_sample_is_every_kth_story_about_the_validation_size(tmp_path: 
     write_story_data(tmp_path / "data")
     data = compare.text_data(tmp_path / "data", (None, None))
     train = list(data.train_documents())
-    sample = compare.training_sample(data)
+    sample = compare.training_sample(data, sum(map(len, train)))
     val_bytes = sum(map(len, data.val_items))
     every = round(sum(map(len, train)) / val_bytes)
     assert every > 1 and sample == train[::every]
@@ -261,7 +261,8 @@ def test_score_training_flag_scores_every_peer_on_the_training_sample(tmp_path: 
                            "--cache-dir", str(tmp_path / "cache"), "--threads", "1"])
     peers = record["results"]["text"]["models"]["peers"]
     printed = capsys.readouterr().out
-    sample = compare.training_sample(compare.text_data(tmp_path / "data", compare.QUICK_DOCUMENTS))
+    quick = compare.text_data(tmp_path / "data", compare.QUICK_DOCUMENTS)
+    sample = compare.training_sample(quick, sum(map(len, quick.train_documents())))
     # The GPT scores every sampled story's bytes; the byte peer (--quick: 4 windows) as many as its windows hold.
     assert peers["gpt-bpe"]["train_sample_bytes"] == sum(map(len, sample))
     assert 0 < peers["bytemodels"]["train_sample_bytes"] <= 4 * 64
